@@ -1,0 +1,5 @@
+import sys
+
+from repana.cli import main
+
+sys.exit(main())

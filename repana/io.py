@@ -1,0 +1,71 @@
+"""Atomic file writes: a crash or kill mid-write never leaves a partial file under the final name.
+
+Every file repana writes (checkpoints, CSVs, figures, caches, configs) goes through these helpers:
+the content is written to a temporary file in the same directory, flushed and fsynced, then moved
+into place with ``os.replace`` (atomic on POSIX and Windows).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file for writing; on success it replaces ``path`` atomically.
+
+    On an exception the temporary file is removed and ``path`` is left untouched.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write supports modes 'w' and 'wb', not {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_write(path, "wb") as handle:
+        handle.write(data)
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` atomically."""
+    import torch
+
+    with atomic_write(path, "wb") as handle:
+        torch.save(obj, handle)
+
+
+def atomic_save_csv(frame, path: str | os.PathLike) -> None:
+    """Save a pandas DataFrame as CSV (no index) atomically."""
+    with atomic_write(path, "w") as handle:
+        frame.to_csv(handle, index=False)
+
+
+def atomic_savefig(figure, path: str | os.PathLike, **savefig_kwargs) -> None:
+    """Save a matplotlib figure atomically; the format comes from the suffix of ``path``."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".") or "png"
+    with atomic_write(path, "wb") as handle:
+        figure.savefig(handle, format=fmt, **savefig_kwargs)
