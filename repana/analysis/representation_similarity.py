@@ -1,0 +1,54 @@
+"""MAML and ANIL learn similar representations: layer-by-layer similarity of two networks.
+
+Both networks see the query images of the same test episodes (one forward pass per episode, so
+batch-statistic batch norm normalises the same batches); their activations are compared per layer
+and episode (CKA) or with spatial positions as datapoints / pooled episodes (CCA family), with the
+null baseline beside each value.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pandas as pd
+import torch
+
+from repana.analysis.common import (BODY_LAYERS, DEFAULT_MEASURES, check_layers, check_same_architecture,
+                                    episode_similarity_rows, summarize)
+from repana.progress import progress
+
+
+def cross_model_similarity(model_a: torch.nn.Module, model_b: torch.nn.Module, episodes, *,
+                           measures: Sequence[str] = DEFAULT_MEASURES,
+                           layers: Sequence[str] = BODY_LAYERS, reduction: str | None = None,
+                           min_ratio: float = 5.0, label_a: str = "a", label_b: str = "b",
+                           null: bool = True, seed: int = 0) -> pd.DataFrame:
+    """Similarity of ``model_a`` and ``model_b`` layer by layer on the query images of ``episodes``.
+
+    Returns the rows of :func:`repana.analysis.common.episode_similarity_rows` with columns
+    model_a and model_b added.
+    """
+    from repana.capture import capture_activations
+
+    layers = check_layers(model_a, layers)
+    check_layers(model_b, layers)
+    check_same_architecture(model_a, model_b, f"{label_a!r} and {label_b!r}")
+    model_a.eval()
+    model_b.eval()
+    acts_a, acts_b = [], []
+    with torch.no_grad():
+        for index in progress(range(len(episodes)), desc=f"{label_a} vs {label_b}", unit="episode"):
+            query = episodes[index].query_x
+            acts_a.append(capture_activations(model_a, query, layers=list(layers)))
+            acts_b.append(capture_activations(model_b, query, layers=list(layers)))
+    rows = episode_similarity_rows(acts_a, acts_b, layers, measures, reduction=reduction,
+                                   min_ratio=min_ratio, null=null, seed=seed)
+    frame = pd.DataFrame.from_records(rows)
+    frame.insert(0, "model_b", label_b)
+    frame.insert(0, "model_a", label_a)
+    return frame
+
+
+def summarize_cross_model(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean, CI and null-baseline mean per (model_a, model_b, layer, measure)."""
+    return summarize(frame, ["model_a", "model_b", "layer", "measure"])

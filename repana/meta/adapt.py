@@ -1,0 +1,173 @@
+"""The one functional inner loop: gradient steps on a task's support set, parameters as a dict.
+
+``adapt`` runs ``steps`` steps of plain gradient descent on the support loss of one episode, on the
+parameters selected by ``trainable``, through ``torch.func.functional_call``; it returns a new
+parameter dict and never modifies the model or the given tensors.
+
+* second order (``first_order=False``): the returned tensors are differentiable functions of the
+  given ones (inner gradients taken with ``create_graph=True``), so a query loss computed with them
+  back-propagates the exact MAML meta-gradient;
+* first order (``first_order=True``): inner gradients are computed on detached copies, so
+  ``d new / d old`` is the identity (FOMAML); this is also what evaluation uses (cheaper, same result).
+
+Frozen layers at the bottom of the network are run once, not once per step: when every parameter
+of ``conv1..convk`` is frozen, their output on the support set is computed once and the steps run
+``conv(k+1)..head`` only (ANIL: features once, the head's loop on fixed features). With batch-statistic
+batch norm this is exact, because a frozen layer sees the same inputs at every step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from repana.errors import InputError
+
+Params = dict[str, torch.Tensor]
+Trainable = None | str | Callable[[str], bool] | Iterable[str]
+
+LOSS_REDUCTIONS = ("mean", "sum_div_k")
+# Names other parts of repana (the training config) use for the same conventions.
+_REDUCTION_ALIASES = {"sum_over_shots": "sum_div_k"}
+
+
+def normalise_loss_reduction(loss_reduction: str) -> str:
+    """``"mean"`` or ``"sum_div_k"`` (``"sum_over_shots"`` is accepted as an alias of the latter)."""
+    value = _REDUCTION_ALIASES.get(loss_reduction, loss_reduction)
+    if value not in LOSS_REDUCTIONS:
+        raise InputError(f"loss_reduction = {loss_reduction!r} is not one of {LOSS_REDUCTIONS}: 'mean' averages "
+                         "the support loss over examples; 'sum_div_k' sums it and divides by the shots K "
+                         "(original MAML code; its inner lr is N times a 'mean' lr)")
+    return value
+
+
+def support_loss(logits: torch.Tensor, labels: torch.Tensor, loss_reduction: str = "mean",
+                 shots: int | None = None) -> torch.Tensor:
+    """Cross-entropy of ``logits (n, classes)`` against ``labels (n,)`` int64, scalar.
+
+    ``"mean"``: averaged over the n examples. ``"sum_div_k"``: summed and divided by the shots K
+    (= n / ways), as in the original MAML code, which is N times the mean; ``shots`` must be given.
+    """
+    if loss_reduction == "mean":
+        return F.cross_entropy(logits, labels)
+    if shots is None or shots < 1:
+        raise InputError("loss_reduction 'sum_div_k' needs the number of shots K")
+    return F.cross_entropy(logits, labels, reduction="sum") / shots
+
+
+def shots_of(support_y: torch.Tensor) -> int:
+    """Shots K of an episode's labels ``(n,)`` = n / number of distinct labels (balanced episodes)."""
+    ways = int(torch.unique(support_y).numel())
+    return max(1, support_y.numel() // max(ways, 1))
+
+
+def resolve_trainable(names: Iterable[str], trainable: Trainable) -> list[str]:
+    """The parameter names (in ``names`` order) that adapt.
+
+    ``trainable``: ``None`` or ``"all"`` (every parameter), ``"head"``, ``"body"``, a predicate
+    ``name -> bool``, or a collection of parameter names and/or layer names (``"conv4"`` selects every
+    ``conv4.*`` parameter). An empty collection freezes everything (no adaptation).
+    """
+    from repana.models import is_head_parameter
+
+    names = list(names)
+    if trainable is None or trainable == "all":
+        return names
+    if trainable == "head":
+        return [n for n in names if is_head_parameter(n)]
+    if trainable == "body":
+        return [n for n in names if not is_head_parameter(n)]
+    if isinstance(trainable, str):
+        trainable = [trainable]
+    if callable(trainable):
+        return [n for n in names if trainable(n)]
+    wanted = set(trainable)
+    chosen = [n for n in names if n in wanted or n.split(".", 1)[0] in wanted]
+    matched = {w for w in wanted if any(n == w or n.split(".", 1)[0] == w for n in names)}
+    unknown = wanted - matched
+    if unknown:
+        layers = sorted({n.split(".", 1)[0] for n in names})
+        raise InputError(f"trainable names {sorted(unknown)} match no parameter; layers are {layers}, "
+                         f"parameters look like {names[0]!r}")
+    return chosen
+
+
+def first_trainable_layer(model: torch.nn.Module, trainable_names: Iterable[str]) -> int:
+    """Index in ``model.layer_names`` of the lowest layer with a trainable parameter (len if none)."""
+    layer_names = list(getattr(model, "layer_names", []))
+    layers = {n.split(".", 1)[0] for n in trainable_names}
+    for i, layer in enumerate(layer_names):
+        if layer in layers:
+            return i
+    return len(layer_names)
+
+
+def _check_episode(support_x: torch.Tensor, support_y: torch.Tensor) -> None:
+    if support_x.dim() == 5 or support_x.dim() < 2:
+        raise InputError(f"support_x must be one episode (n, C, H, W) (or (n, n_features) for a model on "
+                         f"vectors); got shape {tuple(support_x.shape)}")
+    if support_y.dim() != 1 or support_y.shape[0] != support_x.shape[0]:
+        raise InputError(f"support_y must be (n,) with n = {support_x.shape[0]}; got {tuple(support_y.shape)}")
+    if support_y.dtype != torch.int64:
+        raise InputError(f"support_y must be int64 class indices; got {support_y.dtype}")
+
+
+def adapt(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
+          support_y: torch.Tensor, steps: int, lr: float, trainable: Trainable = None,
+          first_order: bool = False, loss_reduction: str = "mean") -> Params:
+    """Adapt ``params`` to one episode with ``steps`` gradient steps of size ``lr`` on the support loss.
+
+    Args:
+        model: a module called as ``functional_call(model, params, (x,), {"start": i, "stop": j})``
+            (:class:`repana.models.Conv4`); models without ``layer_names`` are run whole every step.
+        params: name -> tensor, e.g. ``dict(model.named_parameters())`` (not modified).
+        support_x: float ``(n_support, C, H, W)``; support_y: int64 ``(n_support,)`` in ``[0, ways)``.
+        steps: inner steps (0 returns a copy of ``params``). lr: step size (in the convention of
+            ``loss_reduction``).
+        trainable: which parameters adapt (see :func:`resolve_trainable`); the rest stay the same tensors.
+        first_order: drop second-order terms (FOMAML, evaluation).
+        loss_reduction: "mean" or "sum_div_k" (see :func:`support_loss`).
+
+    Returns:
+        A new dict with the same keys; adapted tensors for trainable names, the given ones otherwise.
+    """
+    if steps < 0:
+        raise InputError(f"steps = {steps} must not be negative")
+    _check_episode(support_x, support_y)
+    loss_reduction = normalise_loss_reduction(loss_reduction)
+    shots = shots_of(support_y) if loss_reduction == "sum_div_k" else None
+    current: Params = dict(params)
+    names = resolve_trainable(current, trainable)
+    if steps == 0 or not names:
+        return current
+
+    has_layers = hasattr(model, "layer_names")
+    start = first_trainable_layer(model, names) if has_layers else 0
+    with torch.enable_grad():
+        if start > 0:  # frozen bottom layers: their output never changes, run them once
+            inputs = functional_call(model, current, (support_x,), {"stop": start})
+            if first_order:
+                inputs = inputs.detach()
+        else:
+            inputs = support_x
+        kwargs = {"start": start} if has_layers else {}
+        if not first_order:
+            for name in names:  # second order needs a graph from every adapted tensor
+                if not current[name].requires_grad:
+                    current[name] = current[name].detach().requires_grad_(True)
+        for _ in range(steps):
+            if first_order:
+                leaves = {name: current[name].detach().requires_grad_(True) for name in names}
+                logits = functional_call(model, {**current, **leaves}, (inputs,), kwargs)
+                loss = support_loss(logits, support_y, loss_reduction, shots)
+                grads = torch.autograd.grad(loss, [leaves[n] for n in names])
+                grads = [g.detach() for g in grads]
+            else:
+                logits = functional_call(model, current, (inputs,), kwargs)
+                loss = support_loss(logits, support_y, loss_reduction, shots)
+                grads = torch.autograd.grad(loss, [current[n] for n in names], create_graph=True)
+            current = {**current, **{n: current[n] - lr * g for n, g in zip(names, grads)}}
+    return current

@@ -1,0 +1,291 @@
+"""Meta-learning algorithms as data: a trainable set, an order, and an inner/outer objective.
+
+``get_algorithm(name, **hyperparameters)`` returns an :class:`Algorithm`; the trainer only uses::
+
+    algo.batch_kind                         # "episodes" or "classification"
+    grads, metrics = algo.meta_gradients(model, batch)
+    # grads: {parameter name: Tensor} for every model parameter, averaged over the tasks (or examples)
+    #        of the batch, so ranks can all-reduce them weighted by metrics["n_tasks"] and call
+    #        optimizer.step() after writing them into .grad
+    # metrics: {"loss", "accuracy", "n_tasks"} floats (query loss/accuracy after adaptation)
+
+Registered names (``list_algorithms()``):
+
+========== ============== =======================================================================
+name       batch          meta-objective (per task, averaged over the meta-batch)
+========== ============== =======================================================================
+maml       episodes       query loss after ``inner_steps`` steps on every parameter, second order
+fomaml     episodes       the same, first order (inner gradients treated as constants)
+anil       episodes       the same with only the head adapting (body features computed once)
+reptile    episodes       direction ``params - adapted params`` (SGD with lr eps = Reptile's step)
+multitask  episodes       query loss of the unadapted network (MAML's setup with no inner loop)
+nil_training episodes     query NLL of the cosine classifier on support features (no head)
+multiclass classification cross-entropy of a classifier over all meta-training classes
+========== ============== =======================================================================
+
+Aliases used by the training config: ``pretrain`` = multiclass, ``nil`` = nil_training.
+
+Hyperparameters: ``inner_steps`` (int), ``inner_lr`` (float, in the convention of
+``loss_reduction``), ``first_order`` (bool), ``loss_reduction`` ("mean" | "sum_div_k"),
+``bn_support_query`` ("apart": support and query batches normalised separately, as in MAML's code;
+"together": one forward of their concatenation), ``trainable`` (inner-loop parameter subset, see
+:func:`repana.meta.adapt.resolve_trainable`), ``temperature`` (nil_training only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from repana.errors import ConfigError, InputError
+from repana.meta.adapt import Trainable, adapt, normalise_loss_reduction, resolve_trainable
+from repana.meta.batched import can_batch_head_only, head_only_query_logits, task_features
+from repana.meta.nil import nil_logits
+
+Grads = dict[str, torch.Tensor]
+Metrics = dict[str, float]
+
+BN_SUPPORT_QUERY = ("apart", "together")
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One meta-learning algorithm: which parameters adapt, in what order, toward which objective."""
+
+    name: str
+    batch_kind: str                      # "episodes" | "classification"
+    objective: str                       # "query" | "reptile" | "nil" | "classify"
+    inner_steps: int = 1
+    inner_lr: float = 0.4
+    first_order: bool = False
+    trainable: Trainable = None          # None: every parameter adapts
+    loss_reduction: str = "mean"
+    bn_support_query: str = "apart"
+    temperature: float = 1.0
+    hyperparameters: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def meta_gradients(self, model: torch.nn.Module, batch: Any) -> tuple[Grads, Metrics]:
+        """Gradient of the meta-objective averaged over the batch, and its metrics (see module doc)."""
+        if self.objective == "classify":
+            return _classification_gradients(model, batch)
+        episodes = _check_episodes(batch)
+        if self.objective == "query":
+            return _query_gradients(self, model, episodes)
+        if self.objective == "reptile":
+            return _reptile_direction(self, model, episodes)
+        if self.objective == "nil":
+            return _nil_gradients(self, model, episodes)
+        raise AssertionError(self.objective)
+
+
+# ----- batches -----------------------------------------------------------------------------------
+
+def _check_episodes(batch: Any):
+    for key in ("support_x", "support_y", "query_x", "query_y"):
+        if not hasattr(batch, key):
+            raise InputError(f"an episodes batch needs .support_x, .support_y, .query_x, .query_y; "
+                             f"{type(batch).__name__} has no .{key}")
+    sx, sy, qx, qy = batch.support_x, batch.support_y, batch.query_x, batch.query_y
+    if sx.dim() < 3 or qx.dim() != sx.dim():
+        raise InputError(f"support_x and query_x must be (tasks, n, C, H, W); got {tuple(sx.shape)} and "
+                         f"{tuple(qx.shape)}")
+    if sy.shape != sx.shape[:2] or qy.shape != qx.shape[:2] or sx.shape[0] != qx.shape[0]:
+        raise InputError(f"labels {tuple(sy.shape)}, {tuple(qy.shape)} do not match images "
+                         f"{tuple(sx.shape[:2])}, {tuple(qx.shape[:2])}")
+    return batch
+
+
+def _zero_missing(params: dict[str, torch.Tensor], grads: list[torch.Tensor | None]) -> Grads:
+    return {n: (torch.zeros_like(p) if g is None else g.detach()) for (n, p), g in zip(params.items(), grads)}
+
+
+def query_logits(model: torch.nn.Module, params: dict[str, torch.Tensor], support_x: torch.Tensor,
+                 query_x: torch.Tensor, bn_support_query: str = "apart") -> torch.Tensor:
+    """Logits ``(n_query, C)`` of one episode's queries under ``params``.
+
+    "apart": the query batch alone (its own batch-norm statistics); "together": support and query
+    in one forward pass (joint statistics), query rows returned.
+    """
+    if bn_support_query == "together":
+        both = functional_call(model, params, (torch.cat([support_x, query_x]),))
+        return both[support_x.shape[0]:]
+    return functional_call(model, params, (query_x,))
+
+
+# ----- objectives --------------------------------------------------------------------------------
+
+def _query_gradients(algo: Algorithm, model, batch) -> tuple[Grads, Metrics]:
+    params = dict(model.named_parameters())
+    tasks = batch.support_x.shape[0]
+    steps = algo.inner_steps
+    names = resolve_trainable(params, algo.trainable) if steps > 0 else []
+    together = algo.bn_support_query == "together"
+    if can_batch_head_only(model, names):
+        if steps > 0:
+            logits = head_only_query_logits(model, params, batch.support_x, batch.support_y, batch.query_x,
+                                            steps, algo.inner_lr, algo.trainable, algo.first_order,
+                                            algo.loss_reduction, together)
+        elif together:
+            both = model(torch.cat([batch.support_x, batch.query_x], 1))
+            logits = both[:, batch.support_x.shape[1]:]
+        else:
+            logits = model(batch.query_x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.query_y.reshape(-1))
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        correct = (logits.argmax(-1) == batch.query_y).double().mean().item()
+        return _zero_missing(params, grads), {"loss": loss.item(), "accuracy": correct, "n_tasks": float(tasks)}
+
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    loss_sum, acc_sum = 0.0, 0.0
+    for t in range(tasks):
+        adapted = adapt(model, params, batch.support_x[t], batch.support_y[t], steps, algo.inner_lr,
+                        algo.trainable, algo.first_order, algo.loss_reduction)
+        logits = query_logits(model, adapted, batch.support_x[t], batch.query_x[t], algo.bn_support_query)
+        loss = F.cross_entropy(logits, batch.query_y[t])
+        grads = torch.autograd.grad(loss / tasks, list(params.values()), allow_unused=True)
+        for (n, _), g in zip(params.items(), grads):
+            if g is not None:
+                total[n] += g
+        loss_sum += loss.item()
+        acc_sum += (logits.argmax(-1) == batch.query_y[t]).double().mean().item()
+    return total, {"loss": loss_sum / tasks, "accuracy": acc_sum / tasks, "n_tasks": float(tasks)}
+
+
+def _reptile_direction(algo: Algorithm, model, batch) -> tuple[Grads, Metrics]:
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    tasks = batch.support_x.shape[0]
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    loss_sum, acc_sum = 0.0, 0.0
+    for t in range(tasks):
+        adapted = adapt(model, params, batch.support_x[t], batch.support_y[t], algo.inner_steps, algo.inner_lr,
+                        algo.trainable, first_order=True, loss_reduction=algo.loss_reduction)
+        for n in params:
+            total[n] += (params[n] - adapted[n].detach()) / tasks
+        with torch.no_grad():
+            logits = query_logits(model, adapted, batch.support_x[t], batch.query_x[t], algo.bn_support_query)
+            loss_sum += F.cross_entropy(logits, batch.query_y[t]).item()
+            acc_sum += (logits.argmax(-1) == batch.query_y[t]).double().mean().item()
+    return total, {"loss": loss_sum / tasks, "accuracy": acc_sum / tasks, "n_tasks": float(tasks)}
+
+
+def _nil_gradients(algo: Algorithm, model, batch) -> tuple[Grads, Metrics]:
+    params = dict(model.named_parameters())
+    tasks = batch.support_x.shape[0]
+    ways = int(batch.support_y.max()) + 1
+    together = algo.bn_support_query == "together"
+    if can_batch_head_only(model, []):
+        fs, fq = task_features(model, params, batch.support_x, batch.query_x, together)
+    else:
+        pairs = [_features_one(model, params, batch.support_x[t], batch.query_x[t], together)
+                 for t in range(tasks)]
+        fs, fq = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    log_probs = nil_logits(fs, batch.support_y, fq, ways, algo.temperature)
+    loss = F.nll_loss(log_probs.reshape(-1, ways), batch.query_y.reshape(-1))
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    accuracy = (log_probs.argmax(-1) == batch.query_y).double().mean().item()
+    return _zero_missing(params, grads), {"loss": loss.item(), "accuracy": accuracy, "n_tasks": float(tasks)}
+
+
+def _features_one(model, params, support_x, query_x, together: bool):
+    if together:
+        both = functional_call(model, params, (torch.cat([support_x, query_x]),), {"stop": 4})
+        return both[:support_x.shape[0]], both[support_x.shape[0]:]
+    return (functional_call(model, params, (support_x,), {"stop": 4}),
+            functional_call(model, params, (query_x,), {"stop": 4}))
+
+
+def _classification_gradients(model, batch) -> tuple[Grads, Metrics]:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        x, y = batch
+    elif hasattr(batch, "x") and hasattr(batch, "y"):
+        x, y = batch.x, batch.y
+    else:
+        raise InputError("a classification batch is (x, y) or has .x (n, C, H, W) and .y (n,) int64; "
+                         f"got {type(batch).__name__}")
+    if x.dim() != 4 or y.shape != x.shape[:1]:
+        raise InputError(f"classification batch: x must be (n, C, H, W) and y (n,); got {tuple(x.shape)}, "
+                         f"{tuple(y.shape)}")
+    params = dict(model.named_parameters())
+    logits = model(x)
+    if int(y.max()) >= logits.shape[-1]:
+        raise InputError(f"label {int(y.max())} is outside the head's {logits.shape[-1]} classes: build the "
+                         "model with n_classes = number of meta-training classes")
+    loss = F.cross_entropy(logits, y)
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    accuracy = (logits.argmax(-1) == y).double().mean().item()
+    return _zero_missing(params, grads), {"loss": loss.item(), "accuracy": accuracy, "n_tasks": float(x.shape[0])}
+
+
+# ----- registry ----------------------------------------------------------------------------------
+
+_INNER = {"inner_steps", "inner_lr", "first_order", "loss_reduction", "bn_support_query", "trainable"}
+_SPECS: dict[str, dict[str, Any]] = {
+    "maml": {"batch_kind": "episodes", "objective": "query", "defaults": {}, "allowed": _INNER},
+    "fomaml": {"batch_kind": "episodes", "objective": "query", "defaults": {"first_order": True},
+               "allowed": _INNER},
+    "anil": {"batch_kind": "episodes", "objective": "query", "defaults": {"trainable": "head"},
+             "allowed": _INNER},
+    "reptile": {"batch_kind": "episodes", "objective": "reptile", "defaults": {"first_order": True},
+                "allowed": _INNER},
+    "multitask": {"batch_kind": "episodes", "objective": "query", "defaults": {"inner_steps": 0},
+                  "allowed": {"bn_support_query"}},
+    "nil_training": {"batch_kind": "episodes", "objective": "nil", "defaults": {"inner_steps": 0},
+                     "allowed": {"bn_support_query", "temperature"}},
+    "multiclass": {"batch_kind": "classification", "objective": "classify", "defaults": {"inner_steps": 0},
+                   "allowed": set()},
+}
+ALIASES = {"pretrain": "multiclass", "nil": "nil_training"}
+
+
+def list_algorithms() -> list[str]:
+    """Registered algorithm names (aliases not included)."""
+    return sorted(_SPECS)
+
+
+def get_algorithm(name: str, *, ignore_unused: bool = False, **hyperparameters) -> Algorithm:
+    """The algorithm ``name`` with ``hyperparameters`` (see module doc); bad values raise ConfigError.
+
+    ``ignore_unused=True`` drops hyperparameters the algorithm has no use for (e.g. ``inner_lr`` for
+    multiclass) instead of raising, so one training config can build any algorithm.
+    """
+    canonical = ALIASES.get(name, name)
+    if canonical not in _SPECS:
+        raise ConfigError(f"unknown algorithm {name!r}; choose one of {list_algorithms()} "
+                          f"(aliases {sorted(ALIASES)})")
+    spec = _SPECS[canonical]
+    unknown = set(hyperparameters) - spec["allowed"]
+    if unknown and not ignore_unused:
+        raise ConfigError(f"algorithm {canonical!r} takes no hyperparameter(s) {sorted(unknown)}; "
+                          f"it takes {sorted(spec['allowed'])}")
+    values = {**spec["defaults"], **{k: v for k, v in hyperparameters.items() if k in spec["allowed"]}}
+    if canonical == "fomaml" and values.get("first_order") is False:
+        raise ConfigError("fomaml is first order by definition: use 'maml' for second order")
+    steps = int(values.get("inner_steps", 1))
+    if spec["objective"] in ("query", "reptile") and canonical != "multitask" and steps < 1:
+        raise ConfigError(f"inner_steps = {steps}: {canonical} needs at least 1 inner step")
+    lr = float(values.get("inner_lr", 0.4))
+    if lr <= 0:
+        raise ConfigError(f"inner_lr = {lr} must be positive")
+    bn = values.get("bn_support_query", "apart")
+    if bn not in BN_SUPPORT_QUERY:
+        raise ConfigError(f"bn_support_query = {bn!r} is not one of {BN_SUPPORT_QUERY}")
+    temperature = float(values.get("temperature", 1.0))
+    if temperature <= 0:
+        raise ConfigError(f"temperature = {temperature} must be positive")
+    try:
+        reduction = normalise_loss_reduction(values.get("loss_reduction", "mean"))
+    except InputError as err:
+        raise ConfigError(str(err)) from None
+    return Algorithm(name=canonical, batch_kind=spec["batch_kind"], objective=spec["objective"],
+                     inner_steps=steps, inner_lr=lr, first_order=bool(values.get("first_order", False)),
+                     trainable=values.get("trainable"), loss_reduction=reduction, bn_support_query=bn,
+                     temperature=temperature, hyperparameters=dict(hyperparameters))
+
+
+def with_hyperparameters(algo: Algorithm, **changes) -> Algorithm:
+    """A copy of ``algo`` with some hyperparameters changed (validated again)."""
+    return get_algorithm(algo.name, **{**algo.hyperparameters, **changes})

@@ -1,0 +1,202 @@
+"""Checkpoints of a training run: model, optimizer, step, every RNG state, resolved config, metrics.
+
+A checkpoint is one ``torch.save``d dict holding only tensors and primitive containers, so it loads
+with ``torch.load(weights_only=True)`` (no code runs on load)::
+
+    {"format": "repana-checkpoint", "format_version": 1, "repana_version": "0.1.0",
+     "model_config": {...build_model kwargs...}, "algorithm": "anil", "config": {...TrainConfig...},
+     "state_dict": {...}, "optimizer": {...} | None, "step": 1200,
+     "rng": {"python": [...], "numpy": {...}, "torch": ByteTensor, "cuda": [...], "sampler": {...}},
+     "metrics": {"val_accuracy": 0.81, ...}}
+
+Files are written atomically (``repana.io.atomic_torch_save``): a crash mid-write leaves the previous
+file intact and never a partial file under the final name. Loading a truncated or corrupt file, one
+of another format version, or one whose weights do not fit its architecture raises
+:class:`repana.errors.CheckpointError` naming the problem.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from repana import __version__
+from repana.errors import CheckpointError
+from repana.io import atomic_torch_save
+
+FORMAT = "repana-checkpoint"
+FORMAT_VERSION = 1
+_REQUIRED = ("format", "format_version", "repana_version", "model_config", "algorithm", "config",
+             "state_dict", "optimizer", "step", "rng", "metrics")
+
+
+# ----- RNG states as tensors / primitives (weights_only-safe) -----
+
+def capture_rng_state(sampler_state: dict | None = None) -> dict:
+    """Every global RNG state (python, numpy, torch CPU and CUDA) plus the sampler's, as primitives."""
+    version, internal, gauss = random.getstate()
+    numpy_state = np.random.get_state(legacy=False)
+    state = {
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+        "numpy": {"bit_generator": numpy_state["bit_generator"],
+                  "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                  "pos": int(numpy_state["state"]["pos"]),
+                  "has_gauss": int(numpy_state["has_gauss"]), "gauss": float(numpy_state["gauss"])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "sampler": dict(sampler_state or {}),
+    }
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of :func:`capture_rng_state` for the global RNGs (the sampler's is the caller's)."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+    np_state = state["numpy"]
+    np.random.set_state({"bit_generator": np_state["bit_generator"],
+                         "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
+                         "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]})
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----- the checkpoint -----
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint. ``model()`` rebuilds the Conv4 with its weights."""
+
+    model_config: dict
+    algorithm: str
+    config: dict
+    state_dict: dict[str, torch.Tensor]
+    step: int
+    optimizer_state: dict | None = None
+    rng: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    repana_version: str = __version__
+    path: Path | None = None
+
+    def model(self, device: str | torch.device | None = None) -> torch.nn.Module:
+        """The network of this checkpoint, weights loaded, in eval mode, on ``device``."""
+        from repana.models import build_model
+
+        try:
+            model = build_model(dict(self.model_config))
+        except (TypeError, ValueError, KeyError) as error:
+            raise CheckpointError(f"{self._where()}: cannot build the model from its config "
+                                  f"{self.model_config}: {error}") from None
+        load_weights(model, self.state_dict, where=self._where())
+        model.eval()
+        return model.to(device) if device is not None else model
+
+    def train_config(self):
+        """The resolved :class:`repana.meta.config.TrainConfig` of the run."""
+        from repana.meta.config import from_dict
+
+        return from_dict(self.config, source=self._where())
+
+    def _where(self) -> str:
+        return f"checkpoint {self.path}" if self.path else "checkpoint"
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict, where: str = "checkpoint") -> None:
+    """``model.load_state_dict(strict=True)``, mismatches reported as CheckpointError."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    wrong = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}")
+        if wrong:
+            parts.append("shape mismatch " + ", ".join(
+                f"{k}: {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:5]))
+        raise CheckpointError(f"{where} is from another architecture: " + "; ".join(parts))
+    model.load_state_dict(state_dict)
+
+
+def save_checkpoint(path: str | Path, *, model: torch.nn.Module, model_config: dict, algorithm: str,
+                    config: dict, step: int, optimizer: torch.optim.Optimizer | None = None,
+                    rng: dict | None = None, metrics: dict | None = None) -> Path:
+    """Write a checkpoint atomically to ``path``; returns the path.
+
+    ``rng``: from :func:`capture_rng_state` (captured now when omitted). ``metrics``: flat dict of
+    numbers. ``config``: the resolved TrainConfig as a dict.
+    """
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "repana_version": __version__,
+        "model_config": dict(model_config),
+        "algorithm": str(algorithm),
+        "config": dict(config),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "optimizer": _to_cpu(optimizer.state_dict()) if optimizer is not None else None,
+        "step": int(step),
+        "rng": rng if rng is not None else capture_rng_state(),
+        "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+    }
+    path = Path(path)
+    atomic_torch_save(payload, path)
+    return path
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def load_checkpoint(path: str | Path, expected_model_config: dict | None = None) -> Checkpoint:
+    """Read and check a checkpoint (CPU tensors).
+
+    Raises CheckpointError when the file is missing, truncated or corrupt, not a repana checkpoint,
+    of another format version, or (with ``expected_model_config``) of another architecture.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
+            KeyError, IndexError, OSError) as error:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read "
+                              f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})"
+                              ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a repana checkpoint (no '{FORMAT}' format tag)")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {payload.get('format_version')} (written by repana "
+            f"{payload.get('repana_version')}), this repana {__version__} reads version {FORMAT_VERSION}")
+    missing = [k for k in _REQUIRED if k not in payload]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks the entries {missing}; it is corrupt")
+    if expected_model_config is not None and dict(expected_model_config) != payload["model_config"]:
+        differ = sorted(k for k in set(expected_model_config) | set(payload["model_config"])
+                        if expected_model_config.get(k) != payload["model_config"].get(k))
+        raise CheckpointError(
+            f"checkpoint {path} is from another architecture: " + ", ".join(
+                f"{k} = {payload['model_config'].get(k)!r} (expected {expected_model_config.get(k)!r})"
+                for k in differ))
+    return Checkpoint(model_config=payload["model_config"], algorithm=payload["algorithm"],
+                      config=payload["config"], state_dict=payload["state_dict"], step=int(payload["step"]),
+                      optimizer_state=payload["optimizer"], rng=payload["rng"], metrics=payload["metrics"],
+                      repana_version=payload["repana_version"], path=path)

@@ -1,0 +1,289 @@
+"""Training configuration: one dataclass holding every hyperparameter of a run, loaded from TOML.
+
+A run is fully described by a :class:`TrainConfig`. It comes from a preset (``repana/meta/presets``),
+a TOML file, or defaults, then command-line overrides ``key=value`` (values parsed as TOML, so
+``ways=20``, ``inner_lr=0.1``, ``save_steps=[100, 500]``, ``name="omni"``; a bare word is a string).
+Unknown keys and impossible values raise :class:`repana.errors.ConfigError` naming the key.
+
+The conventions that silently change results are explicit fields and are written into each run's
+``config.toml``:
+
+- ``inner_loss``: ``"mean"`` (cross-entropy averaged over the support set) or ``"sum_over_shots"``
+  (summed over the N*K support examples and divided by K, as in the original MAML code). The latter's
+  gradient is N times the former's, so its ``inner_lr`` corresponds to ``ways * inner_lr`` in mean
+  convention; :meth:`TrainConfig.mean_loss_inner_lr` does that conversion.
+- ``bn_support_query``: batch-norm statistics of support and query computed ``"apart"`` (each forward
+  pass normalises its own batch, as in MAML) or ``"together"``.
+- ``queries_train`` / ``queries_test``: query examples per class during training and evaluation.
+- ``ci``: evaluation reports a 95% confidence interval over test episodes (``"episodes"``), not the
+  standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from repana.errors import ConfigError
+
+DATASETS = ("glyphs", "omniglot", "miniimagenet")
+# Algorithms with an inner loop in training (need >= 1 inner step); the others have none:
+# multitask (query loss of the unadapted net), nil / nil_training (cosine classifier on support
+# features), pretrain / multiclass (one classifier over all training classes).
+INNER_LOOP_ALGORITHMS = ("maml", "fomaml", "anil", "reptile")
+OTHER_ALGORITHMS = ("multitask", "nil", "nil_training", "pretrain", "multiclass")
+ALGORITHMS = INNER_LOOP_ALGORITHMS + OTHER_ALGORITHMS
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": DATASETS,
+    "algorithm": ALGORITHMS,
+    "pooling": ("max", "stride"),
+    "bn_stats": ("batch", "running"),
+    "inner_loss": ("mean", "sum_over_shots"),
+    "bn_support_query": ("apart", "together"),
+    "eval_method": ("adapt", "nil"),
+    "ci": ("episodes",),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Every hyperparameter of a meta-training run. Units: learning rates per step; counts are ints."""
+
+    name: str = "run"
+    # --- data ---
+    dataset: str = "omniglot"
+    data_root: str = ""               # "" -> REPANA_DATA_ROOT or ~/.cache/repana/data
+    split: str = ""                   # dataset-specific split name; "" -> the dataset's default
+    image_size: int = 28              # pixels (square); 28 for Omniglot, 84 for MiniImageNet
+    ways: int = 5
+    shots: int = 1
+    queries_train: int = 15           # query examples per class in training episodes
+    queries_test: int = 15            # query examples per class in validation/test episodes
+    # --- model (Conv4) ---
+    hidden: int = 64                  # filters per conv block (64 Omniglot, 32 MiniImageNet)
+    pooling: str = "max"              # "max": 2x2 max-pool; "stride": stride-2 convs (MAML Omniglot)
+    bn_stats: str = "batch"           # "batch": current-batch statistics also at test (MAML)
+    # --- algorithm ---
+    algorithm: str = "maml"
+    meta_batch_size: int = 32         # tasks per meta-update
+    inner_lr: float = 0.4             # in the convention of `inner_loss`
+    inner_steps_train: int = 1
+    inner_steps_test: int = 3
+    inner_loss: str = "mean"
+    bn_support_query: str = "apart"
+    batch_size: int = 64              # images per step for "pretrain"/"multitask"
+    # --- outer loop ---
+    outer_lr: float = 1e-3            # Adam
+    iterations: int = 60000           # meta-iterations (outer steps)
+    # --- evaluation ---
+    eval_method: str = "adapt"        # "adapt" (fine-tune the trainable params) or "nil"
+    ci: str = "episodes"              # 95% CI over test episodes
+    val_every: int = 500              # steps between validations; 0 = never
+    val_episodes: int = 100           # fixed validation episodes
+    test_episodes: int = 600
+    # --- bookkeeping ---
+    seed: int = 0
+    threads: int = 0                  # torch CPU threads while training; 0 = torch's default
+    log_every: int = 10               # steps between train rows in metrics.csv
+    checkpoint_every: int = 1000      # steps between rolling checkpoints; 0 = only the final one
+    keep_checkpoints: int = 3         # rolling checkpoints kept (save_steps ones are never deleted)
+    save_steps: list[int] = field(default_factory=list)  # extra checkpoints kept for the analyses
+
+    # ----- derived values -----
+    @property
+    def first_order(self) -> bool:
+        return self.algorithm == "fomaml"
+
+    @property
+    def in_channels(self) -> int:
+        return 3 if self.dataset == "miniimagenet" else 1
+
+    def mean_loss_inner_lr(self) -> float:
+        """``inner_lr`` expressed for a mean-over-support loss (what the inner loop uses)."""
+        return self.inner_lr * self.ways if self.inner_loss == "sum_over_shots" else self.inner_lr
+
+    def model_config(self, n_classes: int | None = None) -> dict:
+        """Keyword arguments of ``repana.models.Conv4`` for this run."""
+        return {"in_channels": self.in_channels, "n_classes": n_classes or self.ways, "hidden": self.hidden,
+                "image_size": self.image_size, "pooling": self.pooling, "bn_stats": self.bn_stats}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return from_dict({**self.to_dict(), **changes})
+
+    def validate(self) -> "TrainConfig":
+        """Raise ConfigError naming the first impossible value; return self."""
+        for key, allowed in CHOICES.items():
+            value = getattr(self, key)
+            if value not in allowed:
+                raise ConfigError(f"{key} = {value!r} is not one of {', '.join(map(repr, allowed))}")
+        positive_ints = ["image_size", "ways", "shots", "queries_train", "queries_test", "hidden",
+                         "meta_batch_size", "batch_size", "val_episodes", "test_episodes", "log_every",
+                         "keep_checkpoints"]
+        for key in positive_ints:
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} = {getattr(self, key)} must be at least 1")
+        if self.ways < 2:
+            raise ConfigError(f"ways = {self.ways} must be at least 2 (a 1-way task has nothing to learn)")
+        for key in ["iterations", "val_every", "checkpoint_every", "inner_steps_test", "seed", "threads"]:
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} = {getattr(self, key)} must not be negative")
+        for key in ["inner_lr", "outer_lr"]:
+            value = getattr(self, key)
+            if not (value > 0 and value < float("inf")):
+                raise ConfigError(f"{key} = {value} must be a positive finite number")
+        if self.algorithm in INNER_LOOP_ALGORITHMS and self.inner_steps_train < 1:
+            raise ConfigError(f"inner_steps_train = {self.inner_steps_train}: {self.algorithm} needs at "
+                              "least 1 inner step in training")
+        if self.inner_steps_train < 0:
+            raise ConfigError(f"inner_steps_train = {self.inner_steps_train} must not be negative")
+        if self.eval_method == "adapt" and self.inner_steps_test < 1 and self.algorithm in INNER_LOOP_ALGORITHMS:
+            raise ConfigError(f"inner_steps_test = {self.inner_steps_test}: eval_method 'adapt' needs at "
+                              "least 1 test step (or use eval_method = 'nil')")
+        bad_steps = [s for s in self.save_steps if not 1 <= s <= self.iterations]
+        if bad_steps:
+            raise ConfigError(f"save_steps {bad_steps} lie outside 1..iterations ({self.iterations})")
+        if self.dataset == "omniglot" and self.image_size != 28:
+            raise ConfigError(f"image_size = {self.image_size}: Omniglot images are 28x28 in repana")
+        return self
+
+    def check_classes(self, n_classes: Mapping[str, int]) -> None:
+        """Raise ConfigError when an episode needs more ways than a split has classes."""
+        for split, count in n_classes.items():
+            if self.ways > count:
+                raise ConfigError(f"ways = {self.ways} is more than the {count} classes of the "
+                                  f"{split!r} split of {self.dataset!r}")
+
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+_TYPES = typing.get_type_hints(TrainConfig)
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check ``value`` against the type of field ``key``; ints are accepted for floats."""
+    expected = _TYPES[key]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if expected in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key} = {value!r} must be a number, not a boolean")
+    if typing.get_origin(expected) is list:
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                  for v in value):
+            raise ConfigError(f"{key} = {value!r} must be a list of integers, e.g. [1000, 5000]")
+        return sorted(set(value))
+    if not isinstance(value, expected):
+        raise ConfigError(f"{key} = {value!r} must be of type {expected.__name__}, "
+                          f"not {type(value).__name__}")
+    return value
+
+
+def _check_keys(keys: Iterable[str], source: str) -> None:
+    unknown = sorted(set(keys) - set(_FIELDS))
+    if unknown:
+        import difflib
+
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, _FIELDS, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"unknown config key{'s' if len(unknown) > 1 else ''} in {source}: "
+                          f"{', '.join(hints)}")
+
+
+def from_dict(values: Mapping[str, Any], source: str = "config") -> TrainConfig:
+    """A validated TrainConfig from a flat mapping (unknown keys -> ConfigError)."""
+    _check_keys(values, source)
+    return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()}).validate()
+
+
+def _flatten(table: Mapping[str, Any], source: str) -> dict:
+    """TOML files may group keys in tables (``[data]``, ``[model]``...); table names are ignored."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        items = value.items() if isinstance(value, dict) else [(key, value)]
+        for inner_key, inner_value in items:
+            if isinstance(inner_value, dict):
+                raise ConfigError(f"{source}: table nested too deep at {key}.{inner_key}")
+            if inner_key in flat:
+                raise ConfigError(f"{source}: key {inner_key!r} given twice")
+            flat[inner_key] = inner_value
+    return flat
+
+
+def load_toml(path: str | Path) -> dict:
+    """The flat key/value mapping of a TOML config file (not yet validated)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            return _flatten(tomllib.load(handle), str(path))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def list_presets() -> list[str]:
+    """Names of the bundled presets (``repana/meta/presets/<name>.toml``)."""
+    folder = resources.files("repana.meta") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def preset_values(name: str) -> dict:
+    """The flat mapping of a bundled preset."""
+    path = resources.files("repana.meta") / "presets" / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
+    return _flatten(tomllib.loads(path.read_text(encoding="utf-8")), f"preset {name}")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"key=value"`` -> (key, value); the value is parsed as TOML, a bare word as a string."""
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} must look like key=value")
+    _check_keys([key], "overrides")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def load_config(preset: str | None = None, path: str | Path | None = None,
+                overrides: Iterable[str] | Mapping[str, Any] = ()) -> TrainConfig:
+    """Defaults <- preset or TOML file <- overrides, validated.
+
+    ``overrides``: strings ``"key=value"`` or a mapping. The preset's name becomes ``name`` unless set.
+    """
+    if preset is not None and path is not None:
+        raise ConfigError("give either a preset or a config file, not both")
+    values: dict[str, Any] = {}
+    if preset is not None:
+        values = {"name": preset, **preset_values(preset)}
+    elif path is not None:
+        values = load_toml(path)
+        _check_keys(values, str(path))
+    items = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
+    for key, value in items:
+        _check_keys([key], "overrides")
+        values[key] = value
+    return from_dict(values, source=str(path or (f"preset {preset}" if preset else "config")))
+
+
+def to_toml(config: TrainConfig) -> str:
+    """The resolved config as TOML text (what ``config.toml`` of a run holds)."""
+    import tomli_w
+
+    header = ("# Resolved repana training config. Conventions: inner_loss, bn_support_query,\n"
+              "# queries_train/queries_test and ci are recorded because they change results.\n")
+    return header + tomli_w.dumps(config.to_dict())

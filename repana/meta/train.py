@@ -1,0 +1,388 @@
+"""The meta-training loop: run folder, metrics CSV, periodic validation, checkpoints, exact resume.
+
+A run folder ``runs/<name>/`` holds::
+
+    config.toml                  the resolved TrainConfig (every hyperparameter and convention)
+    metrics.csv                  step, split ("train" | "val"), loss, accuracy, elapsed_s
+    checkpoints/step_000500.pt   rolling checkpoints (the last ``keep_checkpoints``) and ``save_steps``
+    checkpoints/latest.pt        the newest checkpoint (what ``resume`` reads)
+
+Exact resume: the training batch of step ``s`` is drawn from a generator seeded by ``(seed, s)``
+alone (:func:`step_seed`), so the sampler needs no state beyond the step; model, Adam moments and the
+global RNGs come from the checkpoint. A run killed at any point and resumed ends with exactly the
+parameters of an uninterrupted run, and ``metrics.csv`` is cut back to the checkpoint's step first.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from repana.errors import CheckpointError, ConfigError
+from repana.io import atomic_write_bytes, atomic_write_text
+from repana.meta.checkpoint import (Checkpoint, capture_rng_state, load_checkpoint, load_weights,
+                                    restore_rng_state, save_checkpoint)
+from repana.meta.config import TrainConfig, from_dict, load_toml, to_toml
+from repana.progress import progress
+
+METRICS_COLUMNS = ("step", "split", "loss", "accuracy", "elapsed_s")
+# Keys that may differ between a run's config.toml and the config given to resume it.
+RESUMABLE_CHANGES = frozenset({"iterations", "checkpoint_every", "keep_checkpoints", "save_steps",
+                               "log_every", "val_every", "data_root", "threads"})
+_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+
+
+class StopTraining(Exception):
+    """Raised by a step callback to stop a run early (used to simulate a kill in tests)."""
+
+
+@dataclass
+class RunSummary:
+    """What :func:`train` returns."""
+
+    run_dir: Path
+    steps: int                                  # optimizer steps completed in total
+    resumed_from: int                           # step the run resumed from (0 for a fresh run)
+    train_loss: float                           # mean over the last logged window
+    train_accuracy: float
+    val_accuracy: float | None                  # last validation (None if never validated)
+    val_ci95: float | None
+    elapsed_s: float                            # training time in seconds, across resumes
+    checkpoints: list[Path] = field(default_factory=list)
+
+
+# ----- determinism helpers -----
+
+def step_seed(seed: int, step: int) -> int:
+    """A 63-bit seed for the batch of ``step`` (1-based) that depends only on (seed, step)."""
+    return int(np.random.SeedSequence([int(seed), int(step)]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def set_global_seeds(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ----- data and algorithm adapters (the only places that know the other modules' signatures) -----
+
+def load_data(config: TrainConfig) -> dict:
+    """``{"train", "val", "test"}`` ImageClassDatasets of the config's dataset."""
+    from repana.data import load_splits
+
+    options: dict[str, Any] = {}
+    if config.split:
+        options["split"] = config.split
+    return load_splits(config.dataset, root=config.data_root or None, **options)
+
+
+def make_algorithm(config: TrainConfig):
+    """The algorithm object of ``repana.meta.algorithms`` configured from ``config``."""
+    from repana.meta.algorithms import get_algorithm
+
+    return get_algorithm(config.algorithm, ignore_unused=True, **algorithm_hyperparameters(config))
+
+
+def algorithm_hyperparameters(config: TrainConfig) -> dict:
+    """Keyword arguments of ``get_algorithm``; the inner lr is passed in mean-loss convention (the
+    same number evaluation uses), which is exact: a "sum_over_shots" loss is ``ways`` x the mean."""
+    return {"inner_lr": config.mean_loss_inner_lr(), "inner_steps": config.inner_steps_train,
+            "loss_reduction": "mean", "bn_support_query": config.bn_support_query}
+
+
+def eval_trainable(config: TrainConfig) -> Callable[[str], bool]:
+    """Which parameters adapt at validation/test: all for MAML-like algorithms, else the head."""
+    if config.algorithm in ("maml", "fomaml", "reptile"):
+        return lambda name: True
+    return lambda name: name.startswith("head")
+
+
+class BatchSource:
+    """The training batch of each step, a pure function of (config.seed, step).
+
+    Episodes (``batch_kind == "episodes"``): ``meta_batch_size`` tasks from the train split.
+    Classification (``"classification"``): ``(images float32 (batch_size, C, H, W) in [0, 1],
+    labels int64 (batch_size,))`` drawn uniformly from the train split.
+    """
+
+    def __init__(self, config: TrainConfig, train_set, batch_kind: str):
+        if batch_kind not in ("episodes", "classification"):
+            raise ConfigError(f"algorithm {config.algorithm!r} has unknown batch kind {batch_kind!r}")
+        self.config, self.train_set, self.batch_kind = config, train_set, batch_kind
+
+    def __call__(self, step: int):
+        seed = step_seed(self.config.seed, step)
+        if self.batch_kind == "episodes":
+            from repana.data.episodes import EpisodeSampler
+
+            sampler = EpisodeSampler(self.train_set, ways=self.config.ways, shots=self.config.shots,
+                                     queries=self.config.queries_train, seed=seed)
+            return sampler.sample(tasks=self.config.meta_batch_size)
+        generator = torch.Generator().manual_seed(seed)
+        index = torch.randint(len(self.train_set.labels), (self.config.batch_size,), generator=generator)
+        images = self.train_set.images[index].float() / 255.0
+        return images, self.train_set.labels[index]
+
+
+def batch_to(batch, device):
+    if isinstance(batch, tuple):
+        return tuple(t.to(device) for t in batch)
+    return batch.to(device)
+
+
+def batch_size_of(batch) -> int:
+    return len(batch[0]) if isinstance(batch, tuple) else len(batch)
+
+
+def shard_batch(batch, start: int, stop: int):
+    """Tasks (or images) ``start:stop`` of a batch."""
+    if isinstance(batch, tuple):
+        return tuple(t[start:stop] for t in batch)
+    return batch.index(slice(start, stop))
+
+
+# ----- run folder -----
+
+class MetricsLog:
+    """``metrics.csv``: one row per logged step and split, appended line by line and fsynced."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+
+    def reset(self, keep_through_step: int) -> None:
+        """Rewrite the file atomically with only the well-formed rows of steps <= ``keep_through_step``."""
+        if not self.enabled:
+            return
+        rows = []
+        if self.path.exists():
+            with open(self.path, newline="", encoding="utf-8") as handle:
+                for row in csv.DictReader(handle):
+                    try:
+                        if int(row["step"]) <= keep_through_step and row["elapsed_s"] not in (None, ""):
+                            float(row["elapsed_s"])
+                            rows.append(row)
+                    except (TypeError, ValueError, KeyError):
+                        continue  # a torn last line from a kill mid-append
+        lines = [",".join(METRICS_COLUMNS)] + [",".join(row[c] or "" for c in METRICS_COLUMNS) for row in rows]
+        atomic_write_text(self.path, "\n".join(lines) + "\n")
+
+    def append(self, step: int, split: str, loss: float | None, accuracy: float | None, elapsed: float) -> None:
+        if not self.enabled:
+            return
+        cells = [str(step), split, _fmt(loss), _fmt(accuracy), f"{elapsed:.3f}"]
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(",".join(cells) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.6g}"
+
+
+def list_step_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of ``step_XXXXXX.pt`` files, sorted by step."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name))]
+    return sorted(found)
+
+
+def find_resume_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The newest readable checkpoint of a run (``latest.pt``, else the newest ``step_*.pt``)."""
+    folder = run_dir / "checkpoints"
+    candidates = [folder / "latest.pt"] + [p for _, p in reversed(list_step_checkpoints(folder))]
+    errors = []
+    for path in candidates:
+        if path.exists():
+            try:
+                return load_checkpoint(path)
+            except CheckpointError as error:
+                errors.append(str(error))
+    if errors:
+        raise CheckpointError(f"no readable checkpoint in {folder}: " + "; ".join(errors))
+    return None
+
+
+def _check_resume_config(saved: TrainConfig, given: TrainConfig, run_dir: Path) -> None:
+    saved_d, given_d = saved.to_dict(), given.to_dict()
+    changed = sorted(k for k in saved_d if saved_d[k] != given_d[k] and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise ConfigError(
+            f"cannot resume {run_dir} with a different config: " + ", ".join(
+                f"{k} = {given_d[k]!r} (run has {saved_d[k]!r})" for k in changed)
+            + f"; only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume")
+
+
+def read_run_config(run_dir: str | Path) -> TrainConfig:
+    """The resolved config of an existing run folder."""
+    path = Path(run_dir) / "config.toml"
+    if not path.exists():
+        raise ConfigError(f"{run_dir} has no config.toml; it is not a repana run folder")
+    return from_dict(load_toml(path), source=str(path))
+
+
+# ----- the loop -----
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, device: str | torch.device = "cpu",
+          data: Mapping | None = None, algorithm=None,
+          callback: Callable[[int, dict], None] | None = None, show_progress: bool | None = None,
+          dist=None) -> RunSummary:
+    """Meta-train ``config`` in ``run_dir``; with ``resume`` continue from its newest checkpoint.
+
+    ``data``: ``{"train", "val"}`` datasets (loaded from ``config`` when None). ``algorithm``: an
+    object with ``batch_kind`` and ``meta_gradients(model, batch) -> (grads, metrics)`` (built from
+    ``config`` when None). ``callback(step, metrics)`` runs after each optimizer step; raising
+    :class:`StopTraining` there ends the run early (files stay as after that step's writes).
+    ``dist``: a :class:`repana.meta.distributed.DistributedContext` (episodes split across ranks,
+    only rank 0 writes). Returns a :class:`RunSummary`.
+    """
+    from repana.models import build_model
+    from repana.meta.evaluate import evaluate
+
+    config = config.validate()
+    run_dir = Path(run_dir)
+    device = torch.device(device)
+    writer = dist is None or dist.rank == 0
+    ckpt_dir = run_dir / "checkpoints"
+    metrics_log = MetricsLog(run_dir / "metrics.csv", enabled=writer)
+
+    resume_from: Checkpoint | None = None
+    if resume:
+        if (run_dir / "config.toml").exists():
+            _check_resume_config(read_run_config(run_dir), config, run_dir)
+        resume_from = find_resume_checkpoint(run_dir)
+    elif ckpt_dir.exists() and list_step_checkpoints(ckpt_dir) or (ckpt_dir / "latest.pt").exists():
+        raise ConfigError(f"run folder {run_dir} already holds checkpoints: pass resume=True "
+                          "(--resume) to continue it, or choose another output folder")
+
+    data = data if data is not None else load_data(config)
+    algorithm = algorithm if algorithm is not None else make_algorithm(config)
+    batch_kind = algorithm.batch_kind
+    n_classes = data["train"].n_classes if batch_kind == "classification" else config.ways
+    config.check_classes({s: data[s].n_classes for s in ("train", "val") if s in data}
+                         if batch_kind == "episodes" else {"val": data["val"].n_classes})
+
+    set_global_seeds(config.seed)
+    model_config = config.model_config(n_classes)
+    model = build_model(model_config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.outer_lr)
+    batches = BatchSource(config, data["train"], batch_kind)
+
+    start, elapsed_before = 0, 0.0
+    if resume_from is not None:
+        if resume_from.model_config != model_config:
+            raise CheckpointError(f"{resume_from.path} holds another architecture "
+                                  f"({resume_from.model_config}) than the config ({model_config})")
+        load_weights(model, resume_from.state_dict, where=str(resume_from.path))
+        optimizer.load_state_dict(resume_from.optimizer_state)
+        restore_rng_state(resume_from.rng)
+        start = resume_from.step
+        elapsed_before = float(resume_from.metrics.get("elapsed_s", 0.0))
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.toml", to_toml(config))
+        metrics_log.reset(keep_through_step=start)
+
+    val_episodes = None
+    if config.val_every and "val" in data:
+        from repana.data.episodes import fixed_episodes
+
+        val_episodes = fixed_episodes(data["val"], n_episodes=config.val_episodes, ways=config.ways,
+                                      shots=config.shots, queries=config.queries_test,
+                                      seed=step_seed(config.seed, 0))  # step 0 is never a training step
+
+    saved: list[Path] = []
+    window_loss: list[float] = []
+    window_acc: list[float] = []
+    last = {"loss": float("nan"), "accuracy": float("nan")}
+    val_accuracy = val_ci = None
+    t0 = time.perf_counter()
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - t0
+
+    def checkpoint(step: int, metrics: dict) -> None:
+        if not writer:
+            return
+        sampler_state = {"kind": "step_seeded", "seed": config.seed, "step": step}
+        path = save_checkpoint(ckpt_dir / f"step_{step:06d}.pt", model=model, model_config=model_config,
+                               algorithm=config.algorithm, config=config.to_dict(), step=step,
+                               optimizer=optimizer, rng=capture_rng_state(sampler_state),
+                               metrics={**metrics, "elapsed_s": elapsed()})
+        atomic_write_bytes(ckpt_dir / "latest.pt", path.read_bytes())
+        saved.append(path)
+        rolling = [(s, p) for s, p in list_step_checkpoints(ckpt_dir) if s not in config.save_steps]
+        for _, old in rolling[:-config.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+
+    threads_before = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    bar = progress(total=config.iterations, initial=start, desc=f"{config.algorithm} {config.name}",
+                   enabled=show_progress if writer else False, unit="step")
+    model.train()
+    steps_done = start
+    try:
+        for step in range(start + 1, config.iterations + 1):
+            batch = batches(step)
+            if dist is not None:
+                grads, metrics = dist.meta_gradients(algorithm, model, batch, device)
+            else:
+                grads, metrics = algorithm.meta_gradients(model, batch_to(batch, device))
+            optimizer.zero_grad(set_to_none=True)
+            for name, param in model.named_parameters():
+                grad = grads.get(name)
+                param.grad = None if grad is None else grad.detach().to(param.dtype)
+            optimizer.step()
+
+            loss = float(metrics.get("loss", float("nan")))
+            accuracy = float(metrics.get("accuracy", float("nan")))
+            window_loss.append(loss)
+            window_acc.append(accuracy)
+            step_metrics = {"train_loss": loss, "train_accuracy": accuracy}
+            if step % config.log_every == 0 or step == config.iterations:
+                last = {"loss": _mean(window_loss), "accuracy": _mean(window_acc)}
+                metrics_log.append(step, "train", last["loss"], last["accuracy"], elapsed())
+                window_loss, window_acc = [], []
+                bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['accuracy']:.3f}")
+            if val_episodes is not None and writer and (step % config.val_every == 0 or step == config.iterations):
+                result = evaluate(model, val_episodes, method=config.eval_method, steps=config.inner_steps_test,
+                                  lr=config.mean_loss_inner_lr(), trainable=eval_trainable(config),
+                                  bn_support_query=config.bn_support_query, show_progress=False)
+                model.train()
+                val_accuracy, val_ci = float(result.accuracy), float(result.ci95)
+                val_loss = getattr(result, "loss", None)
+                metrics_log.append(step, "val", None if val_loss is None else float(val_loss), val_accuracy,
+                                   elapsed())
+                step_metrics.update(val_accuracy=val_accuracy, val_ci95=val_ci)
+            if ((config.checkpoint_every and step % config.checkpoint_every == 0)
+                    or step in config.save_steps or step == config.iterations):
+                checkpoint(step, step_metrics)
+            steps_done = step
+            bar.update(1)
+            if callback is not None:
+                callback(step, step_metrics)
+    except StopTraining:
+        pass
+    finally:
+        bar.close()
+        torch.set_num_threads(threads_before)
+    return RunSummary(run_dir=run_dir, steps=steps_done, resumed_from=start, train_loss=last["loss"],
+                      train_accuracy=last["accuracy"], val_accuracy=val_accuracy, val_ci95=val_ci,
+                      elapsed_s=elapsed(), checkpoints=saved)

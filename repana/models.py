@@ -1,0 +1,170 @@
+"""The paper's backbone: Conv4 of Finn et al. (2017), with stable layer names and a body/head split.
+
+Architecture (``pooling="max"``): four blocks ``conv3x3(pad 1) -> batch norm -> ReLU -> 2x2 max-pool``,
+then ``flatten -> Linear`` (the head). With ``pooling="stride"`` the convs have stride 2 and there is no
+pooling (the original MAML Omniglot network). 64 filters for Omniglot, 32 for MiniImageNet.
+
+Parameter names (what ``named_parameters()`` and the parameter dicts of :mod:`repana.meta` use)::
+
+    conv{i}.conv.weight, conv{i}.conv.bias, conv{i}.bn.weight, conv{i}.bn.bias   i = 1..4   (the body)
+    head.weight (n_classes, n_features), head.bias (n_classes,)                           (the head)
+
+:func:`is_head_parameter` is the one predicate that tells them apart.
+
+Batch norm, as in MAML: ``bn_stats="batch"`` normalises with the statistics of the current batch, in
+training *and* at test time (no running statistics are kept, so ``model.eval()`` changes nothing);
+``bn_stats="running"`` is standard PyTorch batch norm (batch statistics in ``train()``, running ones in
+``eval()``).
+
+Every block also accepts a batch of tasks ``(tasks, n, C, H, W)``: the conv weights are shared and the
+batch-norm statistics are computed per task, exactly as if each task had been run on its own. This is
+how the episodes of a meta-batch share one forward pass through a body that does not adapt (ANIL).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repana.errors import ConfigError, InputError
+
+LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "head")
+POOLINGS = ("max", "stride")
+BN_STATS = ("batch", "running")
+
+
+def is_head_parameter(name: str) -> bool:
+    """True for the head's parameters (``head.weight``, ``head.bias``), False for the body's."""
+    return name == "head" or name.startswith("head.")
+
+
+class ConvBlock(nn.Module):
+    """conv3x3 -> batch norm -> ReLU -> (2x2 max-pool | nothing when the conv has stride 2).
+
+    Input ``(n, C_in, H, W)`` or a batch of tasks ``(tasks, n, C_in, H, W)`` (per-task batch-norm
+    statistics); output ``(n, C_out, H', W')`` or ``(tasks, n, C_out, H', W')``, float.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, pooling: str = "max", bn_stats: str = "batch"):
+        super().__init__()
+        stride = 2 if pooling == "stride" else 1
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
+        self.bn = nn.BatchNorm2d(out_channels, track_running_stats=(bn_stats == "running"))
+        self.pooling = pooling
+        self.bn_stats = bn_stats
+
+    def _normalise(self, h: torch.Tensor, tasks: int | None) -> torch.Tensor:
+        bn = self.bn
+        use_batch_stats = self.bn_stats == "batch" or self.training
+        if tasks is None:
+            return bn(h)
+        if not use_batch_stats:  # running statistics: the same affine map for every task
+            return bn(h)
+        if self.bn_stats == "running":
+            raise InputError("a batch of tasks (5-D input) with bn_stats='running' in train mode would need "
+                             "per-task running statistics: run the tasks one at a time, or call model.eval()")
+        # Fold tasks into channels: (tasks*n, C, H, W) -> (n, tasks*C, H, W); one batch norm over
+        # tasks x channels gives every task its own statistics.
+        n = h.shape[0] // tasks
+        c, hh, ww = h.shape[1:]
+        folded = h.reshape(tasks, n, c, hh, ww).transpose(0, 1).reshape(n, tasks * c, hh, ww)
+        out = F.batch_norm(folded, None, None, bn.weight.repeat(tasks), bn.bias.repeat(tasks),
+                           training=True, momentum=0.0, eps=bn.eps)
+        return out.reshape(n, tasks, c, hh, ww).transpose(0, 1).reshape(tasks * n, c, hh, ww)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tasks = None
+        if x.dim() == 5:
+            tasks = x.shape[0]
+            leading = x.shape[:2]
+            x = x.flatten(0, 1)
+        h = torch.relu(self._normalise(self.conv(x), tasks))
+        if self.pooling == "max":
+            h = F.max_pool2d(h, 2)
+        return h if tasks is None else h.reshape(*leading, *h.shape[1:])
+
+
+def _spatial_after(size: int, pooling: str) -> int:
+    for _ in range(4):
+        size = (size + 2 - 3) // 2 + 1 if pooling == "stride" else size // 2
+    return size
+
+
+class Conv4(nn.Module):
+    """Conv4 backbone + linear head, named children ``conv1..conv4`` (blocks) and ``head`` (Linear).
+
+    Args:
+        in_channels: 1 (Omniglot) or 3 (MiniImageNet).
+        n_classes: outputs of the head (the ways N, or all meta-training classes for multiclass).
+        hidden: filters per block (64 Omniglot, 32 MiniImageNet).
+        image_size: side of the square input in pixels (28 Omniglot, 84 MiniImageNet).
+        pooling: "max" (2x2 max-pool after each block) or "stride" (stride-2 convs, no pooling).
+        bn_stats: "batch" (MAML: batch statistics also at test time) or "running".
+
+    ``model(x)``: ``x`` float ``(n, C, H, W)`` -> logits ``(n, n_classes)``; ``(tasks, n, C, H, W)`` ->
+    ``(tasks, n, n_classes)``. ``model(x, start=i, stop=j)`` runs only ``layer_names[i:j]`` (the input
+    of layer ``i`` is the output of layer ``i-1``; the flatten happens before ``head``).
+    """
+
+    layer_names = list(LAYER_NAMES)
+
+    def __init__(self, in_channels: int = 1, n_classes: int = 5, hidden: int = 64, image_size: int = 28,
+                 pooling: str = "max", bn_stats: str = "batch"):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling = {pooling!r} is not one of {POOLINGS}")
+        if bn_stats not in BN_STATS:
+            raise ConfigError(f"bn_stats = {bn_stats!r} is not one of {BN_STATS}")
+        for key, value in (("in_channels", in_channels), ("n_classes", n_classes), ("hidden", hidden)):
+            if int(value) < 1:
+                raise ConfigError(f"{key} = {value} must be at least 1")
+        side = _spatial_after(int(image_size), pooling)
+        if side < 1:
+            raise ConfigError(f"image_size = {image_size} is too small for four {pooling} blocks "
+                              f"(needs at least 16 pixels with max-pooling)")
+        self.config: dict[str, Any] = {"in_channels": int(in_channels), "n_classes": int(n_classes),
+                                       "hidden": int(hidden), "image_size": int(image_size),
+                                       "pooling": pooling, "bn_stats": bn_stats}
+        self.bn_stats = bn_stats
+        self.n_features = int(hidden) * side * side
+        channels = [int(in_channels)] + [int(hidden)] * 4
+        for i in range(4):
+            self.add_module(f"conv{i + 1}", ConvBlock(channels[i], channels[i + 1], pooling, bn_stats))
+        self.head = nn.Linear(self.n_features, int(n_classes))
+
+    def forward(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        stop = len(LAYER_NAMES) if stop is None else stop
+        if not 0 <= start <= stop <= len(LAYER_NAMES):
+            raise InputError(f"layer range [{start}, {stop}) is outside 0..{len(LAYER_NAMES)}")
+        h = x
+        for name in LAYER_NAMES[start:stop]:
+            if name == "head" and start < 4:  # conv4's (.., C, H, W) map -> flat features
+                h = h.flatten(-3)
+            h = getattr(self, name)(h)
+        if stop == 4 and start < 4:  # penultimate features are flat
+            h = h.flatten(-3)
+        return h
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features: ``(n, C, H, W) -> (n, n_features)`` (or per task with 5-D input)."""
+        return self(x, stop=4)
+
+    def head_index(self) -> int:
+        return LAYER_NAMES.index("head")
+
+
+def build_model(config: dict) -> Conv4:
+    """Rebuild a model from ``model.config`` (a plain dict); unknown keys raise ConfigError."""
+    allowed = {"in_channels", "n_classes", "hidden", "image_size", "pooling", "bn_stats"}
+    unknown = set(config) - allowed
+    if unknown:
+        raise ConfigError(f"unknown model config keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return Conv4(**config)
+
+
+def layer_of(name: str) -> str:
+    """The layer (``conv1``..``conv4``, ``head``) a parameter name belongs to."""
+    return name.split(".", 1)[0]

@@ -1,0 +1,216 @@
+"""Figures of the paper's analyses, drawn from the analyses' tidy DataFrames (or their CSVs) only.
+
+Every function takes a DataFrame (or a CSV path) and returns a matplotlib Figure; :func:`save_figure`
+writes it as PNG and PDF atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from repana.io import atomic_savefig  # noqa: E402
+
+MEASURE_NAMES = {"svcca": "SVCCA", "cka": "CKA (linear)", "cka_debiased": "CKA (debiased)",
+                 "cca": "mean CCA", "pwcca": "PWCCA", "cka_rbf": "CKA (RBF)", "procrustes": "Procrustes"}
+COLORS = {"maml": "#1f77b4", "anil": "#ff7f0e", "nil": "#2ca02c", "multiclass": "#9467bd",
+          "multitask": "#8c564b", "random": "#7f7f7f"}
+plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
+                     "figure.dpi": 110, "savefig.bbox": "tight"})
+
+
+def _frame(data) -> pd.DataFrame:
+    return pd.read_csv(data) if isinstance(data, (str, Path)) else data
+
+
+def save_figure(figure, stem: str | Path) -> list[Path]:
+    """Write ``stem.png`` (150 dpi) and ``stem.pdf`` atomically; returns both paths and closes it."""
+    stem = Path(stem)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    atomic_savefig(figure, paths[0], dpi=150)
+    atomic_savefig(figure, paths[1])
+    plt.close(figure)
+    return paths
+
+
+def _errorbar(ax, x, mean, ci, **kwargs):
+    ci = np.nan_to_num(np.asarray(ci, dtype=float), nan=0.0)
+    ax.errorbar(x, mean, yerr=ci, capsize=3, **kwargs)
+
+
+def inner_loop_figure(summary) -> plt.Figure:
+    """Similarity before vs after the inner loop per layer: one panel per measure, one line per
+    network (label), with 95% CI bars and the null baseline (dotted). Uses the last inner step.
+
+    ``summary``: output of :func:`repana.analysis.inner_loop.summarize_inner_loop`.
+    """
+    frame = _frame(summary)
+    frame = frame[frame["step"] == frame.groupby("label")["step"].transform("max")]
+    measures = list(dict.fromkeys(frame["measure"]))
+    figure, axes = plt.subplots(1, len(measures), figsize=(3.4 * len(measures), 2.9), squeeze=False)
+    for ax, measure in zip(axes[0], measures):
+        part = frame[frame["measure"] == measure]
+        for offset, (label, group) in enumerate(part.groupby("label", sort=False)):
+            x = np.arange(len(group)) + 0.08 * (offset - 0.5)
+            color = COLORS.get(str(label).lower())
+            _errorbar(ax, x, group["mean"], group["ci95"], marker="o", label=f"{label}", color=color)
+            if "null_mean" in group:
+                ax.plot(x, group["null_mean"], ls=":", marker="x", color=color, alpha=0.7,
+                        label=f"{label} null")
+        ax.set_xticks(range(len(part["layer"].unique())), part["layer"].unique())
+        ax.set_ylim(min(-0.05, float(np.nanmin(part.get("null_mean", part["mean"])) - 0.05)), 1.05)
+        ax.set_title(f"{MEASURE_NAMES.get(measure, measure)}: before vs after")
+        ax.set_ylabel("similarity")
+        ax.axhline(1.0, color="0.8", lw=0.8)
+    axes[0][-1].legend(fontsize=7, frameon=False, loc="lower left")
+    figure.tight_layout()
+    return figure
+
+
+def inner_steps_figure(summary) -> plt.Figure:
+    """Similarity to the initial representation after each inner step, one line per layer;
+    one panel per (network, measure)."""
+    frame = _frame(summary)
+    panels = list(frame.groupby(["label", "measure"], sort=False))
+    figure, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 2.7), squeeze=False)
+    for ax, ((label, measure), group) in zip(axes[0], panels):
+        for layer, part in group.groupby("layer", sort=False):
+            _errorbar(ax, part["step"], part["mean"], part["ci95"], marker="o", ms=3, label=layer)
+        ax.set_title(f"{label}: {MEASURE_NAMES.get(measure, measure)}")
+        ax.set_xlabel("inner step")
+        ax.set_ylabel("similarity to step 0")
+        ax.set_xticks(sorted(group["step"].unique()))
+    axes[0][-1].legend(fontsize=7, frameon=False)
+    figure.tight_layout()
+    return figure
+
+
+def freezing_figure(freezing, paper: Sequence[float] | None = None) -> plt.Figure:
+    """Accuracy (%) with 95% CI per frozen set; the paper's values as hollow markers when given."""
+    frame = _frame(freezing)
+    figure, ax = plt.subplots(figsize=(4.2, 2.8))
+    labels = list(dict.fromkeys(frame["label"]))
+    width = 0.8 / max(len(labels), 1)
+    for i, (label, group) in enumerate(frame.groupby("label", sort=False)):
+        x = np.arange(len(group)) + (i - (len(labels) - 1) / 2) * width
+        ax.bar(x, 100 * group["accuracy"], width, yerr=100 * group["ci95"].fillna(0), capsize=3,
+               label=label, color=COLORS.get(str(label).lower()))
+    groups = list(dict.fromkeys(frame["frozen"]))
+    if paper is not None:
+        ax.plot(range(len(paper)), paper, "k_", ms=18, mew=2, label="paper (MiniImageNet 5w1s)")
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_xlabel("conv blocks frozen at test time")
+    ax.set_ylabel("query accuracy (%)")
+    low = 100 * float((frame["accuracy"] - frame["ci95"].fillna(0)).min())
+    ax.set_ylim(max(0, low - 10), 100 if low > 50 else None)
+    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    figure.tight_layout()
+    return figure
+
+
+def accuracy_bars_figure(frame, label_column: str, title: str, paper: dict | None = None) -> plt.Figure:
+    """Bars of accuracy (%) with 95% CI, one per row of ``frame`` (``label_column`` names them);
+    ``paper``: label -> published accuracy (%), drawn as black ticks."""
+    frame = _frame(frame)
+    figure, ax = plt.subplots(figsize=(0.9 * len(frame) + 1.8, 2.8))
+    x = np.arange(len(frame))
+    colors = [COLORS.get(str(v).lower(), "#4c72b0") for v in frame[label_column]]
+    ax.bar(x, 100 * frame["accuracy"], 0.6, yerr=100 * frame["ci95"].fillna(0), capsize=3, color=colors)
+    if paper:
+        for i, key in enumerate(frame[label_column]):
+            if key in paper:
+                ax.plot(i, paper[key], "k_", ms=16, mew=2, label="paper" if i == 0 else None)
+    names = frame["name"] if "name" in frame else frame[label_column]
+    ax.set_xticks(x, names, rotation=20 if len(frame) > 3 else 0, ha="right" if len(frame) > 3 else "center")
+    ax.set_ylabel("query accuracy (%)")
+    ax.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
+def cross_model_figure(summary) -> plt.Figure:
+    """MAML vs ANIL similarity per layer (one line per measure) with CI and null baseline."""
+    frame = _frame(summary)
+    figure, ax = plt.subplots(figsize=(3.8, 2.8))
+    for measure, group in frame.groupby("measure", sort=False):
+        x = np.arange(len(group))
+        _errorbar(ax, x, group["mean"], group["ci95"], marker="o", label=MEASURE_NAMES.get(measure, measure))
+        if "null_mean" in group:
+            ax.plot(x, group["null_mean"], ls=":", marker="x", color="0.5")
+        ax.set_xticks(x, group["layer"])
+    pair = frame.iloc[0]
+    ax.set_title(f"{pair['model_a']} vs {pair['model_b']} (dotted: null)")
+    ax.set_ylabel("similarity")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(fontsize=7, frameon=False)
+    figure.tight_layout()
+    return figure
+
+
+def convergence_figure(frame) -> plt.Figure:
+    """ANIL with a strongly-convex vs nonconvex head: meta-training loss against iterations and
+    wall-clock, and test accuracy against iterations, one line per (head, N)."""
+    frame = _frame(frame)
+    figure, axes = plt.subplots(1, 3, figsize=(10.5, 2.9))
+    styles = {"linear_l2": "-", "two_layer": "--"}
+    for (head, n), group in frame.groupby(["head", "inner_steps"], sort=False):
+        loss = group[group["metric"] == "train_loss"]
+        smooth = loss["value"].rolling(max(1, len(loss) // 20), min_periods=1).mean()
+        label = f"{head} N={n}"
+        line, = axes[0].plot(loss["iteration"], smooth, styles.get(head, "-"), label=label)
+        axes[1].plot(loss["elapsed_s"], smooth, styles.get(head, "-"), color=line.get_color())
+        acc = group[group["metric"] == "test_accuracy"]
+        axes[2].plot(acc["iteration"], 100 * acc["value"], styles.get(head, "-"), marker="o", ms=3,
+                     color=line.get_color())
+    axes[0].set(xlabel="meta-iteration", ylabel="meta-training loss", title="loss vs iterations")
+    axes[1].set(xlabel="wall-clock (s)", ylabel="meta-training loss", title="loss vs time")
+    axes[2].set(xlabel="meta-iteration", ylabel="test accuracy (%)", title="test accuracy")
+    axes[0].legend(fontsize=7, frameon=False)
+    figure.tight_layout()
+    return figure
+
+
+def cost_figure(frame) -> plt.Figure:
+    """Seconds per meta-step of MAML and ANIL against the number of inner steps N."""
+    frame = _frame(frame)
+    figure, ax = plt.subplots(figsize=(3.6, 2.8))
+    for alg, group in frame.groupby("algorithm", sort=False):
+        ax.plot(group["inner_steps"], group["seconds"], marker="o", label=alg.upper(),
+                color=COLORS.get(alg))
+    ax.set(xlabel="inner steps N", ylabel="seconds per meta-step", title="cost vs N")
+    ax.legend(fontsize=7, frameon=False)
+    figure.tight_layout()
+    return figure
+
+
+def dynamics_figure(similarity_summary, freezing) -> plt.Figure:
+    """Feature reuse along training: before/after similarity per layer and the accuracy cost of
+    freezing all conv blocks, at each saved training stage."""
+    sim = _frame(similarity_summary)
+    frz = _frame(freezing)
+    measures = list(dict.fromkeys(sim["measure"]))
+    figure, axes = plt.subplots(1, len(measures) + 1, figsize=(3.3 * (len(measures) + 1), 2.8))
+    for ax, measure in zip(axes, measures):
+        for (label, stage), group in sim[sim["measure"] == measure].groupby(["label", "stage"], sort=False):
+            train_step = int(group["train_step"].iloc[0])
+            _errorbar(ax, np.arange(len(group)), group["mean"], group["ci95"], marker="o", ms=3,
+                      label=f"{label} {stage} (step {train_step})")
+            ax.set_xticks(range(len(group)), group["layer"])
+        ax.set_title(f"{MEASURE_NAMES.get(measure, measure)} before vs after")
+        ax.set_ylim(-0.05, 1.05)
+    axes[0].legend(fontsize=6, frameon=False, loc="lower left")
+    ax = axes[-1]
+    for label, group in frz.groupby("label", sort=False):
+        for stage, part in group.groupby("stage", sort=False):
+            ax.plot(part["frozen"], 100 * part["accuracy"], marker="o", label=f"{label} {stage}")
+    ax.set(xlabel="conv blocks frozen", ylabel="accuracy (%)", title="freezing along training")
+    ax.legend(fontsize=6, frameon=False)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,162 @@
+"""Canonical correlation analysis and its descendants: CCA, SVCCA (Raghu et al. 2017), PWCCA (Morcos et al. 2018).
+
+Everything is computed from the thin SVD of each centred representation ``Xc = Ux Sx Vx^T``: the canonical
+correlations are the singular values of ``Ux^T Uy`` (principal angles between the column spaces). Null
+directions -- singular values at or below ``rtol * S.max()``, ``rtol = max(n, d) * eps(input dtype)`` by
+default (numpy.linalg.matrix_rank's rule) -- are dropped, so a 64-unit layer of rank 16 has 16 canonical
+directions, not 64 with 48 meaningless near-zero coefficients.
+
+Sample size rule (an error, not a warning): two subspaces of dimensions ``k_x`` and ``k_y`` in the
+``(n - 1)``-dimensional space of centred datapoints share at least ``k_x + k_y - (n - 1)`` directions, so
+whenever ``k_x + k_y >= n`` at least one canonical correlation is exactly 1 by construction. Every
+CCA-family measure raises :class:`~repana.errors.InputError` then, naming the numbers and the fixes.
+Even below that limit CCA is biased upwards when ``n`` is not much larger than ``k_x + k_y``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from repana.errors import InputError
+from repana.similarity._arrays import check_same_datapoints
+from repana.similarity.representation import Representation, as_representation
+
+WEIGHTS_FROM = ("x", "y")
+
+
+@dataclass(frozen=True)
+class CCAResult:
+    """Canonical correlations of two representations.
+
+    Attributes:
+        coefficients: ``(k,)`` float64 numpy array, sorted descending, in [0, 1];
+            ``k = min(rank X, rank Y)`` after null directions are dropped.
+        n_datapoints: number of datapoints used.
+        n_directions_x, n_directions_y: directions kept in each representation.
+    """
+
+    coefficients: np.ndarray
+    n_datapoints: int
+    n_directions_x: int
+    n_directions_y: int
+
+    @property
+    def mean(self) -> float:
+        """Mean canonical correlation (the SVCCA summary of Raghu et al. 2017)."""
+        return float(self.coefficients.mean())
+
+    @property
+    def mean_squared(self) -> float:
+        """Mean squared canonical correlation, R^2_CCA of Kornblith et al. (2019)."""
+        return float((self.coefficients ** 2).mean())
+
+
+def cca(X, Y, rtol: float | None = None) -> CCAResult:
+    """Canonical correlations between ``X (n, d_x)`` and ``Y (n, d_y)`` (numpy or torch).
+
+    Args:
+        rtol: relative singular-value tolerance for dropping null directions (default
+            ``max(n, d) * eps`` of the input dtype).
+
+    Raises:
+        InputError: when the kept directions ``k_x + k_y >= n`` (some coefficient is 1 by construction).
+    """
+    return cca_from_representations(as_representation(X, "X"), as_representation(Y, "Y"), rtol=rtol)
+
+
+def svcca(X, Y, keep: float | int = 0.99, rtol: float | None = None) -> float:
+    """SVCCA: mean CCA of the top singular directions of each centred representation.
+
+    Args:
+        keep: a float in (0, 1]: keep the fewest directions explaining this fraction of the variance
+            (Raghu et al. 2017 keep 0.99); an int: keep this many directions (capped at the numerical rank;
+            the reference tutorial's habit, e.g. 20 or 50).
+    """
+    return svcca_from_representations(as_representation(X, "X"), as_representation(Y, "Y"), keep=keep, rtol=rtol)
+
+
+def pwcca(X, Y, weights_from: str = "x", rtol: float | None = None) -> float:
+    """Projection-weighted CCA (Morcos et al. 2018): canonical correlations averaged with weights.
+
+    The weight of canonical direction ``i`` is ``sum_j |<h_i, z_j>|``, normalised to sum to 1, with ``h_i`` the
+    unit-norm canonical variate and ``z_j`` the centred activations of unit ``j`` of the representation named
+    by ``weights_from`` (``"x"`` or ``"y"``). The measure is not symmetric and the choice changes the value;
+    the reference implementation (google/svcca ``compute_pwcca``) weights by whichever input has fewer units.
+    """
+    return pwcca_from_representations(as_representation(X, "X"), as_representation(Y, "Y"),
+                                      weights_from=weights_from, rtol=rtol)
+
+
+# --- the same measures on prepared representations -------------------------------------------------------
+
+def cca_from_representations(rx: Representation, ry: Representation, rtol: float | None = None) -> CCAResult:
+    ux, _, _ = rx.svd(rtol)
+    uy, _, _ = ry.svd(rtol)
+    coefficients = _canonical_correlations(ux, uy, rx, ry, "cca")
+    return CCAResult(coefficients.cpu().numpy(), rx.n, ux.shape[1], uy.shape[1])
+
+
+def svcca_from_representations(rx: Representation, ry: Representation, keep: float | int = 0.99,
+                               rtol: float | None = None) -> float:
+    ux = _top_directions(rx, keep, rtol)
+    uy = _top_directions(ry, keep, rtol)
+    return float(_canonical_correlations(ux, uy, rx, ry, f"svcca(keep={keep})").mean())
+
+
+def pwcca_from_representations(rx: Representation, ry: Representation, weights_from: str = "x",
+                               rtol: float | None = None) -> float:
+    if weights_from not in WEIGHTS_FROM:
+        raise InputError(f"weights_from must be 'x' or 'y' (whose canonical variates give the weights), "
+                         f"got {weights_from!r}")
+    check_same_datapoints(rx.n, ry.n, rx.name, ry.name)
+    ux, sx, vhx = rx.svd(rtol)
+    uy, sy, vhy = ry.svd(rtol)
+    _check_sample_size(rx.n, ux.shape[1], uy.shape[1], rx, ry, "pwcca")
+    left, rho, right_h = torch.linalg.svd(ux.T @ uy, full_matrices=False)
+    rho = rho.clamp(0.0, 1.0)
+    # Canonical variates of X are H = Ux P (orthonormal), and H^T Xc = P^T diag(Sx) Vx^T.
+    if weights_from == "x":
+        loadings = left.T @ (sx[:, None] * vhx)
+    else:
+        loadings = right_h @ (sy[:, None] * vhy)
+    weights = loadings.abs().sum(dim=1)
+    return float((weights * rho).sum() / weights.sum())
+
+
+def _top_directions(rep: Representation, keep: float | int, rtol: float | None) -> torch.Tensor:
+    """Left singular vectors ``(n, k)`` of the top ``k`` directions chosen by ``keep``."""
+    u, s, _ = rep.svd(rtol)
+    if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)):
+        raise InputError(f"keep must be a float in (0, 1] (variance fraction) or an int >= 1 (directions), "
+                         f"got {keep!r}")
+    if isinstance(keep, (int, np.integer)):
+        if keep < 1 or keep > rep.d:
+            raise InputError(f"keep={keep} directions, but {rep.name} has {rep.d} features; choose 1..{rep.d}")
+        k = min(int(keep), s.numel())
+    else:
+        if not 0.0 < keep <= 1.0:
+            raise InputError(f"keep={keep} as a variance fraction must lie in (0, 1]")
+        variance = s * s
+        fraction = torch.cumsum(variance, 0) / variance.sum()
+        k = int((fraction < keep - 1e-12).sum()) + 1
+        k = min(k, s.numel())
+    return u[:, :k]
+
+
+def _check_sample_size(n: int, kx: int, ky: int, rx: Representation, ry: Representation, measure: str) -> None:
+    if kx + ky >= n:
+        raise InputError(
+            f"{measure}: {n} datapoints but {kx} + {ky} = {kx + ky} directions kept in {rx.name} "
+            f"({rx.d} features) and {ry.name} ({ry.d} features); with n <= k_x + k_y at least one canonical "
+            f"correlation is 1 by construction. Needs more than {kx + ky} datapoints: use svcca with fewer "
+            f"directions (keep=<int>), reduce_conv(acts, 'positions') or 'mean' for conv maps, or more datapoints")
+
+
+def _canonical_correlations(ux: torch.Tensor, uy: torch.Tensor, rx: Representation, ry: Representation,
+                            measure: str) -> torch.Tensor:
+    check_same_datapoints(rx.n, ry.n, rx.name, ry.name)
+    _check_sample_size(rx.n, ux.shape[1], uy.shape[1], rx, ry, measure)
+    return torch.linalg.svdvals(ux.T @ uy).clamp(0.0, 1.0)

@@ -1,0 +1,40 @@
+"""Orthogonal Procrustes similarity and distance (Ding, Denain & Steinhardt 2021).
+
+Both representations are centred and scaled to unit Frobenius norm; the distance is
+``min_R ||X - Y R||_F^2 = 2 - 2 ||X^T Y||_*`` over orthogonal ``R`` (``||.||_*``: nuclear norm, the sum of
+singular values; unequal widths behave as zero-padded), and the similarity is ``||X^T Y||_*`` in [0, 1].
+Invariant to orthogonal transforms, isotropic scaling and translation; not to general linear maps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from repana.similarity._arrays import check_same_datapoints
+from repana.similarity.representation import Representation, as_representation
+
+
+def procrustes_similarity(X, Y) -> float:
+    """``||X^T Y||_*`` of centred, unit-Frobenius-norm ``X (n, d_x)`` and ``Y (n, d_y)``; 1 iff ``Y = X R``."""
+    return procrustes_similarity_from_representations(as_representation(X, "X"), as_representation(Y, "Y"))
+
+
+def procrustes_distance(X, Y) -> float:
+    """Squared orthogonal Procrustes distance ``2 - 2 * procrustes_similarity(X, Y)``, in [0, 2]."""
+    return 2.0 - 2.0 * procrustes_similarity(X, Y)
+
+
+def procrustes_similarity_from_representations(rx: Representation, ry: Representation) -> float:
+    check_same_datapoints(rx.n, ry.n, rx.name, ry.name)
+    cross = _compact(rx).T @ _compact(ry)
+    nuclear = float(torch.linalg.svdvals(cross).sum())
+    return min(nuclear / math.sqrt(rx.sq_norm * ry.sq_norm), 1.0)
+
+
+def _compact(rep: Representation) -> torch.Tensor:
+    """``Xc`` itself when ``d <= n``, else ``U diag(S)`` (n, rank): same Gram matrix, at most n columns."""
+    if rep.d <= rep.n:
+        return rep.centered
+    return rep.cached("compact", lambda: (lambda u, s, _: u * s)(*rep.svd(0.0)))

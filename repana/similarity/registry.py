@@ -1,0 +1,92 @@
+"""One registry of similarity measures, so analyses and the CLI take a measure by name.
+
+A registered measure is a function ``(rx: Representation, ry: Representation, **options) -> float`` of two
+prepared representations (see :mod:`repana.similarity.representation`): layer x layer comparisons then
+reuse each layer's centring, SVD and Gram matrices across pairs and measures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from repana.errors import InputError
+from repana.similarity.cca import cca_from_representations, pwcca_from_representations, svcca_from_representations
+from repana.similarity.cka import cka_from_representations
+from repana.similarity.procrustes import procrustes_similarity_from_representations
+from repana.similarity.representation import Representation, as_representation
+
+PairFunction = Callable[..., float]
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A named measure: ``function(rx, ry, **options)``, its default options and its properties."""
+
+    name: str
+    function: PairFunction
+    description: str
+    symmetric: bool = True
+    min_datapoints: int = 2
+    defaults: dict = field(default_factory=dict)
+
+    def __call__(self, rx: Representation, ry: Representation, **options) -> float:
+        return float(self.function(rx, ry, **{**self.defaults, **options}))
+
+
+_REGISTRY: dict[str, Measure] = {}
+
+
+def register_measure(name: str, function: PairFunction, *, description: str, symmetric: bool = True,
+                     min_datapoints: int = 2, defaults: dict | None = None, overwrite: bool = False) -> Measure:
+    """Register ``function(rx, ry, **options) -> float`` under ``name``.
+
+    ``rx.centered`` / ``ry.centered`` are the centred float64 activations ``(n, d)``; ``rx.svd()``,
+    ``rx.gram``, ``rx.covariance`` are cached per layer.
+    """
+    if name in _REGISTRY and not overwrite:
+        raise InputError(f"measure {name!r} is already registered (pass overwrite=True to replace it)")
+    measure = Measure(name, function, description, symmetric, min_datapoints, dict(defaults or {}))
+    _REGISTRY[name] = measure
+    return measure
+
+
+def get_measure(name: str) -> Measure:
+    """The :class:`Measure` called ``name``; an unknown name lists the registered ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise InputError(f"unknown similarity measure {name!r}; registered: {', '.join(list_measures())}") from None
+
+
+def list_measures() -> list[str]:
+    """Names of the registered measures, in registration order."""
+    return list(_REGISTRY)
+
+
+def similarity(name: str, X, Y, **options) -> float:
+    """The measure ``name`` between ``X (n, d_x)`` and ``Y (n, d_y)``: ``similarity("svcca", X, Y, keep=20)``."""
+    measure = get_measure(name)
+    rx = as_representation(X, "X", measure.min_datapoints)
+    ry = as_representation(Y, "Y", measure.min_datapoints)
+    return measure(rx, ry, **options)
+
+
+register_measure("cca", lambda rx, ry, **kw: cca_from_representations(rx, ry, **kw).mean,
+                 description="mean canonical correlation (null directions dropped)")
+register_measure("cca_r2", lambda rx, ry, **kw: cca_from_representations(rx, ry, **kw).mean_squared,
+                 description="mean squared canonical correlation, R^2_CCA (Kornblith et al. 2019)")
+register_measure("svcca", svcca_from_representations, defaults={"keep": 0.99},
+                 description="SVCCA (Raghu et al. 2017): CCA of the directions keeping 99% of the variance")
+register_measure("pwcca", pwcca_from_representations, symmetric=False, defaults={"weights_from": "x"},
+                 description="projection-weighted CCA (Morcos et al. 2018), weights from the first input")
+register_measure("cka", cka_from_representations, defaults={"kernel": "linear", "debiased": False},
+                 description="linear CKA (Kornblith et al. 2019)")
+register_measure("cka_debiased", cka_from_representations, min_datapoints=4,
+                 defaults={"kernel": "linear", "debiased": True},
+                 description="linear CKA with the unbiased HSIC estimator (Song et al. 2012)")
+register_measure("cka_rbf", cka_from_representations, defaults={"kernel": "rbf", "debiased": False,
+                                                                "sigma_fraction": 0.8},
+                 description="RBF-kernel CKA, sigma = 0.8 x median distance (Kornblith et al. 2019)")
+register_measure("procrustes", procrustes_similarity_from_representations,
+                 description="orthogonal Procrustes similarity ||X^T Y||_* (Ding et al. 2021); distance = 2 - 2 sim")

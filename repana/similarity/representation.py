@@ -1,0 +1,218 @@
+"""One layer's activations prepared once: validated, centred in float64, with lazily cached statistics.
+
+Every measure is written as a function of two :class:`Representation` objects, so a layer x layer
+comparison pays for each layer's centring, SVD, Gram or covariance matrix once, not once per pair.
+The functions of raw arrays (``cka(X, Y)`` ...) simply wrap their inputs in Representations.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from repana.errors import InputError
+from repana.similarity._arrays import as_float64_matrix, original_eps
+
+
+class Representation:
+    """Activations ``(n_datapoints, n_features)`` centred in float64 on the input's device.
+
+    Attributes:
+        centered: float64 tensor ``(n, d)``, column means removed (after the float64 cast).
+        n, d: numbers of datapoints and features.
+        eps: machine epsilon of the *input* dtype, used for numerical-rank decisions.
+        name: used in error messages.
+
+    Cached on first use: the thin SVD truncated at the numerical rank, the covariance ``Xc^T Xc`` (d x d),
+    the Gram matrix ``Xc Xc^T`` (n x n), kernel Gram matrices centred (biased or U-centred).
+    """
+
+    def __init__(self, array, name: str = "X", min_datapoints: int = 2):
+        if isinstance(array, Representation):
+            raise InputError("already a Representation; pass it directly to the *_from_representations functions")
+        data = as_float64_matrix(array, name, min_datapoints=min_datapoints)
+        self.name = name
+        self.eps = original_eps(array)
+        self.n, self.d = data.shape
+        self.centered = data - data.mean(dim=0, keepdim=True)
+        self._cache: dict = {}
+        scale = data.abs().max()
+        # After centring, a constant column is 0 up to rounding of the mean (~n * eps * |value|).
+        if float(self.centered.abs().max()) <= 8 * self.n * torch.finfo(torch.float64).eps * float(scale):
+            raise InputError(f"{name} is constant across its {self.n} datapoints (zero variance in every "
+                             f"feature); similarity with a constant representation is undefined")
+
+    @classmethod
+    def _from_centered(cls, centered: torch.Tensor, name: str, eps: float) -> "Representation":
+        rep = cls.__new__(cls)
+        rep.name, rep.eps = name, eps
+        rep.n, rep.d = centered.shape
+        rep.centered = centered
+        rep._cache = {}
+        return rep
+
+    @property
+    def device(self) -> torch.device:
+        return self.centered.device
+
+    def cached(self, key, compute):
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    # --- per-layer statistics -------------------------------------------------------------------
+    def rank_rtol(self, rtol: float | None = None) -> float:
+        """Relative tolerance under which singular values count as null: ``max(n, d) * eps(input dtype)``
+        (numpy.linalg.matrix_rank's rule, with the epsilon of the dtype the activations came in)."""
+        return max(self.n, self.d) * self.eps if rtol is None else float(rtol)
+
+    def svd(self, rtol: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Thin SVD ``Xc = U diag(S) Vh`` keeping singular values ``> rtol * S.max()`` (null directions dropped).
+
+        Returns ``U (n, r)``, ``S (r,)`` descending, ``Vh (r, d)`` with ``r`` the numerical rank.
+        """
+        full = self.cached("svd", lambda: torch.linalg.svd(self.centered, full_matrices=False))
+        u, s, vh = full
+        keep = int((s > self.rank_rtol(rtol) * s[0]).sum())
+        return u[:, :keep], s[:keep], vh[:keep]
+
+    def rank(self, rtol: float | None = None) -> int:
+        return int(self.svd(rtol)[1].numel())
+
+    @property
+    def sq_norm(self) -> float:
+        """``||Xc||_F^2``."""
+        return self.cached("sq_norm", lambda: float((self.centered * self.centered).sum()))
+
+    @property
+    def row_sq_norms(self) -> torch.Tensor:
+        """``(n,)`` squared Euclidean norm of each centred datapoint (the diagonal of the linear Gram)."""
+        return self.cached("row_sq_norms", lambda: (self.centered * self.centered).sum(dim=1))
+
+    @property
+    def covariance(self) -> torch.Tensor:
+        """``Xc^T Xc``, ``(d, d)`` (unnormalised)."""
+        return self.cached("covariance", lambda: self.centered.T @ self.centered)
+
+    @property
+    def gram(self) -> torch.Tensor:
+        """Linear Gram ``Xc Xc^T``, ``(n, n)``; already centred because ``Xc`` is."""
+        return self.cached("gram", lambda: self.centered @ self.centered.T)
+
+    @property
+    def linear_self_inner(self) -> float:
+        """``||Xc^T Xc||_F^2 = ||Xc Xc^T||_F^2`` from the smaller of covariance and Gram."""
+        def compute():
+            if "svd" in self._cache:
+                return float((self.svd(0.0)[1] ** 4).sum())
+            small = self.covariance if self.d <= self.n else self.gram
+            return float((small * small).sum())
+        return self.cached("linear_self_inner", compute)
+
+    def sq_distances(self) -> torch.Tensor:
+        """``(n, n)`` squared Euclidean distances between datapoints (from the centred data, clamped >= 0)."""
+        def compute():
+            norms = self.row_sq_norms
+            dist = norms[:, None] + norms[None, :] - 2.0 * self.gram
+            dist.clamp_(min=0.0)
+            dist.fill_diagonal_(0.0)
+            return dist
+        return self.cached("sq_distances", compute)
+
+    def median_distance(self) -> float:
+        """Median Euclidean distance over distinct pairs of datapoints (i < j)."""
+        def compute():
+            dist = self.sq_distances()
+            rows, cols = torch.triu_indices(self.n, self.n, offset=1, device=dist.device)
+            pairs = torch.sqrt(dist[rows, cols])
+            middle = pairs.numel() // 2
+            if pairs.numel() % 2:
+                median = torch.kthvalue(pairs, middle + 1).values
+            else:  # the mean of the two middle values, as numpy.median
+                median = 0.5 * (torch.kthvalue(pairs, middle).values + torch.kthvalue(pairs, middle + 1).values)
+            return float(median)
+        return self.cached("median_distance", compute)
+
+    def kernel_gram(self, kernel: str, sigma_fraction: float = 0.8) -> torch.Tensor:
+        """Uncentred kernel matrix ``(n, n)``: ``linear`` (``Xc Xc^T``) or ``rbf``
+        ``exp(-||xi - xj||^2 / (2 sigma^2))`` with ``sigma = sigma_fraction * median distance``."""
+        if kernel == "linear":
+            return self.gram
+        if kernel != "rbf":
+            raise InputError(f"unknown kernel {kernel!r}; choose 'linear' or 'rbf'")
+        if not sigma_fraction > 0:
+            raise InputError(f"sigma_fraction must be > 0, got {sigma_fraction}")
+
+        def compute():
+            sigma = sigma_fraction * self.median_distance()
+            if sigma == 0.0:
+                raise InputError(f"{self.name}: the median distance between datapoints is 0 (more than half "
+                                 f"of the pairs are identical); the RBF bandwidth heuristic is undefined")
+            return torch.exp(-self.sq_distances() / (2.0 * sigma * sigma))
+        return self.cached(("rbf", float(sigma_fraction)), compute)
+
+    def centered_gram(self, kernel: str, sigma_fraction: float = 0.8, unbiased: bool = False) -> torch.Tensor:
+        """Kernel matrix centred as ``H K H`` (biased HSIC), or U-centred (Szekely & Rizzo 2014) so that
+        ``<K~, L~> / (n (n - 3))`` is the unbiased HSIC estimator of Song et al. (2012)."""
+        key = ("centered_gram", kernel, float(sigma_fraction) if kernel == "rbf" else None, unbiased)
+
+        def compute():
+            gram = self.kernel_gram(kernel, sigma_fraction)
+            if kernel == "linear" and not unbiased:
+                return gram
+            return center_gram(gram, unbiased)
+        return self.cached(key, compute)
+
+    def permuted(self, index: torch.Tensor) -> "Representation":
+        """The same representation with datapoints reordered by ``index`` (a permutation), caches carried over.
+
+        Centring commutes with a permutation, so the SVD (rows of ``U``) and Gram matrices (rows and columns)
+        are permuted instead of recomputed: permutation tests cost one pair evaluation per permutation.
+        """
+        index = index.to(self.device)
+        rep = Representation._from_centered(self.centered[index], self.name, self.eps)
+        for key, value in self._cache.items():
+            if key == "svd":
+                rep._cache[key] = (value[0][index], value[1], value[2])
+            elif key in ("sq_norm", "linear_self_inner", "median_distance", "covariance",
+                         "self_unbiased_hsic_feature") or (isinstance(key, tuple) and key[0] == "self_gram_inner"):
+                rep._cache[key] = value
+            elif key in ("row_sq_norms", "compact"):
+                rep._cache[key] = value[index]
+            elif key in ("gram", "sq_distances") or (isinstance(key, tuple) and key[0] in ("rbf", "centered_gram")):
+                rep._cache[key] = value[index][:, index]  # an (n, n) matrix: permute rows and columns
+        return rep
+
+    def subset(self, index: torch.Tensor) -> "Representation":
+        """A new representation of the datapoints ``index`` (with repeats allowed), re-centred from scratch."""
+        data = self.centered[index.to(self.device)]
+        return Representation._from_centered(data - data.mean(dim=0, keepdim=True), self.name, self.eps)
+
+
+def center_gram(gram: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+    """Centre a symmetric ``(n, n)`` kernel matrix: ``H K H`` or, with ``unbiased``, the U-centring
+
+    ``K~_ij = K_ij - r_i/(n-2) - r_j/(n-2) + s/((n-1)(n-2))`` for ``i != j`` and 0 on the diagonal, where
+    ``r`` are row sums and ``s`` the total sum of ``K`` with its diagonal zeroed (needs n >= 4).
+    """
+    n = gram.shape[0]
+    if not unbiased:
+        row_means = gram.mean(dim=0)
+        return gram - row_means[:, None] - row_means[None, :] + row_means.mean()
+    if n < 4:
+        raise InputError(f"the unbiased HSIC estimator needs at least 4 datapoints, got {n}")
+    off = gram.clone()
+    off.fill_diagonal_(0.0)
+    row_sums = off.sum(dim=0)
+    total = row_sums.sum()
+    result = off - row_sums[:, None] / (n - 2) - row_sums[None, :] / (n - 2) + total / ((n - 1) * (n - 2))
+    result.fill_diagonal_(0.0)
+    return result
+
+
+def as_representation(array, name: str, min_datapoints: int = 2) -> Representation:
+    """``array`` wrapped as a :class:`Representation` (returned unchanged if it already is one)."""
+    if isinstance(array, Representation):
+        if array.n < min_datapoints:
+            raise InputError(f"{array.name} has {array.n} datapoints; at least {min_datapoints} are needed")
+        return array
+    return Representation(array, name=name, min_datapoints=min_datapoints)

@@ -1,0 +1,112 @@
+"""Activation capture: names and globs, functional_call, batching, DataLoaders, subsampling, errors."""
+
+import pytest
+import torch
+from torch import nn
+
+from repana.capture import ActivationRecorder, capture_activations, resolve_layers
+from repana.errors import InputError
+
+
+class SmallConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
+        self.conv2 = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2))
+        self.head = nn.Linear(24, 3)
+
+    def forward(self, x):
+        return self.head(self.conv2(self.conv1(x)).flatten(1))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Small tensors: on an oversubscribed CPU two BLAS threads make each product ~100x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return SmallConvNet().eval()
+
+
+@pytest.fixture
+def inputs():
+    return torch.randn(37, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+
+
+def test_names_and_globs_resolve_in_model_order(model):
+    assert resolve_layers(model, ["head", "conv?"]) == ["conv1", "conv2", "head"]
+    assert resolve_layers(model, "conv*.0") == ["conv1.0", "conv2.0"]
+    with pytest.raises(InputError, match=r"no module of SmallConvNet matches 'conv3'.*conv1, conv1\.0"):
+        resolve_layers(model, ["conv3"])
+
+
+def test_capture_matches_direct_computation_and_batches_concatenate(model, inputs):
+    acts = capture_activations(model, inputs, ["conv1", "head"], batch_size=10)
+    assert list(acts) == ["conv1", "head"]
+    assert acts["conv1"].shape == (37, 4, 6, 6) and acts["conv1"].dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(acts["head"], model(inputs))
+        torch.testing.assert_close(acts["conv1"], model.conv1(inputs))
+    assert not acts["head"].requires_grad
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(inputs, torch.zeros(37)), batch_size=8)
+    from_loader = capture_activations(model, loader, ["head"], dtype=torch.float64)
+    assert from_loader["head"].dtype == torch.float64
+    torch.testing.assert_close(from_loader["head"], acts["head"].double(), rtol=1e-5, atol=1e-6)
+
+
+def test_hooks_fire_under_functional_call_with_other_parameters(model, inputs):
+    doubled = {name: 2 * p.detach() for name, p in model.named_parameters()}
+    with ActivationRecorder(model, ["head"]) as recorder:
+        out = torch.func.functional_call(model, doubled, (inputs,))
+        torch.testing.assert_close(recorder.activations["head"], out.detach())
+        recorder.clear()
+        assert recorder.activations == {}
+        model(inputs)
+    with torch.no_grad():
+        assert not torch.allclose(recorder.activations["head"], out)
+    acts = capture_activations(model, inputs, ["head"], params=doubled)
+    torch.testing.assert_close(acts["head"], out.detach())
+    # hooks are removed on exit
+    model(inputs)
+    assert recorder.activations["head"].shape[0] == 37
+
+
+def test_subsampling_datapoints_is_reproducible_and_keeps_rows_consistent(model, inputs):
+    full = capture_activations(model, inputs, ["conv2", "head"])
+    sub = capture_activations(model, inputs, ["conv2", "head"], max_datapoints=12, batch_size=5, seed=4)
+    again = capture_activations(model, inputs, ["conv2", "head"], max_datapoints=12, seed=4)
+    assert sub["head"].shape[0] == 12
+    torch.testing.assert_close(sub["head"], again["head"])
+    rows = torch.cdist(sub["head"], full["head"]).argmin(dim=1)
+    assert rows.tolist() == sorted(rows.tolist()) and len(set(rows.tolist())) == 12
+    torch.testing.assert_close(sub["conv2"], full["conv2"][rows])  # same datapoints in every layer
+    batches = [(inputs[i:i + 8],) for i in range(0, 37, 8)]
+    streamed = capture_activations(model, batches, ["conv2", "head"], max_datapoints=12, seed=4)
+    streamed_rows = torch.cdist(streamed["head"], full["head"]).argmin(dim=1)
+    assert streamed_rows.tolist() == sorted(streamed_rows.tolist()) and len(set(streamed_rows.tolist())) == 12
+    torch.testing.assert_close(streamed["conv2"], full["conv2"][streamed_rows])
+    assert streamed_rows.tolist() == torch.cdist(
+        capture_activations(model, batches, ["head"], max_datapoints=12, seed=4)["head"],
+        full["head"]).argmin(dim=1).tolist()
+
+
+def test_subsampling_spatial_positions(model, inputs):
+    full = capture_activations(model, inputs, ["conv1"])
+    sub = capture_activations(model, inputs, ["conv1"], max_positions=5, batch_size=9, seed=2)
+    assert sub["conv1"].shape == (37, 4, 5)
+    flat = full["conv1"].reshape(37, 4, 36)
+    kept = [next(p for p in range(36) if torch.allclose(flat[:, :, p], sub["conv1"][:, :, i], atol=1e-6)) for i in range(5)]
+    assert kept == sorted(kept) and len(set(kept)) == 5
+
+
+def test_errors(model, inputs):
+    with pytest.raises(InputError, match="max_datapoints"):
+        capture_activations(model, inputs, ["head"], max_datapoints=0)
+    with pytest.raises(InputError, match="its modules are"):
+        capture_activations(model, inputs, ["fc"])

@@ -1,0 +1,122 @@
+"""Checkpoints: round trip of weights, optimizer and RNG states; clear errors on bad files."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from repana.errors import CheckpointError
+from repana.meta.checkpoint import (FORMAT_VERSION, capture_rng_state, load_checkpoint, restore_rng_state,
+                                    save_checkpoint)
+from repana.meta.config import TrainConfig
+from repana.models import build_model
+
+MODEL_CONFIG = {"in_channels": 1, "n_classes": 5, "hidden": 8, "image_size": 28, "pooling": "max",
+                "bn_stats": "batch"}
+
+
+def _trained_model_and_optimizer():
+    model = build_model(MODEL_CONFIG)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.rand(10, 1, 28, 28)
+    y = torch.arange(10) % 5
+    for _ in range(2):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return model, optimizer
+
+
+def _save(path, model, optimizer, **extra):
+    return save_checkpoint(path, model=model, model_config=MODEL_CONFIG, algorithm="anil",
+                           config=TrainConfig(hidden=8).to_dict(), step=2, optimizer=optimizer,
+                           metrics={"val_accuracy": 0.5}, **extra)
+
+
+def test_round_trip_restores_weights_optimizer_and_metadata(tmp_path):
+    model, optimizer = _trained_model_and_optimizer()
+    path = _save(tmp_path / "c.pt", model, optimizer)
+    ckpt = load_checkpoint(path)
+    assert (ckpt.step, ckpt.algorithm, ckpt.metrics) == (2, "anil", {"val_accuracy": 0.5})
+    rebuilt = ckpt.model()
+    for (name, a), (_, b) in zip(model.state_dict().items(), rebuilt.state_dict().items()):
+        assert torch.equal(a, b), name
+    x = torch.rand(5, 1, 28, 28)
+    model.eval()
+    assert torch.equal(model(x), rebuilt(x))
+    fresh = torch.optim.Adam(rebuilt.parameters(), lr=1e-3)
+    fresh.load_state_dict(ckpt.optimizer_state)
+    assert fresh.state_dict()["state"][0]["step"] == 2
+    assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    assert ckpt.train_config().hidden == 8
+
+
+def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    model, optimizer = _trained_model_and_optimizer()
+    state = capture_rng_state({"seed": 0, "step": 2})
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    _save(tmp_path / "c.pt", model, optimizer, rng=state)
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    restore_rng_state(load_checkpoint(tmp_path / "c.pt").rng)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    assert load_checkpoint(tmp_path / "c.pt").rng["sampler"] == {"seed": 0, "step": 2}
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    model, optimizer = _trained_model_and_optimizer()
+    path = _save(tmp_path / "c.pt", model, optimizer)
+    data = path.read_bytes()
+    for cut in (len(data) // 2, len(data) - 10, 100):
+        (tmp_path / "t.pt").write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match="truncated or corrupt"):
+            load_checkpoint(tmp_path / "t.pt")
+    (tmp_path / "g.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "g.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_other_format_version_and_foreign_files_are_rejected(tmp_path):
+    model, optimizer = _trained_model_and_optimizer()
+    payload = torch.load(_save(tmp_path / "c.pt", model, optimizer), weights_only=True)
+    payload["format_version"] = FORMAT_VERSION + 1
+    payload["repana_version"] = "9.0.0"
+    torch.save(payload, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match=r"format version 2 \(written by repana 9.0.0\)"):
+        load_checkpoint(tmp_path / "future.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a repana checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_other_architecture_is_rejected(tmp_path):
+    model, optimizer = _trained_model_and_optimizer()
+    path = _save(tmp_path / "c.pt", model, optimizer)
+    with pytest.raises(CheckpointError, match="another architecture: hidden = 8 \\(expected 64\\)"):
+        load_checkpoint(path, expected_model_config={**MODEL_CONFIG, "hidden": 64})
+    payload = torch.load(path, weights_only=True)
+    payload["model_config"] = {**MODEL_CONFIG, "hidden": 16}  # weights of 8 filters, config says 16
+    torch.save(payload, tmp_path / "mixed.pt")
+    with pytest.raises(CheckpointError, match="another architecture.*shape mismatch"):
+        load_checkpoint(tmp_path / "mixed.pt").model()
+
+
+def test_failed_write_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    model, optimizer = _trained_model_and_optimizer()
+    path = _save(tmp_path / "c.pt", model, optimizer)
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # a kill in the middle of torch.save
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _save(path, model, optimizer)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
+    assert load_checkpoint(path).step == 2

@@ -1,0 +1,125 @@
+"""Layer x layer comparison: tidy frame, per-layer preprocessing done once, random networks, plots."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from repana.compare import COLUMNS, compare_activations, compare_models
+from repana.errors import InputError
+from repana.plots.similarity import plot_similarity_by_layer, plot_similarity_heatmap
+from repana.similarity import cka, reduce_conv, svcca
+
+pytestmark = pytest.mark.filterwarnings("ignore::repana.similarity.RepanaWarning")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Small tensors: on an oversubscribed CPU two BLAS threads make each product ~100x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def conv_net(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(8 * 4 * 4, 5),
+    ).eval()
+
+
+@pytest.fixture
+def images():
+    return torch.rand(300, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+def test_tidy_frame_values_match_the_measures(rng):
+    acts_a = {"a1": rng.normal(size=(120, 4)), "a2": rng.normal(size=(120, 6))}
+    acts_b = {"b1": acts_a["a1"] @ rng.normal(size=(4, 5)), "b2": rng.normal(size=(120, 3))}
+    frame = compare_activations(acts_a, acts_b, measures=["cka", "svcca"], measure_options={"svcca": {"keep": 1.0}})
+    assert list(frame.columns) == COLUMNS
+    assert len(frame) == 2 * 2 * 2
+    assert frame[["layer_a", "layer_b"]].drop_duplicates().values.tolist() == [
+        ["a1", "b1"], ["a1", "b2"], ["a2", "b1"], ["a2", "b2"]]
+    for row in frame.itertuples():
+        x, y = acts_a[row.layer_a], acts_b[row.layer_b]
+        expected = cka(x, y) if row.measure == "cka" else svcca(x, y, keep=1.0)
+        assert row.value == pytest.approx(expected, rel=1e-12)
+        assert (row.n_datapoints, row.n_features_a, row.n_features_b) == (120, x.shape[1], y.shape[1])
+    one = frame[(frame.layer_a == "a1") & (frame.layer_b == "b1")]
+    assert one.set_index("measure").loc["svcca", "value"] == pytest.approx(1.0)
+
+
+def test_each_layer_is_decomposed_once(rng, monkeypatch):
+    calls = []
+    original = torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: calls.append(a[0].shape) or original(*a, **k))
+    acts_a = {f"a{i}": rng.normal(size=(200, 5 + i)) for i in range(3)}
+    acts_b = {f"b{i}": rng.normal(size=(200, 4 + i)) for i in range(2)}
+    frame = compare_activations(acts_a, acts_b, measures=["cca", "svcca", "procrustes"])
+    assert len(frame) == 3 * 2 * 3
+    assert sorted(calls) == sorted([(200, 5), (200, 6), (200, 7), (200, 4), (200, 5)])
+
+
+def test_two_random_conv_nets_are_clearly_different(images):
+    frame = compare_models(conv_net(1), conv_net(2), images, layers_a=["1", "4", "7"],
+                           measures=["cka", "cka_debiased"], reduction="flatten", batch_size=128)
+    diagonal = frame[frame.layer_a == frame.layer_b].set_index(["measure", "layer_a"])["value"]
+    # First conv block: both nets compute local features of the same pixels (measured 0.91 / 0.83);
+    # the second block and the head are far apart (0.48 / 0.26 and 0.02 / 0.005).
+    assert diagonal.loc[("cka", "1")] < 0.95 and diagonal.loc[("cka_debiased", "1")] < 0.9
+    assert diagonal.loc[("cka", "4")] < 0.6 and diagonal.loc[("cka_debiased", "4")] < 0.4
+    assert diagonal.loc[("cka", "7")] < 0.2
+    itself = compare_models(conv_net(1), None, images, layers_a=["0", "3"], measures=["cka"], reduction="flatten")
+    assert itself[itself.layer_a == itself.layer_b]["value"].tolist() == pytest.approx([1.0, 1.0])
+
+
+def test_one_model_two_parameter_sets(images):
+    model = conv_net(3)
+    params = {name: p.detach().clone() for name, p in model.named_parameters()}
+    changed = dict(params, **{"7.weight": params["7.weight"] + 0.5 * torch.randn_like(params["7.weight"])})
+    frame = compare_models(model, None, images, layers_a=["3", "7"], measures=["cka"], reduction="mean",
+                           params_a=params, params_b=changed)
+    values = frame.set_index(["layer_a", "layer_b"])["value"]
+    assert values[("3", "3")] == pytest.approx(1.0)  # upstream of the change: identical
+    assert values[("7", "7")] < 0.99
+
+
+def test_reduction_is_required_and_positions_mode(images):
+    acts = {"conv": torch.randn(20, 3, 4, 4)}
+    with pytest.raises(InputError, match="choose reduction="):
+        compare_activations(acts, measures=["cka"])
+    frame = compare_activations(acts, measures=["svcca"], reduction="positions")
+    assert frame["n_datapoints"].iloc[0] == 20 * 16
+    assert frame["value"].iloc[0] == pytest.approx(svcca(reduce_conv(acts["conv"], "positions"),
+                                                         reduce_conv(acts["conv"], "positions")))
+    with pytest.raises(InputError, match="unknown similarity measure"):
+        compare_activations(acts, measures=["nope"], reduction="mean")
+
+
+def test_heatmap_and_layer_plot(rng):
+    acts = {f"l{i}": rng.normal(size=(100, 4)) + (i * 0.5) for i in range(4)}
+    acts["l1"] = acts["l0"] + 0.3 * rng.normal(size=(100, 4))
+    frame = compare_activations(acts, measures=["cka", "procrustes"])
+    figure = plot_similarity_heatmap(frame)
+    heat_axes = [ax for ax in figure.axes if ax.get_title()]
+    assert [ax.get_title() for ax in heat_axes] == ["linear CKA", "Procrustes similarity"]
+    assert heat_axes[0].get_xlabel() == "layer (model B)" and heat_axes[0].get_ylabel() == "layer (model A)"
+    assert len(figure.axes) == 4  # two panels, two colour bars
+    texts = [t.get_text() for t in heat_axes[0].texts]
+    assert len(texts) == 16 and texts[0] == "1.00"
+    value = frame[(frame.layer_a == "l0") & (frame.layer_b == "l1") & (frame.measure == "cka")]["value"].item()
+    assert texts[1] == f"{value:.2f}"
+    lines = plot_similarity_by_layer(frame)
+    ax = lines.axes[0]
+    assert ax.get_xlabel() == "layer" and len(ax.get_legend().get_texts()) == 2
+    ci = pd.DataFrame({"layer": ["c1", "c2"], "measure": "cka", "value": [0.8, 0.6], "low": [0.7, 0.5],
+                       "high": [0.9, 0.65]})
+    bars = plot_similarity_by_layer(ci, kind="bar")
+    assert [round(p.get_height(), 2) for p in bars.axes[0].patches] == [0.8, 0.6]
+    with pytest.raises(InputError, match="lacks columns"):
+        plot_similarity_heatmap(ci)

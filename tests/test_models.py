@@ -1,0 +1,95 @@
+"""Conv4: sizes from the papers, stable names, config round trip, MAML batch norm, per-task batching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from repana.errors import ConfigError, InputError
+from repana.models import Conv4, build_model, is_head_parameter
+
+
+@pytest.mark.parametrize("kwargs,n_features", [
+    ({"in_channels": 1, "hidden": 64, "image_size": 28, "pooling": "max"}, 64),      # 28-14-7-3-1
+    ({"in_channels": 1, "hidden": 64, "image_size": 28, "pooling": "stride"}, 256),  # 28-14-7-4-2 (MAML Omniglot)
+    ({"in_channels": 3, "hidden": 32, "image_size": 84, "pooling": "max"}, 800),     # 84-42-21-10-5 (MiniImageNet)
+])
+def test_feature_sizes_match_the_papers(kwargs, n_features):
+    model = Conv4(n_classes=5, **kwargs)
+    x = torch.rand(3, kwargs["in_channels"], kwargs["image_size"], kwargs["image_size"])
+    assert model.n_features == n_features
+    assert model.features(x).shape == (3, n_features)
+    assert model(x).shape == (3, 5)
+    assert model.head.in_features == n_features
+
+
+def test_names_and_body_head_split():
+    model = Conv4(hidden=8)
+    assert model.layer_names == ["conv1", "conv2", "conv3", "conv4", "head"]
+    assert [n for n, _ in model.named_children()] == model.layer_names
+    names = [n for n, _ in model.named_parameters()]
+    assert [n for n in names if is_head_parameter(n)] == ["head.weight", "head.bias"]
+    assert len([n for n in names if not is_head_parameter(n)]) == 16  # 4 blocks x (conv w, b, bn w, b)
+    assert "conv2.conv.weight" in names and "conv3.bn.bias" in names
+
+
+def test_config_round_trip_rebuilds_the_same_network():
+    model = Conv4(in_channels=3, n_classes=7, hidden=8, image_size=32, pooling="stride", bn_stats="running")
+    clone = build_model(dict(model.config))
+    clone.load_state_dict(model.state_dict())
+    x = torch.rand(4, 3, 32, 32)
+    torch.testing.assert_close(clone(x), model(x))
+    assert clone.config == model.config and isinstance(model.config, dict)
+    with pytest.raises(ConfigError, match="unknown"):
+        build_model({**model.config, "depth": 5})
+
+
+def test_batch_statistics_also_at_test_time():
+    model = Conv4(hidden=8)
+    x = torch.rand(6, 1, 28, 28)
+    train_out = model(x)
+    model.eval()
+    torch.testing.assert_close(model(x), train_out)            # no running statistics
+    assert not torch.allclose(model(x[:3]), train_out[:3])      # the batch changes the normalisation
+    running = Conv4(hidden=8, bn_stats="running")
+    running(x)                                                   # train mode: updates running stats
+    running.eval()
+    torch.testing.assert_close(running(x[:3]), running(x)[:3])  # eval: per-example, batch-independent
+
+
+def test_task_batch_uses_per_task_statistics():
+    model = Conv4(hidden=8)
+    x = torch.rand(3, 5, 1, 28, 28) * torch.tensor([1.0, 3.0, 0.2]).view(3, 1, 1, 1, 1)
+    batched = model(x)
+    one_by_one = torch.stack([model(x[t]) for t in range(3)])
+    torch.testing.assert_close(batched, one_by_one, rtol=1e-5, atol=1e-6)
+    joint = model(x.flatten(0, 1)).view(3, 5, -1)   # one batch for all tasks would differ
+    assert not torch.allclose(joint, one_by_one, atol=1e-3)
+
+
+def test_partial_forward_composes_and_hooks_fire_under_functional_call():
+    model = Conv4(hidden=8)
+    x = torch.rand(4, 1, 28, 28)
+    h = model(x, stop=2)
+    assert h.shape == (4, 8, 7, 7)
+    torch.testing.assert_close(model(h, start=2), model(x))
+    torch.testing.assert_close(model(model.features(x), start=4), model(x))
+    seen = []
+    model.conv1.register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
+    params = {n: p * 1.0 for n, p in model.named_parameters()}
+    functional_call(model, params, (x,))
+    assert seen == [torch.Size([4, 8, 14, 14])]
+    with pytest.raises(InputError):
+        model(x, start=3, stop=2)
+
+
+def test_bad_configs():
+    with pytest.raises(ConfigError, match="pooling"):
+        Conv4(pooling="avg")
+    with pytest.raises(ConfigError, match="bn_stats"):
+        Conv4(bn_stats="none")
+    with pytest.raises(ConfigError, match="image_size"):
+        Conv4(image_size=8)
+    with pytest.raises(ConfigError, match="hidden"):
+        Conv4(hidden=0)

@@ -1,0 +1,97 @@
+"""CCA, SVCCA, PWCCA: hand-derived values, rank deficiency, invariances, the sample-size refusal."""
+
+import numpy as np
+import pytest
+import torch
+
+from repana.errors import InputError
+from repana.similarity import cca, pwcca, similarity, svcca
+
+# With a = (e1 - e2)/sqrt2, b = (e3 - e4)/sqrt2, c = (e5 - e6)/sqrt2 (orthonormal, centred):
+# X = [2 sqrt2 a, sqrt2 b], Y = [sqrt2 a, 5 sqrt2 (0.6 b + 0.8 c)].
+# span(X) = {a, b}, span(Y) = {a, 0.6 b + 0.8 c}: canonical correlations cos 0 = 1 and <b, 0.6b + 0.8c> = 0.6.
+X_HAND = np.array([[2, 0], [-2, 0], [0, 1], [0, -1], [0, 0], [0, 0]], dtype=float)
+Y_HAND = np.array([[1, 0], [-1, 0], [0, 3], [0, -3], [0, 4], [0, -4]], dtype=float)
+
+
+def test_cca_hand_derived():
+    result = cca(X_HAND, Y_HAND)
+    np.testing.assert_allclose(result.coefficients, [1.0, 0.6], atol=1e-12)
+    assert result.mean == pytest.approx(0.8)
+    assert result.mean_squared == pytest.approx((1 + 0.36) / 2)
+    assert similarity("cca", X_HAND, Y_HAND) == pytest.approx(0.8)
+    assert similarity("cca_r2", X_HAND, Y_HAND) == pytest.approx(0.68)
+
+
+def test_cca_one_dimension_is_absolute_pearson_correlation():
+    x = np.array([-2, -1, 0, 1, 2], dtype=float)[:, None]
+    y = np.array([-2, 1, 0, -1, 2], dtype=float)[:, None]
+    # sum(x y) = 4 - 1 + 0 - 1 + 4 = 6; |x| |y| = 10: correlation 0.6 (and 0.6 for -y too).
+    assert cca(x, y).mean == pytest.approx(0.6)
+    assert cca(x, -y).mean == pytest.approx(0.6)
+
+
+def test_pwcca_hand_derived_and_depends_on_weights_from():
+    # Canonical variates of X: h1 = a, h2 = b. Loadings on X's units: |<a, 2 sqrt2 a>| = 2 sqrt2,
+    # |<b, sqrt2 b>| = sqrt2 -> weights (2/3, 1/3): PWCCA = 2/3 * 1 + 1/3 * 0.6 = 13/15.
+    assert pwcca(X_HAND, Y_HAND, weights_from="x") == pytest.approx(13 / 15)
+    # Of Y: h1 = a, h2 = 0.6 b + 0.8 c; loadings sqrt2 and 5 sqrt2 -> (1/6, 5/6): 1/6 + 5/6 * 0.6 = 2/3.
+    assert pwcca(X_HAND, Y_HAND, weights_from="y") == pytest.approx(2 / 3)
+    assert pwcca(Y_HAND, X_HAND, weights_from="y") == pytest.approx(13 / 15)
+    with pytest.raises(InputError, match="weights_from"):
+        pwcca(X_HAND, Y_HAND, weights_from="smaller")
+
+
+def test_svcca_keep_rules():
+    # keep=1.0 or all directions is plain mean CCA; keep=1 direction keeps X's a and Y's (0.6b+0.8c): 0.
+    assert svcca(X_HAND, Y_HAND, keep=1.0) == pytest.approx(0.8)
+    assert svcca(X_HAND, Y_HAND, keep=2) == pytest.approx(0.8)
+    # X's variances 8 and 2 (80% / 20%), Y's 2 and 50: keep=0.75 keeps one direction each.
+    assert svcca(X_HAND, Y_HAND, keep=0.75) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(InputError, match="keep"):
+        svcca(X_HAND, Y_HAND, keep=3)
+    with pytest.raises(InputError, match="keep"):
+        svcca(X_HAND, Y_HAND, keep=1.5)
+
+
+def test_rank_deficient_layer_drops_null_directions(rng):
+    # A 64-unit float32 layer of rank 16: 16 coefficients of 1, not 64 with 48 near zero.
+    z = rng.normal(size=(400, 16))
+    x = (z @ rng.normal(size=(16, 64))).astype(np.float32)
+    y = (z @ rng.normal(size=(16, 64))).astype(np.float32)
+    result = cca(x, y)
+    assert result.n_directions_x == result.n_directions_y == 16
+    assert result.coefficients.shape == (16,)
+    assert result.mean == pytest.approx(1.0, abs=1e-4)
+    assert svcca(x, y) == pytest.approx(1.0, abs=1e-4)
+    assert pwcca(x, y) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_refuses_when_datapoints_do_not_exceed_kept_directions(rng):
+    x, y = rng.normal(size=(75, 1600)), rng.normal(size=(75, 1600))
+    for measure in ("cca", "svcca", "pwcca"):
+        with pytest.raises(InputError, match=r"75 datapoints.*74 \+ 74.*more than 148") as info:
+            similarity(measure, x, y, **({"keep": 1.0} if measure == "svcca" else {}))
+        assert "positions" in str(info.value)
+    # Fewer directions make it well posed: 10 + 10 < 75.
+    assert 0.0 < svcca(x, y, keep=10) < 0.6
+
+
+def test_invariant_to_invertible_linear_maps(rng):
+    x = rng.normal(size=(300, 8))
+    y = np.tanh(x @ rng.normal(size=(8, 6))) + 0.5 * rng.normal(size=(300, 6))
+    map_x = rng.normal(size=(8, 8)) @ np.diag(np.linspace(0.1, 10, 8))
+    map_y = rng.normal(size=(6, 6))
+    for measure, kwargs in (("cca", {}), ("cca_r2", {}), ("svcca", {"keep": 1.0})):
+        base = similarity(measure, x, y, **kwargs)
+        assert similarity(measure, x @ map_x + 3.0, y @ map_y, **kwargs) == pytest.approx(base, rel=1e-9)
+
+
+def test_symmetry_self_similarity_and_torch(rng):
+    x, y = rng.normal(size=(120, 5)), rng.normal(size=(120, 7))
+    np.testing.assert_allclose(cca(x, y).coefficients, cca(y, x).coefficients, atol=1e-12)
+    assert svcca(x, y) == pytest.approx(svcca(y, x))
+    assert cca(x, x).mean == pytest.approx(1.0)
+    assert pwcca(x, x) == pytest.approx(1.0)
+    assert svcca(torch.from_numpy(x).float(), y) == pytest.approx(svcca(x.astype(np.float32), y), rel=1e-12)
+    assert cca(x, y).mean < 0.4  # independent data

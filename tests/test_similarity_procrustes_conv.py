@@ -1,0 +1,55 @@
+"""Procrustes similarity/distance (Ding et al. 2021) and the explicit reduction of conv activations."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from repana.errors import InputError
+from repana.similarity import procrustes_distance, procrustes_similarity, reduce_conv, similarity
+
+X_HAND = np.array([[2, 0], [-2, 0], [0, 1], [0, -1], [0, 0], [0, 0]], dtype=float)
+Y_HAND = np.array([[1, 0], [-1, 0], [0, 3], [0, -3], [0, 4], [0, -4]], dtype=float)
+
+
+def test_procrustes_hand_derived():
+    # ||X||_F^2 = 10, ||Y||_F^2 = 52, X^T Y = diag(4, 6) with nuclear norm 10: similarity 10 / sqrt(520).
+    expected = 10 / math.sqrt(520)
+    assert procrustes_similarity(X_HAND, Y_HAND) == pytest.approx(expected, rel=1e-12)
+    assert procrustes_distance(X_HAND, Y_HAND) == pytest.approx(2 - 2 * expected, rel=1e-12)
+    assert similarity("procrustes", X_HAND, Y_HAND) == pytest.approx(expected, rel=1e-12)
+
+
+def test_procrustes_invariances_and_wide_inputs(rng):
+    x = rng.normal(size=(80, 12))
+    y = np.tanh(x @ rng.normal(size=(12, 9))) + 0.3 * rng.normal(size=(80, 9))
+    base = procrustes_similarity(x, y)
+    q, _ = np.linalg.qr(rng.normal(size=(12, 12)))
+    assert procrustes_similarity(3.0 * x @ q + 5.0, y) == pytest.approx(base, rel=1e-10)
+    assert procrustes_similarity(y, x) == pytest.approx(base, rel=1e-12)
+    assert procrustes_similarity(x, x @ q) == pytest.approx(1.0, abs=1e-12)
+    assert abs(procrustes_similarity(x @ np.diag(np.linspace(0.1, 10, 12)), y) - base) > 0.02
+    # d > n uses U S instead of the (d, d) cross product: same value as the direct formula.
+    wide_x, wide_y = rng.normal(size=(20, 300)), rng.normal(size=(20, 250))
+    cx, cy = wide_x - wide_x.mean(0), wide_y - wide_y.mean(0)
+    direct = np.linalg.svd(cx.T @ cy, compute_uv=False).sum() / (np.linalg.norm(cx) * np.linalg.norm(cy))
+    assert procrustes_similarity(wide_x, wide_y) == pytest.approx(direct, rel=1e-10)
+
+
+def test_reduce_conv_modes():
+    acts = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
+    flat = reduce_conv(acts, "flatten")
+    assert flat.shape == (2, 12) and torch.equal(flat[1], acts[1].reshape(-1))
+    positions = reduce_conv(acts, "positions")
+    assert positions.shape == (8, 3)
+    # row 0: image 0, position (0, 0), channels 0..2 are 0, 4, 8; row 5: image 1, position (0, 1).
+    assert positions[0].tolist() == [0, 4, 8]
+    assert positions[5].tolist() == [13, 17, 21]
+    mean = reduce_conv(acts.numpy(), "mean")
+    assert isinstance(mean, np.ndarray) and mean.shape == (2, 3)
+    np.testing.assert_allclose(mean[0], [1.5, 5.5, 9.5])
+    two_d = torch.ones(4, 5)
+    assert reduce_conv(two_d, "positions") is two_d
+    with pytest.raises(InputError, match="unknown reduction"):
+        reduce_conv(acts, "avg")

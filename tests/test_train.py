@@ -1,0 +1,164 @@
+"""The trainer: run folder layout, metrics.csv, rolling checkpoints, and exact resume after a kill."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from repana.data.dataset import ImageClassDataset
+from repana.errors import ConfigError
+from repana.meta.checkpoint import load_checkpoint
+from repana.meta.config import TrainConfig, load_toml, from_dict
+from repana.meta.train import StopTraining, step_seed, train
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks: one thread avoids oversubscribing the shared cores (10x faster here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def synthetic_dataset(n_classes: int, per_class: int = 6, size: int = 16, seed: int = 0) -> ImageClassDataset:
+    """Each class: a random binary prototype; its images flip 10% of the pixels."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.random((n_classes, size, size)) < 0.3
+    flips = rng.random((n_classes, per_class, size, size)) < 0.1
+    images = (prototypes[:, None] ^ flips).astype(np.uint8)[:, :, None] * 255
+    labels = np.repeat(np.arange(n_classes), per_class)
+    return ImageClassDataset(images.reshape(-1, 1, size, size), labels, [f"c{i}" for i in range(n_classes)])
+
+
+def small_data() -> dict:
+    return {"train": synthetic_dataset(12, seed=0), "val": synthetic_dataset(6, seed=1)}
+
+
+def small_config(**changes) -> TrainConfig:
+    values = dict(name="t", dataset="glyphs", image_size=16, hidden=8, ways=3, shots=1, queries_train=2,
+                  queries_test=2, algorithm="maml", meta_batch_size=2, inner_lr=0.4, inner_steps_train=1,
+                  inner_steps_test=1, iterations=6, val_every=3, val_episodes=4, log_every=1,
+                  checkpoint_every=2, keep_checkpoints=2, save_steps=[1])
+    values.update(changes)
+    return from_dict(values)
+
+
+def read_metrics(path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def final_state(run_dir) -> dict:
+    return load_checkpoint(run_dir / "checkpoints" / "latest.pt").state_dict
+
+
+def test_step_seed_depends_only_on_seed_and_step():
+    assert step_seed(0, 5) == step_seed(0, 5)
+    assert len({step_seed(0, s) for s in range(1, 200)} | {step_seed(1, 1)}) == 200
+
+
+def test_run_folder_layout_and_metrics(tmp_path):
+    config = small_config()
+    summary = train(config, tmp_path / "run", data=small_data(), show_progress=False)
+    run = tmp_path / "run"
+    assert summary.steps == 6 and summary.resumed_from == 0
+    assert from_dict(load_toml(run / "config.toml")) == config
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    # rolling: the last 2 of steps 2, 4, 6; step 1 is a save_step and is kept
+    assert names == ["latest.pt", "step_000001.pt", "step_000004.pt", "step_000006.pt"]
+    assert load_checkpoint(run / "checkpoints" / "latest.pt").step == 6
+    rows = read_metrics(run / "metrics.csv")
+    assert list(rows[0]) == ["step", "split", "loss", "accuracy", "elapsed_s"]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    val_rows = [r for r in rows if r["split"] == "val"]
+    assert [int(r["step"]) for r in train_rows] == [1, 2, 3, 4, 5, 6]
+    assert [int(r["step"]) for r in val_rows] == [3, 6]
+    assert all(0 <= float(r["accuracy"]) <= 1 for r in rows)
+    assert all(float(r["loss"]) > 0 for r in train_rows)
+    elapsed = [float(r["elapsed_s"]) for r in rows]
+    assert elapsed == sorted(elapsed)
+    assert summary.val_accuracy == pytest.approx(float(val_rows[-1]["accuracy"]), abs=1e-6)
+    ckpt = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert ckpt.algorithm == "maml" and ckpt.config == config.to_dict()
+    assert ckpt.model_config == {"in_channels": 1, "n_classes": 3, "hidden": 8, "image_size": 16,
+                                 "pooling": "max", "bn_stats": "batch"}
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "anil"])
+def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, algorithm):
+    config = small_config(algorithm=algorithm)
+    train(config, tmp_path / "full", data=small_data(), show_progress=False)
+
+    def kill_after_step_5(step, metrics):
+        if step == 5:
+            raise StopTraining  # killed after step 5; the last checkpoint is step 4
+
+    partial = train(config, tmp_path / "part", data=small_data(), show_progress=False, callback=kill_after_step_5)
+    assert partial.steps == 5
+    with open(tmp_path / "part" / "metrics.csv", "a") as handle:
+        handle.write("6,train,0.12")  # a line torn by the kill
+    torch.manual_seed(123)  # the resumed process starts with other global RNG states
+    resumed = train(config, tmp_path / "part", resume=True, data=small_data(), show_progress=False)
+    assert resumed.resumed_from == 4 and resumed.steps == 6
+
+    full, part = final_state(tmp_path / "full"), final_state(tmp_path / "part")
+    for name in full:
+        assert torch.equal(full[name], part[name]), name
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "latest.pt").optimizer_state
+    b = load_checkpoint(tmp_path / "part" / "checkpoints" / "latest.pt").optimizer_state
+    assert all(torch.equal(a["state"][k]["exp_avg_sq"], b["state"][k]["exp_avg_sq"]) for k in a["state"])
+    strip = lambda rows: [(r["step"], r["split"], r["loss"], r["accuracy"]) for r in rows]  # noqa: E731
+    assert strip(read_metrics(tmp_path / "full" / "metrics.csv")) == strip(read_metrics(tmp_path / "part" / "metrics.csv"))
+
+
+def test_crash_inside_a_step_resumes_exactly(tmp_path):
+    config = small_config(iterations=4, val_every=0)
+    train(config, tmp_path / "full", data=small_data(), show_progress=False)
+
+    def crash(step, metrics):
+        if step == 3:
+            raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError):
+        train(config, tmp_path / "part", data=small_data(), show_progress=False, callback=crash)
+    train(config, tmp_path / "part", resume=True, data=small_data(), show_progress=False)
+    full, part = final_state(tmp_path / "full"), final_state(tmp_path / "part")
+    assert all(torch.equal(full[k], part[k]) for k in full)
+
+
+def test_resume_can_extend_a_finished_run(tmp_path):
+    train(small_config(iterations=6), tmp_path / "long", data=small_data(), show_progress=False)
+    train(small_config(iterations=4), tmp_path / "ext", data=small_data(), show_progress=False)
+    summary = train(small_config(iterations=6), tmp_path / "ext", resume=True, data=small_data(),
+                    show_progress=False)
+    assert summary.resumed_from == 4
+    a, b = final_state(tmp_path / "long"), final_state(tmp_path / "ext")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_run_needs_resume_and_the_same_config(tmp_path):
+    train(small_config(iterations=2), tmp_path / "run", data=small_data(), show_progress=False)
+    with pytest.raises(ConfigError, match="already holds checkpoints.*--resume"):
+        train(small_config(iterations=2), tmp_path / "run", data=small_data(), show_progress=False)
+    with pytest.raises(ConfigError, match="inner_lr = 0.1 \\(run has 0.4\\)"):
+        train(small_config(iterations=4, inner_lr=0.1), tmp_path / "run", resume=True, data=small_data(),
+              show_progress=False)
+
+
+def test_more_ways_than_classes_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="ways = 8 is more than the 6 classes of the 'val' split"):
+        train(small_config(ways=8), tmp_path / "run", data=small_data(), show_progress=False)
+
+
+def test_pretraining_uses_a_head_over_all_training_classes(tmp_path):
+    config = small_config(algorithm="pretrain", inner_steps_train=0, batch_size=16, iterations=3, val_every=3,
+                          eval_method="nil")
+    summary = train(config, tmp_path / "run", data=small_data(), show_progress=False)
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+    assert ckpt.model_config["n_classes"] == 12
+    assert ckpt.state_dict["head.weight"].shape == (12, 8)
+    assert summary.val_accuracy is not None
