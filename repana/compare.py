@@ -54,6 +54,7 @@ def compare_activations(acts_a: Mapping, acts_b: Mapping | None = None, measures
     reps_a = _prepare(acts_a, "A", reduction, min_datapoints)
     reps_b = reps_a if acts_b is None else _prepare(acts_b, "B", reduction, min_datapoints)
     rows = []
+    done: dict[tuple[str, str, str], float] = {}
     pairs = [(a, b) for a in reps_a for b in reps_b]
     for layer_a, layer_b in progress(pairs, desc="compare", unit="pair", enabled=show_progress):
         rep_a, rep_b = reps_a[layer_a], reps_b[layer_b]
@@ -61,10 +62,15 @@ def compare_activations(acts_a: Mapping, acts_b: Mapping | None = None, measures
             raise InputError(f"layer {layer_a!r} of A has {rep_a.n} datapoints but layer {layer_b!r} of B has "
                              f"{rep_b.n}; with reduction='positions' both layers need the same spatial size")
         for spec in specs:
-            try:
-                value = spec(rep_a, rep_b, **options.get(spec.name, {}))
-            except InputError as error:
-                raise InputError(f"{spec.name} for {layer_a!r} (A) vs {layer_b!r} (B): {error}") from None
+            mirrored = (spec.name, layer_b, layer_a)
+            if acts_b is None and spec.symmetric and mirrored in done:
+                value = done[mirrored]  # a model against itself: the matrix is symmetric
+            else:
+                try:
+                    value = spec(rep_a, rep_b, **options.get(spec.name, {}))
+                except InputError as error:
+                    raise InputError(f"{spec.name} for {layer_a!r} (A) vs {layer_b!r} (B): {error}") from None
+                done[(spec.name, layer_a, layer_b)] = value
             rows.append({"layer_a": layer_a, "layer_b": layer_b, "measure": spec.name, "value": value,
                          "n_datapoints": rep_a.n, "n_features_a": rep_a.d, "n_features_b": rep_b.d,
                          "reduction": reduction})
@@ -90,7 +96,8 @@ def compare_models(model_a: nn.Module, model_b: nn.Module | None, inputs, layers
     capture = dict(inputs=inputs, batch_size=batch_size, device=device, max_datapoints=max_datapoints,
                    seed=seed, show_progress=show_progress)
     acts_a = capture_activations(model_a, layers=layers_a, params=params_a, **capture)
-    acts_b = capture_activations(model_b, layers=layers_b, params=params_b, **capture)
+    same = model_b is model_a and params_b is params_a and list(_as_list(layers_b)) == list(_as_list(layers_a))
+    acts_b = None if same else capture_activations(model_b, layers=layers_b, params=params_b, **capture)
     return compare_activations(acts_a, acts_b, measures=measures, reduction=reduction,
                                measure_options=measure_options, show_progress=show_progress)
 
@@ -107,3 +114,7 @@ def _prepare(acts: Mapping, side: str, reduction: str | None, min_datapoints: in
             value = reduce_conv(value, reduction)
         reps[name] = Representation(value, name=f"{side}:{name}", min_datapoints=min_datapoints)
     return reps
+
+
+def _as_list(layers) -> list:
+    return [layers] if isinstance(layers, str) else list(layers)

@@ -17,8 +17,8 @@ training *and* at test time (no running statistics are kept, so ``model.eval()``
 ``eval()``).
 
 Every block also accepts a batch of tasks ``(tasks, n, C, H, W)``: the conv weights are shared and the
-batch-norm statistics are computed per task, exactly as if each task had been run on its own. This is
-how the episodes of a meta-batch share one forward pass through a body that does not adapt (ANIL).
+batch-norm statistics are computed per task, exactly as if each task had been run on its own (used on
+CUDA for the features of a meta-batch when the body does not adapt; on CPU a loop over tasks is faster).
 """
 
 from __future__ import annotations
@@ -66,14 +66,11 @@ class ConvBlock(nn.Module):
         if self.bn_stats == "running":
             raise InputError("a batch of tasks (5-D input) with bn_stats='running' in train mode would need "
                              "per-task running statistics: run the tasks one at a time, or call model.eval()")
-        # Fold tasks into channels: (tasks*n, C, H, W) -> (n, tasks*C, H, W); one batch norm over
-        # tasks x channels gives every task its own statistics.
-        n = h.shape[0] // tasks
-        c, hh, ww = h.shape[1:]
-        folded = h.reshape(tasks, n, c, hh, ww).transpose(0, 1).reshape(n, tasks * c, hh, ww)
-        out = F.batch_norm(folded, None, None, bn.weight.repeat(tasks), bn.bias.repeat(tasks),
-                           training=True, momentum=0.0, eps=bn.eps)
-        return out.reshape(n, tasks, c, hh, ww).transpose(0, 1).reshape(tasks * n, c, hh, ww)
+        # Each task normalised with its own statistics: batch norm on contiguous per-task slices
+        # (measured faster on CPU than folding the tasks into channels, which needs two transposes).
+        chunks = h.chunk(tasks)
+        return torch.cat([F.batch_norm(c, None, None, bn.weight, bn.bias, training=True, eps=bn.eps)
+                          for c in chunks])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tasks = None
@@ -152,9 +149,6 @@ class Conv4(nn.Module):
         """Penultimate features: ``(n, C, H, W) -> (n, n_features)`` (or per task with 5-D input)."""
         return self(x, stop=4)
 
-    def head_index(self) -> int:
-        return LAYER_NAMES.index("head")
-
 
 def build_model(config: dict) -> Conv4:
     """Rebuild a model from ``model.config`` (a plain dict); unknown keys raise ConfigError."""
@@ -163,8 +157,3 @@ def build_model(config: dict) -> Conv4:
     if unknown:
         raise ConfigError(f"unknown model config keys {sorted(unknown)}; allowed: {sorted(allowed)}")
     return Conv4(**config)
-
-
-def layer_of(name: str) -> str:
-    """The layer (``conv1``..``conv4``, ``head``) a parameter name belongs to."""
-    return name.split(".", 1)[0]

@@ -18,6 +18,16 @@ from repana.meta.adapt import adapt, resolve_trainable
 from repana.meta.algorithms import get_algorithm
 from repana.models import Conv4
 
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """On 2 shared cores, OpenMP threads spinning against other processes make these small ops ~30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 TASKS, WAYS, SHOTS, QUERIES = 3, 3, 2, 2
 
 
@@ -191,3 +201,30 @@ def test_bad_inputs_raise_clear_errors(setup):
         adapt(model, params, batch.support_x[0], batch.support_y[0], steps=1, lr=0.1, loss_reduction="sum")
     with pytest.raises(InputError, match="negative"):
         adapt(model, params, batch.support_x[0], batch.support_y[0], steps=-1, lr=0.1)
+
+
+@pytest.mark.parametrize("algorithm,first_order,trainable", [
+    ("maml", False, None), ("fomaml", True, None), ("maml", False, ["conv2", "conv4", "head"])])
+def test_folded_task_batch_equals_per_episode_reference(setup, algorithm, first_order, trainable):
+    """Tasks folded into channels (grouped convs, per-task parameter copies): the layout used on CUDA."""
+    model, batch = setup
+    algo = get_algorithm(algorithm, inner_steps=2, inner_lr=0.3, trainable=trainable, fold=True)
+    grads, metrics = algo.meta_gradients(model, batch)
+    names = resolve_trainable(dict(model.named_parameters()), trainable)
+    ref = reference_meta_gradients(model, batch, 2, 0.3, names, first_order)
+    assert_grads_equal(grads, ref)
+    if not first_order:
+        assert grads["conv1.conv.bias"].abs().max() < 1e-12 * max(1.0, grads["conv1.conv.weight"].abs().max())
+
+
+def test_folded_layout_with_stride_pooling_and_sum_div_k(setup):
+    torch.manual_seed(1)
+    model = Conv4(in_channels=1, n_classes=WAYS, hidden=4, image_size=16, pooling="stride").double()
+    _, batch = setup
+    folded, _ = get_algorithm("maml", inner_steps=1, inner_lr=0.1, loss_reduction="sum_div_k",
+                              fold=True).meta_gradients(model, batch)
+    loop, _ = get_algorithm("maml", inner_steps=1, inner_lr=0.1, loss_reduction="sum_div_k",
+                            fold=False).meta_gradients(model, batch)
+    assert_grads_equal(folded, loop)
+    with pytest.raises(InputError, match="fold=True"):
+        get_algorithm("maml", fold=True).meta_gradients(Conv4(hidden=4, image_size=16, bn_stats="running"), batch)

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from analysis_helpers import one_thread, tiny_episodes, tiny_model  # noqa: F401
 from repana.analysis.common import all_parameters, check_same_architecture, freeze, head_only, trainable_for

@@ -91,10 +91,12 @@ def test_unknown_layer_is_a_clear_error():
                               layers=["conv1", "conv9"])
 
 
-def test_episode_rows_need_matching_episode_counts():
+def test_episode_rows_need_matching_episode_counts_and_known_measures():
     acts = [{"head": torch.randn(10, 3)}]
     with pytest.raises(InputError, match="same non-zero number of episodes"):
         episode_similarity_rows(acts, acts * 2, ["head"], ["cka"])
+    with pytest.raises(InputError, match="unknown similarity measure"):
+        episode_similarity_rows(acts, acts, ["head"], ["svcaa"])
 
 
 def test_summarize_groups():

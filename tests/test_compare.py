@@ -123,3 +123,19 @@ def test_heatmap_and_layer_plot(rng):
     assert [round(p.get_height(), 2) for p in bars.axes[0].patches] == [0.8, 0.6]
     with pytest.raises(InputError, match="lacks columns"):
         plot_similarity_heatmap(ci)
+
+
+def test_one_model_against_itself_is_symmetric_and_computed_once_per_pair(rng, monkeypatch):
+    from repana.similarity import registry
+
+    acts = {f"l{i}": rng.normal(size=(80, 3 + i)) for i in range(4)}
+    calls = []
+    original = registry.get_measure("cka").function
+    spec = registry.Measure("counting_cka", lambda rx, ry, **kw: calls.append(1) or original(rx, ry, **kw),
+                            "test", symmetric=True, defaults={"kernel": "linear", "debiased": False})
+    monkeypatch.setitem(registry._REGISTRY, "counting_cka", spec)
+    frame = compare_activations(acts, measures=["counting_cka"])
+    assert len(calls) == 4 * 5 // 2  # upper triangle with the diagonal
+    matrix = frame.pivot(index="layer_a", columns="layer_b", values="value").to_numpy()
+    np.testing.assert_allclose(matrix, matrix.T, rtol=1e-12)
+    assert matrix[0, 1] == pytest.approx(cka(acts["l0"], acts["l1"]), rel=1e-12)

@@ -82,7 +82,8 @@ def test_toml_file_with_tables_and_round_trip(tmp_path):
     (["pooling=avg"], "pooling"),
     (["inner_loss=sum"], "inner_loss"),
     (["ways=five"], "ways"),
-    (["save_steps=[0]"], "save_steps"),
+    (["save_steps=[-1]"], "save_steps"),
+    (["save_steps=[60001]"], "save_steps"),
     (["iterations=-5"], "iterations"),
 ])
 def test_impossible_values_name_the_key(overrides, key):

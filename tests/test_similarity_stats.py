@@ -2,11 +2,21 @@
 
 import numpy as np
 import pytest
+import torch
 
 from repana.errors import InputError
 from repana.similarity import bootstrap_ci, cka, null_baseline, permutation_test, svcca
 
 pytestmark = pytest.mark.filterwarnings("ignore::repana.similarity.RepanaWarning")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Small matrices: on an oversubscribed CPU two BLAS threads make each product ~100x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

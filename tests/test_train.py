@@ -42,7 +42,7 @@ def small_config(**changes) -> TrainConfig:
     values = dict(name="t", dataset="glyphs", image_size=16, hidden=8, ways=3, shots=1, queries_train=2,
                   queries_test=2, algorithm="maml", meta_batch_size=2, inner_lr=0.4, inner_steps_train=1,
                   inner_steps_test=1, iterations=6, val_every=3, val_episodes=4, log_every=1,
-                  checkpoint_every=2, keep_checkpoints=2, save_steps=[1])
+                  checkpoint_every=2, keep_checkpoints=2, save_steps=[0, 1])
     values.update(changes)
     return from_dict(values)
 
@@ -68,8 +68,11 @@ def test_run_folder_layout_and_metrics(tmp_path):
     assert summary.steps == 6 and summary.resumed_from == 0
     assert from_dict(load_toml(run / "config.toml")) == config
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
-    # rolling: the last 2 of steps 2, 4, 6; step 1 is a save_step and is kept
-    assert names == ["latest.pt", "step_000001.pt", "step_000004.pt", "step_000006.pt"]
+    # rolling: the last 2 of steps 2, 4, 6; steps 0 (the initial network) and 1 are save_steps, kept
+    assert names == ["latest.pt", "step_000000.pt", "step_000001.pt", "step_000004.pt", "step_000006.pt"]
+    initial, after_one = (load_checkpoint(run / "checkpoints" / f"step_00000{s}.pt") for s in (0, 1))
+    assert initial.step == 0 and initial.optimizer_state["state"] == {}
+    assert not torch.equal(initial.state_dict["head.weight"], after_one.state_dict["head.weight"])
     assert load_checkpoint(run / "checkpoints" / "latest.pt").step == 6
     rows = read_metrics(run / "metrics.csv")
     assert list(rows[0]) == ["step", "split", "loss", "accuracy", "elapsed_s"]
@@ -101,6 +104,8 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, algorithm):
     assert partial.steps == 5
     with open(tmp_path / "part" / "metrics.csv", "a") as handle:
         handle.write("6,train,0.12")  # a line torn by the kill
+    latest = tmp_path / "part" / "checkpoints" / "latest.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])  # unreadable latest.pt: resume falls back to step_000004.pt
     torch.manual_seed(123)  # the resumed process starts with other global RNG states
     resumed = train(config, tmp_path / "part", resume=True, data=small_data(), show_progress=False)
     assert resumed.resumed_from == 4 and resumed.steps == 6

@@ -156,6 +156,11 @@ def episode_similarity_rows(acts_a: Sequence[Mapping[str, torch.Tensor]],
     row permutations of one side (:func:`repana.similarity.null_baseline`). Returns one dict per (group, layer, measure) with columns
     episode, scope, layer, measure, value, null_value, n_datapoints, n_features, reduction, note.
     """
+    from repana.similarity import list_measures
+
+    unknown = [m for m in measures if m not in list_measures()]
+    if unknown:
+        raise InputError(f"unknown similarity measure(s) {unknown}; available: {', '.join(list_measures())}")
     if len(acts_a) != len(acts_b) or not acts_a:
         raise InputError(f"need the same non-zero number of episodes on both sides, got {len(acts_a)} "
                          f"and {len(acts_b)}")
@@ -214,7 +219,9 @@ def inner_loop_settings(meta: Mapping, steps: int | None = None, lr: float | Non
     if steps is None:
         steps = config.get("inner_steps_test")
     if lr is None and config:
-        lr = config["inner_lr"] * (config["ways"] if config.get("inner_loss") == "sum_over_shots" else 1)
+        from repana.meta.config import from_dict
+
+        lr = from_dict(config, source="checkpoint config").mean_loss_inner_lr()
     if steps is None or lr is None:
         raise InputError("this network has no training config: give the inner-loop steps and lr")
     return int(steps), float(lr)

@@ -33,11 +33,15 @@ DATASET_PRESETS = {"glyphs": "omniglot-5way-1shot", "omniglot": "omniglot-5way-1
                    "miniimagenet": "miniimagenet-5way-1shot"}
 # Training runs: name -> algorithm. "multiclass" is the trainer's "pretrain".
 RUNS = {"maml": "maml", "anil": "anil", "multiclass": "pretrain", "multitask": "multitask", "nil": "nil"}
+# Each run gets its own seed (base seed + offset): networks compared with each other (MAML vs ANIL
+# similarity, the regimes table) must not share their random initialisation.
+RUN_SEED_OFFSETS = {"maml": 0, "anil": 1, "multiclass": 2, "multitask": 3, "nil": 4}
+RANDOM_BODY_SEED_OFFSET = 5
 # The quick preset: a few minutes of training per run on 2 CPU cores (budgets tuned to finish the
 # whole pipeline in under 20 minutes); the paper preset keeps the bundled presets' settings.
-QUICK_OVERRIDES = {"hidden": 32, "meta_batch_size": 8, "queries_train": 5, "val_every": 0, "log_every": 10,
+QUICK_OVERRIDES = {"hidden": 32, "meta_batch_size": 4, "queries_train": 5, "val_every": 0, "log_every": 10,
                    "keep_checkpoints": 1}
-QUICK_ITERATIONS = {"maml": 400, "anil": 400, "multiclass": 600, "multitask": 400, "nil": 400}
+QUICK_ITERATIONS = {"maml": 1500, "anil": 1500, "multiclass": 1500, "multitask": 1000, "nil": 1000}
 QUICK_SAVE_FRACTIONS = (0.05, 0.3, 1.0)  # early / middle / final checkpoints of the MAML run
 ANALYSIS_QUERIES = 15   # query images per class in the analyses' test episodes (datapoints)
 ANALYSIS_SEED = 12345
@@ -92,7 +96,8 @@ def training_plan(preset: str, dataset: str, data_root: str | Path | None = None
                 overrides["save_steps"] = sorted({max(1, int(f * iterations)) for f in QUICK_SAVE_FRACTIONS})
             else:
                 overrides["save_steps"] = []
-        plan[name] = load_config(preset=DATASET_PRESETS[dataset], overrides={**overrides, **(overrides_all or {})})
+        config = load_config(preset=DATASET_PRESETS[dataset], overrides={**overrides, **(overrides_all or {})})
+        plan[name] = config.replace(seed=config.seed + RUN_SEED_OFFSETS[name])
     return plan
 
 
@@ -100,15 +105,29 @@ def final_checkpoint(run_dir: Path, iterations: int) -> Path:
     return run_dir / "checkpoints" / f"step_{iterations:06d}.pt"
 
 
+def _check_same_run(saved, wanted, run_dir: Path) -> None:
+    """ConfigError when an existing run folder was trained with other settings than the plan's."""
+    from repana.meta.train import RESUMABLE_CHANGES
+
+    saved_d, wanted_d = saved.to_dict(), wanted.to_dict()
+    changed = sorted(k for k in wanted_d if saved_d.get(k) != wanted_d[k] and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise ConfigError(f"{run_dir} was trained with other settings ("
+                          + ", ".join(f"{k} = {saved_d.get(k)!r}, now {wanted_d[k]!r}" for k in changed)
+                          + "): use another --out folder or delete that run folder to retrain it")
+
+
 def ensure_trained(plan: dict, runs_dir: Path, data: dict, log: Callable[[str], None],
                    show_progress: bool | None = None) -> dict[str, Path]:
     """Train each run of ``plan`` whose final checkpoint is missing (resuming a partial run)."""
-    from repana.meta.train import train
+    from repana.meta.train import read_run_config, train
 
     finals = {}
     for name, config in plan.items():
         run_dir = runs_dir / name
         final = final_checkpoint(run_dir, config.iterations)
+        if (run_dir / "config.toml").exists():
+            _check_same_run(read_run_config(run_dir), config, run_dir)
         if final.exists():
             log(f"[train] {name}: reusing {final}")
         else:
@@ -322,7 +341,7 @@ def reproduce(preset: str = "quick", dataset: str = "glyphs", data_root: str | P
         episodes = episodes_for(settings["training_regimes"]["episodes"], 5)
         bodies = {"maml": models["maml"], "anil": models["anil"], "multiclass": models["multiclass"],
                   "multitask": models["multitask"], "nil": models["nil"],
-                  "random": regimes.random_init_model(base.model_config(), seed=base.seed)}
+                  "random": regimes.random_init_model(base.model_config(), seed=base.seed + RANDOM_BODY_SEED_OFFSET)}
         results["regimes"] = tables.get("regimes", key("training_regimes", list(RUNS)),
                                         lambda: regimes.regimes_accuracy(bodies, episodes))
         figures.save_figure(lambda: plots.accuracy_bars_figure(results["regimes"], "regime",

@@ -44,6 +44,14 @@ def register(subparsers) -> None:
     show.add_argument("--out", type=Path, default=Path("episode.png"), help="PNG (or PDF) to write")
     show.set_defaults(func=run_show)
 
+    grid = commands.add_parser("grid", help="a grid of samples: one row per class, one column per drawing")
+    common(grid)
+    grid.add_argument("--part", default="test", choices=SPLIT_NAMES, help="which split to draw from")
+    grid.add_argument("--classes", type=int, default=8, help="rows: the first CLASSES classes of the split")
+    grid.add_argument("--drawings", type=int, default=10, help="columns: the first DRAWINGS images of each class")
+    grid.add_argument("--out", type=Path, default=Path("grid.png"), help="PNG (or PDF) to write")
+    grid.set_defaults(func=run_grid)
+
     download = commands.add_parser("download", help="fetch Omniglot's official archives (checksummed, resumable)")
     download.add_argument("dataset", choices=("omniglot",), help="only Omniglot can be downloaded")
     download.add_argument("--root", default=None, help="data root; archives go to ROOT/omniglot "
@@ -148,6 +156,37 @@ def run_show(args) -> int:
     plt.close(fig)
     print(f"wrote {args.out}: {args.ways}-way {args.shots}-shot {args.queries}-query episode from {ds.name} "
           f"(classes {', '.join(names)})")
+    return 0
+
+
+def run_grid(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from repana.data import load_splits
+    from repana.io import atomic_savefig
+
+    ds = load_splits(args.dataset, root=args.data_root, **_options(args))[args.part]
+    if not 1 <= args.classes <= ds.n_classes or args.drawings < 1:
+        raise InputError(f"--classes must be in [1, {ds.n_classes}] and --drawings positive")
+    table = ds.class_table()[:args.classes, :args.drawings]
+    fig, axes = plt.subplots(args.classes, args.drawings, figsize=(0.8 * args.drawings, 0.8 * args.classes + 0.3),
+                             squeeze=False)
+    for row in range(args.classes):
+        for column in range(args.drawings):
+            axis = axes[row, column]
+            axis.axis("off")
+            index = int(table[row, column]) if column < table.shape[1] else -1
+            if index >= 0:
+                image = ds.images[index].permute(1, 2, 0).numpy()
+                axis.imshow(image[:, :, 0] if image.shape[2] == 1 else image, cmap="gray_r", vmin=0, vmax=255)
+    fig.suptitle(f"{ds.name}: {args.classes} classes (rows) x {args.drawings} drawings", fontsize=9)
+    fig.tight_layout(pad=0.3)
+    atomic_savefig(fig, args.out, dpi=100)
+    plt.close(fig)
+    print(f"wrote {args.out}: {args.classes} classes x {args.drawings} drawings of {ds.name}")
     return 0
 
 

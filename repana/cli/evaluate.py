@@ -91,7 +91,7 @@ def trainable_names(model: torch.nn.Module, config, adapt_layers: str | None, fr
 def run_evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from repana.data.episodes import fixed_episodes
+    from repana.data import fixed_episodes
     from repana.io import atomic_save_csv
     from repana.meta.checkpoint import load_checkpoint
     from repana.meta.evaluate import evaluate

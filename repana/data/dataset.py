@@ -11,7 +11,7 @@ import torch
 from repana.errors import InputError
 
 
-@dataclass
+@dataclass(eq=False)  # identity equality: comparing image tensors elementwise is never what is meant
 class ImageClassDataset:
     """Decoded images of ``n_classes`` classes.
 

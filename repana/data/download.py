@@ -61,15 +61,17 @@ def expected_checksum(entry: dict) -> tuple[str, str] | None:
     return None
 
 
-def verify(path: Path, checksum: tuple[str, str] | None) -> None:
-    """Raise ChecksumError when ``path`` does not match ``checksum`` (``(algorithm, hex)``)."""
+def verify(path: Path, checksum: tuple[str, str] | None, label: str | None = None) -> None:
+    """Raise ChecksumError (naming ``label``, default the file name) when ``path`` does not match
+    ``checksum`` (``(algorithm, hex)``)."""
     if checksum is None:
         return
     algorithm, expected = checksum
     actual = file_digest(path, algorithm)
     if actual != expected:
-        raise ChecksumError(f"{path.name}: {algorithm} mismatch (expected {expected}, got {actual}, "
-                            f"{path.stat().st_size} bytes): the download is corrupt or truncated")
+        raise ChecksumError(f"{label or path.name}: {algorithm} mismatch (expected {expected}, got {actual}, "
+                            f"{path.stat().st_size} bytes): the download is corrupt or truncated; the bad file "
+                            f"was deleted, run the download again")
 
 
 def _transfer(url: str, part: Path, timeout: float, desc: str) -> bool:
@@ -121,14 +123,14 @@ def download_file(url: str, dest: str | os.PathLike, checksum: tuple[str, str] |
     part = dest.with_name(dest.name + ".part")
     resumed = _transfer(url, part, timeout, dest.name)
     try:
-        verify(part, checksum)
+        verify(part, checksum, dest.name)
     except ChecksumError:
         part.unlink(missing_ok=True)
         if not resumed:
             raise
         _transfer(url, part, timeout, dest.name)  # the kept partial file was bad: once more from zero
         try:
-            verify(part, checksum)
+            verify(part, checksum, dest.name)
         except ChecksumError:
             part.unlink(missing_ok=True)
             raise

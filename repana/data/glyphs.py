@@ -189,6 +189,15 @@ def generate_glyphs(class_indices, n_drawers: int = 20, seed: int = 0) -> np.nda
     return images.reshape(len(class_indices), n_drawers, IMAGE_SIZE, IMAGE_SIZE)
 
 
+def drawing_parameters() -> dict:
+    """Every constant that shapes the images (part of the cache key: changing one regenerates)."""
+    return {"version": GENERATOR_VERSION, "size": IMAGE_SIZE, "points": POINTS_PER_STROKE, "strokes": MAX_STROKES,
+            "control": CONTROL_JITTER, "arc_angle": ARC_ANGLE_JITTER, "arc_radius": ARC_RADIUS_JITTER,
+            "rotation": ROTATION_STD, "scale": SCALE_STD, "shear": SHEAR_STD, "shift": SHIFT_STD,
+            "wobble": WOBBLE_STD, "width": HALF_WIDTH_PX, "width_noise": STROKE_WIDTH_NOISE,
+            "supersample": SUPERSAMPLE, "margin": _MARGIN}
+
+
 def _dataset(images: np.ndarray, first_class: int, name: str) -> ImageClassDataset:
     n_classes, n_drawers = images.shape[:2]
     labels = np.repeat(np.arange(n_classes, dtype=np.int64), n_drawers)
@@ -208,7 +217,7 @@ def load_glyph_splits(root=None, split: str = "default", n_train: int = 1000, n_
             raise InputError(f"{what} must be a {'positive' if what == 'n_drawers' else 'non-negative'} integer, "
                              f"got {value!r}")
     total = n_train + n_val + n_test
-    key = {"dataset": "glyphs", "version": GENERATOR_VERSION, "classes": total, "drawers": n_drawers, "seed": seed}
+    key = {"dataset": "glyphs", "drawing": drawing_parameters(), "classes": total, "drawers": n_drawers, "seed": seed}
     arrays = cached_arrays("glyphs", key, lambda: {"images": generate_glyphs(range(total), n_drawers, seed)},
                            cache_dir=cache_dir, use_cache=use_cache)
     images = arrays["images"]

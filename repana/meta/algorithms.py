@@ -29,7 +29,9 @@ Hyperparameters: ``inner_steps`` (int), ``inner_lr`` (float, in the convention o
 ``loss_reduction``), ``first_order`` (bool), ``loss_reduction`` ("mean" | "sum_div_k"),
 ``bn_support_query`` ("apart": support and query batches normalised separately, as in MAML's code;
 "together": one forward of their concatenation), ``trainable`` (inner-loop parameter subset, see
-:func:`repana.meta.adapt.resolve_trainable`), ``temperature`` (nil_training only).
+:func:`repana.meta.adapt.resolve_trainable`), ``temperature`` (nil_training only), ``fold``
+(bool or None: process the tasks of a meta-batch together with tasks folded into channels; None = on
+CUDA only, where it pays; on CPU a loop over tasks is faster — see :mod:`repana.meta.batched`).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from torch.func import functional_call
 
 from repana.errors import ConfigError, InputError
 from repana.meta.adapt import Trainable, adapt, normalise_loss_reduction, resolve_trainable
-from repana.meta.batched import can_batch_head_only, head_only_query_logits, task_features
+from repana.meta.batched import (can_batch_head_only, can_fold, folded_query_logits, forward_tasks,
+                                 head_only_query_logits, task_features)
 from repana.meta.nil import nil_logits
 
 Grads = dict[str, torch.Tensor]
@@ -66,6 +69,7 @@ class Algorithm:
     loss_reduction: str = "mean"
     bn_support_query: str = "apart"
     temperature: float = 1.0
+    fold: bool | None = None             # tasks folded into channels: None = on CUDA only (see batched.py)
     hyperparameters: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def meta_gradients(self, model: torch.nn.Module, batch: Any) -> tuple[Grads, Metrics]:
@@ -124,16 +128,21 @@ def _query_gradients(algo: Algorithm, model, batch) -> tuple[Grads, Metrics]:
     steps = algo.inner_steps
     names = resolve_trainable(params, algo.trainable) if steps > 0 else []
     together = algo.bn_support_query == "together"
-    if can_batch_head_only(model, names):
-        if steps > 0:
+    folded = steps > 0 and can_fold(model, batch.support_x.device, algo.fold)
+    if folded or can_batch_head_only(model, names):
+        if folded and not can_batch_head_only(model, names):
+            logits = folded_query_logits(model, params, batch.support_x, batch.support_y, batch.query_x, steps,
+                                         algo.inner_lr, algo.trainable, algo.first_order, algo.loss_reduction,
+                                         together)
+        elif steps > 0:
             logits = head_only_query_logits(model, params, batch.support_x, batch.support_y, batch.query_x,
                                             steps, algo.inner_lr, algo.trainable, algo.first_order,
                                             algo.loss_reduction, together)
         elif together:
-            both = model(torch.cat([batch.support_x, batch.query_x], 1))
+            both = forward_tasks(model, params, torch.cat([batch.support_x, batch.query_x], 1))
             logits = both[:, batch.support_x.shape[1]:]
         else:
-            logits = model(batch.query_x)
+            logits = forward_tasks(model, params, batch.query_x)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.query_y.reshape(-1))
         grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
         correct = (logits.argmax(-1) == batch.query_y).double().mean().item()
@@ -177,25 +186,12 @@ def _nil_gradients(algo: Algorithm, model, batch) -> tuple[Grads, Metrics]:
     tasks = batch.support_x.shape[0]
     ways = int(batch.support_y.max()) + 1
     together = algo.bn_support_query == "together"
-    if can_batch_head_only(model, []):
-        fs, fq = task_features(model, params, batch.support_x, batch.query_x, together)
-    else:
-        pairs = [_features_one(model, params, batch.support_x[t], batch.query_x[t], together)
-                 for t in range(tasks)]
-        fs, fq = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    fs, fq = task_features(model, params, batch.support_x, batch.query_x, together)
     log_probs = nil_logits(fs, batch.support_y, fq, ways, algo.temperature)
     loss = F.nll_loss(log_probs.reshape(-1, ways), batch.query_y.reshape(-1))
     grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
     accuracy = (log_probs.argmax(-1) == batch.query_y).double().mean().item()
     return _zero_missing(params, grads), {"loss": loss.item(), "accuracy": accuracy, "n_tasks": float(tasks)}
-
-
-def _features_one(model, params, support_x, query_x, together: bool):
-    if together:
-        both = functional_call(model, params, (torch.cat([support_x, query_x]),), {"stop": 4})
-        return both[:support_x.shape[0]], both[support_x.shape[0]:]
-    return (functional_call(model, params, (support_x,), {"stop": 4}),
-            functional_call(model, params, (query_x,), {"stop": 4}))
 
 
 def _classification_gradients(model, batch) -> tuple[Grads, Metrics]:
@@ -222,7 +218,7 @@ def _classification_gradients(model, batch) -> tuple[Grads, Metrics]:
 
 # ----- registry ----------------------------------------------------------------------------------
 
-_INNER = {"inner_steps", "inner_lr", "first_order", "loss_reduction", "bn_support_query", "trainable"}
+_INNER = {"inner_steps", "inner_lr", "first_order", "loss_reduction", "bn_support_query", "trainable", "fold"}
 _SPECS: dict[str, dict[str, Any]] = {
     "maml": {"batch_kind": "episodes", "objective": "query", "defaults": {}, "allowed": _INNER},
     "fomaml": {"batch_kind": "episodes", "objective": "query", "defaults": {"first_order": True},
@@ -283,7 +279,7 @@ def get_algorithm(name: str, *, ignore_unused: bool = False, **hyperparameters) 
     return Algorithm(name=canonical, batch_kind=spec["batch_kind"], objective=spec["objective"],
                      inner_steps=steps, inner_lr=lr, first_order=bool(values.get("first_order", False)),
                      trainable=values.get("trainable"), loss_reduction=reduction, bn_support_query=bn,
-                     temperature=temperature, hyperparameters=dict(hyperparameters))
+                     temperature=temperature, fold=values.get("fold"), hyperparameters=dict(hyperparameters))
 
 
 def with_hyperparameters(algo: Algorithm, **changes) -> Algorithm:

@@ -92,7 +92,7 @@ class TrainConfig:
     log_every: int = 10               # steps between train rows in metrics.csv
     checkpoint_every: int = 1000      # steps between rolling checkpoints; 0 = only the final one
     keep_checkpoints: int = 3         # rolling checkpoints kept (save_steps ones are never deleted)
-    save_steps: list[int] = field(default_factory=list)  # extra checkpoints kept for the analyses
+    save_steps: list[int] = field(default_factory=list)  # extra checkpoints kept for the analyses (0 = init)
 
     # ----- derived values -----
     @property
@@ -147,9 +147,10 @@ class TrainConfig:
         if self.eval_method == "adapt" and self.inner_steps_test < 1 and self.algorithm in INNER_LOOP_ALGORITHMS:
             raise ConfigError(f"inner_steps_test = {self.inner_steps_test}: eval_method 'adapt' needs at "
                               "least 1 test step (or use eval_method = 'nil')")
-        bad_steps = [s for s in self.save_steps if not 1 <= s <= self.iterations]
+        bad_steps = [s for s in self.save_steps if not 0 <= s <= self.iterations]
         if bad_steps:
-            raise ConfigError(f"save_steps {bad_steps} lie outside 1..iterations ({self.iterations})")
+            raise ConfigError(f"save_steps {bad_steps} lie outside 0..iterations ({self.iterations}); "
+                              "0 saves the initial network")
         if self.dataset == "omniglot" and self.image_size != 28:
             raise ConfigError(f"image_size = {self.image_size}: Omniglot images are 28x28 in repana")
         return self

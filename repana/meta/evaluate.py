@@ -27,7 +27,7 @@ import torch
 from repana.errors import InputError
 from repana.meta.adapt import Trainable, adapt, normalise_loss_reduction, resolve_trainable
 from repana.meta.algorithms import query_logits
-from repana.meta.batched import can_batch_head_only, head_only_query_logits, task_features
+from repana.meta.batched import can_batch_head_only, can_fold, folded_query_logits, head_only_query_logits, task_features
 from repana.meta.nil import nil_logits, nil_predict
 from repana.progress import progress
 
@@ -82,8 +82,15 @@ def _as_chunk(obj: Any) -> _Chunk:
 
 
 def iter_chunks(episodes: Any, chunk_size: int | None = None) -> Iterator[_Chunk]:
-    """Chunks of at most ``chunk_size`` tasks from an Episodes-like object or an iterable of them."""
-    sources = [episodes] if hasattr(episodes, "support_x") else episodes
+    """Chunks of at most ``chunk_size`` tasks from an Episodes-like object, an object with
+    ``.chunks(n)`` (e.g. :class:`repana.data.FixedEpisodes`, materialised chunk by chunk), or an
+    iterable of Episodes-like objects."""
+    if hasattr(episodes, "support_x"):
+        sources = [episodes]
+    elif hasattr(episodes, "chunks") and hasattr(episodes, "__len__"):
+        sources = episodes.chunks(int(chunk_size) if chunk_size else max(1, len(episodes)))
+    else:
+        sources = episodes
     for source in sources:
         chunk = _as_chunk(source)
         tasks = chunk.support_x.shape[0]
@@ -109,7 +116,8 @@ def _initial_params(model: torch.nn.Module, ways: int, head: str) -> dict[str, t
 
 
 def _chunk_predictions(model, chunk: _Chunk, method: str, steps: int, lr: float, trainable: Trainable,
-                       first_order: bool, loss_reduction: str, bn_support_query: str, head: str) -> torch.Tensor:
+                       first_order: bool, loss_reduction: str, bn_support_query: str, head: str,
+                       fold: bool | None = None) -> torch.Tensor:
     """Predicted query labels ``(tasks, n_query)`` int64 for one chunk."""
     ways = int(chunk.support_y.max()) + 1
     together = bn_support_query == "together"
@@ -123,6 +131,10 @@ def _chunk_predictions(model, chunk: _Chunk, method: str, steps: int, lr: float,
     if can_batch_head_only(model, names):
         logits = head_only_query_logits(model, params, chunk.support_x, chunk.support_y, chunk.query_x, steps,
                                         lr, names, first_order, loss_reduction, together)
+        return logits.detach().argmax(-1)
+    if steps > 0 and can_fold(model, chunk.support_x.device, fold):
+        logits = folded_query_logits(model, params, chunk.support_x, chunk.support_y, chunk.query_x, steps, lr,
+                                     names, first_order, loss_reduction, together)
         return logits.detach().argmax(-1)
     predictions = []
     for t in range(chunk.support_x.shape[0]):
@@ -163,19 +175,21 @@ def _check_options(method: str, steps: int, lr: float, loss_reduction: str, bn_s
 def evaluate(model: torch.nn.Module, episodes: Any, method: str = "adapt", steps: int = 10, lr: float = 0.4,
              trainable: Trainable = None, first_order: bool = True, chunk_size: int | None = 100,
              loss_reduction: str = "mean", bn_support_query: str = "apart", head: str = "auto",
-             show_progress: bool | None = None) -> EvaluationResult:
+             show_progress: bool | None = None, fold: bool | None = None) -> EvaluationResult:
     """Query accuracy of ``model`` over ``episodes`` after adapting on each episode's support set.
 
     Args:
         model: a :class:`repana.models.Conv4` (not modified).
         episodes: an Episodes-like object (``.support_x (tasks, n_s, C, H, W)`` float, ``.support_y
-            (tasks, n_s)`` int64, ``.query_x``, ``.query_y``) or an iterable of them (chunks).
+            (tasks, n_s)`` int64, ``.query_x``, ``.query_y``), a ``FixedEpisodes`` (anything with
+            ``.chunks(n)``), or an iterable of Episodes-like chunks.
         method: "adapt" (gradient steps, then the adapted network's predictions) or "nil".
         steps, lr: test-time inner steps and step size (lr in the convention of ``loss_reduction``).
         trainable: parameters adapted at test time (see :func:`repana.meta.adapt.resolve_trainable`).
         first_order: test-time steps need no second-order terms (the result is the same either way).
         chunk_size: tasks processed together (bounds memory); None = each given chunk whole.
         head: "auto" | "keep" | "zero" (see module doc).
+        fold: adapt the tasks of a chunk together, folded into channels (None: on CUDA only).
 
     Returns:
         :class:`EvaluationResult`; ``per_episode`` in the order of the episodes.
@@ -188,7 +202,7 @@ def evaluate(model: torch.nn.Module, episodes: Any, method: str = "adapt", steps
                               enabled=show_progress):
             chunk = _Chunk(*(t.to(device) for t in chunk))
             predicted = _chunk_predictions(model, chunk, method, steps, lr, trainable, first_order,
-                                           loss_reduction, bn_support_query, head)
+                                           loss_reduction, bn_support_query, head, fold)
             accuracies.append((predicted == chunk.query_y).double().mean(1).cpu().numpy())
     if not accuracies:
         raise InputError("no episodes to evaluate")

@@ -124,7 +124,7 @@ class BatchSource:
     def __call__(self, step: int):
         seed = step_seed(self.config.seed, step)
         if self.batch_kind == "episodes":
-            from repana.data.episodes import EpisodeSampler
+            from repana.data import EpisodeSampler
 
             sampler = EpisodeSampler(self.train_set, ways=self.config.ways, shots=self.config.shots,
                                      queries=self.config.queries_train, seed=seed)
@@ -264,9 +264,9 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, device
 
     resume_from: Checkpoint | None = None
     if resume:
-        if (run_dir / "config.toml").exists():
-            _check_resume_config(read_run_config(run_dir), config, run_dir)
         resume_from = find_resume_checkpoint(run_dir)
+        if resume_from is not None:
+            _check_resume_config(resume_from.train_config(), config, run_dir)
     elif ckpt_dir.exists() and list_step_checkpoints(ckpt_dir) or (ckpt_dir / "latest.pt").exists():
         raise ConfigError(f"run folder {run_dir} already holds checkpoints: pass resume=True "
                           "(--resume) to continue it, or choose another output folder")
@@ -275,8 +275,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, device
     algorithm = algorithm if algorithm is not None else make_algorithm(config)
     batch_kind = algorithm.batch_kind
     n_classes = data["train"].n_classes if batch_kind == "classification" else config.ways
-    config.check_classes({s: data[s].n_classes for s in ("train", "val") if s in data}
-                         if batch_kind == "episodes" else {"val": data["val"].n_classes})
+    config.check_classes({s: data[s].n_classes for s in ("train", "val")
+                          if s in data and (s == "val" or batch_kind == "episodes")})
 
     set_global_seeds(config.seed)
     model_config = config.model_config(n_classes)
@@ -301,7 +301,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, device
 
     val_episodes = None
     if config.val_every and "val" in data:
-        from repana.data.episodes import fixed_episodes
+        from repana.data import fixed_episodes
 
         val_episodes = fixed_episodes(data["val"], n_episodes=config.val_episodes, ways=config.ways,
                                       shots=config.shots, queries=config.queries_test,
@@ -338,6 +338,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, device
                    enabled=show_progress if writer else False, unit="step")
     model.train()
     steps_done = start
+    if start == 0 and 0 in config.save_steps:
+        checkpoint(0, {})
     try:
         for step in range(start + 1, config.iterations + 1):
             batch = batches(step)

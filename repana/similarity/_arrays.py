@@ -7,6 +7,7 @@ carry the signal; five popular CKA implementations fail that way).
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import numpy as np
@@ -14,16 +15,16 @@ import torch
 
 from repana.errors import InputError
 
-ArrayLike = "np.ndarray | torch.Tensor"
-
-
 class RepanaWarning(UserWarning):
     """A result that is computed but easy to misread (e.g. plain CKA with few datapoints)."""
 
 
 def warn(message: str) -> None:
-    """Emit a :class:`RepanaWarning` pointing at the caller's caller."""
-    warnings.warn(message, RepanaWarning, stacklevel=3)
+    """Emit a :class:`RepanaWarning` attributed to the first caller outside the repana package."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("repana."):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, RepanaWarning, stacklevel=level)
 
 
 def original_eps(array) -> float:
@@ -69,9 +70,11 @@ def as_float64_matrix(array, name: str = "X", min_datapoints: int = 2) -> torch.
         raise InputError(f"{name} has 0 features (shape {tuple(tensor.shape)})")
     if n_datapoints < min_datapoints:
         raise InputError(f"{name} has {n_datapoints} datapoints; at least {min_datapoints} are needed")
-    finite = torch.isfinite(tensor)
-    if not bool(finite.all()):
-        n_bad = int((~finite).sum())
+    # A sum is finite only if every term is (no temporary mask unless something is wrong).
+    if not bool(torch.isfinite(tensor.sum())):
+        n_bad = int((~torch.isfinite(tensor)).sum())
+        if n_bad == 0:
+            raise InputError(f"{name} has values so large that their sum overflows float64; rescale it")
         raise InputError(f"{name} contains {n_bad} NaN or Inf value(s) out of {tensor.numel()}; "
                          f"similarity is undefined there (check the model's activations / inputs)")
     return tensor

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from repana.errors import InputError
-from repana.similarity._arrays import check_same_datapoints
-from repana.similarity.representation import Representation, as_representation
+from repana.similarity.representation import Representation, as_representation, check_pair
 
 WEIGHTS_FROM = ("x", "y")
 
@@ -111,7 +110,7 @@ def pwcca_from_representations(rx: Representation, ry: Representation, weights_f
     if weights_from not in WEIGHTS_FROM:
         raise InputError(f"weights_from must be 'x' or 'y' (whose canonical variates give the weights), "
                          f"got {weights_from!r}")
-    check_same_datapoints(rx.n, ry.n, rx.name, ry.name)
+    check_pair(rx, ry)
     ux, sx, vhx = rx.svd(rtol)
     uy, sy, vhy = ry.svd(rtol)
     _check_sample_size(rx.n, ux.shape[1], uy.shape[1], rx, ry, "pwcca")
@@ -147,6 +146,9 @@ def _top_directions(rep: Representation, keep: float | int, rtol: float | None) 
 
 
 def _check_sample_size(n: int, kx: int, ky: int, rx: Representation, ry: Representation, measure: str) -> None:
+    if kx == 0 or ky == 0:
+        raise InputError(f"{measure}: {rx.name if kx == 0 else ry.name} has no direction above the rank "
+                         f"tolerance (numerically constant)")
     if kx + ky >= n:
         raise InputError(
             f"{measure}: {n} datapoints but {kx} + {ky} = {kx + ky} directions kept in {rx.name} "
@@ -157,6 +159,6 @@ def _check_sample_size(n: int, kx: int, ky: int, rx: Representation, ry: Represe
 
 def _canonical_correlations(ux: torch.Tensor, uy: torch.Tensor, rx: Representation, ry: Representation,
                             measure: str) -> torch.Tensor:
-    check_same_datapoints(rx.n, ry.n, rx.name, ry.name)
+    check_pair(rx, ry)
     _check_sample_size(rx.n, ux.shape[1], uy.shape[1], rx, ry, measure)
     return torch.linalg.svdvals(ux.T @ uy).clamp(0.0, 1.0)

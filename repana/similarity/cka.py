@@ -21,8 +21,8 @@ import math
 import torch
 
 from repana.errors import InputError
-from repana.similarity._arrays import check_same_datapoints, warn
-from repana.similarity.representation import Representation, as_representation
+from repana.similarity._arrays import warn
+from repana.similarity.representation import Representation, as_representation, check_pair
 
 KERNELS = ("linear", "rbf")
 FORMS = ("auto", "feature", "gram")
@@ -55,7 +55,7 @@ def cka(X, Y, kernel: str = "linear", debiased: bool = False, sigma_fraction: fl
 def cka_from_representations(rx: Representation, ry: Representation, kernel: str = "linear",
                              debiased: bool = False, sigma_fraction: float = 0.8, form: str = "auto") -> float:
     """:func:`cka` on prepared :class:`Representation` objects (their per-layer statistics are reused)."""
-    check_same_datapoints(rx.n, ry.n, rx.name, ry.name)
+    check_pair(rx, ry)
     if kernel not in KERNELS:
         raise InputError(f"unknown kernel {kernel!r}; choose one of {KERNELS}")
     if form not in FORMS:
@@ -133,7 +133,7 @@ def unbiased_linear_hsic(rx: Representation, ry: Representation) -> float:
 
     Feature or Gram form by cost, as in :func:`cka`; ``rx is ry`` reuses the cached self statistics.
     """
-    check_same_datapoints(rx.n, ry.n, rx.name, ry.name)
+    check_pair(rx, ry)
     n = rx.n
     if n < 4:
         raise InputError(f"the unbiased HSIC estimator needs at least 4 datapoints, got {n}")

@@ -12,8 +12,7 @@ import math
 
 import torch
 
-from repana.similarity._arrays import check_same_datapoints
-from repana.similarity.representation import Representation, as_representation
+from repana.similarity.representation import Representation, as_representation, check_pair
 
 
 def procrustes_similarity(X, Y) -> float:
@@ -27,14 +26,20 @@ def procrustes_distance(X, Y) -> float:
 
 
 def procrustes_similarity_from_representations(rx: Representation, ry: Representation) -> float:
-    check_same_datapoints(rx.n, ry.n, rx.name, ry.name)
+    check_pair(rx, ry)
     cross = _compact(rx).T @ _compact(ry)
     nuclear = float(torch.linalg.svdvals(cross).sum())
     return min(nuclear / math.sqrt(rx.sq_norm * ry.sq_norm), 1.0)
 
 
 def _compact(rep: Representation) -> torch.Tensor:
-    """``Xc`` itself when ``d <= n``, else ``U diag(S)`` (n, rank): same Gram matrix, at most n columns."""
+    """A factor ``C`` with ``C C^T = Xc Xc^T`` and at most ``n`` columns: ``Xc`` itself when ``d <= n``, else
+    ``Q diag(sqrt(lambda))`` from the eigendecomposition of the ``(n, n)`` Gram matrix (cheaper than an SVD of
+    the wide ``Xc``; the nuclear norm only needs ``X^T Y`` up to an orthogonal transform on each side)."""
     if rep.d <= rep.n:
         return rep.centered
-    return rep.cached("compact", lambda: (lambda u, s, _: u * s)(*rep.svd(0.0)))
+
+    def compute():
+        eigenvalues, eigenvectors = torch.linalg.eigh(rep.gram)
+        return eigenvectors * eigenvalues.clamp(min=0.0).sqrt()
+    return rep.cached("compact", compute)

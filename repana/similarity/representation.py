@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from repana.errors import InputError
-from repana.similarity._arrays import as_float64_matrix, original_eps
+from repana.similarity._arrays import as_float64_matrix, check_same_datapoints, original_eps
 
 
 class Representation:
@@ -35,9 +35,12 @@ class Representation:
         self.n, self.d = data.shape
         self.centered = data - data.mean(dim=0, keepdim=True)
         self._cache: dict = {}
-        scale = data.abs().max()
-        # After centring, a constant column is 0 up to rounding of the mean (~n * eps * |value|).
-        if float(self.centered.abs().max()) <= 8 * self.n * torch.finfo(torch.float64).eps * float(scale):
+        scale = float(torch.linalg.vector_norm(data, ord=float("inf")))
+        norm = float(torch.linalg.vector_norm(self.centered))
+        self._cache["sq_norm"] = norm * norm
+        # After centring, a constant column is 0 up to rounding of the mean (~n * eps * |value| per entry).
+        tolerance = 8 * self.n * torch.finfo(torch.float64).eps * scale * (self.n * self.d) ** 0.5
+        if norm <= tolerance:
             raise InputError(f"{name} is constant across its {self.n} datapoints (zero variance in every "
                              f"feature); similarity with a constant representation is undefined")
 
@@ -109,46 +112,51 @@ class Representation:
         return self.cached("linear_self_inner", compute)
 
     def sq_distances(self) -> torch.Tensor:
-        """``(n, n)`` squared Euclidean distances between datapoints (from the centred data, clamped >= 0)."""
-        def compute():
-            norms = self.row_sq_norms
-            dist = norms[:, None] + norms[None, :] - 2.0 * self.gram
-            dist.clamp_(min=0.0)
-            dist.fill_diagonal_(0.0)
-            return dist
-        return self.cached("sq_distances", compute)
+        """``(n, n)`` squared Euclidean distances between datapoints (from the centred data, clamped >= 0).
+
+        Not cached: only the RBF kernel needs it, and an ``(n, n)`` float64 matrix is large.
+        """
+        gram = self._cache.get("gram")
+        if gram is None:
+            gram = self.centered @ self.centered.T
+        norms = self.row_sq_norms
+        dist = norms[:, None] + norms[None, :] - 2.0 * gram
+        dist.clamp_(min=0.0)
+        dist.fill_diagonal_(0.0)
+        return dist
+
+    @staticmethod
+    def _median_offdiagonal_distance(sq_dist: torch.Tensor) -> float:
+        """Median Euclidean distance over distinct pairs (i < j), averaging the two middle values like numpy."""
+        n = sq_dist.shape[0]
+        upper = torch.ones(n, n, dtype=torch.bool, device=sq_dist.device).triu_(diagonal=1)
+        pairs = sq_dist[upper].sqrt_()
+        middle = pairs.numel() // 2
+        if pairs.numel() % 2:
+            return float(torch.kthvalue(pairs, middle + 1).values)
+        return float(0.5 * (torch.kthvalue(pairs, middle).values + torch.kthvalue(pairs, middle + 1).values))
 
     def median_distance(self) -> float:
         """Median Euclidean distance over distinct pairs of datapoints (i < j)."""
-        def compute():
-            dist = self.sq_distances()
-            rows, cols = torch.triu_indices(self.n, self.n, offset=1, device=dist.device)
-            pairs = torch.sqrt(dist[rows, cols])
-            middle = pairs.numel() // 2
-            if pairs.numel() % 2:
-                median = torch.kthvalue(pairs, middle + 1).values
-            else:  # the mean of the two middle values, as numpy.median
-                median = 0.5 * (torch.kthvalue(pairs, middle).values + torch.kthvalue(pairs, middle + 1).values)
-            return float(median)
-        return self.cached("median_distance", compute)
+        return self.cached("median_distance", lambda: self._median_offdiagonal_distance(self.sq_distances()))
 
     def kernel_gram(self, kernel: str, sigma_fraction: float = 0.8) -> torch.Tensor:
-        """Uncentred kernel matrix ``(n, n)``: ``linear`` (``Xc Xc^T``) or ``rbf``
-        ``exp(-||xi - xj||^2 / (2 sigma^2))`` with ``sigma = sigma_fraction * median distance``."""
+        """Uncentred kernel matrix ``(n, n)``: ``linear`` (``Xc Xc^T``, cached) or ``rbf``
+        ``exp(-||xi - xj||^2 / (2 sigma^2))`` with ``sigma = sigma_fraction * median distance`` (not cached:
+        only its centred form is kept)."""
         if kernel == "linear":
             return self.gram
         if kernel != "rbf":
             raise InputError(f"unknown kernel {kernel!r}; choose 'linear' or 'rbf'")
         if not sigma_fraction > 0:
             raise InputError(f"sigma_fraction must be > 0, got {sigma_fraction}")
-
-        def compute():
-            sigma = sigma_fraction * self.median_distance()
-            if sigma == 0.0:
-                raise InputError(f"{self.name}: the median distance between datapoints is 0 (more than half "
-                                 f"of the pairs are identical); the RBF bandwidth heuristic is undefined")
-            return torch.exp(-self.sq_distances() / (2.0 * sigma * sigma))
-        return self.cached(("rbf", float(sigma_fraction)), compute)
+        sq_dist = self.sq_distances()
+        median = self.cached("median_distance", lambda: self._median_offdiagonal_distance(sq_dist))
+        sigma = sigma_fraction * median
+        if sigma == 0.0:
+            raise InputError(f"{self.name}: the median distance between datapoints is 0 (more than half "
+                             f"of the pairs are identical); the RBF bandwidth heuristic is undefined")
+        return sq_dist.mul_(-1.0 / (2.0 * sigma * sigma)).exp_()
 
     def centered_gram(self, kernel: str, sigma_fraction: float = 0.8, unbiased: bool = False) -> torch.Tensor:
         """Kernel matrix centred as ``H K H`` (biased HSIC), or U-centred (Szekely & Rizzo 2014) so that
@@ -178,14 +186,18 @@ class Representation:
                 rep._cache[key] = value
             elif key in ("row_sq_norms", "compact"):
                 rep._cache[key] = value[index]
-            elif key in ("gram", "sq_distances") or (isinstance(key, tuple) and key[0] in ("rbf", "centered_gram")):
+            elif key == "gram" or (isinstance(key, tuple) and key[0] == "centered_gram"):
                 rep._cache[key] = value[index][:, index]  # an (n, n) matrix: permute rows and columns
         return rep
 
     def subset(self, index: torch.Tensor) -> "Representation":
         """A new representation of the datapoints ``index`` (with repeats allowed), re-centred from scratch."""
         data = self.centered[index.to(self.device)]
-        return Representation._from_centered(data - data.mean(dim=0, keepdim=True), self.name, self.eps)
+        centered = data - data.mean(dim=0, keepdim=True)
+        if not bool(centered.abs().max() > 0):
+            raise InputError(f"{self.name}: the resampled datapoints are all identical (constant); "
+                             f"use more datapoints")
+        return Representation._from_centered(centered, self.name, self.eps)
 
 
 def center_gram(gram: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
@@ -216,3 +228,10 @@ def as_representation(array, name: str, min_datapoints: int = 2) -> Representati
             raise InputError(f"{array.name} has {array.n} datapoints; at least {min_datapoints} are needed")
         return array
     return Representation(array, name=name, min_datapoints=min_datapoints)
+
+
+def check_pair(rx: Representation, ry: Representation) -> None:
+    """Two representations of the same datapoints on the same device."""
+    check_same_datapoints(rx.n, ry.n, rx.name, ry.name)
+    if rx.device != ry.device:
+        raise InputError(f"{rx.name} is on {rx.device} but {ry.name} on {ry.device}; move both to one device")

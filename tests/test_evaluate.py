@@ -1,0 +1,133 @@
+"""Evaluation: CI formula, equivalence of the fast paths with a plain per-episode loop, NIL, predict."""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from repana.errors import InputError
+from repana.meta.adapt import adapt
+from repana.meta.evaluate import EvaluationResult, confidence_interval95, evaluate, predict
+from repana.meta.nil import nil_predict
+from repana.models import Conv4
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """On 2 shared cores, OpenMP threads spinning against other processes make these small ops ~30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def episodes(seed, tasks=5, ways=3, shots=2, queries=4, size=16):
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.stack([torch.randperm(ways, generator=gen) for _ in range(tasks)])
+    return SimpleNamespace(support_x=torch.rand(tasks, ways * shots, 1, size, size, generator=gen),
+                           support_y=labels.repeat_interleave(shots, 1),
+                           query_x=torch.rand(tasks, ways * queries, 1, size, size, generator=gen),
+                           query_y=labels.repeat_interleave(queries, 1))
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return Conv4(n_classes=3, hidden=8, image_size=16)
+
+
+def loop_accuracies(model, batch, steps, lr, trainable):
+    """Plain per-episode reference: adapt, forward the query batch alone, compare."""
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    out = []
+    for t in range(batch.support_x.shape[0]):
+        adapted = adapt(model, params, batch.support_x[t], batch.support_y[t], steps, lr, trainable, True)
+        with torch.no_grad():
+            predicted = torch.func.functional_call(model, adapted, (batch.query_x[t],)).argmax(-1)
+        out.append((predicted == batch.query_y[t]).float().mean().item())
+    return np.array(out)
+
+
+def test_confidence_interval_formula():
+    values = np.array([0.2, 0.4, 0.6, 0.8])
+    # population std of these is sqrt(0.05); 1.96 * sqrt(0.05) / 2
+    assert confidence_interval95(values) == pytest.approx(1.96 * np.sqrt(0.05) / 2, rel=1e-12)
+    assert confidence_interval95(np.full(10, 0.7)) == 0.0
+    with pytest.raises(InputError):
+        confidence_interval95(np.array([]))
+
+
+@pytest.mark.parametrize("trainable", [None, "head", {"conv4", "head"}])
+def test_evaluate_equals_a_per_episode_loop_and_is_chunk_invariant(model, trainable):
+    batch = episodes(1)
+    result = evaluate(model, batch, steps=3, lr=0.5, trainable=trainable, chunk_size=2)
+    expected = loop_accuracies(model, batch, 3, 0.5, trainable)
+    np.testing.assert_allclose(result.per_episode, expected, atol=1e-6)
+    assert isinstance(result, EvaluationResult) and result.n_episodes == 5
+    assert result.accuracy == pytest.approx(expected.mean())
+    assert result.ci95 == pytest.approx(1.96 * expected.std() / np.sqrt(5))
+    whole = evaluate(model, [batch], steps=3, lr=0.5, trainable=trainable, chunk_size=None)
+    np.testing.assert_allclose(whole.per_episode, result.per_episode)
+
+
+def test_freezing_every_layer_is_no_adaptation(model):
+    batch = episodes(2)
+    frozen = evaluate(model, batch, steps=5, lr=0.5, trainable=set())
+    zero_steps = evaluate(model, batch, steps=0)
+    adapted = evaluate(model, batch, steps=5, lr=0.5)
+    np.testing.assert_array_equal(frozen.per_episode, zero_steps.per_episode)
+    assert not np.array_equal(adapted.per_episode, frozen.per_episode)
+
+
+def test_evaluate_leaves_model_untouched(model):
+    before = copy.deepcopy(model.state_dict())
+    model.train()
+    evaluate(model, episodes(3), steps=2, lr=0.5)
+    assert model.training
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name])
+
+
+def test_nil_method_matches_cosine_classifier_on_features(model):
+    batch = episodes(4)
+    result = evaluate(model, batch, method="nil")
+    with torch.no_grad():
+        expected = [(nil_predict(model.features(batch.support_x[t]), batch.support_y[t],
+                                 model.features(batch.query_x[t])) == batch.query_y[t]).float().mean().item()
+                    for t in range(5)]
+    np.testing.assert_allclose(result.per_episode, expected, atol=1e-6)
+
+
+def test_predict_and_head_of_another_size(model):
+    batch = episodes(5)
+    labels = predict(model, batch.support_x[0], batch.support_y[0], batch.query_x[0], steps=3, lr=0.5)
+    assert labels.dtype == torch.int64 and labels.shape == (12,)
+    accuracy = (labels == batch.query_y[0]).float().mean().item()
+    assert accuracy == pytest.approx(evaluate(model, batch, steps=3, lr=0.5).per_episode[0])
+    wide = Conv4(n_classes=10, hidden=8, image_size=16)    # e.g. multiclass-trained over 10 classes
+    with pytest.raises(InputError, match="head='zero'"):
+        evaluate(wide, batch, steps=1, head="keep")
+    # a zero head adapts from scratch; with zero steps it predicts class 0 for every query
+    zero = evaluate(wide, batch, steps=0, head="auto")
+    np.testing.assert_allclose(zero.per_episode, 1 / 3)
+
+
+def test_bad_options(model):
+    batch = episodes(6)
+    with pytest.raises(InputError, match="method"):
+        evaluate(model, batch, method="knn")
+    with pytest.raises(InputError, match="support_x"):
+        evaluate(model, {"x": 1})
+    with pytest.raises(InputError, match="do not match"):
+        evaluate(model, SimpleNamespace(support_x=batch.support_x, support_y=batch.support_y[:, :1],
+                                        query_x=batch.query_x, query_y=batch.query_y))
+
+
+def test_folded_evaluation_equals_the_loop(model):
+    batch = episodes(7)
+    folded = evaluate(model, batch, steps=3, lr=0.5, fold=True)
+    np.testing.assert_allclose(folded.per_episode, loop_accuracies(model, batch, 3, 0.5, None), atol=1e-6)
