@@ -105,24 +105,28 @@ def loop_evaluate(model, batch, steps: int, head_only: bool) -> None:
 
 # ----- timing -------------------------------------------------------------------------------------
 
-def seconds(fn, repeats: int) -> float:
-    best = float("inf")
+def seconds_pair(baseline, candidate, repeats: int) -> tuple[float, float]:
+    """Best-of-``repeats`` seconds of two functions, runs interleaved so that load changes on a
+    shared machine hit both alike."""
+    best = [float("inf"), float("inf")]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+        for i, fn in enumerate((baseline, candidate)):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best[0], best[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="meta-batch 4 and 4 evaluation episodes")
+    parser.add_argument("--quick", action="store_true", help="meta-batch 4, 4 evaluation episodes, 1 repeat")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs per case; the best is kept")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved timed runs per case; best kept")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     tasks = 4 if args.quick else 32
+    repeats = 1 if args.quick else args.repeats
     eval_tasks = 4 if args.quick else 16
     torch.manual_seed(0)
     model = Conv4(in_channels=1, n_classes=WAYS, hidden=64, image_size=SIZE)
@@ -141,21 +145,21 @@ def main() -> None:
         algo = get_algorithm(name, inner_steps=steps, inner_lr=INNER_LR)
         head_only = name == "anil"
         loop = loop_first_order if algo.first_order else loop_second_order
-        loop_s = seconds(lambda: (model.zero_grad(), loop(model, batch, steps, head_only)), args.repeats)
-        ours_s = seconds(lambda: algo.meta_gradients(model, batch), args.repeats)
+        loop_s, ours_s = seconds_pair(lambda: (model.zero_grad(), loop(model, batch, steps, head_only)),
+                                      lambda: algo.meta_gradients(model, batch), repeats)
         results[(name, steps)] = ours_s
         print(f"{f'train {name}, {steps} step(s)':<28}{loop_s:>10.3f}{ours_s:>10.3f}{loop_s / ours_s:>9.2f}x")
     for steps in (1, 5):  # the layout used on CUDA, measured here to justify the CPU default (loop)
         folded = get_algorithm("maml", inner_steps=steps, inner_lr=INNER_LR, fold=True)
         looped = get_algorithm("maml", inner_steps=steps, inner_lr=INNER_LR, fold=False)
-        loop_s = seconds(lambda: looped.meta_gradients(model, batch), args.repeats)
-        fold_s = seconds(lambda: folded.meta_gradients(model, batch), args.repeats)
+        loop_s, fold_s = seconds_pair(lambda: looped.meta_gradients(model, batch),
+                                      lambda: folded.meta_gradients(model, batch), repeats)
         print(f"{f'maml {steps} step(s): folded':<28}{loop_s:>10.3f}{fold_s:>10.3f}{loop_s / fold_s:>9.2f}x"
               "   (repana loop vs tasks folded into channels)")
     for name, trainable in (("maml", None), ("anil", "head")):
-        loop_s = seconds(lambda: loop_evaluate(model, eval_batch, 10, trainable == "head"), args.repeats)
-        ours_s = seconds(lambda: evaluate(model, eval_batch, steps=10, lr=INNER_LR, trainable=trainable,
-                                          show_progress=False), args.repeats)
+        loop_s, ours_s = seconds_pair(lambda: loop_evaluate(model, eval_batch, 10, trainable == "head"),
+                                      lambda: evaluate(model, eval_batch, steps=10, lr=INNER_LR,
+                                                       trainable=trainable, show_progress=False), repeats)
         loop_s, ours_s = loop_s / eval_tasks, ours_s / eval_tasks
         results[("eval", name)] = ours_s
         print(f"{f'eval/episode {name}, 10 steps':<28}{loop_s:>10.4f}{ours_s:>10.4f}{loop_s / ours_s:>9.2f}x")

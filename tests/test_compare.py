@@ -139,3 +139,15 @@ def test_one_model_against_itself_is_symmetric_and_computed_once_per_pair(rng, m
     matrix = frame.pivot(index="layer_a", columns="layer_b", values="value").to_numpy()
     np.testing.assert_allclose(matrix, matrix.T, rtol=1e-12)
     assert matrix[0, 1] == pytest.approx(cka(acts["l0"], acts["l1"]), rel=1e-12)
+
+
+@pytest.mark.slow
+def test_readme_example_in_docs_runs(tmp_path, monkeypatch):
+    """The 'compare your own models' example of docs/similarity.md runs and writes its figure."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "similarity.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/similarity.md", "exec"), {"__name__": "docs_example"})
+    assert (tmp_path / "figures" / "compare_example.png").read_bytes()[:4] == b"\x89PNG"

@@ -134,7 +134,9 @@ def test_missing_wrong_layout_and_corrupt_archives(tmp_path, tiny_root):
     with pytest.raises(DataError, match="repana data download omniglot"):
         load_splits("omniglot", root=tmp_path / "nowhere")
     bad = tmp_path / "bad" / "omniglot"
-    bad.mkdir(parents=True)
+    (bad / "Greek" / "character01").mkdir(parents=True)  # alphabets without the archive folder
+    with pytest.raises(DataError, match=r"holds no official Omniglot archive \(found: Greek\)"):
+        load_splits("omniglot", root=tmp_path / "bad")
     with zipfile.ZipFile(bad / "images_background.zip", "w") as archive:
         archive.writestr("images_background/Alpha/0001_01.png", draw_character(0, 1, 1))
     with pytest.raises(DataError, match=r"unexpected file .*characterNN"):
@@ -246,3 +248,16 @@ def test_real_subset_rotations_and_other_splits(omniglot_root, real_cache):
     assert [maml[p].n_classes for p in ("train", "val", "test")] == [164, 15, 63]
     vinyals = load_splits("omniglot", root=omniglot_root, split="vinyals", rotations="none", cache_dir=real_cache)
     assert [vinyals[p].n_classes for p in ("train", "val", "test")] == [220, 22, 0]  # val: Early_Aramaic
+
+
+def test_maml_resampling_gives_the_binary_pixels_of_the_maml_code(tiny_root):
+    lanczos = load_characters(tiny_root / "omniglot", use_cache=False)
+    maml = load_characters(tiny_root / "omniglot", use_cache=False, resample="maml")
+    assert set(np.unique(maml.images).tolist()) == {0, 255}  # Pillow resizes 1-bit images by nearest neighbour
+    assert len(np.unique(lanczos.images)) > 10
+    # same strokes: where LANCZOS is clearly ink or clearly background, nearest neighbour mostly agrees
+    sure = (lanczos.images > 200) | (lanczos.images < 20)
+    agree = (maml.images[sure] > 127) == (lanczos.images[sure] > 127)
+    assert agree.mean() > 0.95
+    with pytest.raises(InputError, match="resample must be one of lanczos, maml"):
+        load_characters(tiny_root / "omniglot", resample="bicubic")

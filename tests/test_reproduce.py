@@ -102,6 +102,10 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs):
               train_overrides=SMALL,
               log=messages.append)
     assert [m.split(":")[0] for m in messages if "rows in" in m] == ["[analysis] regimes"]
+    # The same folder with other training settings is refused, not silently reused.
+    with pytest.raises(ConfigError, match="trained with other settings.*hidden"):
+        reproduce("quick", "glyphs", out=out, analyses_dir=entries, iterations_scale=0.001, data=glyphs,
+                  train_overrides={**SMALL, "hidden": 6}, log=messages.append)
 
 
 def test_unknown_analysis_and_missing_entries_are_clear_errors(tmp_path):

@@ -104,3 +104,18 @@ def test_symmetry_self_similarity_and_torch(rng):
     assert pwcca(x, x) == pytest.approx(1.0)
     assert svcca(torch.from_numpy(x).float(), y) == pytest.approx(svcca(x.astype(np.float32), y), rel=1e-12)
     assert cca(x, y).mean < 0.4  # independent data
+
+
+def test_eigh_route_for_float32_matches_direct_svd(rng):
+    # float32 input -> default tolerance max(n, d) * 1.2e-7 >= 1e-6: SVD from the float64 eigendecomposition
+    # of X^T X (tall) or X X^T (wide); rtol=1e-7 forces LAPACK's direct SVD. Same numbers.
+    tall_x = (rng.normal(size=(400, 12)) * np.linspace(0.01, 5, 12)).astype(np.float32)
+    tall_y = (tall_x @ rng.normal(size=(12, 9)) + rng.normal(size=(400, 9))).astype(np.float32)
+    np.testing.assert_allclose(cca(tall_x, tall_y).coefficients, cca(tall_x, tall_y, rtol=1e-7).coefficients,
+                               atol=1e-9)
+    assert pwcca(tall_x, tall_y) == pytest.approx(pwcca(tall_x, tall_y, rtol=1e-7), abs=1e-9)
+    wide_x = rng.normal(size=(60, 300)).astype(np.float32)
+    wide_y = (wide_x @ rng.normal(size=(300, 200))).astype(np.float32)
+    assert svcca(wide_x, wide_y, keep=10) == pytest.approx(svcca(wide_x, wide_y, keep=10, rtol=1e-7), abs=1e-9)
+    assert pwcca(wide_x[:, :20], wide_y[:, :25]) == pytest.approx(
+        pwcca(wide_x[:, :20], wide_y[:, :25], rtol=1e-7), abs=1e-9)

@@ -83,3 +83,14 @@ def test_register_custom_measure(rng):
             register_measure("first_unit_corr", mean_abs_correlation_of_first_units, description="again")
     finally:
         registry._REGISTRY.pop("first_unit_corr")
+
+
+def test_inputs_are_never_modified(rng):
+    for dtype in (np.float32, np.float64):
+        x = rng.normal(size=(30, 4)).astype(dtype) + 5
+        y = rng.normal(size=(30, 3)).astype(dtype)
+        x_copy, y_copy = x.copy(), y.copy()
+        for measure in ALL_MEASURES:
+            similarity(measure, x, torch.from_numpy(y))
+        np.testing.assert_array_equal(x, x_copy)
+        np.testing.assert_array_equal(y, y_copy)

@@ -73,31 +73,43 @@ def _gap_verdict(a: float, b: float, ci_a: float, ci_b: float) -> tuple[bool, fl
     return gap <= tolerance, gap
 
 
-def inner_loop_section(summary: pd.DataFrame) -> tuple[str, list[str]]:
-    last = summary[summary["step"] == summary.groupby("label")["step"].transform("max")]
+def inner_loop_section(summary: pd.DataFrame, step: int | None = None) -> tuple[str, list[str]]:
+    if step is not None and step in set(summary["step"]):
+        last = summary[summary["step"] == step]
+    else:
+        last = summary[summary["step"] == summary.groupby("label")["step"].transform("max")]
+        step = None
     view = last[["label", "layer", "measure", "mean", "ci95", "null_mean", "n_datapoints", "n_features",
                  "reduction", "scope"]].rename(columns={"mean": "before vs after", "null_mean": "null baseline"})
     findings = []
-    maml = last[last["label"] == "MAML"]
-    for measure, group in maml.groupby("measure"):
-        values = dict(zip(group["layer"], group["mean"]))
-        convs = [values.get(l, np.nan) for l in ("conv1", "conv2", "conv3")]
-        head = values.get("head", np.nan)
-        near_one = bool(np.all(np.asarray(convs) >= NEAR_ONE))
-        lower = bool(np.isfinite(head) and head <= np.nanmin(convs) - CLEARLY_LOWER)
-        verdict = "agrees" if near_one and lower else "does NOT agree"
-        findings.append(
-            f"MAML, {measure}: conv1-conv3 before/after similarity "
-            f"{', '.join(f'{c:.3f}' for c in convs)} ({'all' if near_one else 'not all'} >= {NEAR_ONE}); "
-            f"head {head:.3f} ({'clearly' if lower else 'not clearly'} lower). Paper: conv1-conv3 ~1, "
-            f"head much lower -> **{verdict}**.")
+    maml_all = summary[summary["label"] == "MAML"]
+    steps = sorted({int(maml_all["step"].min()), int(maml_all["step"].max())}) if len(maml_all) else []
+    for inner_step in steps:
+        maml = maml_all[maml_all["step"] == inner_step]
+        for measure, group in maml.groupby("measure"):
+            values = dict(zip(group["layer"], group["mean"]))
+            convs = [values.get(layer, np.nan) for layer in ("conv1", "conv2", "conv3")]
+            head = values.get("head", np.nan)
+            near_one = bool(np.all(np.asarray(convs) >= NEAR_ONE))
+            lower = bool(np.isfinite(head) and head <= np.nanmin(convs) - CLEARLY_LOWER)
+            verdict = "agrees" if near_one and lower else "does NOT agree"
+            findings.append(
+                f"MAML, {measure}, after {inner_step} inner step{'s' if inner_step > 1 else ''}: conv1-conv3 before/after "
+                f"similarity {', '.join(f'{c:.3f}' for c in convs)} ({'all' if near_one else 'not all'} >= "
+                f"{NEAR_ONE}); head {head:.3f} ({'clearly' if lower else 'not clearly'} lower). Paper: "
+                f"conv1-conv3 ~1, head much lower -> **{verdict}**.")
+    by_step = maml_all.pivot_table(index=["measure", "layer"], columns="step", values="mean").round(3)
+    by_step.columns = [f"after step {c}" for c in by_step.columns]
+    by_step = by_step.reset_index()
     text = ("## 1. Representational change in the inner loop (paper Fig. 2)\n\n"
             "Similarity of each layer's activations on the query images before vs after the test-time "
-            "inner loop (last inner step), mean ± 95% CI over episodes (or pooled groups), beside the "
+            f"inner loop ({f'after {step} inner step(s), as in the accuracy analyses' if step else 'last inner step'}), mean ± 95% CI over episodes (or pooled groups), beside the "
             "null baseline (one side's query datapoints shuffled). `n_datapoints` x `n_features` is what "
             "entered each measure; `reduction` how conv maps became 2-D.\n\n" + _table(view) + "\n\n"
             + _figure("inner_loop_similarity", "Before vs after the inner loop, per layer (dotted: null)")
-            + "\n" + _figure("inner_loop_steps", "Similarity to the initial representation after each step")
+            + "\nMAML, similarity to the representation before the inner loop after each inner step:\n\n"
+            + (_table(by_step) if len(by_step) else "") + "\n\n"
+            + _figure("inner_loop_steps", "Similarity to the initial representation after each step")
             + "\n" + "\n".join(f"- {f}" for f in findings) + "\n")
     return text, findings
 
@@ -213,6 +225,11 @@ def convergence_section(frame: pd.DataFrame, cost: pd.DataFrame | None) -> tuple
             "head), N inner steps.\n\n" + _table(view) + "\n\n"
             + _figure("convergence", "Meta-training loss vs iterations and wall-clock; test accuracy") + "\n")
     findings = []
+    if len(view) and set(view["head"]) >= {"linear_l2", "two_layer"}:
+        pairs = view.pivot_table(index="N", columns="head", values="final loss (last 10%)")
+        findings.append("Final meta-training loss, strongly-convex (linear_l2) vs nonconvex (two_layer) inner loop: "
+                        + "; ".join(f"N={n}: {row['linear_l2']:.3f} vs {row['two_layer']:.3f}" for n, row in pairs.iterrows())
+                        + " (short runs: read the curves, not only the last values)")
     if cost is not None and len(cost):
         text += _table(cost) + "\n\n" + _figure("cost", "Seconds per meta-step vs N") + "\n"
         ratio = cost[cost["algorithm"] == "anil"].set_index("inner_steps")["ratio"]
@@ -228,7 +245,7 @@ def write_report(out: str | Path, results: dict[str, pd.DataFrame], context: dic
     dataset_key = f"{context['dataset']}-{context['ways']}way-{context['shots']}shot"
     sections, findings = [], []
     pieces = [
-        ("inner_loop_summary", lambda: inner_loop_section(results["inner_loop_summary"])),
+        ("inner_loop_summary", lambda: inner_loop_section(results["inner_loop_summary"], context.get("inner_steps_test"))),
         ("freezing", lambda: freezing_section(results["freezing"], dataset_key)),
         ("comparison", lambda: comparison_section(results["comparison"], results.get("speed"), dataset_key)),
         ("maml_anil_summary", lambda: cross_model_section(results["maml_anil_summary"])),
@@ -241,18 +258,30 @@ def write_report(out: str | Path, results: dict[str, pd.DataFrame], context: dic
             text, found = build()
             sections.append(text)
             findings.extend(found)
-    runs = ", ".join(f"{name} ({spec['algorithm']}, {spec['iterations']} it.)" for name, spec in context["runs"].items())
+    runs = ", ".join(f"{name} ({spec['algorithm']}, {spec['iterations']} it., {spec.get('train_s', float('nan')):.0f} s)"
+                     for name, spec in context["runs"].items())
     header = (f"# Rapid Learning or Feature Reuse? -- reproduction report\n\n"
               f"Preset **{context['preset']}** on **{context['dataset']}**, {context['ways']}-way {context['shots']}-shot, "
               f"Conv4 with {context['hidden']} filters ({context['pooling']} pooling); test-time inner loop "
               f"{context['inner_steps_test']} steps of lr {context['inner_lr']:g} (mean-loss convention); "
               f"analysis episodes with {context['queries']} query images per class. Training runs: {runs}. "
-              f"Wall-clock of this invocation: {context['wall_clock_s'] / 60:.1f} min"
+              f"Wall-clock of this invocation (training excluded when reused): {context['wall_clock_s'] / 60:.1f} min"
               + (f" (reused: {', '.join(context['reused'])})" if context.get("reused") else "") + ".\n\n"
               "Paper numbers are Raghu et al., ICLR 2020 (MiniImageNet / 20-way Omniglot, 60k iterations); the "
               "quick preset trains for minutes, on other data sizes, so compare trends, not digits. Timings "
               "depend on the machine and its load.\n\n## Summary of findings\n\n"
               + "\n".join(f"- {f}" for f in findings) + "\n\n")
+    if context["preset"] == "quick":
+        header += ("## Reading a quick-preset report\n\n"
+                   "- The networks train for minutes (about 1000-1500 meta-iterations of 4 tasks) instead of the paper's "
+                   "60000 of 32: MAML in particular is far from converged, so differences that depend on how well MAML "
+                   "is trained (MAML vs ANIL accuracy, the regimes ranking) can differ from the paper's.\n"
+                   "- A briefly trained MAML initialisation is tuned for the single inner step it was trained with; the "
+                   "accuracy analyses therefore adapt with 1 step (the paper preset uses the checkpoint's "
+                   "`inner_steps_test`), while the inner-loop analysis follows 3 steps to show how the body drifts "
+                   "beyond the trained step.\n"
+                   "- Timings were measured on whatever else the machine was doing; ratios measured back to back "
+                   "(same process, same batch) are more reliable than absolute seconds.\n\n")
     path = out / "report.md"
     atomic_write_text(path, header + "\n".join(sections))
     return path

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     ev = subparsers.add_parser(
         "evaluate", help="few-shot accuracy ± 95%% CI of a checkpoint on fixed test episodes",
         description="Adapt a checkpoint on each of N fixed test episodes and report the mean query "
-                    "accuracy with its 95%% confidence interval over episodes (1.96 * std / sqrt(N)).",
+                    "accuracy with its 95% confidence interval over episodes (1.96 * std / sqrt(N)).",
         epilog="example:\n  repana evaluate runs/quick/checkpoints/latest.pt --episodes 600 --method nil",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ev.add_argument("checkpoint", type=Path)

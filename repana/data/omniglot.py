@@ -6,11 +6,12 @@ folder in the Omniglot folder, in the official layout
 ``<stem>/<Alphabet>/characterNN/<id>_<drawer>.png`` (105x105, one bit). A character present in
 several archives (Greek and Latin are in both small archives) is kept once.
 
-Preprocessing, as in the MAML code (Finn et al. 2017): each PNG is converted to 8-bit grey and
-resized to 28x28 with Pillow's LANCZOS filter (the old ``ANTIALIAS``), then inverted so that strokes
-are 255 (1.0 after /255) and the background 0. (The 1-bit PNG is converted to grey first because
-Pillow resizes 1-bit images with nearest neighbour whatever filter is asked for.) The decoded
-arrays are cached on disk, keyed by the archives' sha256 and these options.
+Preprocessing (``resample="lanczos"``, default): each PNG is converted to 8-bit grey and resized
+to 28x28 with Pillow's LANCZOS filter (the old ``ANTIALIAS``, the filter the MAML code asks for),
+then inverted so that strokes are 255 (1.0 after /255) and the background 0. ``resample="maml"``
+reproduces the MAML code's pixels exactly: its ``resize_images.py`` resizes the 1-bit PNG itself,
+for which Pillow ignores the filter and uses nearest neighbour, giving binary 0/255 images. The
+decoded arrays are cached on disk, keyed by the archives' sha256 and these options.
 
 Rotated classes: ``rotations`` adds each character rotated by 90, 180 and 270 degrees
 (counter-clockwise, ``np.rot90``) as three more classes, every image of a rotated class rotated the
@@ -21,10 +22,12 @@ Splits (``split=``), all over the union of characters found:
 - ``"maml"``: a seeded shuffle of all characters (``seed``, default 1), then 1100 train / 100 val /
   423 test on the full 1623 characters. On other numbers ``n`` of characters the proportions are
   kept: ``n_val = round(n * 100 / 1623)``, ``n_test = round(n * 423 / 1623)``, train the rest.
-- ``"vinyals"``: Vinyals et al. (2016), as distributed with Prototypical Networks' ``splits/vinyals``:
-  val = the alphabets Armenian, Bengali, Early_Aramaic, Hebrew, Mkhedruli_(Georgian) (172
-  characters); test = Gurmukhi characters 42-45 and the evaluation alphabets after it
-  (423 characters); train = the other 1028. On a subset of archives, whatever of those is present.
+- ``"vinyals"``: Vinyals et al. (2016), as distributed with Prototypical Networks
+  (``splits/vinyals/val.txt``) and torchmeta (``assets/omniglot/test.json``): val = the alphabets
+  Armenian, Bengali, Early_Aramaic, Hebrew, Mkhedruli_(Georgian) (172 characters); test =
+  Gurmukhi characters 42-45 and the 12 evaluation alphabets after it in alphabetical order
+  (423 characters, i.e. the last 423 of the 1623 in archive / alphabet / character order); train =
+  the other 1028. On a subset of archives, whatever of those is present.
 - ``"background-evaluation"``: the official split: background archives train, evaluation archive
   test; val = a seeded ``val_fraction`` of the training characters.
 - ``"alphabets"``: ``test_alphabets`` (required) and ``val_alphabets`` by name; without
@@ -89,6 +92,12 @@ def find_omniglot_folder(root) -> Path:
     for folder in (root / "omniglot", root):
         if folder.is_dir() and find_archives(folder):
             return folder
+    if (root / "omniglot").is_dir():
+        present = sorted(p.name for p in (root / "omniglot").iterdir())[:8]
+        raise DataError(f"{root / 'omniglot'} holds no official Omniglot archive "
+                        f"(found: {', '.join(present) or 'nothing'}); "
+                        f"expected images_background.zip, images_evaluation.zip or images_background_small1/2.zip, "
+                        f"zipped or extracted as <archive>/<Alphabet>/characterNN/<id>_<drawer>.png; {DOWNLOAD_HINT}")
     raise DataError(f"Omniglot not found under {root}: expected {root / 'omniglot'} with "
                     f"images_background.zip / images_evaluation.zip (or the small1/small2 subsets), zipped or "
                     f"extracted; {DOWNLOAD_HINT}")
@@ -135,17 +144,21 @@ def _archive_members(path: Path) -> list[tuple[str, str, str, callable]]:
     return parsed
 
 
-def _decode(data: bytes, where: str) -> np.ndarray:
-    """PNG bytes -> uint8 (28, 28), strokes 255: grey, LANCZOS resize, invert."""
+RESAMPLE = ("lanczos", "maml")
+
+
+def _decode(data: bytes, where: str, resample: str = "lanczos") -> np.ndarray:
+    """PNG bytes -> uint8 (28, 28), strokes 255: (grey,) LANCZOS resize, invert (see module docstring)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            grey = image.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), resample=Image.Resampling.LANCZOS)
+            source = image.convert("L") if resample == "lanczos" else image  # "maml": the 1-bit image as is
+            grey = source.resize((IMAGE_SIZE, IMAGE_SIZE), resample=Image.Resampling.LANCZOS).convert("L")
     except (OSError, ValueError, SyntaxError) as error:
         raise DataError(f"cannot decode image {where} ({error}): the archive is corrupt; re-download it") from error
     return 255 - np.asarray(grey, dtype=np.uint8)
 
 
-def read_characters(folder: Path, archives: dict[str, Path]) -> OmniglotCharacters:
+def read_characters(folder: Path, archives: dict[str, Path], resample: str = "lanczos") -> OmniglotCharacters:
     """Decode every character of ``archives``, each (alphabet, character) once, in sorted order."""
     seen: dict[str, tuple[str, list]] = {}
     for stem, path in archives.items():
@@ -159,23 +172,25 @@ def read_characters(folder: Path, archives: dict[str, Path]) -> OmniglotCharacte
     for index, name in enumerate(progress(names, desc="decoding Omniglot", unit="character")):
         stem, drawings = seen[name]
         for file, read in sorted(drawings, key=lambda d: d[0]):
-            images.append(_decode(read(), f"{stem}/{name}/{file}"))
+            images.append(_decode(read(), f"{stem}/{name}/{file}", resample))
             character.append(index)
     return OmniglotCharacters(np.stack(images), np.asarray(character, dtype=np.int64), names,
                               [seen[n][0] for n in names])
 
 
-def load_characters(folder, cache_dir=None, use_cache: bool = True) -> OmniglotCharacters:
+def load_characters(folder, cache_dir=None, use_cache: bool = True, resample: str = "lanczos") -> OmniglotCharacters:
     """Decoded characters of every archive in ``folder``, through the on-disk cache."""
+    if resample not in RESAMPLE:
+        raise InputError(f"resample must be one of {', '.join(RESAMPLE)}, got {resample!r}")
     folder = Path(folder)
     archives = find_archives(folder)
     if not archives:
         raise DataError(f"no Omniglot archives in {folder}; {DOWNLOAD_HINT}")
     sources = {stem: (file_sha256(p) if p.is_file() else "dir:" + folder_signature(p)) for stem, p in archives.items()}
-    key = {"dataset": "omniglot", "sources": sources, "size": IMAGE_SIZE, "resample": "lanczos", "invert": True}
+    key = {"dataset": "omniglot", "sources": sources, "size": IMAGE_SIZE, "resample": resample, "invert": True}
 
     def build():
-        chars = read_characters(folder, archives)
+        chars = read_characters(folder, archives, resample)
         return {"images": chars.images, "character": chars.character, "names": np.array(chars.names),
                 "archives": np.array(chars.archives)}
 
@@ -268,10 +283,11 @@ def build_dataset(chars: OmniglotCharacters, character_names: list[str], rotate:
 
 def load_omniglot_splits(root=None, split: str = "auto", rotations: str | bool = "train", seed: int = 1,
                          val_fraction: float = 0.1, test_alphabets=None, val_alphabets=None,
-                         cache_dir=None, use_cache: bool = True) -> dict[str, ImageClassDataset]:
+                         resample: str = "lanczos", cache_dir=None, use_cache: bool = True
+                         ) -> dict[str, ImageClassDataset]:
     """``{"train", "val", "test"}`` Omniglot datasets. ``root``: the data root holding ``omniglot/``
     (or the Omniglot folder itself). ``rotations``: ``"train"`` | ``"all"`` | ``"none"`` (or bool:
-    True = "all", False = "none")."""
+    True = "all", False = "none"). ``resample``: ``"lanczos"`` | ``"maml"`` (see module docstring)."""
     from repana.paths import resolve_data_root
 
     if isinstance(rotations, bool):
@@ -279,7 +295,7 @@ def load_omniglot_splits(root=None, split: str = "auto", rotations: str | bool =
     if rotations not in ROTATIONS:
         raise InputError(f"rotations must be one of {', '.join(ROTATIONS)} (or a bool), got {rotations!r}")
     folder = find_omniglot_folder(resolve_data_root(root))
-    chars = load_characters(folder, cache_dir=cache_dir, use_cache=use_cache)
+    chars = load_characters(folder, cache_dir=cache_dir, use_cache=use_cache, resample=resample)
     parts = split_characters(chars, split, seed=seed, val_fraction=val_fraction, test_alphabets=test_alphabets,
                              val_alphabets=val_alphabets)
     label = split if split != "auto" else ("maml" if len(chars.names) == FULL_CHARACTERS else "subset")

@@ -27,8 +27,9 @@ Aliases used by the training config: ``pretrain`` = multiclass, ``nil`` = nil_tr
 
 Hyperparameters: ``inner_steps`` (int), ``inner_lr`` (float, in the convention of
 ``loss_reduction``), ``first_order`` (bool), ``loss_reduction`` ("mean" | "sum_div_k"),
-``bn_support_query`` ("apart": support and query batches normalised separately, as in MAML's code;
-"together": one forward of their concatenation), ``trainable`` (inner-loop parameter subset, see
+``bn_support_query`` ("apart": the query batch normalised alone, as in MAML's code; "together": the
+query normalised jointly with the support, one forward of their concatenation with the adapted
+parameters; the inner loop always sees the support batch alone), ``trainable`` (inner-loop parameter subset, see
 :func:`repana.meta.adapt.resolve_trainable`), ``temperature`` (nil_training only), ``fold``
 (bool or None: process the tasks of a meta-batch together with tasks folded into channels; None = on
 CUDA only, where it pays; on CPU a loop over tasks is faster — see :mod:`repana.meta.batched`).
@@ -128,30 +129,30 @@ def _query_gradients(algo: Algorithm, model, batch) -> tuple[Grads, Metrics]:
     steps = algo.inner_steps
     names = resolve_trainable(params, algo.trainable) if steps > 0 else []
     together = algo.bn_support_query == "together"
-    folded = steps > 0 and can_fold(model, batch.support_x.device, algo.fold)
-    if folded or can_batch_head_only(model, names):
-        if folded and not can_batch_head_only(model, names):
-            logits = folded_query_logits(model, params, batch.support_x, batch.support_y, batch.query_x, steps,
-                                         algo.inner_lr, algo.trainable, algo.first_order, algo.loss_reduction,
-                                         together)
-        elif steps > 0:
-            logits = head_only_query_logits(model, params, batch.support_x, batch.support_y, batch.query_x,
-                                            steps, algo.inner_lr, algo.trainable, algo.first_order,
-                                            algo.loss_reduction, together)
-        elif together:
-            both = forward_tasks(model, params, torch.cat([batch.support_x, batch.query_x], 1))
-            logits = both[:, batch.support_x.shape[1]:]
-        else:
-            logits = forward_tasks(model, params, batch.query_x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.query_y.reshape(-1))
-        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-        correct = (logits.argmax(-1) == batch.query_y).double().mean().item()
-        return _zero_missing(params, grads), {"loss": loss.item(), "accuracy": correct, "n_tasks": float(tasks)}
+    inner = (steps, algo.inner_lr, algo.trainable, algo.first_order, algo.loss_reduction, together)
+    sx, sy, qx = batch.support_x, batch.support_y, batch.query_x
+    if steps == 0:                                   # multitask: no inner loop
+        logits = (forward_tasks(model, params, torch.cat([sx, qx], 1))[:, sx.shape[1]:] if together
+                  else forward_tasks(model, params, qx))
+    elif can_batch_head_only(model, names):          # ANIL: features once, all heads together
+        logits = head_only_query_logits(model, params, sx, sy, qx, *inner)
+    elif can_fold(model, sx.device, algo.fold):      # CUDA: tasks folded into channels
+        logits = folded_query_logits(model, params, sx, sy, qx, *inner)
+    else:                                            # CPU: per-episode loop, one backward per task
+        return _query_gradients_loop(algo, model, batch, params)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.query_y.reshape(-1))
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    correct = (logits.argmax(-1) == batch.query_y).double().mean().item()
+    return _zero_missing(params, grads), {"loss": loss.item(), "accuracy": correct, "n_tasks": float(tasks)}
 
+
+
+def _query_gradients_loop(algo: Algorithm, model, batch, params) -> tuple[Grads, Metrics]:
+    tasks = batch.support_x.shape[0]
     total = {n: torch.zeros_like(p) for n, p in params.items()}
     loss_sum, acc_sum = 0.0, 0.0
     for t in range(tasks):
-        adapted = adapt(model, params, batch.support_x[t], batch.support_y[t], steps, algo.inner_lr,
+        adapted = adapt(model, params, batch.support_x[t], batch.support_y[t], algo.inner_steps, algo.inner_lr,
                         algo.trainable, algo.first_order, algo.loss_reduction)
         logits = query_logits(model, adapted, batch.support_x[t], batch.query_x[t], algo.bn_support_query)
         loss = F.cross_entropy(logits, batch.query_y[t])

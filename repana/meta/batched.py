@@ -51,16 +51,18 @@ def task_features(model: torch.nn.Module, params: Mapping[str, torch.Tensor], su
 
     Args:
         support_x: float ``(tasks, n_support, C, H, W)``; query_x: ``(tasks, n_query, C, H, W)``.
-        bn_together: normalise each task's support and query with joint batch statistics (one
-            forward of their concatenation) instead of apart (the default, as in MAML's code).
+        bn_together: query features from one forward of the concatenation (support; query), i.e.
+            with joint batch statistics, instead of the query batch alone (the default, as in MAML's
+            code). Support features always come from the support batch alone (what the inner loop sees).
 
     Returns:
         ``(tasks, n_support, n_features)``, ``(tasks, n_query, n_features)``.
     """
+    support_features = forward_tasks(model, params, support_x, stop=4)
     if bn_together:
         both = forward_tasks(model, params, torch.cat([support_x, query_x], 1), stop=4)
-        return both[:, :support_x.shape[1]], both[:, support_x.shape[1]:]
-    return forward_tasks(model, params, support_x, stop=4), forward_tasks(model, params, query_x, stop=4)
+        return support_features, both[:, support_x.shape[1]:]
+    return support_features, forward_tasks(model, params, query_x, stop=4)
 
 
 def batched_head_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

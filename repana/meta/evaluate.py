@@ -3,7 +3,8 @@
 Conventions (each changes the numbers; all are stated in docs/meta.md):
 
 * **Batch norm**: each episode's support and query batches are normalised apart (their own batch
-  statistics), as in MAML's code; ``bn_support_query="together"`` normalises them jointly.
+  statistics), as in MAML's code; ``bn_support_query="together"`` normalises the query jointly with
+  the support (one forward of their concatenation); the inner loop always sees the support alone.
   The model is put in ``eval()`` mode while evaluating (matters only for ``bn_stats="running"``).
 * **Adaptation** (``method="adapt"``): ``steps`` first-order gradient steps of size ``lr`` on the
   support loss of the ``trainable`` parameters (all by default; ``{"conv4", "head"}`` freezes

@@ -45,14 +45,18 @@ def _errorbar(ax, x, mean, ci, **kwargs):
     ax.errorbar(x, mean, yerr=ci, capsize=3, **kwargs)
 
 
-def inner_loop_figure(summary) -> plt.Figure:
+def inner_loop_figure(summary, step: int | None = None) -> plt.Figure:
     """Similarity before vs after the inner loop per layer: one panel per measure, one line per
-    network (label), with 95% CI bars and the null baseline (dotted). Uses the last inner step.
+    network (label), with 95% CI bars and the null baseline (dotted), after inner step ``step``
+    (default: each network's last step).
 
     ``summary``: output of :func:`repana.analysis.inner_loop.summarize_inner_loop`.
     """
     frame = _frame(summary)
-    frame = frame[frame["step"] == frame.groupby("label")["step"].transform("max")]
+    if step is None:
+        frame = frame[frame["step"] == frame.groupby("label")["step"].transform("max")]
+    else:
+        frame = frame[frame["step"] == step]
     measures = list(dict.fromkeys(frame["measure"]))
     figure, axes = plt.subplots(1, len(measures), figsize=(3.4 * len(measures), 2.9), squeeze=False)
     for ax, measure in zip(axes[0], measures):
@@ -66,7 +70,9 @@ def inner_loop_figure(summary) -> plt.Figure:
                         label=f"{label} null")
         ax.set_xticks(range(len(part["layer"].unique())), part["layer"].unique())
         ax.set_ylim(min(-0.05, float(np.nanmin(part.get("null_mean", part["mean"])) - 0.05)), 1.05)
-        ax.set_title(f"{MEASURE_NAMES.get(measure, measure)}: before vs after")
+        steps = sorted(set(part["step"]))
+        ax.set_title(f"{MEASURE_NAMES.get(measure, measure)}: before vs after "
+                     f"{steps[0] if len(steps) == 1 else ''} step{'s' if steps[-1] > 1 else ''}".replace("  ", " "))
         ax.set_ylabel("similarity")
         ax.axhline(1.0, color="0.8", lw=0.8)
     axes[0][-1].legend(fontsize=7, frameon=False, loc="lower left")
@@ -108,9 +114,8 @@ def freezing_figure(freezing, paper: Sequence[float] | None = None) -> plt.Figur
     ax.set_xticks(range(len(groups)), groups)
     ax.set_xlabel("conv blocks frozen at test time")
     ax.set_ylabel("query accuracy (%)")
-    low = 100 * float((frame["accuracy"] - frame["ci95"].fillna(0)).min())
-    ax.set_ylim(max(0, low - 10), 100 if low > 50 else None)
-    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, frameon=False, loc="upper right", ncol=2)
     figure.tight_layout()
     return figure
 

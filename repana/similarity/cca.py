@@ -4,7 +4,9 @@ Everything is computed from the thin SVD of each centred representation ``Xc = U
 correlations are the singular values of ``Ux^T Uy`` (principal angles between the column spaces). Null
 directions -- singular values at or below ``rtol * S.max()``, ``rtol = max(n, d) * eps(input dtype)`` by
 default (numpy.linalg.matrix_rank's rule) -- are dropped, so a 64-unit layer of rank 16 has 16 canonical
-directions, not 64 with 48 meaningless near-zero coefficients.
+directions, not 64 with 48 meaningless near-zero coefficients. (For float32 activations the SVD is taken
+from the float64 eigendecomposition of the covariance or Gram matrix, exact to far below that tolerance;
+see :meth:`repana.similarity.Representation.svd`.)
 
 Sample size rule (an error, not a warning): two subspaces of dimensions ``k_x`` and ``k_y`` in the
 ``(n - 1)``-dimensional space of centred datapoints share at least ``k_x + k_y - (n - 1)`` directions, so

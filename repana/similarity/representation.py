@@ -7,10 +7,15 @@ The functions of raw arrays (``cka(X, Y)`` ...) simply wrap their inputs in Repr
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from repana.errors import InputError
 from repana.similarity._arrays import as_float64_matrix, check_same_datapoints, original_eps
+
+
+#: Smallest relative rank tolerance served by the eigendecomposition route of :meth:`Representation.svd`.
+EIGH_MIN_RTOL = 1e-6
 
 
 class Representation:
@@ -33,9 +38,12 @@ class Representation:
         self.name = name
         self.eps = original_eps(array)
         self.n, self.d = data.shape
-        self.centered = data - data.mean(dim=0, keepdim=True)
-        self._cache: dict = {}
         scale = float(torch.linalg.vector_norm(data, ord=float("inf")))
+        mean = data.mean(dim=0, keepdim=True)
+        # The float64 cast of a float32 input is already a private copy: centre it in place (one n x d
+        # float64 array per layer, not two). A float64 input is never modified.
+        self.centered = data.sub_(mean) if _is_float32_or_smaller(array) else data - mean
+        self._cache: dict = {}
         norm = float(torch.linalg.vector_norm(self.centered))
         self._cache["sq_norm"] = norm * norm
         # After centring, a constant column is 0 up to rounding of the mean (~n * eps * |value| per entry).
@@ -72,11 +80,32 @@ class Representation:
         """Thin SVD ``Xc = U diag(S) Vh`` keeping singular values ``> rtol * S.max()`` (null directions dropped).
 
         Returns ``U (n, r)``, ``S (r,)`` descending, ``Vh (r, d)`` with ``r`` the numerical rank.
+
+        When the tolerance is at least ``EIGH_MIN_RTOL`` (the default for float32 activations:
+        ``max(n, d) * 1.2e-7``), the SVD comes from the float64 eigendecomposition of the smaller of
+        ``Xc^T Xc`` and ``Xc Xc^T`` (a few times faster than a direct SVD): eigenvalues are exact to
+        ``~1e-16 * S.max()^2``, so every singular value above the tolerance is exact to ``< 1e-5`` relative.
+        Smaller tolerances (float64 activations) use a direct SVD (LAPACK gesdd).
         """
-        full = self.cached("svd", lambda: torch.linalg.svd(self.centered, full_matrices=False))
-        u, s, vh = full
-        keep = int((s > self.rank_rtol(rtol) * s[0]).sum())
+        tolerance = self.rank_rtol(rtol)
+        if tolerance >= EIGH_MIN_RTOL:
+            u, s, vh = self.cached("svd_eigh", self._svd_from_eigh)
+        else:
+            u, s, vh = self.cached("svd_exact", lambda: torch.linalg.svd(self.centered, full_matrices=False))
+        keep = int((s > tolerance * s[0]).sum())
         return u[:, :keep], s[:keep], vh[:keep]
+
+    def _svd_from_eigh(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        small = self.covariance if self.d <= self.n else self.gram
+        eigenvalues, vectors = torch.linalg.eigh(small)
+        eigenvalues, vectors = eigenvalues.flip(0), vectors.flip(1)  # descending
+        s = eigenvalues.clamp(min=0.0).sqrt()
+        # Directions this far below the largest carry only rounding noise; dropping them avoids 0 / 0.
+        keep = int((s > EIGH_MIN_RTOL * 1e-2 * s[0]).sum())
+        s, vectors = s[:keep], vectors[:, :keep]
+        if self.d <= self.n:  # vectors are V: U = Xc V / S
+            return (self.centered @ vectors).div_(s), s, vectors.T
+        return vectors, s, (vectors.T @ self.centered).div_(s[:, None])  # vectors are U: Vh = U^T Xc / S
 
     def rank(self, rtol: float | None = None) -> int:
         return int(self.svd(rtol)[1].numel())
@@ -84,12 +113,12 @@ class Representation:
     @property
     def sq_norm(self) -> float:
         """``||Xc||_F^2``."""
-        return self.cached("sq_norm", lambda: float((self.centered * self.centered).sum()))
+        return self.cached("sq_norm", lambda: float(torch.linalg.vector_norm(self.centered)) ** 2)
 
     @property
     def row_sq_norms(self) -> torch.Tensor:
         """``(n,)`` squared Euclidean norm of each centred datapoint (the diagonal of the linear Gram)."""
-        return self.cached("row_sq_norms", lambda: (self.centered * self.centered).sum(dim=1))
+        return self.cached("row_sq_norms", lambda: torch.linalg.vector_norm(self.centered, dim=1).square_())
 
     @property
     def covariance(self) -> torch.Tensor:
@@ -105,8 +134,6 @@ class Representation:
     def linear_self_inner(self) -> float:
         """``||Xc^T Xc||_F^2 = ||Xc Xc^T||_F^2`` from the smaller of covariance and Gram."""
         def compute():
-            if "svd" in self._cache:
-                return float((self.svd(0.0)[1] ** 4).sum())
             small = self.covariance if self.d <= self.n else self.gram
             return float((small * small).sum())
         return self.cached("linear_self_inner", compute)
@@ -120,7 +147,7 @@ class Representation:
         if gram is None:
             gram = self.centered @ self.centered.T
         norms = self.row_sq_norms
-        dist = norms[:, None] + norms[None, :] - 2.0 * gram
+        dist = gram.mul(-2.0).add_(norms[:, None]).add_(norms[None, :])
         dist.clamp_(min=0.0)
         dist.fill_diagonal_(0.0)
         return dist
@@ -134,7 +161,11 @@ class Representation:
         middle = pairs.numel() // 2
         if pairs.numel() % 2:
             return float(torch.kthvalue(pairs, middle + 1).values)
-        return float(0.5 * (torch.kthvalue(pairs, middle).values + torch.kthvalue(pairs, middle + 1).values))
+        lower = torch.kthvalue(pairs, middle).values
+        above = pairs[pairs > lower]
+        # the next order statistic: ``lower`` again when it is tied, else the smallest larger value
+        upper = lower if int((pairs <= lower).sum()) > middle or above.numel() == 0 else above.min()
+        return float(0.5 * (lower + upper))
 
     def median_distance(self) -> float:
         """Median Euclidean distance over distinct pairs of datapoints (i < j)."""
@@ -167,7 +198,8 @@ class Representation:
             gram = self.kernel_gram(kernel, sigma_fraction)
             if kernel == "linear" and not unbiased:
                 return gram
-            return center_gram(gram, unbiased)
+            # the RBF kernel matrix is a fresh temporary: centre it in place
+            return center_gram(gram, unbiased, inplace=kernel == "rbf")
         return self.cached(key, compute)
 
     def permuted(self, index: torch.Tensor) -> "Representation":
@@ -179,7 +211,7 @@ class Representation:
         index = index.to(self.device)
         rep = Representation._from_centered(self.centered[index], self.name, self.eps)
         for key, value in self._cache.items():
-            if key == "svd":
+            if key in ("svd_eigh", "svd_exact"):
                 rep._cache[key] = (value[0][index], value[1], value[2])
             elif key in ("sq_norm", "linear_self_inner", "median_distance", "covariance",
                          "self_unbiased_hsic_feature") or (isinstance(key, tuple) and key[0] == "self_gram_inner"):
@@ -200,23 +232,32 @@ class Representation:
         return Representation._from_centered(centered, self.name, self.eps)
 
 
-def center_gram(gram: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+def _is_float32_or_smaller(array) -> bool:
+    """Whether the float64 conversion of ``array`` made a copy (so it may be modified in place)."""
+    dtype = getattr(array, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype != torch.float64
+    return dtype is not None and dtype != np.float64
+
+
+def center_gram(gram: torch.Tensor, unbiased: bool = False, inplace: bool = False) -> torch.Tensor:
     """Centre a symmetric ``(n, n)`` kernel matrix: ``H K H`` or, with ``unbiased``, the U-centring
 
     ``K~_ij = K_ij - r_i/(n-2) - r_j/(n-2) + s/((n-1)(n-2))`` for ``i != j`` and 0 on the diagonal, where
     ``r`` are row sums and ``s`` the total sum of ``K`` with its diagonal zeroed (needs n >= 4).
     """
     n = gram.shape[0]
-    if not unbiased:
-        row_means = gram.mean(dim=0)
-        return gram - row_means[:, None] - row_means[None, :] + row_means.mean()
-    if n < 4:
+    if unbiased and n < 4:
         raise InputError(f"the unbiased HSIC estimator needs at least 4 datapoints, got {n}")
-    off = gram.clone()
-    off.fill_diagonal_(0.0)
-    row_sums = off.sum(dim=0)
+    result = gram if inplace else gram.clone()
+    if not unbiased:
+        row_means = result.mean(dim=0)
+        total_mean = row_means.mean()
+        return result.sub_(row_means[:, None]).sub_(row_means[None, :]).add_(total_mean)
+    result.fill_diagonal_(0.0)
+    row_sums = result.sum(dim=0)
     total = row_sums.sum()
-    result = off - row_sums[:, None] / (n - 2) - row_sums[None, :] / (n - 2) + total / ((n - 1) * (n - 2))
+    result.sub_(row_sums[:, None] / (n - 2)).sub_(row_sums[None, :] / (n - 2)).add_(total / ((n - 1) * (n - 2)))
     result.fill_diagonal_(0.0)
     return result
 
