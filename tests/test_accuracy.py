@@ -30,9 +30,9 @@ pytestmark = pytest.mark.data
 TEST_SEED = 2020  # the same 600 test episodes for every algorithm
 
 
-@pytest.fixture(scope="module")
-def subset(request):
-    root = request.getfixturevalue("omniglot_root").parent
+@pytest.fixture
+def subset(omniglot_root):
+    root = omniglot_root.parent
     splits = load_splits("omniglot", root=root, split="subset")
     assert splits["test"].n_classes == 106
     assert {name.split("/")[0] for name in splits["test"].class_names} == {"Japanese_(katakana)", "Sanskrit",
@@ -65,10 +65,11 @@ def _load_final(run_dir):
 
 
 # Measured here (ANIL, omniglot-subset preset, 250 iterations, 1 thread, the 600 episodes below):
-# adapt 80.70% +- 0.82, NIL 83.37% +- 0.75. The bars leave 7 points for other machines' float
-# kernels (a different training trajectory) and for the episodes' confidence interval.
+# adapt (10 head steps) 82.35% +- 0.77, NIL 83.37% +- 0.75; at 750 iterations adapt 85.76% +- 0.72.
+# The bars leave 7 points for other machines' float kernels (another training trajectory) and
+# for the episodes' confidence interval.
 CI_ITERATIONS = 250
-CI_BAR_ADAPT = 0.807 - 0.07
+CI_BAR_ADAPT = 0.8235 - 0.07
 CI_BAR_NIL = 0.834 - 0.07
 
 
