@@ -13,8 +13,8 @@ modules:
 Prints seconds per unit for both, the speed-up (loop / repana), and ANIL's speed-up over MAML with
 5 training steps and 10 test steps (the paper reports 1.7x and 4.1x).
 
-    python benchmarks/meta_train.py            # full setting (several minutes on 2 CPU cores)
-    python benchmarks/meta_train.py --quick    # meta-batch 4, 4 evaluation episodes
+    python benchmarks/meta_train.py            # full setting (~15 min on 2 shared CPU cores)
+    python benchmarks/meta_train.py --quick    # meta-batch 4, 4 evaluation episodes (~1 min)
     python benchmarks/meta_train.py --threads 1  # on a shared CPU, avoids OpenMP spinning
 """
 

@@ -151,3 +151,18 @@ def test_readme_example_in_docs_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "docs/similarity.md", "exec"), {"__name__": "docs_example"})
     assert (tmp_path / "figures" / "compare_example.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_measures_sharing_per_pair_products_match_standalone_calls(rng):
+    # cka, cka_debiased and procrustes share X^T Y; cca, svcca and pwcca share Ux^T Uy within a pair.
+    z = rng.normal(size=(150, 5))
+    acts_a = {"a1": z @ rng.normal(size=(5, 6)) + 0.1 * rng.normal(size=(150, 6)), "a2": rng.normal(size=(150, 9))}
+    acts_b = {"b1": np.tanh(z @ rng.normal(size=(5, 7))), "b2": z @ rng.normal(size=(5, 4))}
+    measures = ["cka", "cka_debiased", "procrustes", "cca", "svcca", "pwcca"]
+    frame = compare_activations(acts_a, acts_b, measures=measures, measure_options={"svcca": {"keep": 2}})
+    from repana.similarity import similarity
+
+    for row in frame.itertuples():
+        options = {"keep": 2} if row.measure == "svcca" else {}
+        expected = similarity(row.measure, acts_a[row.layer_a], acts_b[row.layer_b], **options)
+        assert row.value == pytest.approx(expected, rel=1e-10, abs=1e-12), row

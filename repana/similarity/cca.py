@@ -94,17 +94,16 @@ def pwcca(X, Y, weights_from: str = "x", rtol: float | None = None) -> float:
 # --- the same measures on prepared representations -------------------------------------------------------
 
 def cca_from_representations(rx: Representation, ry: Representation, rtol: float | None = None) -> CCAResult:
-    ux, _, _ = rx.svd(rtol)
-    uy, _, _ = ry.svd(rtol)
-    coefficients = _canonical_correlations(ux, uy, rx, ry, "cca")
-    return CCAResult(coefficients.cpu().numpy(), rx.n, ux.shape[1], uy.shape[1])
+    kx, ky = rx.rank(rtol), ry.rank(rtol)
+    coefficients = _canonical_correlations(rx, ry, kx, ky, rtol, "cca")
+    return CCAResult(coefficients.cpu().numpy(), rx.n, kx, ky)
 
 
 def svcca_from_representations(rx: Representation, ry: Representation, keep: float | int = 0.99,
                                rtol: float | None = None) -> float:
-    ux = _top_directions(rx, keep, rtol)
-    uy = _top_directions(ry, keep, rtol)
-    return float(_canonical_correlations(ux, uy, rx, ry, f"svcca(keep={keep})").mean())
+    kx = _n_top_directions(rx, keep, rtol)
+    ky = _n_top_directions(ry, keep, rtol)
+    return float(_canonical_correlations(rx, ry, kx, ky, rtol, f"svcca(keep={keep})").mean())
 
 
 def pwcca_from_representations(rx: Representation, ry: Representation, weights_from: str = "x",
@@ -113,10 +112,10 @@ def pwcca_from_representations(rx: Representation, ry: Representation, weights_f
         raise InputError(f"weights_from must be 'x' or 'y' (whose canonical variates give the weights), "
                          f"got {weights_from!r}")
     check_pair(rx, ry)
-    ux, sx, vhx = rx.svd(rtol)
-    uy, sy, vhy = ry.svd(rtol)
-    _check_sample_size(rx.n, ux.shape[1], uy.shape[1], rx, ry, "pwcca")
-    left, rho, right_h = torch.linalg.svd(ux.T @ uy, full_matrices=False)
+    _, sx, vhx = rx.svd(rtol)
+    _, sy, vhy = ry.svd(rtol)
+    _check_sample_size(rx.n, sx.numel(), sy.numel(), rx, ry, "pwcca")
+    left, rho, right_h = torch.linalg.svd(rx.basis_cross(ry, rtol), full_matrices=False)
     rho = rho.clamp(0.0, 1.0)
     # Canonical variates of X are H = Ux P (orthonormal), and H^T Xc = P^T diag(Sx) Vx^T.
     if weights_from == "x":
@@ -127,9 +126,9 @@ def pwcca_from_representations(rx: Representation, ry: Representation, weights_f
     return float((weights * rho).sum() / weights.sum())
 
 
-def _top_directions(rep: Representation, keep: float | int, rtol: float | None) -> torch.Tensor:
-    """Left singular vectors ``(n, k)`` of the top ``k`` directions chosen by ``keep``."""
-    u, s, _ = rep.svd(rtol)
+def _n_top_directions(rep: Representation, keep: float | int, rtol: float | None) -> int:
+    """How many of the top singular directions ``keep`` chooses."""
+    _, s, _ = rep.svd(rtol)
     if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)):
         raise InputError(f"keep must be a float in (0, 1] (variance fraction) or an int >= 1 (directions), "
                          f"got {keep!r}")
@@ -144,7 +143,7 @@ def _top_directions(rep: Representation, keep: float | int, rtol: float | None) 
         fraction = torch.cumsum(variance, 0) / variance.sum()
         k = int((fraction < keep - 1e-12).sum()) + 1
         k = min(k, s.numel())
-    return u[:, :k]
+    return k
 
 
 def _check_sample_size(n: int, kx: int, ky: int, rx: Representation, ry: Representation, measure: str) -> None:
@@ -159,8 +158,9 @@ def _check_sample_size(n: int, kx: int, ky: int, rx: Representation, ry: Represe
             f"directions (keep=<int>), reduce_conv(acts, 'positions') or 'mean' for conv maps, or more datapoints")
 
 
-def _canonical_correlations(ux: torch.Tensor, uy: torch.Tensor, rx: Representation, ry: Representation,
+def _canonical_correlations(rx: Representation, ry: Representation, kx: int, ky: int, rtol: float | None,
                             measure: str) -> torch.Tensor:
+    """Singular values of ``Ux[:, :kx]^T Uy[:, :ky]`` (a block of the pair's cached basis product when possible)."""
     check_pair(rx, ry)
-    _check_sample_size(rx.n, ux.shape[1], uy.shape[1], rx, ry, measure)
-    return torch.linalg.svdvals(ux.T @ uy).clamp(0.0, 1.0)
+    _check_sample_size(rx.n, kx, ky, rx, ry, measure)
+    return torch.linalg.svdvals(rx.top_basis_cross(ry, kx, ky, rtol)).clamp(0.0, 1.0)

@@ -87,7 +87,7 @@ def _warn_if_inflated(n: int, dx: int, dy: int) -> None:
 
 
 def _linear_cka_feature(rx: Representation, ry: Representation, debiased: bool) -> float:
-    cross = rx.centered.T @ ry.centered  # (d_x, d_y): the only per-pair work
+    cross = rx.cross(ry)  # (d_x, d_y): the only per-pair work
     cross_inner = float((cross * cross).sum())
     if not debiased:
         return cross_inner / math.sqrt(rx.linear_self_inner * ry.linear_self_inner)
@@ -141,7 +141,7 @@ def unbiased_linear_hsic(rx: Representation, ry: Representation) -> float:
         if rx is ry:
             value = _self_unbiased_hsic_feature(rx)
         else:
-            cross = rx.centered.T @ ry.centered
+            cross = rx.cross(ry)
             value = _unbiased_hsic_feature(rx, ry, float((cross * cross).sum()))
     else:
         kx = rx.centered_gram("linear", unbiased=True)

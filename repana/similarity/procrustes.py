@@ -27,7 +27,7 @@ def procrustes_distance(X, Y) -> float:
 
 def procrustes_similarity_from_representations(rx: Representation, ry: Representation) -> float:
     check_pair(rx, ry)
-    cross = _compact(rx).T @ _compact(ry)
+    cross = rx.cross(ry) if rx.d <= rx.n and ry.d <= ry.n else _compact(rx).T @ _compact(ry)
     nuclear = float(torch.linalg.svdvals(cross).sum())
     return min(nuclear / math.sqrt(rx.sq_norm * ry.sq_norm), 1.0)
 

@@ -61,6 +61,33 @@ class Representation:
         rep._cache = {}
         return rep
 
+    def cross(self, other: "Representation") -> torch.Tensor:
+        """``Xc^T Yc``, ``(d_x, d_y)``; the last result is kept, so several measures of one pair share it."""
+        return self._pair_cached("cross", other, lambda: self.centered.T @ other.centered)
+
+    def basis_cross(self, other: "Representation", rtol: float | None = None) -> torch.Tensor:
+        """``Ux^T Uy`` of the rank-truncated left singular bases, ``(rank_x, rank_y)``, kept like :meth:`cross`.
+
+        Columns follow descending singular values, so the top ``k`` directions' product is the leading block.
+        """
+        return self._pair_cached(("basis_cross", rtol), other, lambda: self.svd(rtol)[0].T @ other.svd(rtol)[0])
+
+    def top_basis_cross(self, other: "Representation", kx: int, ky: int, rtol: float | None = None) -> torch.Tensor:
+        """``Ux[:, :kx]^T Uy[:, :ky]``: a block of :meth:`basis_cross` when that is at hand or not much
+        larger, else computed directly (SVCCA with a few directions of a wide layer)."""
+        key = ("basis_cross", rtol)
+        last = self.__dict__.get("_last_pair", {})
+        if (key in last and last[key][0] is other) or 4 * kx * ky >= self.rank(rtol) * other.rank(rtol):
+            return self.basis_cross(other, rtol)[:kx, :ky]
+        return self.svd(rtol)[0][:, :kx].T @ other.svd(rtol)[0][:, :ky]
+
+    def _pair_cached(self, key, other: "Representation", compute) -> torch.Tensor:
+        # Only the most recent partner is remembered (a strong reference, so its id cannot be reused).
+        last = self.__dict__.setdefault("_last_pair", {})
+        if key not in last or last[key][0] is not other:
+            last[key] = (other, compute())
+        return last[key][1]
+
     @property
     def device(self) -> torch.device:
         return self.centered.device
