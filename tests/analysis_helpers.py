@@ -33,16 +33,3 @@ def tiny_episodes(tasks: int = 6, ways: int = 3, shots: int = 1, queries: int = 
     query_x, query_y = (support_x.clone(), support_y.clone()) if query_is_support else draw(queries)
     class_ids = torch.arange(ways).expand(tasks, -1).clone()
     return Episodes(support_x, support_y, query_x, query_y, class_ids)
-
-
-import pytest  # noqa: E402
-
-
-@pytest.fixture(autouse=False)
-def one_thread():
-    """Run a test with one intra-op thread: on a loaded 2-core machine, small convolutions with two
-    threads are ~10x slower than with one. Restores the previous setting."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)

@@ -17,9 +17,17 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
-def _deterministic_torch():
+def _deterministic_single_threaded_torch():
+    """Seed torch and run each test with one intra-op thread.
+
+    The tests use small tensors: on a 2-core machine shared with other work, OpenMP threads spinning
+    against other processes made them 10-100x slower. Tests that measure threads set their own.
+    """
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

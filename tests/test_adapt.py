@@ -19,15 +19,6 @@ from repana.meta.algorithms import get_algorithm
 from repana.models import Conv4
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """On 2 shared cores, OpenMP threads spinning against other processes make these small ops ~30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TASKS, WAYS, SHOTS, QUERIES = 3, 3, 2, 2
 
 

@@ -17,16 +17,6 @@ from repana.meta.nil import nil_logits
 from repana.models import Conv4
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """On 2 shared cores, OpenMP threads spinning against other processes make these small ops ~30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def episodes(gen, tasks=3, ways=3, shots=1, queries=2, size=16, dtype=torch.float32):
     labels = torch.stack([torch.randperm(ways, generator=gen) for _ in range(tasks)])
     return SimpleNamespace(

@@ -3,15 +3,13 @@
 import numpy as np
 import pytest
 
-from analysis_helpers import one_thread, tiny_episodes, tiny_model  # noqa: F401
+from analysis_helpers import tiny_episodes, tiny_model  # noqa: F401
 from repana.analysis.common import all_parameters, check_same_architecture, freeze, head_only, trainable_for
 from repana.analysis.comparison import EvalSpec, evaluate_specs, speed_comparison
 from repana.analysis.freezing import FROZEN_SETS, freezing_accuracy, frozen_name
 from repana.analysis.head_needed import head_needed
 from repana.analysis.regimes import random_init_model, regimes_accuracy
 from repana.errors import CheckpointError, InputError
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_frozen_names_and_predicates():

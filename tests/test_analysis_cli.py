@@ -4,13 +4,10 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis_helpers import one_thread  # noqa: F401
 from repana.cli import main
 from repana.meta.checkpoint import save_checkpoint
 from repana.meta.config import TrainConfig
 from repana.models import Conv4
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _checkpoint(path, algorithm: str, seed: int, hidden: int = 4):

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-from analysis_helpers import one_thread, tiny_episodes, tiny_model  # noqa: F401
+from analysis_helpers import tiny_episodes, tiny_model  # noqa: F401
 from repana.analysis.common import (all_parameters, episode_similarity_rows, head_only, mean_ci95, summarize)
 from repana.analysis.inner_loop import adapt_per_step, inner_loop_similarity, summarize_inner_loop
 from repana.errors import InputError

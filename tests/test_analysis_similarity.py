@@ -4,13 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from analysis_helpers import one_thread, tiny_episodes, tiny_model  # noqa: F401
+from analysis_helpers import tiny_episodes, tiny_model  # noqa: F401
 from repana.analysis.convergence import adapt_head, cost_vs_inner_steps, init_head, inner_loss, meta_train_anil_head
 from repana.analysis.representation_similarity import cross_model_similarity, summarize_cross_model
 from repana.analysis.training_dynamics import select_stages
 from repana.errors import CheckpointError, InputError
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_a_network_compared_with_a_copy_of_itself_is_identical_in_every_layer():

@@ -19,15 +19,6 @@ class SmallConvNet(nn.Module):
         return self.head(self.conv2(self.conv1(x)).flatten(1))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small tensors: on an oversubscribed CPU two BLAS threads make each product ~100x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def model():
     torch.manual_seed(0)

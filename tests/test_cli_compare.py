@@ -16,14 +16,6 @@ from repana.cli import main
 pytestmark = pytest.mark.filterwarnings("ignore::repana.similarity.RepanaWarning")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small matrices: on an oversubscribed CPU two BLAS threads make each product ~100x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 FACTORY = textwrap.dedent('''
     import torch
     from torch import nn

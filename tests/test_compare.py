@@ -14,15 +14,6 @@ from repana.similarity import cka, reduce_conv, svcca
 pytestmark = pytest.mark.filterwarnings("ignore::repana.similarity.RepanaWarning")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small tensors: on an oversubscribed CPU two BLAS threads make each product ~100x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def conv_net(seed):
     torch.manual_seed(seed)
     return nn.Sequential(

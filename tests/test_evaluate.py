@@ -16,15 +16,6 @@ from repana.meta.nil import nil_predict
 from repana.models import Conv4
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """On 2 shared cores, OpenMP threads spinning against other processes make these small ops ~30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def episodes(seed, tasks=5, ways=3, shots=2, queries=4, size=16):
     gen = torch.Generator().manual_seed(seed)
     labels = torch.stack([torch.randperm(ways, generator=gen) for _ in range(tasks)])

@@ -10,16 +10,6 @@ from repana.errors import ConfigError, InputError
 from repana.models import Conv4, build_model, is_head_parameter
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """On 2 shared cores, OpenMP threads spinning against other processes make these small ops ~30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 @pytest.mark.parametrize("kwargs,n_features", [
     ({"in_channels": 1, "hidden": 64, "image_size": 28, "pooling": "max"}, 64),      # 28-14-7-3-1
     ({"in_channels": 1, "hidden": 64, "image_size": 28, "pooling": "stride"}, 256),  # 28-14-7-4-2 (MAML Omniglot)

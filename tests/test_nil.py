@@ -11,16 +11,6 @@ from repana.errors import InputError
 from repana.meta.nil import cosine_similarities, nil_logits, nil_predict
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """On 2 shared cores, OpenMP threads spinning against other processes make these small ops ~30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def test_orthogonal_prototypes_are_classified_perfectly(rng):
     ways, shots, queries, dim = 5, 3, 10, 16
     prototypes = torch.eye(dim)[:ways] * 4.0

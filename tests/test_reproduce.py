@@ -5,11 +5,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis_helpers import one_thread  # noqa: F401
 from repana.analysis.reproduce import default_analyses_dir, load_entries, reproduce, training_plan
 from repana.errors import ConfigError
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = {"hidden": 8, "meta_batch_size": 2}  # a tiny Conv4 so the whole pipeline runs in seconds
 TINY = {

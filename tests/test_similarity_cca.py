@@ -8,14 +8,6 @@ from repana.errors import InputError
 from repana.similarity import cca, pwcca, similarity, svcca
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small matrices: on an oversubscribed CPU two BLAS threads make each product ~100x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 # With a = (e1 - e2)/sqrt2, b = (e3 - e4)/sqrt2, c = (e5 - e6)/sqrt2 (orthonormal, centred):
 # X = [2 sqrt2 a, sqrt2 b], Y = [sqrt2 a, 5 sqrt2 (0.6 b + 0.8 c)].
 # span(X) = {a, b}, span(Y) = {a, 0.6 b + 0.8 c}: canonical correlations cos 0 = 1 and <b, 0.6b + 0.8c> = 0.6.

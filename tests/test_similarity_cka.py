@@ -12,14 +12,6 @@ from repana.similarity import RepanaWarning, chance_level, cka
 pytestmark = pytest.mark.filterwarnings("ignore::repana.similarity.RepanaWarning")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small matrices: on an oversubscribed CPU two BLAS threads make each product ~100x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 # Columns already centred. X^T X = diag(8, 2); Y^T Y = diag(2, 50) (y2 = 3*(e3-e4) + 4*(e5-e6): 9+9+16+16);
 # X^T Y = diag(2*2, 1*3*2) = diag(4, 6).
 X_HAND = np.array([[2, 0], [-2, 0], [0, 1], [0, -1], [0, 0], [0, 0]], dtype=float)

@@ -8,14 +8,6 @@ from repana.errors import InputError
 from repana.similarity import get_measure, list_measures, register_measure, registry, similarity
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small matrices: on an oversubscribed CPU two BLAS threads make each product ~100x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 ALL_MEASURES = ["cca", "cca_r2", "svcca", "pwcca", "cka", "cka_debiased", "cka_rbf", "procrustes"]
 
 

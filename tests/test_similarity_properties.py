@@ -13,15 +13,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::repana.similarity.RepanaWarning
 SETTINGS = settings(max_examples=25, deadline=None)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small matrices: on an oversubscribed CPU two BLAS threads make each product ~100x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @st.composite
 def problems(draw):
     seed = draw(st.integers(0, 2**31 - 1))

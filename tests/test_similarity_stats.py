@@ -10,15 +10,6 @@ from repana.similarity import bootstrap_ci, cka, null_baseline, permutation_test
 pytestmark = pytest.mark.filterwarnings("ignore::repana.similarity.RepanaWarning")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small matrices: on an oversubscribed CPU two BLAS threads make each product ~100x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def related(rng):
     x = rng.normal(size=(150, 8))

@@ -10,15 +10,6 @@ from repana.similarity import MinibatchCKA, StreamingLinearCKA, cka
 pytestmark = pytest.mark.filterwarnings("ignore::repana.similarity.RepanaWarning")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Many tiny matmuls: on a shared, oversubscribed CPU, two BLAS threads make each one ~100x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_layers(rng, n):
     z = rng.normal(size=(n, 6))
     return {

@@ -15,15 +15,6 @@ from repana.meta.config import TrainConfig, load_toml, from_dict
 from repana.meta.train import StopTraining, step_seed, train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one thread avoids oversubscribing the shared cores (10x faster here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def synthetic_dataset(n_classes: int, per_class: int = 6, size: int = 16, seed: int = 0) -> ImageClassDataset:
     """Each class: a random binary prototype; its images flip 10% of the pixels."""
     rng = np.random.default_rng(seed)
