@@ -54,8 +54,11 @@ ANALYSIS_SEED = 12345
 
 
 def default_analyses_dir() -> Path:
-    """``analyses/`` of the source checkout (beside the ``repana`` package)."""
-    return Path(__file__).resolve().parents[2] / "analyses"
+    """``analyses/`` of the source checkout, else the copy installed with the package (``repana._analyses``)."""
+    source = Path(__file__).resolve().parents[2] / "analyses"
+    if source.is_dir():
+        return source
+    return Path(__file__).resolve().parents[1] / "_analyses"
 
 
 def load_entries(preset: str, analyses_dir: str | Path | None = None) -> dict[str, dict]:
