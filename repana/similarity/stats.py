@@ -15,7 +15,7 @@ All three resample *datapoints* (rows), keeping the features of each representat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ class BootstrapResult:
     low: float
     high: float
     confidence: float
-    samples: np.ndarray
+    samples: np.ndarray = field(repr=False)  # too long to print
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class PermutationResult:
 
     value: float
     p_value: float
-    null: np.ndarray
+    null: np.ndarray = field(repr=False)  # too long to print
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class NullBaseline:
     mean: float
     std: float
     quantile_95: float
-    samples: np.ndarray
+    samples: np.ndarray = field(repr=False)  # too long to print
 
 
 def bootstrap_ci(measure: str, X, Y, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
