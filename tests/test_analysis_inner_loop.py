@@ -15,7 +15,7 @@ from repana.errors import InputError
 def test_mean_ci95_hand_computed():
     mean, ci = mean_ci95([1.0, 2.0, 3.0, 4.0])
     assert mean == pytest.approx(2.5)
-    assert ci == pytest.approx(1.96 * math.sqrt(5 / 3) / 2)  # sample std sqrt(1.6667), n = 4
+    assert ci == pytest.approx(1.96 * math.sqrt(1.25) / 2)  # population std sqrt(1.25), n = 4
     assert math.isnan(mean_ci95([0.7])[1])
     assert all(math.isnan(v) for v in mean_ci95([]))
 

@@ -2,7 +2,7 @@
 and the per-episode similarity table that the inner-loop and MAML-vs-ANIL analyses both build.
 
 Conventions: accuracies are fractions in [0, 1]; ``ci95`` is the half-width of a normal-approximation
-95% confidence interval over episodes (1.96 * sample std / sqrt(n)), as in the paper's tables.
+95% confidence interval over episodes (1.96 * std / sqrt(n), ddof=0 as in the MAML/ANIL code), as in the paper's tables.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from repana.errors import CheckpointError, InputError
+from repana.meta.evaluate import confidence_interval95
 
 BODY_LAYERS = ("conv1", "conv2", "conv3", "conv4")
 LAYERS = BODY_LAYERS + ("head",)
@@ -23,16 +24,15 @@ DEFAULT_MEASURES = ("svcca", "cka_debiased")
 
 
 def mean_ci95(values: Iterable[float]) -> tuple[float, float]:
-    """Mean and 95% CI half-width (normal approximation, sample std) of finite ``values``.
+    """Mean and 95% CI half-width (normal approximation, population std: see
+    :func:`repana.meta.evaluate.confidence_interval95`) of finite ``values``.
 
     One value gives a NaN half-width; no finite value gives (NaN, NaN).
     """
     array = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
     if array.size == 0:
         return float("nan"), float("nan")
-    if array.size == 1:
-        return float(array[0]), float("nan")
-    return float(array.mean()), float(1.96 * array.std(ddof=1) / math.sqrt(array.size))
+    return float(array.mean()), confidence_interval95(array)
 
 
 def default_reduction(measure: str) -> str:

@@ -52,10 +52,15 @@ class EvaluationResult:
 
 
 def confidence_interval95(per_episode: np.ndarray) -> float:
-    """Half-width ``1.96 * std / sqrt(n)`` (population std, ddof=0) of ``per_episode (n,)``."""
+    """Half-width ``1.96 * std / sqrt(n)`` (population std, ddof=0, as numpy's default in the MAML/ANIL
+    evaluation code) of ``per_episode (n,)``: the one definition of the 95% CI in repana (evaluation,
+    analyses, reports). One episode gives NaN (no spread to measure).
+    """
     values = np.asarray(per_episode, dtype=np.float64)
     if values.size == 0:
         raise InputError("no episodes to compute a confidence interval over")
+    if values.size == 1:
+        return float("nan")
     return float(1.96 * values.std() / np.sqrt(values.size))
 
 
