@@ -76,15 +76,21 @@ def loop_second_order(model, batch, steps: int, head_only: bool) -> None:
         (F.cross_entropy(clone(batch.query_x[t]), batch.query_y[t]) / tasks).backward()
 
 
+def sgd_adapted_clone(model, support_x, support_y, steps: int, head_only: bool) -> torch.nn.Module:
+    """A deep copy of ``model`` after ``steps`` plain SGD steps on one task's support set."""
+    clone = copy.deepcopy(model)
+    inner = torch.optim.SGD(clone.head.parameters() if head_only else clone.parameters(), lr=INNER_LR)
+    for _ in range(steps):
+        inner.zero_grad()
+        F.cross_entropy(clone(support_x), support_y).backward()
+        inner.step()
+    return clone
+
+
 def loop_first_order(model, batch, steps: int, head_only: bool) -> None:
     tasks = batch.support_x.shape[0]
     for t in range(tasks):
-        clone = copy.deepcopy(model)
-        inner = torch.optim.SGD(clone.head.parameters() if head_only else clone.parameters(), lr=INNER_LR)
-        for _ in range(steps):
-            inner.zero_grad()
-            F.cross_entropy(clone(batch.support_x[t]), batch.support_y[t]).backward()
-            inner.step()
+        clone = sgd_adapted_clone(model, batch.support_x[t], batch.support_y[t], steps, head_only)
         clone.zero_grad()
         (F.cross_entropy(clone(batch.query_x[t]), batch.query_y[t]) / tasks).backward()
         for p, q in zip(model.parameters(), clone.parameters()):
@@ -93,12 +99,7 @@ def loop_first_order(model, batch, steps: int, head_only: bool) -> None:
 
 def loop_evaluate(model, batch, steps: int, head_only: bool) -> None:
     for t in range(batch.support_x.shape[0]):
-        clone = copy.deepcopy(model)
-        inner = torch.optim.SGD(clone.head.parameters() if head_only else clone.parameters(), lr=INNER_LR)
-        for _ in range(steps):
-            inner.zero_grad()
-            F.cross_entropy(clone(batch.support_x[t]), batch.support_y[t]).backward()
-            inner.step()
+        clone = sgd_adapted_clone(model, batch.support_x[t], batch.support_y[t], steps, head_only)
         with torch.no_grad():
             clone(batch.query_x[t]).argmax(-1)
 
