@@ -2,7 +2,8 @@
 
 Setting (the issue's): Conv4-64 on Omniglot-size 28x28 inputs (random pixels: speed does not depend on
 the data), 5-way 1-shot, 15 queries per class, meta-batch 32, 1 and 5 inner steps; evaluation with
-10 test steps. The baseline, measured in the same run, is the usual per-episode loop over cloned
+10 test steps. The network is MAML's Omniglot Conv4 (stride-2 convolutions, as every Omniglot preset
+of repana); ``--pooling max`` times the max-pooling variant (MiniImageNet's block) on the same inputs. The baseline, measured in the same run, is the usual per-episode loop over cloned
 modules:
 
 * first order / evaluation: ``copy.deepcopy(model)`` + ``torch.optim.SGD`` steps in place;
@@ -11,7 +12,9 @@ modules:
 * ANIL in the loop: the same clone with only the head updated, the whole network run every step.
 
 Prints seconds per unit for both, the speed-up (loop / repana), and ANIL's speed-up over MAML with
-5 training steps and 10 test steps (the paper reports 1.7x and 4.1x).
+5 training steps and 10 test steps (the paper reports 1.7x and 4.1x), next to the ratio of the two
+computations' convolution FLOPs: the speed-up an implementation doing the same arithmetic equally
+efficiently for both would get.
 
     python benchmarks/meta_train.py            # full setting (~15 min on 2 shared CPU cores)
     python benchmarks/meta_train.py --quick    # meta-batch 4, 4 evaluation episodes (~1 min)
@@ -106,6 +109,33 @@ def loop_evaluate(model, batch, steps: int, head_only: bool) -> None:
 
 # ----- timing -------------------------------------------------------------------------------------
 
+def conv_macs(model: Conv4) -> list[int]:
+    """Multiply-accumulates of each conv layer's forward pass for one image."""
+    macs, side = [], SIZE
+    for layer in model.layer_names[:-1]:
+        conv = getattr(model, layer).conv
+        side = (side + 2 - 3) // conv.stride[0] + 1
+        macs.append(conv.out_channels * conv.in_channels * 9 * side * side)
+        if getattr(model, layer).pooling == "max":
+            side //= 2
+    return macs
+
+
+def evaluation_flop_ratio(model: Conv4, steps: int) -> float:
+    """MAML / ANIL convolution FLOPs of evaluating one episode (batch norm, ReLU and head ignored).
+
+    MAML: ``steps`` forward+backward passes on the support set (backward = weight gradient + input
+    gradient, no input gradient for conv1) and one forward of the query set. ANIL: one forward of the
+    support set and one of the query set; its head steps are negligible.
+    """
+    macs = conv_macs(model)
+    forward = sum(macs)
+    support, query = WAYS * SHOTS, WAYS * QUERIES
+    maml = steps * support * (3 * forward - macs[0]) + query * forward
+    anil = (support + query) * forward
+    return maml / anil
+
+
 def seconds_pair(baseline, candidate, repeats: int) -> tuple[float, float]:
     """Best-of-``repeats`` seconds of two functions, runs interleaved so that load changes on a
     shared machine hit both alike."""
@@ -123,6 +153,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="meta-batch 4, 4 evaluation episodes, 1 repeat")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved timed runs per case; best kept")
+    parser.add_argument("--pooling", choices=("stride", "max"), default="stride",
+                        help="Conv4 blocks: stride-2 convs (MAML's Omniglot network) or 2x2 max-pooling")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,9 +162,9 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
     eval_tasks = 4 if args.quick else 16
     torch.manual_seed(0)
-    model = Conv4(in_channels=1, n_classes=WAYS, hidden=64, image_size=SIZE)
+    model = Conv4(in_channels=1, n_classes=WAYS, hidden=64, image_size=SIZE, pooling=args.pooling)
     batch, eval_batch = make_batch(tasks, 0), make_batch(eval_tasks, 1)
-    print(f"Conv4-64, {SIZE}x{SIZE}, {WAYS}-way {SHOTS}-shot, {QUERIES} queries/class, meta-batch {tasks}, "
+    print(f"Conv4-64 ({args.pooling}), {SIZE}x{SIZE}, {WAYS}-way {SHOTS}-shot, {QUERIES} queries/class, meta-batch {tasks}, "
           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
     print(f"{'case':<28}{'loop s':>10}{'repana s':>10}{'speed-up':>10}")
     results = {}
@@ -167,7 +199,8 @@ def main() -> None:
     train_ratio = results[("maml", 5)] / results[("anil", 5)]
     eval_ratio = results[("eval", "maml")] / results[("eval", "anil")]
     print(f"ANIL vs MAML (repana): training, 5 steps {train_ratio:.2f}x faster (paper: 1.7x); "
-          f"evaluation, 10 steps {eval_ratio:.2f}x faster (paper: 4.1x)")
+          f"evaluation, 10 steps {eval_ratio:.2f}x faster (paper: 4.1x; ratio of the conv FLOPs "
+          f"{evaluation_flop_ratio(model, 10):.2f}x)")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,13 @@ training *and* at test time (no running statistics are kept, so ``model.eval()``
 Every block also accepts a batch of tasks ``(tasks, n, C, H, W)``: the conv weights are shared and the
 batch-norm statistics are computed per task, exactly as if each task had been run on its own (used on
 CUDA for the features of a meta-batch when the body does not adapt; on CPU a loop over tasks is faster).
+
+Memory layout: on CPU, float32 maps entering a conv block with autograd off (evaluation, NIL, feature
+extraction) are switched to channels-last, which oneDNN runs without reordering to its blocked format
+(one-channel images stay as they are: for them both layouts are the same; conv1's output is switched).
+Measured for the body on 75 images, one thread: Conv4-32 on 84x84 RGB 1.8x faster, Conv4-64 on 28x28
+Omniglot 1.05x (stride) to 1.1x (max-pool). With autograd on (training, inner loops) the layout is
+left alone: there it measured no faster. Values are the same up to float32 rounding; ``flatten`` gives the usual NCHW feature order.
 """
 
 from __future__ import annotations
@@ -84,6 +91,13 @@ class ConvBlock(nn.Module):
         return h if tasks is None else h.reshape(*leading, *h.shape[1:])
 
 
+def _inference_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last when that runs faster: CPU, float32, 4-D, autograd off (see module doc)."""
+    if x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_grad_enabled():
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def _spatial_after(size: int, pooling: str) -> int:
     for _ in range(4):
         size = (size + 2 - 3) // 2 + 1 if pooling == "stride" else size // 2
@@ -140,6 +154,8 @@ class Conv4(nn.Module):
         for name in LAYER_NAMES[start:stop]:
             if name == "head" and start < 4:  # conv4's (.., C, H, W) map -> flat features
                 h = h.flatten(-3)
+            elif name != "head":
+                h = _inference_layout(h)  # a no-op for one-channel images and for maps already channels-last
             h = getattr(self, name)(h)
         if stop == 4 and start < 4:  # penultimate features are flat
             h = h.flatten(-3)

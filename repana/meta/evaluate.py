@@ -26,9 +26,10 @@ import numpy as np
 import torch
 
 from repana.errors import InputError
-from repana.meta.adapt import Trainable, adapt, normalise_loss_reduction, resolve_trainable
+from repana.meta.adapt import Trainable, adapt, first_trainable_layer, normalise_loss_reduction, resolve_trainable
 from repana.meta.algorithms import query_logits
-from repana.meta.batched import can_batch_head_only, can_fold, folded_query_logits, head_only_query_logits, task_features
+from repana.meta.batched import (can_batch_head_only, can_fold, fold_group_size, folded_query_logits,
+                                 head_only_query_logits, task_features)
 from repana.meta.nil import nil_logits, nil_predict
 from repana.progress import progress
 
@@ -138,10 +139,18 @@ def _chunk_predictions(model, chunk: _Chunk, method: str, steps: int, lr: float,
         logits = head_only_query_logits(model, params, chunk.support_x, chunk.support_y, chunk.query_x, steps,
                                         lr, names, first_order, loss_reduction, together)
         return logits.detach().argmax(-1)
-    if steps > 0 and can_fold(model, chunk.support_x.device, fold):
-        logits = folded_query_logits(model, params, chunk.support_x, chunk.support_y, chunk.query_x, steps, lr,
-                                     names, first_order, loss_reduction, together)
-        return logits.detach().argmax(-1)
+    # Folding recomputes frozen bottom layers at every step; the loop (adapt) runs them once.
+    bottom_trains = first_trainable_layer(model, names) == 0
+    if steps > 0 and can_fold(model, chunk.support_x.device, fold if fold is not None or bottom_trains else False,
+                              default_on_cpu=True):
+        group = fold_group_size(model, chunk.support_x)
+        predictions = []
+        for start in range(0, chunk.support_x.shape[0], group):
+            part = _Chunk(*(t[start:start + group] for t in chunk))
+            logits = folded_query_logits(model, params, part.support_x, part.support_y, part.query_x, steps, lr,
+                                         names, first_order, loss_reduction, together)
+            predictions.append(logits.detach().argmax(-1))
+        return torch.cat(predictions)
     predictions = []
     for t in range(chunk.support_x.shape[0]):
         adapted = adapt(model, params, chunk.support_x[t], chunk.support_y[t], steps, lr, names, first_order,
@@ -195,7 +204,9 @@ def evaluate(model: torch.nn.Module, episodes: Any, method: str = "adapt", steps
         first_order: test-time steps need no second-order terms (the result is the same either way).
         chunk_size: tasks processed together (bounds memory); None = each given chunk whole.
         head: "auto" | "keep" | "zero" (see module doc).
-        fold: adapt the tasks of a chunk together, folded into channels (None: on CUDA only).
+        fold: adapt the tasks of a chunk together, folded into channels (None: whenever the model allows
+            it, a Conv4 with batch statistics, in groups bounded by :func:`repana.meta.batched.fold_group_size`;
+            False: one task at a time).
 
     Returns:
         :class:`EvaluationResult`; ``per_episode`` in the order of the episodes.
