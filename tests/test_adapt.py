@@ -218,3 +218,28 @@ def test_folded_layout_with_stride_pooling_and_sum_div_k(setup):
     assert_grads_equal(folded, loop)
     with pytest.raises(InputError, match="fold=True"):
         get_algorithm("maml", fold=True).meta_gradients(Conv4(hidden=4, image_size=16, bn_stats="running"), batch)
+
+
+@pytest.mark.parametrize("algorithm,first_order", [("maml", False), ("fomaml", True)])
+def test_cpu_training_in_folded_groups_equals_reference_and_loop(setup, algorithm, first_order, monkeypatch):
+    """CPU default: tasks folded in groups bounded by TRAIN_FOLD_BYTES (here 2 + 1 tasks), one backward
+    per group; equal to the reference and to the per-episode loop (fold=False), metrics included."""
+    import repana.meta.algorithms as algorithms
+    from repana.meta.batched import fold_group_size
+
+    model, batch = setup
+    per_task_bytes = WAYS * QUERIES * model.conv1.conv.out_channels * 16 * 16 * 8  # float64 conv1 query map (max-pool net)
+    monkeypatch.setattr(algorithms, "TRAIN_FOLD_BYTES", 2 * per_task_bytes + 1)
+    assert fold_group_size(model, batch.query_x, algorithms.TRAIN_FOLD_BYTES, maps_per_task=1) == 2
+    groups = []
+    grouped = algorithms._query_gradients_grouped
+    monkeypatch.setattr(algorithms, "_query_gradients_grouped",
+                        lambda *args: groups.append(args[-1]) or grouped(*args))
+    grads, metrics = get_algorithm(algorithm, inner_steps=2, inner_lr=0.3).meta_gradients(model, batch)
+    loop_grads, loop_metrics = get_algorithm(algorithm, inner_steps=2, inner_lr=0.3,
+                                             fold=False).meta_gradients(model, batch)
+    names = list(dict(model.named_parameters()))
+    assert_grads_equal(grads, reference_meta_gradients(model, batch, 2, 0.3, names, first_order))
+    assert_grads_equal(grads, loop_grads)
+    assert metrics == pytest.approx(loop_metrics, rel=1e-12)
+    assert groups == [2]

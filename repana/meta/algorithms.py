@@ -32,7 +32,9 @@ query normalised jointly with the support, one forward of their concatenation wi
 parameters; the inner loop always sees the support batch alone), ``trainable`` (inner-loop parameter subset, see
 :func:`repana.meta.adapt.resolve_trainable`), ``temperature`` (nil_training only), ``fold``
 (bool or None: process the tasks of a meta-batch together with tasks folded into channels; None = on
-CUDA only, where it pays; on CPU a loop over tasks is faster — see :mod:`repana.meta.batched`).
+CUDA the whole meta-batch, on CPU groups of tasks sized by :func:`repana.meta.batched.fold_group_size`
+when the conv1 maps are small enough for that to pay, else a loop over tasks; False = always the loop;
+see :mod:`repana.meta.batched`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ from torch.func import functional_call
 
 from repana.errors import ConfigError, InputError
 from repana.meta.adapt import Trainable, adapt, normalise_loss_reduction, resolve_trainable
-from repana.meta.batched import (can_batch_head_only, can_fold, folded_query_logits, forward_tasks,
+from repana.meta.batched import (TRAIN_FOLD_BYTES, can_batch_head_only, can_fold, fold_group_size,
+                                 folded_query_logits, forward_tasks,
                                  head_only_query_logits, task_features)
 from repana.meta.nil import nil_logits
 
@@ -136,15 +139,42 @@ def _query_gradients(algo: Algorithm, model, batch) -> tuple[Grads, Metrics]:
                   else forward_tasks(model, params, qx))
     elif can_batch_head_only(model, names):          # ANIL: features once, all heads together
         logits = head_only_query_logits(model, params, sx, sy, qx, *inner)
-    elif can_fold(model, sx.device, algo.fold):      # CUDA: tasks folded into channels
+    elif can_fold(model, sx.device, algo.fold):      # CUDA (or fold=True): tasks folded into channels
         logits = folded_query_logits(model, params, sx, sy, qx, *inner)
-    else:                                            # CPU: per-episode loop, one backward per task
+    else:                                            # CPU: folded groups of tasks, or a per-episode loop
+        if algo.fold is None and can_fold(model, sx.device, None, default_on_cpu=True):
+            group = fold_group_size(model, qx, TRAIN_FOLD_BYTES, maps_per_task=1)
+            if group >= 2:
+                return _query_gradients_grouped(algo, model, batch, params, group)
         return _query_gradients_loop(algo, model, batch, params)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.query_y.reshape(-1))
     grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
     correct = (logits.argmax(-1) == batch.query_y).double().mean().item()
     return _zero_missing(params, grads), {"loss": loss.item(), "accuracy": correct, "n_tasks": float(tasks)}
 
+
+
+def _query_gradients_grouped(algo: Algorithm, model, batch, params, group: int) -> tuple[Grads, Metrics]:
+    """Groups of ``group`` tasks in the folded layout, one backward per group (CPU, see batched.py)."""
+    tasks = batch.support_x.shape[0]
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    loss_sum, correct_sum = 0.0, 0.0
+    inner = (algo.inner_steps, algo.inner_lr, algo.trainable, algo.first_order, algo.loss_reduction,
+             algo.bn_support_query == "together")
+    for start in range(0, tasks, group):
+        part = slice(start, start + group)
+        logits = folded_query_logits(model, params, batch.support_x[part], batch.support_y[part],
+                                     batch.query_x[part], *inner)
+        query_y = batch.query_y[part]
+        per_task = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), query_y.reshape(-1),
+                                   reduction="none").reshape(query_y.shape).mean(1)
+        grads = torch.autograd.grad(per_task.sum() / tasks, list(params.values()), allow_unused=True)
+        for (n, _), g in zip(params.items(), grads):
+            if g is not None:
+                total[n] += g
+        loss_sum += per_task.sum().item()
+        correct_sum += (logits.argmax(-1) == query_y).double().mean(1).sum().item()
+    return total, {"loss": loss_sum / tasks, "accuracy": correct_sum / tasks, "n_tasks": float(tasks)}
 
 
 def _query_gradients_loop(algo: Algorithm, model, batch, params) -> tuple[Grads, Metrics]:
