@@ -93,3 +93,33 @@ def test_bad_configs():
         Conv4(image_size=8)
     with pytest.raises(ConfigError, match="hidden"):
         Conv4(hidden=0)
+
+
+@pytest.mark.parametrize("images_per_call", [1, 12, 1000])
+def test_forward_tasks_groups_small_tasks_exactly(images_per_call, monkeypatch):
+    """CPU: tasks with few images run in 5-D groups (here 2 + 2 + 1 tasks of 6 images at 12 per call)."""
+    import repana.meta.batched as batched
+
+    torch.manual_seed(0)
+    model = Conv4(n_classes=3, hidden=5, image_size=16).double()
+    params = dict(model.named_parameters())
+    x = torch.rand(5, 6, 1, 16, 16, dtype=torch.float64)
+    monkeypatch.setattr(batched, "CPU_IMAGES_PER_CALL", images_per_call)
+    grouped = batched.forward_tasks(model, params, x, stop=4)
+    for t in range(5):
+        torch.testing.assert_close(grouped[t], functional_call(model, params, (x[t],), {"stop": 4}),
+                                   rtol=1e-12, atol=1e-12)
+
+
+def test_inference_forward_uses_channels_last_and_keeps_feature_order():
+    torch.manual_seed(0)
+    model = Conv4(in_channels=3, n_classes=3, hidden=4, image_size=16)
+    x = torch.rand(4, 3, 16, 16)
+    layouts = []
+    model.conv2.register_forward_hook(
+        lambda module, inputs, output: layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last)))
+    with torch.no_grad():
+        fast = model(x, stop=4)
+    reference = model(x, stop=4)  # autograd on: NCHW throughout
+    assert layouts == [True, False]
+    torch.testing.assert_close(fast, reference.detach(), rtol=1e-5, atol=1e-6)
