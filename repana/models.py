@@ -25,7 +25,8 @@ extraction) are switched to channels-last, which oneDNN runs without reordering 
 (one-channel images stay as they are: for them both layouts are the same; conv1's output is switched).
 Measured for the body on 75 images, one thread: Conv4-32 on 84x84 RGB 1.8x faster, Conv4-64 on 28x28
 Omniglot 1.05x (stride) to 1.1x (max-pool). With autograd on (training, inner loops) the layout is
-left alone: there it measured no faster. Values are the same up to float32 rounding; ``flatten`` gives the usual NCHW feature order.
+left alone: there it measured no faster. Values are the same up to float32 rounding; ``flatten``
+gives the usual NCHW feature order.
 """
 
 from __future__ import annotations

@@ -232,9 +232,9 @@ def test_cpu_training_in_folded_groups_equals_reference_and_loop(setup, algorith
     monkeypatch.setattr(algorithms, "TRAIN_FOLD_BYTES", 2 * per_task_bytes + 1)
     assert fold_group_size(model, batch.query_x, algorithms.TRAIN_FOLD_BYTES, maps_per_task=1) == 2
     groups = []
-    grouped = algorithms._query_gradients_grouped
-    monkeypatch.setattr(algorithms, "_query_gradients_grouped",
-                        lambda *args: groups.append(args[-1]) or grouped(*args))
+    by_parts = algorithms._query_gradients_by_parts
+    monkeypatch.setattr(algorithms, "_query_gradients_by_parts",
+                        lambda *args: (args[-1] >= 2 and groups.append(args[-1])) or by_parts(*args))
     grads, metrics = get_algorithm(algorithm, inner_steps=2, inner_lr=0.3).meta_gradients(model, batch)
     loop_grads, loop_metrics = get_algorithm(algorithm, inner_steps=2, inner_lr=0.3,
                                              fold=False).meta_gradients(model, batch)

@@ -142,11 +142,10 @@ def _query_gradients(algo: Algorithm, model, batch) -> tuple[Grads, Metrics]:
     elif can_fold(model, sx.device, algo.fold):      # CUDA (or fold=True): tasks folded into channels
         logits = folded_query_logits(model, params, sx, sy, qx, *inner)
     else:                                            # CPU: folded groups of tasks, or a per-episode loop
+        group = 1
         if algo.fold is None and can_fold(model, sx.device, None, default_on_cpu=True):
             group = fold_group_size(model, qx, TRAIN_FOLD_BYTES, maps_per_task=1)
-            if group >= 2:
-                return _query_gradients_grouped(algo, model, batch, params, group)
-        return _query_gradients_loop(algo, model, batch, params)
+        return _query_gradients_by_parts(algo, model, batch, params, group)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.query_y.reshape(-1))
     grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
     correct = (logits.argmax(-1) == batch.query_y).double().mean().item()
@@ -154,17 +153,23 @@ def _query_gradients(algo: Algorithm, model, batch) -> tuple[Grads, Metrics]:
 
 
 
-def _query_gradients_grouped(algo: Algorithm, model, batch, params, group: int) -> tuple[Grads, Metrics]:
-    """Groups of ``group`` tasks in the folded layout, one backward per group (CPU, see batched.py)."""
+def _query_gradients_by_parts(algo: Algorithm, model, batch, params, group: int = 1) -> tuple[Grads, Metrics]:
+    """Tasks ``group`` at a time, one backward per part: the folded layout for groups of 2 or more (CPU,
+    see batched.py), :func:`repana.meta.adapt.adapt` one episode at a time for ``group=1``."""
     tasks = batch.support_x.shape[0]
     total = {n: torch.zeros_like(p) for n, p in params.items()}
     loss_sum, correct_sum = 0.0, 0.0
-    inner = (algo.inner_steps, algo.inner_lr, algo.trainable, algo.first_order, algo.loss_reduction,
-             algo.bn_support_query == "together")
     for start in range(0, tasks, group):
         part = slice(start, start + group)
-        logits = folded_query_logits(model, params, batch.support_x[part], batch.support_y[part],
-                                     batch.query_x[part], *inner)
+        if group == 1:
+            adapted = adapt(model, params, batch.support_x[start], batch.support_y[start], algo.inner_steps,
+                            algo.inner_lr, algo.trainable, algo.first_order, algo.loss_reduction)
+            logits = query_logits(model, adapted, batch.support_x[start], batch.query_x[start],
+                                  algo.bn_support_query).unsqueeze(0)
+        else:
+            logits = folded_query_logits(model, params, batch.support_x[part], batch.support_y[part],
+                                         batch.query_x[part], algo.inner_steps, algo.inner_lr, algo.trainable,
+                                         algo.first_order, algo.loss_reduction, algo.bn_support_query == "together")
         query_y = batch.query_y[part]
         per_task = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), query_y.reshape(-1),
                                    reduction="none").reshape(query_y.shape).mean(1)
@@ -175,24 +180,6 @@ def _query_gradients_grouped(algo: Algorithm, model, batch, params, group: int) 
         loss_sum += per_task.sum().item()
         correct_sum += (logits.argmax(-1) == query_y).double().mean(1).sum().item()
     return total, {"loss": loss_sum / tasks, "accuracy": correct_sum / tasks, "n_tasks": float(tasks)}
-
-
-def _query_gradients_loop(algo: Algorithm, model, batch, params) -> tuple[Grads, Metrics]:
-    tasks = batch.support_x.shape[0]
-    total = {n: torch.zeros_like(p) for n, p in params.items()}
-    loss_sum, acc_sum = 0.0, 0.0
-    for t in range(tasks):
-        adapted = adapt(model, params, batch.support_x[t], batch.support_y[t], algo.inner_steps, algo.inner_lr,
-                        algo.trainable, algo.first_order, algo.loss_reduction)
-        logits = query_logits(model, adapted, batch.support_x[t], batch.query_x[t], algo.bn_support_query)
-        loss = F.cross_entropy(logits, batch.query_y[t])
-        grads = torch.autograd.grad(loss / tasks, list(params.values()), allow_unused=True)
-        for (n, _), g in zip(params.items(), grads):
-            if g is not None:
-                total[n] += g
-        loss_sum += loss.item()
-        acc_sum += (logits.argmax(-1) == batch.query_y[t]).double().mean().item()
-    return total, {"loss": loss_sum / tasks, "accuracy": acc_sum / tasks, "n_tasks": float(tasks)}
 
 
 def _reptile_direction(algo: Algorithm, model, batch) -> tuple[Grads, Metrics]:

@@ -139,10 +139,9 @@ def _chunk_predictions(model, chunk: _Chunk, method: str, steps: int, lr: float,
         logits = head_only_query_logits(model, params, chunk.support_x, chunk.support_y, chunk.query_x, steps,
                                         lr, names, first_order, loss_reduction, together)
         return logits.detach().argmax(-1)
-    # Folding recomputes frozen bottom layers at every step; the loop (adapt) runs them once.
-    bottom_trains = first_trainable_layer(model, names) == 0
-    if steps > 0 and can_fold(model, chunk.support_x.device, fold if fold is not None or bottom_trains else False,
-                              default_on_cpu=True):
+    if fold is None and first_trainable_layer(model, names) > 0:
+        fold = False  # folding would recompute the frozen bottom layers at every step; adapt runs them once
+    if steps > 0 and can_fold(model, chunk.support_x.device, fold, default_on_cpu=True):
         group = fold_group_size(model, chunk.support_x)
         predictions = []
         for start in range(0, chunk.support_x.shape[0], group):
