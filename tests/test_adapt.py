@@ -7,6 +7,7 @@ caching, no batching. Every fast path of repana.meta must give the same meta-gra
 
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -86,6 +87,21 @@ def test_maml_meta_gradients_equal_per_episode_reference(setup, algorithm, first
     other = reference_meta_gradients(model, batch, 2, 0.3, names, not first_order)
     assert not torch.allclose(ref["conv1.conv.weight"], other["conv1.conv.weight"], rtol=1e-4, atol=0)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n_tasks"] == TASKS
+
+
+@pytest.mark.parametrize("algorithm,trainable", [("maml", None), ("anil", "head")])
+def test_float32_cpu_path_meta_gradients_match_the_float64_reference(setup, algorithm, trainable):
+    """The CPU float32 forward runs channels-last (one-channel conv1 as a patch matrix product): the same
+    meta-gradients as the float64 reference up to float32 rounding, second order included."""
+    model, batch = setup
+    model32 = copy.deepcopy(model).float()
+    batch32 = SimpleNamespace(**{k: (v.float() if v.is_floating_point() else v) for k, v in vars(batch).items()})
+    algo = get_algorithm(algorithm, inner_steps=2, inner_lr=0.3, fold=False)
+    grads, _ = algo.meta_gradients(model32, batch32)
+    names = [n for n, _ in model.named_parameters() if trainable is None or n.startswith("head")]
+    ref = reference_meta_gradients(model, batch, 2, 0.3, names, first_order=False)
+    scale = max(g.abs().max().item() for g in ref.values())
+    assert_grads_equal({n: g.double() for n, g in grads.items()}, ref, rtol=1e-3, atol=1e-4 * scale)
 
 
 @pytest.mark.parametrize("first_order", [False, True])

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.func import functional_call
 
 from repana.errors import ConfigError, InputError
-from repana.models import Conv4, build_model, is_head_parameter
+from repana.models import Conv3x3, Conv4, build_model, is_head_parameter
 
 
 @pytest.mark.parametrize("kwargs,n_features", [
@@ -111,15 +114,38 @@ def test_forward_tasks_groups_small_tasks_exactly(images_per_call, monkeypatch):
                                    rtol=1e-12, atol=1e-12)
 
 
-def test_inference_forward_uses_channels_last_and_keeps_feature_order():
+@pytest.mark.parametrize("in_channels,stride", [(1, 1), (1, 2), (3, 1), (3, 2)])
+def test_cpu_float32_conv_is_channels_last_and_equals_conv2d_in_every_derivative_order(in_channels, stride):
     torch.manual_seed(0)
-    model = Conv4(in_channels=3, n_classes=3, hidden=4, image_size=16)
-    x = torch.rand(4, 3, 16, 16)
+    conv = Conv3x3(in_channels, 5, stride=stride)
+    x = torch.rand(4, in_channels, 9, 10)
+    weight, bias = conv.weight.detach().clone().requires_grad_(True), conv.bias.detach().clone().requires_grad_(True)
+    out = torch.func.functional_call(conv, {"weight": weight, "bias": bias}, (x,))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    w64, b64 = weight.detach().double().requires_grad_(True), bias.detach().double().requires_grad_(True)
+    reference = F.conv2d(x.double(), w64, b64, stride=stride, padding=1)
+    torch.testing.assert_close(out.double(), reference, rtol=1e-5, atol=1e-6)
+    # first and second derivatives (MAML differentiates the inner gradient): d/dw of |d loss/dw|^2
+    direction = torch.rand(out.shape, generator=torch.Generator().manual_seed(1))
+    values = []
+    for o, w, b in ((out, weight, bias), (reference, w64, b64)):
+        gw, gb = torch.autograd.grad(((o * direction.to(o.dtype)) ** 2).sum(), [w, b], create_graph=True)
+        values.append((gw, gb, *torch.autograd.grad((gw ** 2).sum() + (gb ** 2).sum(), [w, b])))
+    for ours, ref in zip(*values):
+        torch.testing.assert_close(ours.double(), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_inference_and_training_forwards_keep_the_nchw_feature_order():
+    torch.manual_seed(0)
+    model = Conv4(in_channels=1, n_classes=3, hidden=4, image_size=16)
+    x = torch.rand(4, 1, 16, 16)
     layouts = []
     model.conv2.register_forward_hook(
         lambda module, inputs, output: layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last)))
     with torch.no_grad():
         fast = model(x, stop=4)
-    reference = model(x, stop=4)  # autograd on: NCHW throughout
-    assert layouts == [True, False]
-    torch.testing.assert_close(fast, reference.detach(), rtol=1e-5, atol=1e-6)
+    trained = model(x, stop=4)
+    reference = copy.deepcopy(model).double()(x.double(), stop=4)  # float64: plain nn.Conv2d, NCHW
+    assert layouts == [True, True, False]
+    torch.testing.assert_close(fast.double(), reference, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(trained.detach(), fast)

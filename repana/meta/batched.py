@@ -77,6 +77,11 @@ def task_features(model: torch.nn.Module, params: Mapping[str, torch.Tensor], su
     return support_features, forward_tasks(model, params, query_x, stop=4)
 
 
+def _graph_needed(params: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a forward with ``params`` must record autograd (off: the faster inference layouts apply)."""
+    return torch.is_grad_enabled() and any(p.requires_grad for p in params.values())
+
+
 def batched_head_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``features (tasks, n, F)``, ``weight (tasks, C, F)``, ``bias (tasks, C)`` -> logits ``(tasks, n, C)``."""
     return torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2))
@@ -137,8 +142,7 @@ def head_only_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Te
     ``head_init``: initial ``(weight (C, F), bias (C,))`` to use instead of ``params``' head (e.g. zeros).
     """
     names = resolve_trainable(params, trainable)
-    body_needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in params.values())
-    with torch.set_grad_enabled(body_needs_grad):  # evaluation: a plain inference forward (faster layout)
+    with torch.set_grad_enabled(_graph_needed(params)):  # evaluation: an inference forward (faster layout)
         fs, fq = task_features(model, params, support_x, query_x, bn_together)
     weight, bias = head_init if head_init is not None else (params["head.weight"], params["head.bias"])
     w, b = adapt_heads(fs, support_y, weight, bias, steps, lr, first_order, loss_reduction,
@@ -262,9 +266,10 @@ def folded_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tenso
     """Query logits ``(tasks, n_query, C)`` after adapting every task of a batch in the folded layout."""
     adapted = adapt_folded(model, params, support_x, support_y, steps, lr, trainable, first_order, loss_reduction)
     inputs = torch.cat([support_x, query_x], 1) if bn_together else query_x
-    if inputs.is_cuda:
-        logits = folded_forward(model, adapted, inputs)
-    else:  # one task at a time: its query activations stay in cache (see the layout note above)
-        logits = torch.stack([functional_call(model, {n: p[t] for n, p in adapted.items()}, (inputs[t],))
-                              for t in range(inputs.shape[0])])
+    with torch.set_grad_enabled(_graph_needed(adapted)):  # evaluation: an inference forward (faster layout)
+        if inputs.is_cuda:
+            logits = folded_forward(model, adapted, inputs)
+        else:  # one task at a time: its query activations stay in cache (see the layout note above)
+            logits = torch.stack([functional_call(model, {n: p[t] for n, p in adapted.items()}, (inputs[t],))
+                                  for t in range(inputs.shape[0])])
     return logits[:, support_x.shape[1]:] if bn_together else logits
