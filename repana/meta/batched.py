@@ -160,13 +160,15 @@ def head_only_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Te
 # autograd.grad of the sum of the tasks' losses w.r.t. the per-task copies is every task's own inner
 # gradient. Exact (float64 tests against the per-episode reference).
 #
-# Where it pays (benchmarks/meta_train.py): on CUDA everywhere; on CPU for the inner loop of
-# *evaluation* (10 first-order steps on 5-25 support images per task: one grouped conv beats many tiny
-# ones, measured 1.15-1.25x faster than a loop), with each task's query set then run on its own (75+
-# images per task stay in cache; folded, they measured slower). For CPU *training* the same layout runs
-# in groups of tasks whose query maps fit TRAIN_FOLD_BYTES (8 tasks for Omniglot Conv4-64 with stride):
-# measured 1.15x (1 step) to 1.3x (5 steps) faster than a loop for MAML; whole meta-batches of 32 folded
-# at once, or max-pool nets, measured the same as the loop, and a group of 1 *is* the loop.
+# Where it pays (benchmarks/meta_train.py; the loop runs channels-last maps, see repana.models): on
+# CUDA everywhere; on CPU for the inner loop of *evaluation* (10 first-order steps on 5-25 support images
+# per task: one grouped conv beats many tiny ones, measured 1.26x faster than a loop for Omniglot
+# Conv4-64 with stride, the same as the loop with max-pooling), with each task's query set then run on
+# its own (75+ images per task stay in cache; folded, they measured slower). For CPU *training* the same
+# layout runs in groups of tasks whose query maps fit TRAIN_FOLD_BYTES (8 tasks for Omniglot Conv4-64
+# with stride): measured 1.04x (1 step) to 1.21x (5 steps) faster than a loop for MAML, 1.05-1.15x for
+# FOMAML; whole meta-batches of 32 folded at once, or max-pool nets (groups of 2), measured the same as
+# the loop within noise, and a group of 1 *is* the loop.
 
 def can_fold(model: torch.nn.Module, device: torch.device | str, requested: bool | None = None,
              default_on_cpu: bool = False) -> bool:
