@@ -92,6 +92,8 @@ class Conv3x3(nn.Conv2d):
 class ConvBlock(nn.Module):
     """conv3x3 -> batch norm -> ReLU -> (2x2 max-pool | nothing when the conv has stride 2).
 
+    (With max-pooling the ReLU runs after the pool: the same values and gradients, 4x fewer elements.)
+
     Input ``(n, C_in, H, W)`` or a batch of tasks ``(tasks, n, C_in, H, W)`` (per-task batch-norm
     statistics); output ``(n, C_out, H', W')`` or ``(tasks, n, C_out, H', W')``, float.
     """
@@ -126,9 +128,13 @@ class ConvBlock(nn.Module):
             tasks = x.shape[0]
             leading = x.shape[:2]
             x = x.flatten(0, 1)
-        h = torch.relu(self._normalise(self.conv(x), tasks))
+        h = self._normalise(self.conv(x), tasks)
         if self.pooling == "max":
-            h = F.max_pool2d(h, 2)
+            # relu(max_pool(h)) == max_pool(relu(h)), values and gradients (ReLU is monotone): rectify the
+            # pooled map, 4x smaller, in place (it is internal to the block; hooks see the block's output)
+            h = torch.relu_(F.max_pool2d(h, 2))
+        else:
+            h = torch.relu(h)
         return h if tasks is None else h.reshape(*leading, *h.shape[1:])
 
 

@@ -221,9 +221,7 @@ def folded_forward(model: torch.nn.Module, task_params: Mapping[str, torch.Tenso
                      stride=block.conv.stride, padding=block.conv.padding, groups=tasks)
         h = F.batch_norm(h, None, None, task_params[f"{layer}.bn.weight"].reshape(-1),
                          task_params[f"{layer}.bn.bias"].reshape(-1), training=True, eps=block.bn.eps)
-        h = torch.relu(h)
-        if block.pooling == "max":
-            h = F.max_pool2d(h, 2)
+        h = torch.relu_(F.max_pool2d(h, 2)) if block.pooling == "max" else torch.relu(h)  # as ConvBlock
     features = h.reshape(n, tasks, -1).transpose(0, 1)          # (tasks, n, C*H'*W'), per-task flatten order
     return batched_head_logits(features, task_params["head.weight"], task_params["head.bias"])
 
