@@ -259,3 +259,36 @@ def test_cpu_training_in_folded_groups_equals_reference_and_loop(setup, algorith
     assert_grads_equal(grads, loop_grads)
     assert metrics == pytest.approx(loop_metrics, rel=1e-12)
     assert groups == [2]
+
+
+def test_cpu_folds_tasks_only_where_it_pays(monkeypatch):
+    """CPU default (fold=None): folded layout for small support maps, per-episode loop for larger ones,
+    in training and in evaluation; fold=True still forces it."""
+    import importlib
+
+    import repana.meta.algorithms as algorithms
+    from repana.meta import batched
+
+    evaluation = importlib.import_module("repana.meta.evaluate")  # the package re-exports evaluate()
+    stride = Conv4(n_classes=WAYS, hidden=4, image_size=28, pooling="stride")
+    max_pool = Conv4(n_classes=WAYS, hidden=4, image_size=28, pooling="max")
+    one_shot, five_shot = torch.zeros(2, 5, 1, 28, 28), torch.zeros(2, 25, 1, 28, 28)
+    assert batched.cpu_fold_pays(stride, one_shot)            # 5 x 14 x 14 = 980 conv1 pixels per task
+    assert not batched.cpu_fold_pays(max_pool, one_shot)      # 5 x 28 x 28 = 3920
+    assert not batched.cpu_fold_pays(stride, five_shot)       # 25 x 14 x 14 = 4900
+
+    calls = []
+    for module in (algorithms, evaluation):
+        original = module.folded_query_logits
+        monkeypatch.setattr(module, "folded_query_logits",
+                            lambda *args, _original=original, **kwargs: calls.append(1) or _original(*args, **kwargs))
+    batch = make_batch(torch.Generator().manual_seed(2), dtype=torch.float32, size=28)
+    for model, folds in ((stride, True), (max_pool, False)):
+        for run in (lambda: get_algorithm("fomaml", inner_steps=1).meta_gradients(model, batch),
+                    lambda: evaluation.evaluate(model, batch, steps=1)):
+            calls.clear()
+            run()
+            assert bool(calls) == folds
+    calls.clear()
+    evaluation.evaluate(max_pool, batch, steps=1, fold=True)
+    assert calls

@@ -48,7 +48,7 @@ from torch.func import functional_call
 
 from repana.errors import ConfigError, InputError
 from repana.meta.adapt import Trainable, adapt, normalise_loss_reduction, resolve_trainable
-from repana.meta.batched import (TRAIN_FOLD_BYTES, can_batch_head_only, can_fold, fold_group_size,
+from repana.meta.batched import (TRAIN_FOLD_BYTES, can_batch_head_only, can_fold, cpu_fold_pays, fold_group_size,
                                  folded_query_logits, forward_tasks,
                                  head_only_query_logits, task_features)
 from repana.meta.nil import nil_logits
@@ -73,7 +73,7 @@ class Algorithm:
     loss_reduction: str = "mean"
     bn_support_query: str = "apart"
     temperature: float = 1.0
-    fold: bool | None = None             # tasks folded into channels: None = on CUDA only (see batched.py)
+    fold: bool | None = None             # tasks folded into channels: None = CUDA, CPU where it pays (batched.py)
     hyperparameters: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def meta_gradients(self, model: torch.nn.Module, batch: Any) -> tuple[Grads, Metrics]:
@@ -143,7 +143,7 @@ def _query_gradients(algo: Algorithm, model, batch) -> tuple[Grads, Metrics]:
         logits = folded_query_logits(model, params, sx, sy, qx, *inner)
     else:                                            # CPU: folded groups of tasks, or a per-episode loop
         group = 1
-        if algo.fold is None and can_fold(model, sx.device, None, default_on_cpu=True):
+        if algo.fold is None and can_fold(model, sx.device, None, default_on_cpu=cpu_fold_pays(model, sx)):
             group = fold_group_size(model, qx, TRAIN_FOLD_BYTES, maps_per_task=1)
         return _query_gradients_by_parts(algo, model, batch, params, group)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.query_y.reshape(-1))

@@ -161,19 +161,18 @@ def head_only_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Te
 # gradient. Exact (float64 tests against the per-episode reference).
 #
 # Where it pays (benchmarks/meta_train.py; the loop runs channels-last maps, see repana.models): on
-# CUDA everywhere; on CPU for the inner loop of *evaluation* (10 first-order steps on 5-25 support images
-# per task: one grouped conv beats many tiny ones, measured 1.26x faster than a loop for Omniglot
-# Conv4-64 with stride, the same as the loop with max-pooling), with each task's query set then run on
-# its own (75+ images per task stay in cache; folded, they measured slower). For CPU *training* the same
-# layout runs in groups of tasks whose query maps fit TRAIN_FOLD_BYTES (8 tasks for Omniglot Conv4-64
-# with stride): measured 1.04x (1 step) to 1.21x (5 steps) faster than a loop for MAML, 1.05-1.15x for
-# FOMAML; whole meta-batches of 32 folded at once, or max-pool nets (groups of 2), measured the same as
-# the loop within noise, and a group of 1 *is* the loop.
+# CUDA everywhere; on CPU when each task's conv1 maps are small (cpu_fold_pays: Omniglot stride 1-shot),
+# where one grouped conv beats many tiny ones. Evaluation then folds the 10 first-order test steps of
+# up to ~130 tasks (measured 1.26x faster than a loop) and runs each task's query set on its own (75+
+# images per task stay in cache; folded, they measured slower); training folds groups of tasks whose
+# query maps fit TRAIN_FOLD_BYTES (8 tasks): 1.04x (1 step) to 1.21x (5 steps) faster than a loop for
+# MAML, 1.05-1.15x for FOMAML. Whole meta-batches of 32 folded at once measured the same as the loop;
+# with larger maps (max-pool, 5-shot, MiniImageNet) folding measured 0.8-1.0x, so the loop runs there.
 
 def can_fold(model: torch.nn.Module, device: torch.device | str, requested: bool | None = None,
              default_on_cpu: bool = False) -> bool:
     """Whether to use the folded layout: ``requested`` True/False, or None = on CUDA (and on CPU too
-    when ``default_on_cpu``, as evaluation does).
+    when ``default_on_cpu``, e.g. :func:`cpu_fold_pays`).
 
     Needs a Conv4 with ``bn_stats="batch"`` (folded batch norm has no running statistics).
     """
@@ -187,6 +186,25 @@ def can_fold(model: torch.nn.Module, device: torch.device | str, requested: bool
 
 FOLD_BYTES = 256 * 2**20        # evaluation: inner-loop activations of one folded group (8 maps per task)
 TRAIN_FOLD_BYTES = 32 * 2**20   # CPU training: conv1 query maps of one folded group (1 map per task)
+CPU_FOLD_MAX_SUPPORT_PIXELS = 2048  # see cpu_fold_pays
+
+
+def _conv1_pixels(model: torch.nn.Module, images: torch.Tensor) -> int:
+    """Pixels of conv1's output maps for one task's ``images`` ``(tasks, n, C, H, W)``: n * H' * W'."""
+    n_images, _, height, width = images.shape[1:]
+    stride = model.conv1.conv.stride[0]
+    return n_images * ((height - 1) // stride + 1) * ((width - 1) // stride + 1)
+
+
+def cpu_fold_pays(model: torch.nn.Module, support_x: torch.Tensor) -> bool:
+    """Whether folding tasks into channels beats the per-episode loop on CPU for support sets like
+    ``support_x (tasks, n, C, H, W)``: when each task's conv1 maps are small (at most
+    :data:`CPU_FOLD_MAX_SUPPORT_PIXELS` pixels over its support images), so that one grouped conv beats
+    many tiny ones. Measured (one thread, Conv4-64, 10 test steps / 5 training steps): Omniglot stride
+    5-way 1-shot (980 pixels) evaluation 1.26x, MAML training 1.04-1.22x; max-pool 1-shot (3920)
+    evaluation 1.0x, FOMAML training 0.95-0.99x; stride 5-shot (4900) evaluation 0.80x, training 0.98x.
+    """
+    return _conv1_pixels(model, support_x) <= CPU_FOLD_MAX_SUPPORT_PIXELS
 
 
 def fold_group_size(model: torch.nn.Module, images: torch.Tensor, budget_bytes: int | None = None,
@@ -198,11 +216,7 @@ def fold_group_size(model: torch.nn.Module, images: torch.Tensor, budget_bytes: 
     Conv4-64 ~130 tasks (stride) / ~30 (max-pool); MiniImageNet Conv4-32 84x84 ~7. CPU training (query
     images, 1 map, :data:`TRAIN_FOLD_BYTES`): 8 tasks for Omniglot stride, 2 max-pool, 1 MiniImageNet.
     """
-    n_images, _, height, width = images.shape[1:]
-    conv = model.conv1.conv
-    stride = conv.stride[0]
-    out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
-    per_task = n_images * conv.out_channels * out_h * out_w * images.element_size() * maps_per_task
+    per_task = _conv1_pixels(model, images) * model.conv1.conv.out_channels * images.element_size() * maps_per_task
     budget = FOLD_BYTES if budget_bytes is None else budget_bytes
     return max(1, int(budget // max(per_task, 1)))
 

@@ -28,7 +28,7 @@ import torch
 from repana.errors import InputError
 from repana.meta.adapt import Trainable, adapt, first_trainable_layer, normalise_loss_reduction, resolve_trainable
 from repana.meta.algorithms import query_logits
-from repana.meta.batched import (can_batch_head_only, can_fold, fold_group_size, folded_query_logits,
+from repana.meta.batched import (can_batch_head_only, can_fold, cpu_fold_pays, fold_group_size, folded_query_logits,
                                  head_only_query_logits, task_features)
 from repana.meta.nil import nil_logits, nil_predict
 from repana.progress import progress
@@ -141,7 +141,8 @@ def _chunk_predictions(model, chunk: _Chunk, method: str, steps: int, lr: float,
         return logits.detach().argmax(-1)
     if fold is None and first_trainable_layer(model, names) > 0:
         fold = False  # folding would recompute the frozen bottom layers at every step; adapt runs them once
-    if steps > 0 and can_fold(model, chunk.support_x.device, fold, default_on_cpu=True):
+    cpu_default = cpu_fold_pays(model, chunk.support_x)
+    if steps > 0 and can_fold(model, chunk.support_x.device, fold, default_on_cpu=cpu_default):
         group = fold_group_size(model, chunk.support_x)
         predictions = []
         for start in range(0, chunk.support_x.shape[0], group):
@@ -204,8 +205,9 @@ def evaluate(model: torch.nn.Module, episodes: Any, method: str = "adapt", steps
         chunk_size: tasks processed together (bounds memory); None = each given chunk whole.
         head: "auto" | "keep" | "zero" (see module doc).
         fold: adapt the tasks of a chunk together, folded into channels (None: whenever the model allows
-            it, a Conv4 with batch statistics, in groups bounded by :func:`repana.meta.batched.fold_group_size`;
-            False: one task at a time).
+            it, a Conv4 with batch statistics, on CUDA, and on CPU when it pays there (small support maps,
+            :func:`repana.meta.batched.cpu_fold_pays`), in groups bounded by
+            :func:`repana.meta.batched.fold_group_size`; False: one task at a time).
 
     Returns:
         :class:`EvaluationResult`; ``per_episode`` in the order of the episodes.
