@@ -58,7 +58,8 @@ def _first_tensor(output, name: str) -> torch.Tensor:
 class ActivationRecorder:
     """Context manager that records the outputs of the chosen submodules on every forward call.
 
-    Each call of a hooked module appends its output (detached; moved to CPU and cast when asked); the
+    Each call of a hooked module appends a copy of its output (detached; moved to CPU and cast when
+    asked), so that in-place operations later in the forward pass do not change what was recorded; the
     ``activations`` property concatenates the calls along dimension 0. Hooks are removed on exit.
 
     >>> with ActivationRecorder(model, ["conv1", "head"]) as rec:
@@ -89,13 +90,18 @@ class ActivationRecorder:
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
-            tensor = _first_tensor(output, name).detach()
+            produced = _first_tensor(output, name)
+            tensor = produced.detach()
             if self.transform is not None:
                 tensor = self.transform(name, tensor)
             if self.to_cpu:
                 tensor = tensor.to("cpu")
             if self.dtype is not None:
                 tensor = tensor.to(self.dtype)
+            if tensor.untyped_storage().data_ptr() == produced.untyped_storage().data_ptr():
+                # still the module's own output: a later in-place op (ReLU(inplace=True) after a batch
+                # norm, as in ResNets) would overwrite what was recorded
+                tensor = tensor.clone()
             self._chunks[name].append(tensor)
         return hook
 

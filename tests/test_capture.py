@@ -68,6 +68,23 @@ def test_hooks_fire_under_functional_call_with_other_parameters(model, inputs):
     assert recorder.activations["head"].shape[0] == 37
 
 
+def test_outputs_overwritten_by_a_later_in_place_relu_are_recorded_as_computed(inputs):
+    # ResNet-style block: batch norm followed by ReLU(inplace=True), which rewrites the batch norm's output
+    torch.manual_seed(2)
+    block = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+                          nn.Flatten(), nn.Linear(144, 2)).eval()
+    with torch.no_grad():
+        expected_bn = block[1](block[0](inputs))
+    assert expected_bn.min() < 0  # otherwise the ReLU would change nothing and the test could not fail
+    for dtype in (torch.float32, None):
+        acts = capture_activations(block, inputs, ["1", "2"], batch_size=16, dtype=dtype)
+        torch.testing.assert_close(acts["1"], expected_bn)
+        torch.testing.assert_close(acts["2"], expected_bn.clamp_min(0))
+    with ActivationRecorder(block, ["1"]) as recorder, torch.no_grad():
+        block(inputs)
+    torch.testing.assert_close(recorder.activations["1"], expected_bn)
+
+
 def test_subsampling_datapoints_is_reproducible_and_keeps_rows_consistent(model, inputs):
     full = capture_activations(model, inputs, ["conv2", "head"])
     sub = capture_activations(model, inputs, ["conv2", "head"], max_datapoints=12, batch_size=5, seed=4)
