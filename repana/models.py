@@ -89,6 +89,18 @@ class Conv3x3(nn.Conv2d):
         return super()._conv_forward(x.contiguous(memory_format=torch.channels_last), weight, bias)
 
 
+def rectify_and_pool(h: torch.Tensor, pooling: str) -> torch.Tensor:
+    """ReLU, then 2x2 max-pooling when ``pooling == "max"``: a block's output from its normalised map
+    ``(n, C, H, W)`` -> ``(n, C, H, W)`` (stride) or ``(n, C, H // 2, W // 2)`` (max).
+
+    With max-pooling the ReLU runs after the pool: relu(max_pool(h)) == max_pool(relu(h)), values and
+    gradients (ReLU is monotone), on a 4x smaller map, in place (the pooled map is internal to the block).
+    """
+    if pooling == "max":
+        return torch.relu_(F.max_pool2d(h, 2))
+    return torch.relu(h)
+
+
 class ConvBlock(nn.Module):
     """conv3x3 -> batch norm -> ReLU -> (2x2 max-pool | nothing when the conv has stride 2).
 
@@ -128,13 +140,7 @@ class ConvBlock(nn.Module):
             tasks = x.shape[0]
             leading = x.shape[:2]
             x = x.flatten(0, 1)
-        h = self._normalise(self.conv(x), tasks)
-        if self.pooling == "max":
-            # relu(max_pool(h)) == max_pool(relu(h)), values and gradients (ReLU is monotone): rectify the
-            # pooled map, 4x smaller, in place (it is internal to the block; hooks see the block's output)
-            h = torch.relu_(F.max_pool2d(h, 2))
-        else:
-            h = torch.relu(h)
+        h = rectify_and_pool(self._normalise(self.conv(x), tasks), self.pooling)
         return h if tasks is None else h.reshape(*leading, *h.shape[1:])
 
 

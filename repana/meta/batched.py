@@ -23,7 +23,7 @@ from torch.func import functional_call
 
 from repana.errors import InputError
 from repana.meta.adapt import normalise_loss_reduction, resolve_trainable, shots_of
-from repana.models import is_head_parameter
+from repana.models import is_head_parameter, rectify_and_pool
 
 
 def can_batch_head_only(model: torch.nn.Module, trainable_names: list[str]) -> bool:
@@ -235,7 +235,7 @@ def folded_forward(model: torch.nn.Module, task_params: Mapping[str, torch.Tenso
                      stride=block.conv.stride, padding=block.conv.padding, groups=tasks)
         h = F.batch_norm(h, None, None, task_params[f"{layer}.bn.weight"].reshape(-1),
                          task_params[f"{layer}.bn.bias"].reshape(-1), training=True, eps=block.bn.eps)
-        h = torch.relu_(F.max_pool2d(h, 2)) if block.pooling == "max" else torch.relu(h)  # as ConvBlock
+        h = rectify_and_pool(h, block.pooling)
     features = h.reshape(n, tasks, -1).transpose(0, 1)          # (tasks, n, C*H'*W'), per-task flatten order
     return batched_head_logits(features, task_params["head.weight"], task_params["head.bias"])
 
