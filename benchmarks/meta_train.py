@@ -19,6 +19,11 @@ efficiently for both would get.
     python benchmarks/meta_train.py            # full setting (~15 min on 2 shared CPU cores)
     python benchmarks/meta_train.py --quick    # meta-batch 4, 4 evaluation episodes (~1 min)
     python benchmarks/meta_train.py --threads 1  # on a shared CPU, avoids OpenMP spinning
+    python benchmarks/meta_train.py --device cuda  # on a GPU (timings synchronised with the device)
+    python benchmarks/meta_train.py --setting miniimagenet  # Conv4-32 (max-pool), 3x84x84, meta-batch 4
+
+``--setting miniimagenet`` times MiniImageNet's network and sizes instead (5-way 1-shot, 15 queries,
+meta-batch 4 as in the paper, random pixels).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
@@ -35,17 +41,35 @@ from repana.meta.algorithms import get_algorithm
 from repana.meta.evaluate import evaluate
 from repana.models import Conv4
 
-WAYS, SHOTS, QUERIES, SIZE = 5, 1, 15, 28
+WAYS, SHOTS, QUERIES = 5, 1, 15
 INNER_LR = 0.4
 
 
-def make_batch(tasks: int, seed: int) -> SimpleNamespace:
+@dataclass(frozen=True)
+class Setting:
+    """Network and image sizes of one benchmark setting."""
+
+    name: str
+    channels: int      # image channels
+    size: int          # image side in pixels
+    hidden: int        # filters per conv block
+    tasks: int         # meta-batch size
+    default_pooling: str
+
+
+SETTINGS = {"omniglot": Setting("Omniglot", 1, 28, 64, 32, "stride"),
+            "miniimagenet": Setting("MiniImageNet", 3, 84, 32, 4, "max")}
+
+
+def make_batch(setting: Setting, tasks: int, seed: int, device: torch.device) -> SimpleNamespace:
     gen = torch.Generator().manual_seed(seed)
     labels = torch.stack([torch.randperm(WAYS, generator=gen) for _ in range(tasks)])
-    return SimpleNamespace(support_x=torch.rand(tasks, WAYS * SHOTS, 1, SIZE, SIZE, generator=gen),
-                           support_y=labels.repeat_interleave(SHOTS, 1),
-                           query_x=torch.rand(tasks, WAYS * QUERIES, 1, SIZE, SIZE, generator=gen),
-                           query_y=labels.repeat_interleave(QUERIES, 1))
+    shape = (setting.channels, setting.size, setting.size)
+    batch = SimpleNamespace(support_x=torch.rand(tasks, WAYS * SHOTS, *shape, generator=gen),
+                            support_y=labels.repeat_interleave(SHOTS, 1),
+                            query_x=torch.rand(tasks, WAYS * QUERIES, *shape, generator=gen),
+                            query_y=labels.repeat_interleave(QUERIES, 1))
+    return SimpleNamespace(**{k: v.to(device) for k, v in vars(batch).items()})
 
 
 # ----- the baseline: a per-episode loop over cloned modules ----------------------------------------
@@ -111,7 +135,7 @@ def loop_evaluate(model, batch, steps: int, head_only: bool) -> None:
 
 def conv_macs(model: Conv4) -> list[int]:
     """Multiply-accumulates of each conv layer's forward pass for one image."""
-    macs, side = [], SIZE
+    macs, side = [], model.config["image_size"]
     for layer in model.layer_names[:-1]:
         conv = getattr(model, layer).conv
         side = (side + 2 - 3) // conv.stride[0] + 1
@@ -136,14 +160,17 @@ def evaluation_flop_ratio(model: Conv4, steps: int) -> float:
     return maml / anil
 
 
-def seconds_pair(baseline, candidate, repeats: int) -> tuple[float, float]:
+def seconds_pair(baseline, candidate, repeats: int, device: torch.device) -> tuple[float, float]:
     """Best-of-``repeats`` seconds of two functions, runs interleaved so that load changes on a
-    shared machine hit both alike."""
+    shared machine hit both alike; on CUDA the device is synchronised before reading the clock."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     best = [float("inf"), float("inf")]
     for _ in range(repeats):
         for i, fn in enumerate((baseline, candidate)):
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             best[i] = min(best[i], time.perf_counter() - start)
     return best[0], best[1]
 
@@ -153,22 +180,37 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="meta-batch 4, 4 evaluation episodes, 1 repeat")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved timed runs per case; best kept")
-    parser.add_argument("--pooling", choices=("stride", "max"), default="stride",
-                        help="Conv4 blocks: stride-2 convs (MAML's Omniglot network) or 2x2 max-pooling")
+    parser.add_argument("--pooling", choices=("stride", "max"), default=None,
+                        help="Conv4 blocks: stride-2 convs (MAML's Omniglot network, the Omniglot default) "
+                             "or 2x2 max-pooling (the MiniImageNet default)")
+    parser.add_argument("--setting", choices=tuple(SETTINGS), default="omniglot",
+                        help="network and image sizes (default: omniglot)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="let cuDNN time its convolution algorithms (torch.backends.cudnn.benchmark)")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
-    tasks = 4 if args.quick else 32
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    setting = SETTINGS[args.setting]
+    pooling = args.pooling or setting.default_pooling
+    tasks = 4 if args.quick else setting.tasks
     repeats = 1 if args.quick else args.repeats
     eval_tasks = 4 if args.quick else 16
     torch.manual_seed(0)
-    model = Conv4(in_channels=1, n_classes=WAYS, hidden=64, image_size=SIZE, pooling=args.pooling)
-    batch, eval_batch = make_batch(tasks, 0), make_batch(eval_tasks, 1)
-    print(f"Conv4-64 ({args.pooling}), {SIZE}x{SIZE}, {WAYS}-way {SHOTS}-shot, {QUERIES} queries/class, meta-batch {tasks}, "
-          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    model = Conv4(in_channels=setting.channels, n_classes=WAYS, hidden=setting.hidden, image_size=setting.size,
+                  pooling=pooling).to(device)
+    batch, eval_batch = make_batch(setting, tasks, 0, device), make_batch(setting, eval_tasks, 1, device)
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"CPU, {torch.get_num_threads()} torch threads")
+    print(f"{setting.name}: Conv4-{setting.hidden} ({pooling}), {setting.channels}x{setting.size}x{setting.size}, "
+          f"{WAYS}-way {SHOTS}-shot, {QUERIES} queries/class, meta-batch {tasks}; {where}, torch {torch.__version__}")
     print(f"{'case':<28}{'loop s':>10}{'repana s':>10}{'speed-up':>10}")
     results = {}
-    warm = make_batch(1, 2)  # lazy initialisation (allocator, kernels) outside the timed runs
+    warm = make_batch(setting, 1, 2, device)  # lazy initialisation (allocator, kernels) outside the timed runs
     for first_order in (False, True):
         (loop_first_order if first_order else loop_second_order)(model, warm, 1, False)
         get_algorithm("fomaml" if first_order else "maml", inner_steps=1).meta_gradients(model, warm)
@@ -179,20 +221,20 @@ def main() -> None:
         head_only = name == "anil"
         loop = loop_first_order if algo.first_order else loop_second_order
         loop_s, ours_s = seconds_pair(lambda: (model.zero_grad(), loop(model, batch, steps, head_only)),
-                                      lambda: algo.meta_gradients(model, batch), repeats)
+                                      lambda: algo.meta_gradients(model, batch), repeats, device)
         results[(name, steps)] = ours_s
         print(f"{f'train {name}, {steps} step(s)':<28}{loop_s:>10.3f}{ours_s:>10.3f}{loop_s / ours_s:>9.2f}x")
     for steps in (1, 5):  # the whole meta-batch folded (the CUDA layout) vs the per-episode loop of repana
         folded = get_algorithm("maml", inner_steps=steps, inner_lr=INNER_LR, fold=True)
         looped = get_algorithm("maml", inner_steps=steps, inner_lr=INNER_LR, fold=False)
         loop_s, fold_s = seconds_pair(lambda: looped.meta_gradients(model, batch),
-                                      lambda: folded.meta_gradients(model, batch), repeats)
+                                      lambda: folded.meta_gradients(model, batch), repeats, device)
         print(f"{f'maml {steps} step(s): folded':<28}{loop_s:>10.3f}{fold_s:>10.3f}{loop_s / fold_s:>9.2f}x"
               "   (repana fold=False vs the whole batch folded, CUDA's layout)")
     for name, trainable in (("maml", None), ("anil", "head")):
         loop_s, ours_s = seconds_pair(lambda: loop_evaluate(model, eval_batch, 10, trainable == "head"),
                                       lambda: evaluate(model, eval_batch, steps=10, lr=INNER_LR,
-                                                       trainable=trainable, show_progress=False), repeats)
+                                                       trainable=trainable, show_progress=False), repeats, device)
         loop_s, ours_s = loop_s / eval_tasks, ours_s / eval_tasks
         results[("eval", name)] = ours_s
         print(f"{f'eval/episode {name}, 10 steps':<28}{loop_s:>10.4f}{ours_s:>10.4f}{loop_s / ours_s:>9.2f}x")
