@@ -149,3 +149,36 @@ def test_inference_and_training_forwards_keep_the_nchw_feature_order():
     assert layouts == [True, True, False]
     torch.testing.assert_close(fast.double(), reference, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(trained.detach(), fast)
+
+
+def test_per_task_batch_norm_equals_batch_norm_of_each_task_in_every_derivative_order():
+    """The CUDA 5-D batch norm (one reduction over all tasks), checked on CPU in float64: values, first
+    and second derivatives equal those of F.batch_norm run task by task."""
+    from repana.models import per_task_batch_norm
+
+    gen = torch.Generator().manual_seed(4)
+    tasks, n, channels = 3, 4, 5
+    h = torch.randn(tasks * n, channels, 6, 6, generator=gen, dtype=torch.float64) * 2 + 1
+    weight = torch.randn(channels, generator=gen, dtype=torch.float64)
+    bias = torch.randn(channels, generator=gen, dtype=torch.float64)
+    inputs = tuple(t.requires_grad_(True) for t in (h, weight, bias))
+
+    def per_task(h, weight, bias):
+        return per_task_batch_norm(h, tasks, weight, bias, 1e-5)
+
+    def reference(h, weight, bias):
+        return torch.cat([F.batch_norm(c, None, None, weight, bias, training=True, eps=1e-5) for c in h.chunk(tasks)])
+
+    ours, ref = per_task(*inputs), reference(*inputs)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    mixed = F.batch_norm(h, None, None, weight, bias, training=True, eps=1e-5)  # statistics over all tasks
+    assert not torch.allclose(ours, mixed, atol=1e-3)
+    probe = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    first = [torch.autograd.grad((f(*inputs) * probe).sum(), inputs, create_graph=True) for f in (per_task, reference)]
+    for a, b in zip(*first):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    second = [torch.autograd.grad(sum((g ** 2).sum() for g in grads), inputs, allow_unused=True,
+                                  materialize_grads=True) for grads in first]
+    for a, b in zip(*second):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert second[0][0].abs().max() > 1e-3  # the second derivative w.r.t. h is not trivially zero
