@@ -292,3 +292,24 @@ def test_cpu_folds_tasks_only_where_it_pays(monkeypatch):
     calls.clear()
     evaluation.evaluate(max_pool, batch, steps=1, fold=True)
     assert calls
+
+
+@pytest.mark.parametrize("loss_reduction", ["mean", "sum_div_k"])
+@pytest.mark.parametrize("train_weight,train_bias", [(True, True), (True, False), (False, True)])
+def test_first_order_head_steps_in_closed_form_equal_the_autograd_steps(loss_reduction, train_weight, train_bias):
+    """First-order head adaptation writes the cross-entropy gradient out; the second-order path takes
+    autograd steps: the adapted heads must be the same numbers (float64)."""
+    from repana.meta.batched import adapt_heads
+
+    gen = torch.Generator().manual_seed(5)
+    tasks, ways, shots, n_features = 4, 3, 2, 7
+    features = torch.randn(tasks, ways * shots, n_features, generator=gen, dtype=torch.float64)
+    labels = torch.stack([torch.randperm(ways, generator=gen) for _ in range(tasks)]).repeat_interleave(shots, 1)
+    weight = torch.randn(ways, n_features, generator=gen, dtype=torch.float64)
+    bias = torch.randn(ways, generator=gen, dtype=torch.float64)
+    options = dict(steps=3, lr=0.7, loss_reduction=loss_reduction, train_weight=train_weight, train_bias=train_bias)
+    closed = adapt_heads(features, labels, weight, bias, first_order=True, **options)
+    autograd = adapt_heads(features, labels, weight, bias, first_order=False, **options)
+    for ours, ref, trained, initial in zip(closed, autograd, (train_weight, train_bias), (weight, bias)):
+        torch.testing.assert_close(ours, ref.detach().expand_as(ours), rtol=1e-12, atol=1e-12)
+        assert trained == (not torch.allclose(ours, initial.expand_as(ours)))

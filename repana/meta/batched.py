@@ -5,7 +5,8 @@ every task's body features are computed once (:func:`forward_tasks`: on CUDA one
 ``(tasks, n, C, H, W)`` with per-task batch-norm statistics, see :class:`repana.models.ConvBlock`; on CPU
 task by task, or in small 5-D groups for small support sets), and the heads of all tasks adapt together
 as ``(tasks, ways, n_features)`` tensors: per-task copies of the head, so one ``autograd.grad`` of the
-sum of the tasks' support losses returns every task's own inner gradient. No ``torch.func.vmap`` is used
+sum of the tasks' support losses returns every task's own inner gradient (first-order steps, as in
+evaluation, write the cross-entropy gradient out instead: no autograd pass per step). No ``torch.func.vmap`` is used
 (its batch-norm batching rule gives wrong second-order gradients, functorch issue 534).
 
 When conv layers adapt, tasks are folded into channels (see the layout note further down); with
@@ -107,6 +108,10 @@ def adapt_heads(support_features: torch.Tensor, support_y: torch.Tensor, weight:
     b = bias.expand(tasks, bias.shape[-1]) if bias.dim() == 1 else bias
     shots = shots_of(support_y[0]) if loss_reduction == "sum_div_k" else None
     feats = support_features.detach() if first_order else support_features
+    if first_order:  # no graph through the steps: the gradient in closed form, without autograd
+        return _adapt_heads_first_order(feats, support_y, w, b, steps, lr,
+                                        1.0 / (shots if shots is not None else support_y.shape[1]),
+                                        train_weight, train_bias)
     labels = support_y.reshape(-1)
     with torch.enable_grad():
         for _ in range(steps):
@@ -129,6 +134,32 @@ def adapt_heads(support_features: torch.Tensor, support_y: torch.Tensor, weight:
             if train_bias:
                 b = b - lr * gb
     return w, b
+
+
+def _adapt_heads_first_order(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                             steps: int, lr: float, loss_scale: float, train_weight: bool,
+                             train_bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`adapt_heads` without a graph: gradient steps on each task's cross-entropy of a linear head,
+    with the gradient written out, ``d loss / d logits = loss_scale * (softmax(logits) - onehot(labels))``.
+
+    ``features (tasks, n, F)``, ``labels (tasks, n)`` int64, ``weight (tasks, C, F)``, ``bias (tasks, C)``;
+    ``loss_scale``: 1/n (mean loss) or 1/K (summed loss over K shots). The returned head depends on the
+    initial one through the identity only, as in first-order MAML. Equal to the autograd steps to
+    rounding (float64 test); a handful of kernels per step instead of an autograd pass (evaluation on
+    CUDA is bound by launches).
+    """
+    onehot = F.one_hot(labels, weight.shape[1]).to(features.dtype)
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = batched_head_logits(features, weight.detach(), bias.detach())
+            delta = torch.softmax(logits, -1).sub_(onehot).mul_(loss_scale)        # (tasks, n, C)
+            grad_weight, grad_bias = torch.bmm(delta.transpose(1, 2), features), delta.sum(1)
+        # the steps are constants: the head keeps its identity path to the initial head (first-order MAML)
+        if train_weight:
+            weight = weight - lr * grad_weight
+        if train_bias:
+            bias = bias - lr * grad_bias
+    return weight, bias
 
 
 def head_only_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
