@@ -23,6 +23,7 @@ from repana.meta.evaluate import evaluate
 from repana.meta.train import StopTraining, train
 from repana.models import Conv4
 from test_adapt import WAYS, assert_grads_equal, make_batch, reference_meta_gradients
+from test_evaluate import episodes
 from test_train import small_config, small_data
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -108,8 +109,6 @@ def test_cuda_float32_meta_gradients_match_the_float64_reference(algorithm, trai
 
 @pytest.mark.parametrize("bn_support_query", ["apart", "together"])
 def test_cuda_evaluation_equals_cpu_in_float64(bn_support_query):
-    from test_evaluate import episodes
-
     torch.manual_seed(3)
     model = Conv4(n_classes=3, hidden=6, image_size=16, pooling="stride").double()
     batch = episodes(7, tasks=6)
@@ -146,11 +145,5 @@ def test_cuda_training_resumes_exactly_and_its_checkpoints_load_on_cpu(tmp_path)
         assert torch.equal(part.state_dict[name], full.state_dict[name]), name
     cpu_model = Conv4(**full.model_config)
     cpu_model.load_state_dict(full.state_dict)
-    result = evaluate(cpu_model, small_episodes(), steps=1, lr=0.4)
+    result = evaluate(cpu_model, episodes(5, tasks=4, ways=3, shots=1, queries=2, size=16), steps=1, lr=0.4)
     assert result.n_episodes == 4
-
-
-def small_episodes():
-    from test_evaluate import episodes
-
-    return episodes(5, tasks=4, ways=3, shots=1, queries=2, size=16)
