@@ -91,7 +91,7 @@ def test_maml_meta_gradients_equal_per_episode_reference(setup, algorithm, first
 
 @pytest.mark.parametrize("algorithm,trainable", [("maml", None), ("anil", "head")])
 def test_float32_cpu_path_meta_gradients_match_the_float64_reference(setup, algorithm, trainable):
-    """The CPU float32 forward runs channels-last (one-channel conv1 as a patch matrix product): the same
+    """The CPU float32 forward runs channels-last (one-channel conv1 with a zero second channel): the same
     meta-gradients as the float64 reference up to float32 rounding, second order included."""
     model, batch = setup
     model32 = copy.deepcopy(model).float()
