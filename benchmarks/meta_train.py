@@ -12,11 +12,12 @@ modules:
 * ANIL in the loop: the same clone with only the head updated, the whole network run every step.
 
 Prints seconds per unit for both, the speed-up (loop / repana), and ANIL's speed-up over MAML with
-5 training steps and 10 test steps (the paper reports 1.7x and 4.1x), next to the ratio of the two
-computations' convolution FLOPs: the speed-up an implementation doing the same arithmetic equally
-efficiently for both would get.
+5 training steps and 10 test steps (the paper reports 1.7x and 4.1x; MAML and ANIL timed against each
+other, interleaved), next to the ratio of the two computations' convolution FLOPs: the speed-up an
+implementation doing the same arithmetic equally efficiently for both would get. Each case keeps the
+best of ``--repeats`` interleaved runs (``--eval-repeats`` for the short evaluation cases).
 
-    python benchmarks/meta_train.py            # full setting (~15 min on 2 shared CPU cores)
+    python benchmarks/meta_train.py            # full setting (2-15 min on 2 CPU cores, by machine)
     python benchmarks/meta_train.py --quick    # meta-batch 4, 4 evaluation episodes (~1 min)
     python benchmarks/meta_train.py --threads 1  # on a shared CPU, avoids OpenMP spinning
     python benchmarks/meta_train.py --device cuda  # on a GPU (timings synchronised with the device)
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 from repana.meta.algorithms import get_algorithm
 from repana.meta.evaluate import evaluate
 from repana.models import Conv4
+from repana.runtime import retain_freed_memory
 
 WAYS, SHOTS, QUERIES = 5, 1, 15
 INNER_LR = 0.4
@@ -180,12 +182,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="meta-batch 4, 4 evaluation episodes, 1 repeat")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved timed runs per case; best kept")
+    parser.add_argument("--eval-repeats", type=int, default=6,
+                        help="the same for the evaluation cases (each run is ~20x shorter than a training case)")
     parser.add_argument("--pooling", choices=("stride", "max"), default=None,
                         help="Conv4 blocks: stride-2 convs (MAML's Omniglot network, the Omniglot default) "
                              "or 2x2 max-pooling (the MiniImageNet default)")
     parser.add_argument("--setting", choices=tuple(SETTINGS), default="omniglot",
                         help="network and image sizes (default: omniglot)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument("--no-retain-freed-memory", action="store_true",
+                        help="leave glibc's malloc as it is (repana commands call repana.runtime.retain_freed_memory; "
+                             "it applies to the loop and to repana alike)")
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="let cuDNN time its convolution algorithms (torch.backends.cudnn.benchmark)")
     args = parser.parse_args()
@@ -194,22 +201,23 @@ def main() -> None:
         parser.error("--device cuda: torch sees no CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
+    retained = False if args.no_retain_freed_memory else retain_freed_memory()
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     setting = SETTINGS[args.setting]
     pooling = args.pooling or setting.default_pooling
     tasks = 4 if args.quick else setting.tasks
     repeats = 1 if args.quick else args.repeats
+    eval_repeats = 1 if args.quick else max(args.repeats, args.eval_repeats)
     eval_tasks = 4 if args.quick else 16
     torch.manual_seed(0)
     model = Conv4(in_channels=setting.channels, n_classes=WAYS, hidden=setting.hidden, image_size=setting.size,
                   pooling=pooling).to(device)
     batch, eval_batch = make_batch(setting, tasks, 0, device), make_batch(setting, eval_tasks, 1, device)
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
-             else f"CPU, {torch.get_num_threads()} torch threads")
+             else f"CPU, {torch.get_num_threads()} torch threads, freed memory {'retained' if retained else 'returned'}")
     print(f"{setting.name}: Conv4-{setting.hidden} ({pooling}), {setting.channels}x{setting.size}x{setting.size}, "
           f"{WAYS}-way {SHOTS}-shot, {QUERIES} queries/class, meta-batch {tasks}; {where}, torch {torch.__version__}")
     print(f"{'case':<28}{'loop s':>10}{'repana s':>10}{'speed-up':>10}")
-    results = {}
     warm = make_batch(setting, 1, 2, device)  # lazy initialisation (allocator, kernels) outside the timed runs
     for first_order in (False, True):
         (loop_first_order if first_order else loop_second_order)(model, warm, 1, False)
@@ -222,7 +230,6 @@ def main() -> None:
         loop = loop_first_order if algo.first_order else loop_second_order
         loop_s, ours_s = seconds_pair(lambda: (model.zero_grad(), loop(model, batch, steps, head_only)),
                                       lambda: algo.meta_gradients(model, batch), repeats, device)
-        results[(name, steps)] = ours_s
         print(f"{f'train {name}, {steps} step(s)':<28}{loop_s:>10.3f}{ours_s:>10.3f}{loop_s / ours_s:>9.2f}x")
     for steps in (1, 5):  # the whole meta-batch folded (the CUDA layout) vs the per-episode loop of repana
         folded = get_algorithm("maml", inner_steps=steps, inner_lr=INNER_LR, fold=True)
@@ -231,19 +238,25 @@ def main() -> None:
                                       lambda: folded.meta_gradients(model, batch), repeats, device)
         print(f"{f'maml {steps} step(s): folded':<28}{loop_s:>10.3f}{fold_s:>10.3f}{loop_s / fold_s:>9.2f}x"
               "   (repana fold=False vs the whole batch folded, CUDA's layout)")
+    def evaluate_fn(trainable):
+        return lambda: evaluate(model, eval_batch, steps=10, lr=INNER_LR, trainable=trainable, show_progress=False)
+
     for name, trainable in (("maml", None), ("anil", "head")):
         loop_s, ours_s = seconds_pair(lambda: loop_evaluate(model, eval_batch, 10, trainable == "head"),
-                                      lambda: evaluate(model, eval_batch, steps=10, lr=INNER_LR,
-                                                       trainable=trainable, show_progress=False), repeats, device)
+                                      evaluate_fn(trainable), eval_repeats, device)
         loop_s, ours_s = loop_s / eval_tasks, ours_s / eval_tasks
-        results[("eval", name)] = ours_s
         print(f"{f'eval/episode {name}, 10 steps':<28}{loop_s:>10.4f}{ours_s:>10.4f}{loop_s / ours_s:>9.2f}x")
-    train_ratio = results[("maml", 5)] / results[("anil", 5)]
-    eval_ratio = results[("eval", "maml")] / results[("eval", "anil")]
-    print(f"ANIL vs MAML (repana): training, 5 steps {train_ratio:.2f}x faster (paper: 1.7x); "
-          f"evaluation, 10 steps {eval_ratio:.2f}x faster (paper: 4.1x; ratio of the conv FLOPs "
+    # The ANIL/MAML ratios come from their own interleaved pairs (a load change on a shared machine
+    # between two separately timed cases would otherwise move the ratio).
+    maml5, anil5 = (get_algorithm(name, inner_steps=5, inner_lr=INNER_LR) for name in ("maml", "anil"))
+    maml_s, anil_s = seconds_pair(lambda: maml5.meta_gradients(model, batch),
+                                  lambda: anil5.meta_gradients(model, batch), repeats, device)
+    train_ratio = maml_s / anil_s
+    maml_s, anil_s = seconds_pair(evaluate_fn(None), evaluate_fn("head"), eval_repeats, device)
+    eval_ratio = maml_s / anil_s
+    print(f"ANIL vs MAML (repana, timed against each other): training, 5 steps {train_ratio:.2f}x faster "
+          f"(paper: 1.7x); evaluation, 10 steps {eval_ratio:.2f}x faster (paper: 4.1x; ratio of the conv FLOPs "
           f"{evaluation_flop_ratio(model, 10):.2f}x)")
-
 
 if __name__ == "__main__":
     main()
