@@ -1,6 +1,7 @@
 """Freezing, MAML/ANIL/NIL comparison, training regimes and head-needed: known answers on tiny nets."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from analysis_helpers import tiny_episodes, tiny_model  # noqa: F401
@@ -81,3 +82,19 @@ def test_speed_comparison_reports_both_algorithms_and_ratio():
         rows = frame[frame["phase"] == phase].set_index("algorithm")
         assert rows.loc["anil", "speedup"] == pytest.approx(rows.loc["maml", "seconds"] / rows.loc["anil", "seconds"])
         assert (rows["seconds"] > 0).all()
+
+
+def test_speed_finding_uses_the_papers_step_setting_when_measured():
+    from repana.analysis.report import _speed_finding
+
+    rows = [("this run", "train", "anil", 1.2), ("this run", "inference", "anil", 1.1),
+            ("paper", "train", "anil", 2.5), ("paper", "inference", "anil", 4.4),
+            ("this run", "training_run", "anil", 1.9), ("paper", "train", "maml", 1.0)]
+    speed = pd.DataFrame(rows, columns=["steps_of", "phase", "algorithm", "speedup"])
+    finding = _speed_finding(speed)
+    assert "paper's 5 training / 10 test steps: training 2.50x, inference 4.40x" in finding
+    assert "**agrees**" in finding
+    own = _speed_finding(speed[speed["steps_of"] == "this run"].drop(columns="steps_of"))
+    assert "this run's inner steps: training 1.20x, inference 1.10x" in own
+    slower = speed.assign(speedup=0.9)
+    assert "**does NOT agree**" in _speed_finding(slower)

@@ -84,6 +84,12 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs):
     anil_inner = pd.read_csv(out / "tables" / "inner_loop_summary.csv").query("label == 'ANIL' and layer != 'head'")
     assert (anil_inner["mean"] > 1 - 1e-6).all()  # ANIL's body never changes in the inner loop
     assert any("[train] maml" in m and "iterations" in m for m in messages)
+    speed = pd.read_csv(out / "tables" / "speed.csv")
+    # the run's own steps (1 / 1 here) and the paper's 5 training / 10 test steps of its 1.7x and 4.1x
+    assert set(zip(speed["steps_of"], speed["phase"], speed["inner_steps"])) == {
+        ("this run", "train", 1), ("this run", "inference", 1), ("paper", "train", 5), ("paper", "inference", 10),
+        ("this run", "training_run", 1)}
+    assert "with the paper's 5 training / 10 test steps" in text
 
     # Rerun: nothing is trained or computed again.
     messages.clear()
