@@ -75,7 +75,7 @@ def inner_loop_figure(summary, step: int | None = None) -> plt.Figure:
                      f"{steps[0] if len(steps) == 1 else ''} step{'s' if steps[-1] > 1 else ''}".replace("  ", " "))
         ax.set_ylabel("similarity")
         ax.axhline(1.0, color="0.8", lw=0.8)
-    axes[0][-1].legend(fontsize=7, frameon=False, loc="lower left")
+    axes[0][-1].legend(fontsize=7, frameon=False, loc="center left")
     figure.tight_layout()
     return figure
 
