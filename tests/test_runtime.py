@@ -40,9 +40,11 @@ def _faults_per_forward(mode: str) -> float:
 
 @pytest.mark.skipif(runtime._glibc_mallopt() is None, reason="not glibc: retain_freed_memory is a no-op here")
 def test_retained_memory_is_reused_without_page_faults():
-    default, retained = _faults_per_forward("default"), _faults_per_forward("retain")
-    assert default > 3840           # at least one 15 MiB map (3,840 pages of 4 KiB) faulted in per pass
-    assert retained < 100           # freed maps are reused (measured: 7,318 faults per pass, then 0)
+    default = _faults_per_forward("default")
+    if default < 3840:  # less than one 15 MiB map (3,840 pages of 4 KiB) faulted in per pass
+        pytest.skip(f"{default:.0f} page faults per pass with glibc's defaults here (huge pages, or another "
+                    "allocator preloaded): nothing for retain_freed_memory to remove")
+    assert _faults_per_forward("retain") < 100   # freed maps are reused (measured: 7,318 faults per pass, then 0)
 
 
 class _FakeMallopt:
