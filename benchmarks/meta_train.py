@@ -238,6 +238,7 @@ def main() -> None:
                                       lambda: folded.meta_gradients(model, batch), repeats, device)
         print(f"{f'maml {steps} step(s): folded':<28}{loop_s:>10.3f}{fold_s:>10.3f}{loop_s / fold_s:>9.2f}x"
               "   (repana fold=False vs the whole batch folded, CUDA's layout)")
+
     def evaluate_fn(trainable):
         return lambda: evaluate(model, eval_batch, steps=10, lr=INNER_LR, trainable=trainable, show_progress=False)
 
@@ -257,6 +258,7 @@ def main() -> None:
     print(f"ANIL vs MAML (repana, timed against each other): training, 5 steps {train_ratio:.2f}x faster "
           f"(paper: 1.7x); evaluation, 10 steps {eval_ratio:.2f}x faster (paper: 4.1x; ratio of the conv FLOPs "
           f"{evaluation_flop_ratio(model, 10):.2f}x)")
+
 
 if __name__ == "__main__":
     main()
