@@ -333,3 +333,14 @@ def test_speedup_requires_both_faster():
     assert verdict == DISAGREES and "training 0.95x" in reason
     with pytest.raises(InputError):
         pv.verdict_anil_speedup(float("nan"), 2.0)
+
+
+def test_docs_paper_md_is_the_rendering_of_the_module():
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "paper.md"
+    assert doc.read_text(encoding="utf-8") == pv.paper_markdown(), (
+        "docs/paper.md is stale: regenerate it with python -c \"from repana.analysis.paper_values import "
+        "paper_markdown; open('docs/paper.md', 'w').write(paper_markdown())\"")
+    for cell in (c for cells in pv.TABLES.values() for c in cells):
+        assert cell.printed in doc.read_text(encoding="utf-8")

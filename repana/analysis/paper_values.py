@@ -60,7 +60,9 @@ SOURCE = Source(
     address=("Markdown conversion of that PDF (tables as HTML, figures as image links) in the public "
              "GitHub index of the search tool, file id 62074139688 (42,836 characters); read whole "
              "on 2026-12-03"),
-    how_read="read_file on the file id; every quote below is copied from it",
+    how_read=("read_file on the file id; every quote below is copied from it, with the conversion's "
+              "LaTeX written as plain text ($1.7\\mathrm{x}$ -> 1.7x, $L_{1}$ -> L1, $>0.9$ -> >0.9, "
+              "$44.2\\%$ -> 44.2%)"),
     page_numbers=("not visible: the conversion has no page breaks, so no page of the arXiv v2 PDF "
                   "is given; locations are table / figure / section numbers"),
     lacks=("the appendices (A-D): implementation details (Appendix B), CCA details (B.2), 1-shot "
@@ -954,3 +956,110 @@ def paper_settings(table_name: str) -> dict[str, dict[str, tuple[float, float | 
         if c.unit == "% accuracy":
             out.setdefault(c.column, {})[c.row] = (c.value, c.spread)
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# docs/paper.md
+# --------------------------------------------------------------------------------------------------
+
+NOTES: tuple[str, ...] = (
+    "**Version.** The text read is the double-blind ICLR 2020 submission (OpenReview), not the arXiv v2 "
+    "camera-ready; no other full copy of the tables was reachable. The issue's numbers for Tables 1-5 and "
+    "Table 2's RL rows match this text cell for cell. Page numbers of the arXiv v2 PDF could not be seen.",
+    "**What the ± are.** Only Table 2's are described: \"mean and standard deviation of performance over "
+    "three random initializations\" (Section 4); Table 4 repeats those MAML/ANIL cells. Tables 1 and 5 and "
+    "Table 4's NIL row print ± without saying what they are; Section 3.2 says Table 1's experiments are "
+    "\"averaged over three random seeds\". None is a 95% confidence interval over episodes by the text.",
+    "**Table 1 vs Table 2.** Table 1's no-freezing row (44.5 / 61.7) is not Table 2's MAML (46.9 / 63.1): "
+    "separate runs. Freezing changes 5-way 1-shot accuracy by at most +0.3 points and 5-way 5-shot by at "
+    "most -1.5 ({1,2,3} and {1,2,3,4}), which the paper calls \"hardly affects accuracy\".",
+    "**Table 3** has six cells only: body averages (\"averaged over network body\") of CCA and CKA for "
+    "MAML-MAML, ANIL-ANIL (\"across different random seeds\") and ANIL-MAML. No per-layer values, no "
+    "spread, no dataset named in the table or its paragraph (the neighbouring Figure 5 is "
+    "MiniImageNet-5way-5shot). The CCA variant is not named in the main text: it cites SVCCA (26) and "
+    "Morcos et al. (23) and defers to Appendix B.2, which the text read lacks.",
+    "**Figure 2.** The numbers \">0.9\" (every conv layer) and \"less than 0.5\" (head) are stated for "
+    "CCA (left pane). For CKA the paper says only that it \"illustrates the same pattern\" and, in the "
+    "caption, \"almost 1\" for all layers except the head and \"much lower\" for the head; the caption also "
+    "notes \"a slight dip in similarity in the higher conv layers (e.g. conv3, conv4)\".",
+    "**Figure 3.** Checkpoints at 10000, 20000 and 30000 iterations; freezing on MiniImageNet-5way-5shot "
+    "(1-shot in Appendix B.5). The total number of training iterations (the issue's 60k) is not in the main "
+    "text read, so the fractions 1/6, 1/3, 1/2 cannot be confirmed here. The claim is two-sided: \"almost "
+    "identical performance\", \"approximately the same\".",
+    "**Speed-ups.** \"We found an average speedup of 1.7x per training iteration over MAML and an average "
+    "speedup of 4.1x per inference iteration. In Appendix C.5 we provide the full results.\" Nothing ties "
+    "them to MiniImageNet 5-way 1-shot; what they average over (benchmarks, step settings) is in Appendix "
+    "C.5, not in the text read. Likewise the inner-loop steps, learning rates and meta-batch sizes "
+    "(Appendix B, C.4) are not in the text read.",
+    "**Table 5** is MiniImageNet 5-way 1-shot and 5-shot, every body evaluated with NIL. The order is not "
+    "the same in both columns: 1-shot MAML 48.4 > ANIL 48.0 > multiclass 39.7 > NIL-training 38.3 > random "
+    "32.9 > multitask 26.5; 5-shot ANIL 62.2 > MAML 61.5 > multiclass 54.4 > random 43.2 > NIL-training "
+    "43.0 > multitask 34.2.",
+    "**Rules and the paper's own tables.** A rule \"within the printed ± (or the episode CI)\" would reject "
+    "the paper's own Table 1 (5-shot: -1.5 points against ± 0.6 / 0.7) and Table 2 (5-shot: ANIL 1.6 "
+    "points below MAML against ± 0.5 / 0.4). The verdicts therefore take as tolerance the largest "
+    "difference the paper itself describes with its words (1.5 points \"hardly affects\", 1.6 points "
+    "\"matches\"/\"comparable\", 0.03 \"the same\" similarity), plus the reproduction's own noise.",
+    "**Earlier repana text that this contradicts** (in modules this change does not edit): "
+    "`repana/analysis/freezing.py` gives the paper's 1-shot freezing row as 46.9, 46.5, 46.4, 46.3, 46.3 "
+    "(printed: 44.5, 44.8, 44.8, 44.7, 44.7), and `report.py` uses that row, says \"paper: -0.6 points\" "
+    "(printed: +0.2 in 1-shot, -1.5 in 5-shot), labels the paper's ± \"95% CI\", files the 1.7x / 4.1x "
+    "speed-ups under MiniImageNet 5-way 1-shot, and gives one regime order for Table 5 (it holds for 1-shot "
+    "only). `comparison.py`'s \"paper's 5 training / 10 test steps\" for the speed-ups is not in the text read.",
+)
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def paper_markdown() -> str:
+    """The text of ``docs/paper.md``: every quoted number with where it is and the source address."""
+    lines = ["# The paper's numbers, quoted", "",
+             "Raghu, Raghu, Bengio & Vinyals, \"Rapid Learning or Feature Reuse? Towards Understanding the "
+             f"Effectiveness of MAML\", ICLR 2020 ({ARXIV}).", "",
+             "Generated from `repana/analysis/paper_values.py` (`paper_markdown()`); edit the module, not "
+             "this page. Nothing here is recalled: every number was read in the source below.", "",
+             "## Source", "",
+             f"- Version: {SOURCE.version}.", f"- Read in: {SOURCE.address}.",
+             f"- How: {SOURCE.how_read}.",
+             f"- Pages: {SOURCE.page_numbers}.", f"- Not in the text read: {SOURCE.lacks}.", "",
+             "## Notes (where the issue or earlier code differs from the text)", ""]
+    lines += [f"{i}. {note}" for i, note in enumerate(NOTES, 1)]
+    for name, cells in TABLES.items():
+        lines += ["", f"## {name}", "", f"Where: {cells[0].location}.", "",
+                  f"> {_md_escape(CAPTIONS[name])}", ""]
+        columns = list(dict.fromkeys(c.column for c in cells))
+        rows = list(dict.fromkeys(c.row for c in cells))
+        grid = {(c.row, c.column): c.printed for c in cells}
+        lines += ["| " + " | ".join(["row", *columns]) + " |", "|" + " --- |" * (len(columns) + 1)]
+        lines += ["| " + " | ".join([row, *(grid.get((row, col), "") for col in columns)]) + " |" for row in rows]
+        by_meaning: dict[str, list[str]] = {}
+        for c in cells:
+            rows_of = by_meaning.setdefault(c.spread_meaning, [])
+            if c.row not in rows_of:
+                rows_of.append(c.row)
+        if len(by_meaning) == 1:
+            spreads = next(iter(by_meaning))
+        else:
+            spreads = "; ".join(f"{', '.join(r)}: {m}" for m, r in by_meaning.items())
+        units = ", ".join(dict.fromkeys(c.unit for c in cells))
+        lines += ["", f"Unit: {units}. ±: {spreads}"]
+    lines += ["", "## Numbers in the text", "", "| printed | what | where | sentence |", "| --- | --- | --- | --- |"]
+    lines += [f"| {_md_escape(n)} | {_md_escape(w)} | {_md_escape(loc)} | {_md_escape(q)} |"
+              for n, w, loc, q in TEXT_NUMBERS]
+    lines += ["", "## Figures without printed numbers", ""]
+    lines += [f"- **{name}** > {CAPTIONS[name]}" for name in ("Figure 2", "Figure 3", "Figure 5")]
+    lines += ["", "## Settings stated in the main text", "", "| setting | what the paper says | where |",
+              "| --- | --- | --- |"]
+    lines += [f"| {_md_escape(k)} | {_md_escape(v)} | {_md_escape(w)} |" for k, (v, w) in SETTINGS.items()]
+    lines += ["", "## Claims and the verdict rules", "",
+              "Each rule returns (\"agrees\" | \"does not agree\", reason). Tolerances: "
+              f"conv CCA > {BODY_CCA_ABOVE}, head CCA < {HEAD_CCA_BELOW}; freezing ±{FREEZING_TOLERANCE_POINTS} "
+              f"points; ANIL/NIL shortfall {COMPARABLE_DEFICIT_POINTS} points; Table 3 shortfall "
+              f"{SAME_SIMILARITY_TOLERANCE}; each widened to the reproduction's noise sqrt(s_a^2 + s_b^2) "
+              "when that is larger.", ""]
+    for claim_ in CLAIMS.values():
+        lines += [f"### {claim_.key} ({claim_.location}) -> `{claim_.rule}`", ""]
+        lines += [f"> {_md_escape(q)}" + "\n" for q in claim_.quotes]
+    return "\n".join(lines).rstrip() + "\n"
