@@ -10,8 +10,8 @@ variant's details, the speed-up table) is marked "not in the text read", never f
 Verdict rules: one pure function per claim, ``verdict_*(table) -> (verdict, reason)`` with verdict
 :data:`AGREES` ("agrees") or :data:`DISAGREES` ("does not agree"). Each encodes the claim as the
 paper words it; where the words are qualitative ("hardly affects", "comparable", "the same") the
-tolerance is the largest difference the paper itself describes with those words, named below, so the
-paper's own tables agree with the rule and nothing looser does. A reproduction's sampling noise is
+tolerance is the largest difference the paper itself describes with those words, named below: the
+paper's own tables agree with each rule, and no rule is looser than the paper's words. A reproduction's sampling noise is
 allowed for on top: a difference within ``sqrt(spread_a**2 + spread_b**2)`` of the reported
 ``spread`` values (pass 95% CI half-widths of the means) cannot be told from zero and does not count
 against the claim.
@@ -33,7 +33,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 AGREES = "agrees"
 DISAGREES = "does not agree"
-Verdict = tuple  # (AGREES | DISAGREES, reason: str)
+Verdict = tuple[str, str]  # (AGREES | DISAGREES, reason)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -544,9 +544,13 @@ FREEZING_TOLERANCE_POINTS = 1.5
 largest change the paper calls "hardly affects accuracy" / "does not affect accuracy"."""
 COMPARABLE_DEFICIT_POINTS = 1.6
 """Table 2, MiniImageNet-5way-5shot: ANIL 61.5 vs MAML 63.1, the largest shortfall the paper calls
-"matches" / "comparable accuracy" (Table 4's NIL shortfall, 62.2 vs 63.1, is smaller). The paper also
-calls ANIL 2.5 points *above* MAML (Omniglot-20way-1shot) and 192.8 return above (HalfCheetah-
-Direction) "matches", so the rule bounds only the shortfall."""
+"matches" / "comparable accuracy" (Table 4's NIL shortfall, 62.2 vs 63.1, is smaller)."""
+COMPARABLE_SURPLUS_POINTS = 3.0
+"""Table 4, Omniglot-20way-1shot: NIL 96.7 vs MAML 93.7, the largest excess the paper calls
+"performs comparably" (Table 2's largest, ANIL 96.2 vs MAML 93.7, is 2.5). "Comparable", "matches",
+"identically" are two-sided words, so accuracy far *above* the reference disagrees too (the RL rows,
+where ANIL's 363.2 vs 170.4 return is called "comparable", are not reproduced by repana and have no
+rule)."""
 SAME_SIMILARITY_TOLERANCE = 0.03
 """Table 3, CKA: ANIL-MAML 0.83 vs ANIL-ANIL 0.86, the largest gap the paper calls "the same average
 similarity scores"."""
@@ -744,24 +748,29 @@ def _pairs(results: Mapping[str, Mapping[str, Any]], candidate: str,
         cand, cand_spread = cells[candidate]
         for ref_name in references:
             ref, ref_spread = cells[ref_name]
-            allowed = max(COMPARABLE_DEFICIT_POINTS, _noise(cand_spread, ref_spread))
+            noise = _noise(cand_spread, ref_spread)
+            below, above = max(COMPARABLE_DEFICIT_POINTS, noise), max(COMPARABLE_SURPLUS_POINTS, noise)
             gap = cand - ref
             notes.append(f"{setting}: {candidate} {_fmt(cand)} vs {ref_name} {_fmt(ref)} ({gap:+.1f})")
-            if gap < -allowed - PRINT_EPSILON:
+            if gap < -below - PRINT_EPSILON:
                 problems.append(f"{setting}: {candidate} {_fmt(cand)} is {-gap:.1f} points below {ref_name} "
-                                f"{_fmt(ref)} (allowed {allowed:.1f})")
+                                f"{_fmt(ref)} (allowed {below:.1f})")
+            elif gap > above + PRINT_EPSILON:
+                problems.append(f"{setting}: {candidate} {_fmt(cand)} is {gap:.1f} points above {ref_name} "
+                                f"{_fmt(ref)} (allowed {above:.1f})")
     return problems, notes
 
 
 def verdict_anil_matches_maml(results: Mapping[str, Mapping[str, Any]]) -> Verdict:
     """Table 2: "ANIL matches the performance of MAML" (classification accuracy).
 
-    ``results``: {setting: {"MAML": cell, "ANIL": cell}}, percent. Agrees when in every setting ANIL
-    is no more than ``max(1.6, noise)`` points below MAML; ANIL above MAML never counts against the
-    claim (the paper calls ANIL 2.5 points above MAML "matches", Omniglot-20way-1shot).
+    ``results``: {setting: {"MAML": cell, "ANIL": cell}}, percent. Agrees when in every setting
+    ANIL - MAML lies within ``[-max(1.6, noise), +max(3.0, noise)]`` points: the paper's own band of
+    "comparable" accuracy (:data:`COMPARABLE_DEFICIT_POINTS`, :data:`COMPARABLE_SURPLUS_POINTS`).
     """
     problems, notes = _pairs(results, "ANIL", ("MAML",))
-    rule = f"ANIL not below MAML by more than max({COMPARABLE_DEFICIT_POINTS}, noise) points (Table 2)"
+    rule = (f"ANIL - MAML within [-max({COMPARABLE_DEFICIT_POINTS}, noise), +max({COMPARABLE_SURPLUS_POINTS}, "
+            f"noise)] points (Table 2)")
     if problems:
         return DISAGREES, f"{rule}; " + "; ".join(problems)
     return AGREES, f"{rule}; " + "; ".join(notes)
@@ -771,8 +780,9 @@ def verdict_nil_matches(results: Mapping[str, Mapping[str, Any]]) -> Verdict:
     """Table 4: "NIL performs comparably to MAML and ANIL".
 
     ``results``: {setting: {"MAML": cell, "ANIL": cell, "NIL": cell}}, percent; MAML or ANIL may be
-    left out of a setting when it was not run, but at least one must be there. Agrees when NIL is no
-    more than ``max(1.6, noise)`` points below each of them in every setting.
+    left out of a setting when it was not run, but at least one must be there. Agrees when NIL minus
+    each of them lies within ``[-max(1.6, noise), +max(3.0, noise)]`` points in every setting (the
+    paper's "comparable" band, as for :func:`verdict_anil_matches_maml`).
     """
     problems, notes = [], []
     for setting, row in results.items():
@@ -784,7 +794,8 @@ def verdict_nil_matches(results: Mapping[str, Mapping[str, Any]]) -> Verdict:
         notes += said
     if not results:
         raise _input_error("no settings in the results table")
-    rule = f"NIL not below MAML / ANIL by more than max({COMPARABLE_DEFICIT_POINTS}, noise) points (Table 4)"
+    rule = (f"NIL - MAML / ANIL within [-max({COMPARABLE_DEFICIT_POINTS}, noise), "
+            f"+max({COMPARABLE_SURPLUS_POINTS}, noise)] points (Table 4)")
     if problems:
         return DISAGREES, f"{rule}; " + "; ".join(problems)
     return AGREES, f"{rule}; " + "; ".join(notes)
@@ -998,8 +1009,10 @@ NOTES: tuple[str, ...] = (
     "**Rules and the paper's own tables.** A rule \"within the printed ± (or the episode CI)\" would reject "
     "the paper's own Table 1 (5-shot: -1.5 points against ± 0.6 / 0.7) and Table 2 (5-shot: ANIL 1.6 "
     "points below MAML against ± 0.5 / 0.4). The verdicts therefore take as tolerance the largest "
-    "difference the paper itself describes with its words (1.5 points \"hardly affects\", 1.6 points "
-    "\"matches\"/\"comparable\", 0.03 \"the same\" similarity), plus the reproduction's own noise.",
+    "difference the paper itself describes with its words (1.5 points \"hardly affects\"; 1.6 points "
+    "below to 3.0 points above \"matches\"/\"comparable\"; 0.03 \"the same\" similarity), plus the "
+    "reproduction's own noise. By the same band the issue's quick run (MAML 69.6, ANIL 75.1) does not agree "
+    "with \"ANIL matches MAML\": ANIL 5.5 points above is outside what the paper calls comparable.",
     "**Earlier repana text that this contradicts** (in modules this change does not edit): "
     "`repana/analysis/freezing.py` gives the paper's 1-shot freezing row as 46.9, 46.5, 46.4, 46.3, 46.3 "
     "(printed: 44.5, 44.8, 44.8, 44.7, 44.7), and `report.py` uses that row, says \"paper: -0.6 points\" "
@@ -1056,7 +1069,8 @@ def paper_markdown() -> str:
     lines += ["", "## Claims and the verdict rules", "",
               "Each rule returns (\"agrees\" | \"does not agree\", reason). Tolerances: "
               f"conv CCA > {BODY_CCA_ABOVE}, head CCA < {HEAD_CCA_BELOW}; freezing ±{FREEZING_TOLERANCE_POINTS} "
-              f"points; ANIL/NIL shortfall {COMPARABLE_DEFICIT_POINTS} points; Table 3 shortfall "
+              f"points; ANIL/NIL vs MAML/ANIL from -{COMPARABLE_DEFICIT_POINTS} to +{COMPARABLE_SURPLUS_POINTS} "
+              f"points; Table 3 shortfall "
               f"{SAME_SIMILARITY_TOLERANCE}; each widened to the reproduction's noise sqrt(s_a^2 + s_b^2) "
               "when that is larger.", ""]
     for claim_ in CLAIMS.values():
