@@ -6,10 +6,10 @@ import pytest
 
 from analysis_helpers import tiny_episodes, tiny_model  # noqa: F401
 from repana.analysis.common import all_parameters, check_same_architecture, freeze, head_only, trainable_for
-from repana.analysis.comparison import EvalSpec, evaluate_specs, speed_comparison
+from repana.analysis.maml_anil_nil import EvalSpec, evaluate_specs, speed_comparison
 from repana.analysis.freezing import FROZEN_SETS, freezing_accuracy, frozen_name
 from repana.analysis.head_needed import head_needed
-from repana.analysis.regimes import random_init_model, regimes_accuracy
+from repana.analysis.training_regimes import random_init_model, regimes_accuracy
 from repana.errors import CheckpointError, InputError
 
 
@@ -85,7 +85,10 @@ def test_speed_comparison_reports_both_algorithms_and_ratio():
 
 
 def test_speed_finding_uses_the_papers_step_setting_when_measured():
-    from repana.analysis.report import _speed_finding
+    from repana.analysis.maml_anil_nil import speed_finding
+
+    def _speed_finding(frame):
+        return str(speed_finding(frame))
 
     rows = [("this run", "train", "anil", 1.2), ("this run", "inference", "anil", 1.1),
             ("paper", "train", "anil", 2.5), ("paper", "inference", "anil", 4.4),

@@ -1,18 +1,29 @@
-"""`repana analyze` on a user's own checkpoints (tiny glyph-set networks)."""
+"""`repana analyze` on a user's own checkpoints (tiny glyph-set networks), for every registered analysis
+and a checkpoint of every algorithm; `repana evaluate` / `predict` on the same checkpoints."""
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
+from repana.analysis.registry import get_analysis, list_analyses
+from repana.cli import analyze as analyze_cli
 from repana.cli import main
+from repana.meta.algorithms import list_algorithms
 from repana.meta.checkpoint import save_checkpoint
 from repana.meta.config import TrainConfig
 from repana.models import Conv4
 
+# tiny settings that override every analysis's preset (the flags of `repana analyze`)
+FAST = ["--episodes", "2", "--measure", "cka_debiased", "--iterations", "2", "--preset", "quick"]
+FAST_SETTINGS = {"inner_loop_similarity": ["steps=1"], "maml_anil_nil": ["speed_repeats=0"],
+                 "convergence": ["inner_steps=[1]", "eval_every=2", "cost_repeats=1"]}
 
-def _checkpoint(path, algorithm: str, seed: int, hidden: int = 4):
+
+def _checkpoint(path, algorithm: str, seed: int, hidden: int = 4, n_classes: int = 5):
     torch.manual_seed(seed)
-    model = Conv4(in_channels=1, n_classes=5, hidden=hidden, image_size=28, pooling="stride")
+    model = Conv4(in_channels=1, n_classes=n_classes, hidden=hidden, image_size=28, pooling="stride")
     config = TrainConfig(dataset="glyphs", algorithm=algorithm, hidden=hidden, pooling="stride",
                          inner_lr=0.4, inner_steps_test=2, iterations=10).to_dict()
     return save_checkpoint(path, model=model, model_config=model.config, algorithm=algorithm, config=config, step=10)
@@ -21,33 +32,104 @@ def _checkpoint(path, algorithm: str, seed: int, hidden: int = 4):
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt")
-    return {"maml": _checkpoint(folder / "maml.pt", "maml", 0), "anil": _checkpoint(folder / "anil.pt", "anil", 1),
-            "wide": _checkpoint(folder / "wide.pt", "anil", 2, hidden=6)}
+    found = {"wide": _checkpoint(folder / "wide.pt", "anil", 2, hidden=6)}
+    for seed, algorithm in enumerate(list_algorithms()):
+        run = folder / algorithm / "checkpoints"
+        run.mkdir(parents=True)
+        # a multiclass network's head has one output per meta-training class, not per way
+        found[algorithm] = _checkpoint(run / "step_000010.pt", algorithm, seed + 10,
+                                       n_classes=12 if algorithm == "multiclass" else 5)
+    return found
 
 
-def test_freezing_and_inner_loop_from_the_command_line(tmp_path, checkpoints, capsys):
+def test_the_cli_lists_exactly_the_registered_analyses():
+    assert list(analyze_cli.ANALYSES) == list_analyses()
+
+
+@pytest.mark.parametrize("algorithm", sorted(list_algorithms()))
+def test_every_analysis_runs_on_a_checkpoint_of_every_algorithm(tmp_path, checkpoints, algorithm, capsys):
+    for name in list_analyses():
+        analysis = get_analysis(name)
+        given = [f"{algorithm}={checkpoints[algorithm]}"]
+        if name == "head_needed":   # one network trained with a head, one with nil_training
+            given.append(f"other={checkpoints['anil' if algorithm == 'nil_training' else 'nil_training']}")
+        elif analysis.n_checkpoints[0] == 2:
+            given.append(f"other={checkpoints['maml' if algorithm == 'anil' else 'anil']}")
+        out = tmp_path / name
+        args = ["analyze", name.replace("_", "-") if name == "head_needed" else name, "--out", str(out), *FAST]
+        for setting in FAST_SETTINGS.get(name, []):
+            args += ["--set", setting]
+        for spec in given:
+            args += ["--checkpoint", spec]
+        assert main(args) == 0, (name, capsys.readouterr().err)
+        tables = sorted(p.name for p in out.glob("*.csv"))
+        assert f"{name}.csv" in tables and all(t.startswith(name) for t in tables)
+        frame = pd.read_csv(out / f"{name}.csv")
+        assert len(frame) > 0
+        numeric = frame.select_dtypes("number")
+        assert numeric.notna().any().any()
+    code = main(["evaluate", str(checkpoints[algorithm]), "--episodes", "3", "--steps", "1"])
+    assert code == 0, capsys.readouterr().err
+    assert "%" in capsys.readouterr().out
+
+
+def test_predict_on_a_checkpoint_of_every_algorithm(tmp_path, checkpoints, capsys):
+    rng = np.random.default_rng(0)
+    support, query = tmp_path / "support", tmp_path / "query"
+    for label in ("a", "b", "c", "d", "e"):
+        for folder in (support, query):
+            (folder / label).mkdir(parents=True)
+            Image.fromarray(((rng.random((28, 28)) < 0.2) * 255).astype(np.uint8), mode="L").save(
+                folder / label / "0.png")
+    for algorithm in list_algorithms():
+        assert main(["predict", str(checkpoints[algorithm]), "--support", str(support), "--query", str(query),
+                     "--steps", "1"]) == 0, (algorithm, capsys.readouterr().err)
+        assert "labelled query images" in capsys.readouterr().err
+
+
+def test_freezing_and_inner_loop_values(tmp_path, checkpoints):
     out = tmp_path / "out"
     assert main(["analyze", "freezing", "--checkpoint", str(checkpoints["maml"]), "--out", str(out),
                  "--episodes", "3"]) == 0
     frame = pd.read_csv(out / "freezing.csv")
     assert list(frame["frozen"]) == ["none", "1", "1,2", "1,2,3", "1,2,3,4"] and (frame["steps"] == 2).all()
     assert (out / "freezing.png").exists() and (out / "freezing.pdf").exists()
-    assert main(["analyze", "inner-loop", "--checkpoint", str(checkpoints["anil"]), "--out", str(out),
+    assert main(["analyze", "inner-loop-similarity", "--checkpoint", str(checkpoints["anil"]), "--out", str(out),
                  "--episodes", "2", "--measure", "cka_debiased"]) == 0
-    summary = pd.read_csv(out / "inner_loop.csv")
+    summary = pd.read_csv(out / "inner_loop_similarity_summary.csv")
     body = summary[summary["layer"] != "head"]
     assert set(summary["measure"]) == {"cka_debiased"} and (body["mean"] > 1 - 1e-6).all()
 
 
-def test_two_network_analyses_and_their_errors(tmp_path, checkpoints, capsys):
+def test_analyses_give_the_same_numbers_through_the_cli_and_the_library(tmp_path, checkpoints):
+    """`repana analyze` and `repana reproduce` share compute(): same settings, same episodes, same table."""
+    from repana.analysis.registry import AnalysisContext
+    from repana.meta.checkpoint import load_checkpoint
+
     out = tmp_path / "out"
-    assert main(["analyze", "similarity", "--checkpoint", str(checkpoints["maml"]), "--checkpoint-b",
-                 str(checkpoints["anil"]), "--out", str(out), "--episodes", "2", "--measure", "cka_debiased"]) == 0
-    assert set(pd.read_csv(out / "similarity.csv")["layer"]) == {"conv1", "conv2", "conv3", "conv4"}
-    assert main(["analyze", "similarity", "--checkpoint", str(checkpoints["maml"]), "--out", str(out)]) == 1
-    assert "--checkpoint-b" in capsys.readouterr().err
-    assert main(["analyze", "head-needed", "--checkpoint", str(checkpoints["anil"]), "--checkpoint-b",
+    assert main(["analyze", "freezing", "--checkpoint", str(checkpoints["maml"]), "--out", str(out),
+                 "--episodes", "3"]) == 0
+    context = AnalysisContext(networks={"maml": load_checkpoint(checkpoints["maml"])}, settings={"episodes": 3},
+                              episode_offset=get_analysis("freezing").episode_offset)
+    library = get_analysis("freezing").compute(context)["freezing"]
+    cli = pd.read_csv(out / "freezing.csv")
+    assert np.allclose(library["accuracy"], cli["accuracy"], atol=1e-12)
+
+
+def test_errors_name_the_problem(tmp_path, checkpoints, capsys):
+    out = tmp_path / "out"
+    assert main(["analyze", "maml_anil_similarity", "--checkpoint", str(checkpoints["maml"]), "--out", str(out)]) == 1
+    assert "exactly 2 --checkpoint" in capsys.readouterr().err
+    assert main(["analyze", "head_needed", "--checkpoint", str(checkpoints["anil"]), "--checkpoint",
+                 str(checkpoints["wide"]), "--out", str(out), "--episodes", "2"]) == 1
+    assert "nil_training" in capsys.readouterr().err
+    assert main(["analyze", "maml_anil_similarity", "--checkpoint", str(checkpoints["anil"]), "--checkpoint",
                  str(checkpoints["wide"]), "--out", str(out), "--episodes", "2"]) == 1
     assert "mismatched architectures" in capsys.readouterr().err
     assert main(["analyze", "freezing", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(out)]) == 1
     assert "does not exist" in capsys.readouterr().err
+    assert main(["analyze", "nope", "--checkpoint", str(checkpoints["maml"]), "--out", str(out)]) == 1
+    assert "unknown analysis 'nope'" in capsys.readouterr().err
+    assert main(["analyze", "freezing", "--checkpoint", str(checkpoints["maml"]), "--out", str(out),
+                 "--set", "episodez=3"]) == 1
+    assert "has no setting 'episodez'" in capsys.readouterr().err

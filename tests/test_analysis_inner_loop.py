@@ -8,7 +8,7 @@ import torch
 
 from analysis_helpers import tiny_episodes, tiny_model  # noqa: F401
 from repana.analysis.common import (all_parameters, episode_similarity_rows, head_only, mean_ci95, summarize)
-from repana.analysis.inner_loop import adapt_per_step, inner_loop_similarity, summarize_inner_loop
+from repana.analysis.inner_loop_similarity import adapt_per_step, inner_loop_similarity, summarize_inner_loop
 from repana.errors import InputError
 
 

@@ -6,7 +6,7 @@ import torch
 
 from analysis_helpers import tiny_episodes, tiny_model  # noqa: F401
 from repana.analysis.convergence import adapt_head, cost_vs_inner_steps, init_head, inner_loss, meta_train_anil_head
-from repana.analysis.representation_similarity import cross_model_similarity, summarize_cross_model
+from repana.analysis.maml_anil_similarity import cross_model_similarity, summarize_cross_model
 from repana.analysis.training_dynamics import select_stages
 from repana.errors import CheckpointError, InputError
 

@@ -75,16 +75,16 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs):
         assert heading in text
     assert "46.9" in text and "48.4" in text and "93.7 ± 0.7" in text  # the paper's numbers beside ours
     assert "agree" in text
-    for figure in ("inner_loop_similarity", "freezing", "comparison", "maml_anil_similarity", "regimes",
-                   "training_dynamics", "convergence", "cost"):
+    for figure in ("inner_loop_similarity", "inner_loop_similarity_steps", "freezing", "maml_anil_nil",
+                   "maml_anil_similarity", "training_regimes", "training_dynamics", "convergence", "convergence_cost"):
         assert (out / f"{figure}.png").stat().st_size > 1000
         assert (out / f"{figure}.pdf").exists()
     freezing = pd.read_csv(out / "tables" / "freezing.csv")
     assert list(freezing["frozen"]) == ["none", "1", "1,2", "1,2,3", "1,2,3,4"]
-    anil_inner = pd.read_csv(out / "tables" / "inner_loop_summary.csv").query("label == 'ANIL' and layer != 'head'")
+    anil_inner = pd.read_csv(out / "tables" / "inner_loop_similarity_summary.csv").query("label == 'ANIL' and layer != 'head'")
     assert (anil_inner["mean"] > 1 - 1e-6).all()  # ANIL's body never changes in the inner loop
     assert any("[train] maml" in m and "iterations" in m for m in messages)
-    speed = pd.read_csv(out / "tables" / "speed.csv")
+    speed = pd.read_csv(out / "tables" / "maml_anil_nil_speed.csv")
     # the run's own steps (1 / 1 here) and the paper's 5 training / 10 test steps of its 1.7x and 4.1x
     assert set(zip(speed["steps_of"], speed["phase"], speed["inner_steps"])) == {
         ("this run", "train", 1), ("this run", "inference", 1), ("paper", "train", 5), ("paper", "inference", 10),
@@ -99,12 +99,12 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs):
     assert not any("iterations" in m for m in messages if m.startswith("[train]"))
     assert not any("rows in" in m for m in messages)
     # An interrupted run that lost one table recomputes only that one.
-    (out / "tables" / "regimes.csv").unlink()
+    (out / "tables" / "training_regimes.csv").unlink()
     messages.clear()
     reproduce("quick", "glyphs", out=out, analyses_dir=entries, iterations_scale=0.001, data=glyphs,
               train_overrides=SMALL,
               log=messages.append)
-    assert [m.split(":")[0] for m in messages if "rows in" in m] == ["[analysis] regimes"]
+    assert [m.split(":")[0] for m in messages if "rows in" in m] == ["[analysis] training_regimes"]
     # The same folder with other training settings is refused, not silently reused.
     with pytest.raises(ConfigError, match="trained with other settings.*hidden"):
         reproduce("quick", "glyphs", out=out, analyses_dir=entries, iterations_scale=0.001, data=glyphs,
@@ -112,7 +112,7 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs):
 
 
 def test_unknown_analysis_and_missing_entries_are_clear_errors(tmp_path):
-    with pytest.raises(ConfigError, match="unknown analyses"):
+    with pytest.raises(ConfigError, match="unknown analys"):
         reproduce(only=["nope"], out=tmp_path)
     with pytest.raises(ConfigError, match="no analysis entries"):
         load_entries("quick", tmp_path)

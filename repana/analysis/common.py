@@ -79,13 +79,14 @@ def head_only(name: str) -> bool:
 
 
 def trainable_for(algorithm: str) -> Callable[[str], bool]:
-    """The inner-loop parameter choice of a training algorithm (as recorded in its checkpoint)."""
-    if algorithm in ("maml", "fomaml", "reptile"):
-        return all_parameters
-    if algorithm in ("anil", "nil", "pretrain", "multitask"):
-        return head_only
-    raise InputError(f"unknown algorithm {algorithm!r}: expected maml, fomaml, anil, nil, pretrain or "
-                     "multitask")
+    """What adapts at test time for a network trained with ``algorithm`` (as recorded in its checkpoint):
+    every parameter for MAML-like algorithms, the head for all others."""
+    from repana.meta.algorithms import ALIASES, list_algorithms
+
+    name = ALIASES.get(algorithm, algorithm)
+    if name not in list_algorithms():
+        raise InputError(f"unknown algorithm {algorithm!r}: expected one of {list_algorithms()}")
+    return all_parameters if name in ("maml", "fomaml", "reptile") else head_only
 
 
 def freeze(trainable: Callable[[str], bool], frozen_layers: Iterable[int]) -> Callable[[str], bool]:

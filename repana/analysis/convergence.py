@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from repana.analysis.registry import Analysis, Finding, Section, register
 from repana.errors import InputError
 from repana.progress import progress
 
@@ -159,7 +160,7 @@ def cost_vs_inner_steps(model: torch.nn.Module, batch, *, inner_steps: Sequence[
 
     Returns rows: inner_steps, algorithm, seconds, ratio (MAML seconds / ANIL seconds, on ANIL rows).
     """
-    from repana.analysis.comparison import _meta_step_seconds
+    from repana.analysis.maml_anil_nil import _meta_step_seconds
 
     rows = []
     model.train()
@@ -169,3 +170,79 @@ def cost_vs_inner_steps(model: torch.nn.Module, batch, *, inner_steps: Sequence[
             rows.append({"inner_steps": n, "algorithm": alg, "seconds": seconds[alg],
                          "ratio": seconds["maml"] / seconds[alg] if alg == "anil" else 1.0})
     return pd.DataFrame.from_records(rows)
+
+
+# ----- the registered analysis -------------------------------------------------------------------
+
+NAME = "convergence"
+
+
+def compute(context) -> dict[str, pd.DataFrame]:
+    """Fresh networks of the reference run's architecture, meta-trained on its dataset's train split."""
+    from repana.data import EpisodeSampler
+    from repana.meta.train import step_seed
+    from repana.models import build_model
+
+    settings, base = context.settings, context.reference_config
+    train_set = context.splits()["train"]
+    episodes = context.episodes(settings["episodes"])
+
+    def batches(step: int):
+        return EpisodeSampler(train_set, ways=base.ways, shots=base.shots, queries=base.queries_train,
+                              seed=step_seed(base.seed + 1, step)).sample(tasks=settings["meta_batch_size"])
+
+    def make_model():
+        torch.manual_seed(base.seed)
+        return build_model(base.model_config())
+
+    study = convergence_study(make_model, batches, episodes, inner_steps=settings["inner_steps"],
+                              iterations=settings["iterations"], inner_lr=settings["inner_lr"], l2=settings["l2"],
+                              head_hidden=settings["head_hidden"], eval_every=settings["eval_every"], seed=base.seed)
+    cost = cost_vs_inner_steps(make_model(), batches(1), inner_steps=settings["inner_steps"], lr=context.lr,
+                               repeats=settings["cost_repeats"])
+    return {NAME: study, f"{NAME}_cost": cost}
+
+
+def figures(tables, context) -> dict:
+    from repana.plots import paper as plots
+
+    return {NAME: lambda: plots.convergence_figure(tables[NAME]),
+            f"{NAME}_cost": lambda: plots.cost_figure(tables[f"{NAME}_cost"])}
+
+
+def report(tables, context) -> Section:
+    from repana.analysis.report import figure_markdown, markdown_table, pct
+
+    frame, cost = tables[NAME], tables.get(f"{NAME}_cost")
+    rows = []
+    for (head, n), group in frame.groupby(["head", "inner_steps"], sort=False):
+        loss = group[group["metric"] == "train_loss"]
+        acc = group[group["metric"] == "test_accuracy"]
+        tail = max(1, len(loss) // 10)
+        rows.append({"head": head, "N": n, "final loss (last 10%)": float(loss["value"].iloc[-tail:].mean()),
+                     "test accuracy (%)": pct(acc["value"].iloc[-1]) if len(acc) else "n/a",
+                     "s / iteration": float(loss["elapsed_s"].iloc[-1] / len(loss))})
+    view = pd.DataFrame(rows)
+    body = ("ANIL with a strongly-convex inner loss (L2-regularised linear head) vs a nonconvex one (two-layer "
+            "head), N inner steps.\n\n" + markdown_table(view) + "\n\n"
+            + figure_markdown(NAME, "Meta-training loss vs iterations and wall-clock; test accuracy") + "\n")
+    findings = []
+    if len(view) and set(view["head"]) >= {"linear_l2", "two_layer"}:
+        pairs = view.pivot_table(index="N", columns="head", values="final loss (last 10%)")
+        findings.append(Finding(
+            "Final meta-training loss, strongly-convex (linear_l2) vs nonconvex (two_layer) inner loop: "
+            + "; ".join(f"N={n}: {row['linear_l2']:.3f} vs {row['two_layer']:.3f}" for n, row in pairs.iterrows())
+            + " (short runs: read the curves, not only the last values)"))
+    if cost is not None and len(cost):
+        body += markdown_table(cost) + "\n\n" + figure_markdown(f"{NAME}_cost", "Seconds per meta-step vs N") + "\n"
+        ratio = cost[cost["algorithm"] == "anil"].set_index("inner_steps")["ratio"]
+        findings.append(Finding(
+            "MAML/ANIL cost ratio per meta-step for N = " + ", ".join(f"{n}: {r:.2f}x" for n, r in ratio.items())
+            + (" -- grows with N, as Ji et al. predict" if ratio.is_monotonic_increasing else
+               " -- does not grow monotonically with N here")))
+    return Section("Inner-loop geometry and convergence (Ji et al., NeurIPS 2020)", body, tuple(findings))
+
+
+ANALYSIS = register(Analysis(
+    name=NAME, title="Inner-loop geometry and convergence", reference="Ji et al. 2020", networks=("maml",),
+    n_checkpoints=(1, 1), compute=compute, figures=figures, report=report, episode_offset=6))

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from repana.analysis.common import all_parameters, freeze
+from repana.analysis.registry import AGREES, DISAGREES, Analysis, Finding, Section, register
 from repana.errors import InputError
 from repana.progress import progress
 
@@ -50,3 +51,51 @@ def freezing_accuracy(model: torch.nn.Module, episodes, *, steps: int, lr: float
                      "accuracy": float(result.accuracy), "ci95": float(result.ci95),
                      "n_episodes": len(episodes), "steps": steps, "lr": lr})
     return pd.DataFrame.from_records(rows)
+
+
+# ----- the registered analysis -------------------------------------------------------------------
+
+NAME = "freezing"
+
+
+def compute(context) -> dict[str, pd.DataFrame]:
+    """Every network of ``context``, its own test-time rule narrowed by each frozen set."""
+    episodes = context.episodes(context.settings["episodes"])
+    frames = [freezing_accuracy(context.model(label), episodes, steps=context.steps, lr=context.lr,
+                                trainable=context.trainable(label), label=label.upper())
+              for label in context.networks]
+    return {NAME: pd.concat(frames, ignore_index=True)}
+
+
+def figures(tables, context) -> dict:
+    from repana.plots import paper as plots
+
+    return {NAME: lambda: plots.freezing_figure(tables[NAME])}
+
+
+def report(tables, context) -> Section:
+    from repana.analysis.report import PAPER, figure_markdown, gap_within_tolerance, markdown_table, pct
+
+    frame = tables[NAME]
+    paper = PAPER["freezing"]["MiniImageNet-5way-1shot"]
+    findings = []
+    views = []
+    for label, group in frame.groupby("label", sort=False):
+        views.append(pd.DataFrame({"network": label, "frozen conv blocks": group["frozen"],
+                                   "ours (%)": [pct(a, c) for a, c in zip(group["accuracy"], group["ci95"])],
+                                   "paper MiniImageNet 5w1s (%)": paper[:len(group)]}))
+        none, every = group.iloc[0], group.iloc[-1]
+        ok, _ = gap_within_tolerance(none["accuracy"], every["accuracy"], none["ci95"], every["ci95"])
+        findings.append(Finding(
+            f"{label}: freezing conv1-conv4 at test time changes accuracy by "
+            f"{100 * (every['accuracy'] - none['accuracy']):+.1f} points ({pct(none['accuracy'])} -> "
+            f"{pct(every['accuracy'])}); paper: -0.6 points (tolerance: max(3 points, sum of CIs))",
+            AGREES if ok else DISAGREES))
+    body = (markdown_table(pd.concat(views, ignore_index=True)) + "\n\n"
+            + figure_markdown(NAME, "Accuracy with conv blocks frozen at test time"))
+    return Section("Freezing layers at test time (paper Table 1)", body, tuple(findings))
+
+
+ANALYSIS = register(Analysis(
+    name=NAME, title="Freezing layers at test time", reference="Table 1", networks=("maml",),
+    compute=compute, figures=figures, report=report, episode_offset=1))

@@ -10,7 +10,9 @@ import pandas as pd
 import torch
 
 from repana.analysis.common import check_same_architecture
-from repana.analysis.comparison import EvalSpec, evaluate_specs
+from repana.analysis.maml_anil_nil import EvalSpec, evaluate_specs
+from repana.analysis.registry import AGREES, DISAGREES, Analysis, Finding, Section, register
+from repana.errors import InputError
 
 
 def head_needed(anil_model: torch.nn.Module, nil_trained_model: torch.nn.Module, episodes) -> pd.DataFrame:
@@ -23,3 +25,41 @@ def head_needed(anil_model: torch.nn.Module, nil_trained_model: torch.nn.Module,
              EvalSpec("nil", nil_trained_model.eval(), method="nil", trained_with="nil")]
     frame = evaluate_specs(specs, episodes).rename(columns={"label": "training"})
     return frame[["training", "accuracy", "ci95", "n_episodes"]]
+
+
+# ----- the registered analysis -------------------------------------------------------------------
+
+NAME = "head_needed"
+
+
+def _roles(context) -> tuple[str, str]:
+    """(label of the head-trained network, label of the NIL-trained one), by their algorithms."""
+    nil = [label for label in context.networks if context.algorithm(label) == "nil_training"]
+    others = [label for label in context.networks if context.algorithm(label) != "nil_training"]
+    if len(nil) != 1 or len(others) != 1:
+        found = ", ".join(f"{label} ({context.algorithm(label)})" for label in context.networks)
+        raise InputError(f"head_needed compares one network trained with a head (e.g. ANIL) with one trained "
+                         f"with algorithm nil_training; got {found}")
+    return others[0], nil[0]
+
+
+def compute(context) -> dict[str, pd.DataFrame]:
+    head_label, nil_label = _roles(context)
+    return {NAME: head_needed(context.model(head_label), context.model(nil_label),
+                              context.episodes(context.settings["episodes"]))}
+
+
+def report(tables, context) -> Section:
+    from repana.analysis.report import markdown_table, pct
+
+    head = tables[NAME]
+    accuracy = dict(zip(head["training"], head["accuracy"]))
+    ok = accuracy.get("anil", 0) > accuracy.get("nil", 1)
+    finding = Finding(f"Head needed at training time: ANIL body {pct(accuracy.get('anil'))} vs NIL-trained "
+                      f"{pct(accuracy.get('nil'))} under NIL evaluation (paper 48.0 vs 38.3)", AGREES if ok else DISAGREES)
+    return Section("Is the head needed at training time? (paper Table 5)", markdown_table(head), (finding,))
+
+
+ANALYSIS = register(Analysis(
+    name=NAME, title="Is the head needed at training time?", reference="Table 5", networks=("anil", "nil"),
+    n_checkpoints=(2, 2), compute=compute, report=report, episode_offset=5))

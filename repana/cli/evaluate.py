@@ -201,7 +201,9 @@ def run_predict(args: argparse.Namespace) -> int:
         raise InputError("support classes must have the same number of images (K-shot); got "
                          + ", ".join(f"{label}: {n}" for label, n in zip(labels, counts)))
     head_outputs = ckpt.model_config["n_classes"]
-    if method == "adapt" and len(labels) != head_outputs:
+    # a multiclass head (one output per meta-training class) is replaced by a zero head of the episode's ways
+    per_episode_head = config.algorithm not in ("multiclass", "pretrain")
+    if method == "adapt" and per_episode_head and len(labels) != head_outputs:
         raise InputError(f"the support set has {len(labels)} labels but the checkpoint's head has "
                          f"{head_outputs} outputs ({config.ways}-way); give {head_outputs} label folders "
                          "or use --method nil (any number of labels)")

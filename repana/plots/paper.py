@@ -50,7 +50,7 @@ def inner_loop_figure(summary, step: int | None = None) -> plt.Figure:
     network (label), with 95% CI bars and the null baseline (dotted), after inner step ``step``
     (default: each network's last step).
 
-    ``summary``: output of :func:`repana.analysis.inner_loop.summarize_inner_loop`.
+    ``summary``: output of :func:`repana.analysis.inner_loop_similarity.summarize_inner_loop`.
     """
     frame = _frame(summary)
     if step is None:

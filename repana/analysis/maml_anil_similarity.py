@@ -1,4 +1,4 @@
-"""MAML and ANIL learn similar representations: layer-by-layer similarity of two networks.
+"""MAML and ANIL learn similar representations (paper Sec. 4.2): layer-by-layer similarity of two networks.
 
 Both networks see the query images of the same test episodes (one forward pass per episode, so
 batch-statistic batch norm normalises the same batches); their activations are compared per layer
@@ -15,6 +15,7 @@ import torch
 
 from repana.analysis.common import (BODY_LAYERS, DEFAULT_MEASURES, check_layers, check_same_architecture,
                                     episode_similarity_rows, summarize)
+from repana.analysis.registry import AGREES, DISAGREES, Analysis, Finding, Section, register
 from repana.progress import progress
 
 
@@ -52,3 +53,48 @@ def cross_model_similarity(model_a: torch.nn.Module, model_b: torch.nn.Module, e
 def summarize_cross_model(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean, CI and null-baseline mean per (model_a, model_b, layer, measure)."""
     return summarize(frame, ["model_a", "model_b", "layer", "measure"])
+
+
+# ----- the registered analysis -------------------------------------------------------------------
+
+NAME = "maml_anil_similarity"
+MARGIN = 0.1   # how far above its null baseline each layer's similarity must be
+
+
+def compute(context) -> dict[str, pd.DataFrame]:
+    """The first two networks of ``context`` compared layer by layer."""
+    label_a, label_b = list(context.networks)[:2]
+    settings = context.settings
+    detail = cross_model_similarity(context.model(label_a), context.model(label_b),
+                                    context.episodes(settings["episodes"]), measures=settings["measures"],
+                                    min_ratio=settings.get("min_ratio", 5.0), label_a=label_a.upper(),
+                                    label_b=label_b.upper())
+    return {NAME: detail, f"{NAME}_summary": summarize_cross_model(detail)}
+
+
+def figures(tables, context) -> dict:
+    from repana.plots import paper as plots
+
+    return {NAME: lambda: plots.cross_model_figure(tables[f"{NAME}_summary"])}
+
+
+def report(tables, context) -> Section:
+    import numpy as np
+
+    from repana.analysis.report import figure_markdown, markdown_table
+
+    summary = tables[f"{NAME}_summary"]
+    view = summary[["layer", "measure", "mean", "ci95", "null_mean", "n_datapoints", "n_features", "reduction"]]
+    above = summary["mean"] - summary["null_mean"]
+    ok = bool((above > MARGIN).all())
+    finding = Finding(f"MAML vs ANIL similarity per layer is {'above' if ok else 'not everywhere above'} its null "
+                      f"baseline by more than {MARGIN} (smallest margin {np.nanmin(above):.3f}); paper: the two "
+                      "networks' representations are similar", AGREES if ok else DISAGREES)
+    body = markdown_table(view) + "\n\n" + figure_markdown(NAME, "MAML vs ANIL, layer by layer")
+    return Section("MAML and ANIL learn similar representations (paper Sec. 4.2)", body, (finding,))
+
+
+ANALYSIS = register(Analysis(
+    name=NAME, title="MAML and ANIL learn similar representations", reference="Sec. 4.2",
+    networks=("maml", "anil"), n_checkpoints=(2, 2), compute=compute, figures=figures, report=report,
+    episode_offset=4, summary_table=f"{NAME}_summary"))

@@ -1,0 +1,191 @@
+"""Representational change in the inner loop (the paper's Figure 2: CCA/CKA before vs after adaptation).
+
+For each test episode the network is adapted on the support set, one inner step at a time, and the
+activations of every layer on the episode's query images are compared before adaptation and after
+each step. Similarity near 1 means the inner loop left the layer's representation unchanged
+(feature reuse); clearly lower means rapid learning. Each value has beside it the null baseline: the
+same measure on the same arrays with the query datapoints of one side shuffled, i.e. what unrelated
+data of this size scores.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from repana.analysis.common import (DEFAULT_MEASURES, LAYERS, check_layers, episode_similarity_rows,
+                                    summarize)
+from repana.analysis.registry import AGREES, DISAGREES, Analysis, Finding, Section, register
+from repana.errors import InputError
+from repana.progress import progress
+
+
+def adapt_per_step(model: torch.nn.Module, support_x: torch.Tensor, support_y: torch.Tensor, *,
+                   steps: int, lr: float, trainable: Callable[[str], bool]) -> list[dict]:
+    """Parameter dicts after 0, 1, ..., ``steps`` inner steps (SGD on the support loss).
+
+    ``support_x``: float32 ``(n_support, C, H, W)``; ``support_y``: int64 ``(n_support,)``. Steps are
+    taken one call of :func:`repana.meta.adapt.adapt` at a time, which for plain SGD is the same
+    trajectory as one call with ``steps``. Returned tensors are detached.
+    """
+    from repana.meta.adapt import adapt
+
+    if steps < 1:
+        raise InputError(f"steps = {steps}: the inner loop needs at least one step")
+    params = {name: p.detach().clone().requires_grad_(True) for name, p in model.named_parameters()}
+    trajectory = [{k: v.detach() for k, v in params.items()}]
+    with torch.enable_grad():
+        for _ in range(steps):
+            params = adapt(model, params, support_x, support_y, steps=1, lr=lr, trainable=trainable,
+                           first_order=True)
+            params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+            trajectory.append({k: v.detach() for k, v in params.items()})
+    return trajectory
+
+
+def _query_activations(model, query_x, layers, params) -> dict:
+    from repana.capture import capture_activations
+
+    with torch.no_grad():
+        return capture_activations(model, query_x, layers=list(layers), params=params)
+
+
+def inner_loop_similarity(model: torch.nn.Module, episodes, *, steps: int, lr: float,
+                          trainable: Callable[[str], bool], measures: Sequence[str] = DEFAULT_MEASURES,
+                          layers: Sequence[str] = LAYERS, reduction: str | None = None,
+                          min_ratio: float = 5.0, null: bool = True, label: str = "",
+                          every_step: bool = True, seed: int = 0) -> pd.DataFrame:
+    """Similarity of each layer's query activations before vs after the inner loop, per episode.
+
+    ``episodes``: :class:`repana.data.Episodes` (support and query per task). ``trainable``: which
+    parameters the inner loop adapts (MAML: all; ANIL: the head). ``measures``: registered names of
+    :mod:`repana.similarity` (default SVCCA and debiased linear CKA). Conv maps are reduced per
+    measure (CCA family: spatial positions as datapoints; CKA: flattened), see
+    :func:`repana.analysis.common.episode_similarity_rows` for the pooling rule (``min_ratio``).
+
+    Returns a tidy DataFrame, one row per (step, episode or pooled group, layer, measure): columns
+    label, step (1..steps; only ``steps`` when ``every_step`` is False), episode, scope, layer,
+    measure, value, null_value, n_datapoints, n_features, reduction, note.
+    """
+    layers = check_layers(model, layers)
+    model.eval()
+    n_tasks = len(episodes)
+    if n_tasks < 1:
+        raise InputError("no episodes given")
+    before, after = [], {s: [] for s in range(1, steps + 1)}
+    for index in progress(range(n_tasks), desc=f"inner-loop similarity {label}".strip(), unit="episode"):
+        task = episodes[index]
+        trajectory = adapt_per_step(model, task.support_x, task.support_y, steps=steps, lr=lr,
+                                    trainable=trainable)
+        before.append(_query_activations(model, task.query_x, layers, trajectory[0]))
+        for step in (range(1, steps + 1) if every_step else [steps]):
+            after[step].append(_query_activations(model, task.query_x, layers, trajectory[step]))
+    rows = []
+    for step, acts in after.items():
+        if not acts:
+            continue
+        for row in episode_similarity_rows(before, acts, layers, measures, reduction=reduction,
+                                           min_ratio=min_ratio, null=null, seed=seed + step):
+            rows.append({"label": label, "step": step, **row})
+    return pd.DataFrame.from_records(rows)
+
+
+def summarize_inner_loop(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean, 95% CI and null-baseline mean per (label, step, layer, measure) of
+    :func:`inner_loop_similarity` output."""
+    return summarize(frame, ["label", "step", "layer", "measure"])
+
+
+# ----- the registered analysis -------------------------------------------------------------------
+
+def compute(context) -> dict[str, pd.DataFrame]:
+    """Every network of ``context`` adapted with its own test-time rule; detail and summary tables."""
+    settings = context.settings
+    episodes = context.episodes(settings["episodes"])
+    steps = int(settings.get("steps", context.steps))
+    frames = [inner_loop_similarity(context.model(label), episodes, steps=steps, lr=context.lr,
+                                    trainable=context.trainable(label), measures=settings["measures"],
+                                    min_ratio=settings.get("min_ratio", 5.0), label=label.upper())
+              for label in context.networks]
+    detail = pd.concat(frames, ignore_index=True)
+    return {NAME: detail, f"{NAME}_summary": summarize_inner_loop(detail)}
+
+
+def _figure_step(context) -> int | None:
+    """The inner step the accuracy analyses use, when this analysis followed it (else the last)."""
+    followed = int(context.settings.get("steps", context.steps))
+    return context.steps if context.steps <= followed else None
+
+
+def figures(tables, context) -> dict:
+    from repana.plots import paper as plots
+
+    summary = tables[f"{NAME}_summary"]
+    return {NAME: lambda: plots.inner_loop_figure(summary, step=_figure_step(context)),
+            f"{NAME}_steps": lambda: plots.inner_steps_figure(summary)}
+
+
+def verdict(values: dict[str, float]) -> tuple[bool, str]:
+    """The paper's Figure 2 claim on one network and measure: {layer: before-vs-after similarity}.
+
+    Agrees when every conv layer is above 0.9 and the head is below every conv layer by at least 0.1.
+    """
+    convs = [values.get(layer, np.nan) for layer in ("conv1", "conv2", "conv3")]
+    head = values.get("head", np.nan)
+    near_one = bool(np.all(np.asarray(convs) >= NEAR_ONE))
+    lower = bool(np.isfinite(head) and head <= np.nanmin(convs) - CLEARLY_LOWER)
+    text = (f"conv1-conv3 before/after similarity {', '.join(f'{c:.3f}' for c in convs)} "
+            f"({'all' if near_one else 'not all'} >= {NEAR_ONE}); head {head:.3f} "
+            f"({'clearly' if lower else 'not clearly'} lower)")
+    return near_one and lower, text
+
+
+def report(tables, context) -> Section:
+    from repana.analysis.report import figure_markdown, markdown_table
+
+    summary = tables[f"{NAME}_summary"]
+    step = _figure_step(context)
+    if step is not None and step in set(summary["step"]):
+        last = summary[summary["step"] == step]
+    else:
+        last = summary[summary["step"] == summary.groupby("label")["step"].transform("max")]
+        step = None
+    view = last[["label", "layer", "measure", "mean", "ci95", "null_mean", "n_datapoints", "n_features",
+                 "reduction", "scope"]].rename(columns={"mean": "before vs after", "null_mean": "null baseline"})
+    findings = []
+    maml_all = summary[summary["label"] == "MAML"]
+    steps = sorted({int(maml_all["step"].min()), int(maml_all["step"].max())}) if len(maml_all) else []
+    for inner_step in steps:
+        maml = maml_all[maml_all["step"] == inner_step]
+        for measure, group in maml.groupby("measure"):
+            ok, text = verdict(dict(zip(group["layer"], group["mean"])))
+            findings.append(Finding(
+                f"MAML, {measure}, after {inner_step} inner step{'s' if inner_step > 1 else ''}: {text}. Paper: "
+                "conv1-conv3 ~1, head much lower", AGREES if ok else DISAGREES))
+    by_step = maml_all.pivot_table(index=["measure", "layer"], columns="step", values="mean").round(3)
+    by_step.columns = [f"after step {c}" for c in by_step.columns]
+    by_step = by_step.reset_index()
+    which = f"after {step} inner step(s), as in the accuracy analyses" if step else "last inner step"
+    body = ("Similarity of each layer's activations on the query images before vs after the test-time "
+            f"inner loop ({which}), mean ± 95% CI over episodes (or pooled groups), beside the "
+            "null baseline (one side's query datapoints shuffled). `n_datapoints` x `n_features` is what "
+            "entered each measure; `reduction` how conv maps became 2-D.\n\n" + markdown_table(view) + "\n\n"
+            + figure_markdown(NAME, "Before vs after the inner loop, per layer (dotted: null)")
+            + "\nMAML, similarity to the representation before the inner loop after each inner step:\n\n"
+            + (markdown_table(by_step) if len(by_step) else "") + "\n\n"
+            + figure_markdown(f"{NAME}_steps", "Similarity to the initial representation after each step"))
+    return Section(f"Representational change in the inner loop (paper {REFERENCE})", body, tuple(findings))
+
+
+NAME = "inner_loop_similarity"
+REFERENCE = "Fig. 2"
+NEAR_ONE = 0.9        # conv layers' before/after similarity that counts as "unchanged"
+CLEARLY_LOWER = 0.1   # how much lower the head must be than every conv layer
+
+ANALYSIS = register(Analysis(
+    name=NAME, title="Representational change in the inner loop", reference=REFERENCE,
+    networks=("maml", "anil"), compute=compute, figures=figures, report=report,
+    episode_offset=0, summary_table=f"{NAME}_summary"))

@@ -1,0 +1,241 @@
+"""MAML vs ANIL vs NIL on the same test episodes, and ANIL's speed-up over MAML.
+
+Accuracy: each network is evaluated the way it was trained (MAML adapts every parameter, ANIL only
+the head) and NIL (no inner loop: cosine similarity of query features to the support features of
+each class, with a body trained by ANIL or MAML). Speed: seconds per meta-training step (inner loop
+plus meta-gradient) and per test episode (inner loop plus query prediction) of ANIL and MAML on the
+same network and the same batch, measured back to back in one process, so machine load affects
+both alike.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from repana.analysis.common import all_parameters, head_only
+from repana.analysis.registry import AGREES, DISAGREES, Analysis, Finding, Section, register
+from repana.errors import InputError
+
+
+@dataclass
+class EvalSpec:
+    """One line of a comparison table: a network and how to evaluate it.
+
+    ``method``: "adapt" (inner loop on ``trainable`` for ``steps`` steps of size ``lr``) or "nil".
+    """
+
+    label: str
+    model: torch.nn.Module
+    method: str = "adapt"
+    steps: int = 0
+    lr: float = 0.0
+    trainable: Callable[[str], bool] | None = None
+    trained_with: str = ""
+    loss_reduction: str = "mean"
+
+
+def evaluate_specs(specs: list[EvalSpec], episodes) -> pd.DataFrame:
+    """Accuracy of each spec on the same ``episodes``.
+
+    Returns one row per spec: label, trained_with, method, accuracy (fraction), ci95, n_episodes,
+    seconds_per_episode (wall-clock of the evaluation divided by the number of episodes).
+    """
+    from repana.meta.evaluate import evaluate
+
+    rows = []
+    for spec in specs:
+        if spec.method not in ("adapt", "nil"):
+            raise InputError(f"{spec.label}: method {spec.method!r} is not 'adapt' or 'nil'")
+        start = time.perf_counter()
+        if spec.method == "nil":
+            result = evaluate(spec.model, episodes, method="nil")
+        else:
+            result = evaluate(spec.model, episodes, method="adapt", steps=spec.steps, lr=spec.lr,
+                              trainable=spec.trainable, loss_reduction=spec.loss_reduction)
+        seconds = time.perf_counter() - start
+        rows.append({"label": spec.label, "trained_with": spec.trained_with, "method": spec.method,
+                     "accuracy": float(result.accuracy), "ci95": float(result.ci95),
+                     "n_episodes": len(episodes), "seconds_per_episode": seconds / max(len(episodes), 1)})
+    return pd.DataFrame.from_records(rows)
+
+
+def _meta_step_seconds(model, batch, algorithm: str, steps: int, lr: float, repeats: int,
+                       loss_reduction: str) -> float:
+    """Median seconds of one meta-gradient computation of ``algorithm`` on ``batch``."""
+    from repana.meta.algorithms import get_algorithm
+
+    learner = get_algorithm(algorithm, inner_lr=lr, inner_steps=steps)
+    times = []
+    for _ in range(repeats + 1):  # the first call warms up allocators and is dropped
+        start = time.perf_counter()
+        learner.meta_gradients(model, batch)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times[1:]))
+
+
+def _inference_seconds(model, episodes, trainable, steps: int, lr: float, repeats: int) -> float:
+    from repana.meta.evaluate import evaluate
+
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        evaluate(model, episodes, method="adapt", steps=steps, lr=lr, trainable=trainable)
+        times.append((time.perf_counter() - start) / len(episodes))
+    return float(np.median(times[1:]))
+
+
+# Inner steps in training and at test time of the paper's ANIL speed-up (MiniImageNet: 5 and 10):
+# the setting in which its 1.7x (training) and 4.1x (inference) were measured.
+PAPER_SPEED_STEPS = (5, 10)
+
+
+def speed_comparison(model: torch.nn.Module, train_batch, test_episodes, *, train_steps: int,
+                     test_steps: int, lr: float, repeats: int = 3) -> pd.DataFrame:
+    """Seconds per meta-training step and per test episode of MAML and ANIL on the same network.
+
+    ``train_batch``: :class:`repana.data.Episodes` (one meta-batch). Both algorithms run on the same
+    ``model`` (its weights do not matter for cost) and batch, alternately, in this process.
+    Returns rows: phase ("train" | "inference"), algorithm, seconds, and speedup (MAML seconds /
+    ANIL seconds, on the ANIL rows).
+    """
+    if repeats < 1:
+        raise InputError("repeats must be at least 1")
+    model.train()
+    train = {alg: _meta_step_seconds(model, train_batch, alg, train_steps, lr, repeats, "mean")
+             for alg in ("maml", "anil")}
+    model.eval()
+    infer = {"maml": _inference_seconds(model, test_episodes, all_parameters, test_steps, lr, repeats),
+             "anil": _inference_seconds(model, test_episodes, head_only, test_steps, lr, repeats)}
+    rows = []
+    for phase, seconds in (("train", train), ("inference", infer)):
+        for alg in ("maml", "anil"):
+            rows.append({"phase": phase, "algorithm": alg, "seconds": seconds[alg],
+                         "speedup": seconds["maml"] / seconds[alg] if alg == "anil" else 1.0,
+                         "inner_steps": train_steps if phase == "train" else test_steps})
+    return pd.DataFrame.from_records(rows)
+
+
+# ----- the registered analysis -------------------------------------------------------------------
+
+NAME = "maml_anil_nil"
+SPEED_BATCH_SEED = 7   # the meta-batch on which meta-steps are timed
+
+
+def compute(context) -> dict[str, pd.DataFrame]:
+    """Each network evaluated its own way, then NIL on each body; and ANIL vs MAML cost."""
+    settings = context.settings
+    episodes = context.episodes(settings["episodes"])
+    labels = list(context.networks)
+    specs = [EvalSpec(label.upper(), context.model(label), "adapt", context.steps, context.lr,
+                      context.trainable(label), context.algorithm(label)) for label in labels]
+    specs += [EvalSpec(f"NIL ({label.upper()} body)", context.model(label), "nil",
+                       trained_with=context.algorithm(label)) for label in reversed(labels)]
+    tables = {NAME: evaluate_specs(specs, episodes)}
+    if settings.get("speed_repeats", 0):
+        tables[f"{NAME}_speed"] = _speed_table(context, episodes)
+    return tables
+
+
+def _speed_table(context, episodes) -> pd.DataFrame:
+    from repana.data import EpisodeSampler
+
+    base = context.reference_config
+    train_batch = EpisodeSampler(context.splits()["train"], ways=base.ways, shots=base.shots,
+                                 queries=base.queries_train, seed=SPEED_BATCH_SEED).sample(tasks=base.meta_batch_size)
+    # the run's own inner steps, and the paper's (its speed-ups were measured with 5 / 10 steps)
+    step_settings = {"paper": PAPER_SPEED_STEPS}
+    if (base.inner_steps_train, context.steps) != PAPER_SPEED_STEPS:
+        step_settings = {"this run": (base.inner_steps_train, context.steps), **step_settings}
+    model = context.model(context.reference)
+    frames = [speed_comparison(model, train_batch, episodes.index(slice(0, 20)), train_steps=train_steps,
+                               test_steps=test_steps, lr=context.lr,
+                               repeats=context.settings["speed_repeats"]).assign(steps_of=name)
+              for name, (train_steps, test_steps) in step_settings.items()]
+    per_iteration = {label: seconds_per_iteration(context.run_dir(label)) for label in context.networks
+                     if context.algorithm(label) in ("maml", "anil")}
+    maml_seconds = next((s for label, s in per_iteration.items() if context.algorithm(label) == "maml"), np.nan)
+    extra = pd.DataFrame([{"phase": "training_run", "algorithm": context.algorithm(label), "seconds": seconds,
+                           "speedup": maml_seconds / seconds if context.algorithm(label) == "anil" else 1.0,
+                           "inner_steps": base.inner_steps_train, "steps_of": "this run"}
+                          for label, seconds in per_iteration.items() if np.isfinite(seconds)])
+    return pd.concat([*frames, extra], ignore_index=True)
+
+
+def seconds_per_iteration(run_dir) -> float:
+    """Training seconds per iteration from a run's metrics.csv (NaN when there is none)."""
+    from pathlib import Path
+
+    path = Path(run_dir) / "metrics.csv" if run_dir is not None else None
+    if path is None or not path.exists():
+        return float("nan")
+    metrics = pd.read_csv(path)
+    train = metrics[metrics["split"] == "train"]
+    return float(train["elapsed_s"].iloc[-1] / train["step"].iloc[-1]) if len(train) else float("nan")
+
+
+def figures(tables, context) -> dict:
+    from repana.plots import paper as plots
+
+    return {NAME: lambda: plots.accuracy_bars_figure(tables[NAME], "label", "MAML vs ANIL vs NIL")}
+
+
+def speed_finding(speed: pd.DataFrame) -> Finding:
+    """ANIL's measured speed-ups beside the paper's, in the paper's step setting when it was measured."""
+    anil = speed[speed["algorithm"] == "anil"]
+    if "steps_of" in anil and (anil["steps_of"] == "paper").any():
+        anil, setting = anil[anil["steps_of"] == "paper"], "with the paper's 5 training / 10 test steps"
+    else:
+        anil, setting = anil[anil["phase"] != "training_run"], "with this run's inner steps"
+    ratio = anil.drop_duplicates("phase").set_index("phase")["speedup"]
+    faster = ratio.get("train", 0) > 1 and ratio.get("inference", 0) > 1
+    return Finding(f"ANIL speed-up over MAML {setting}: training {ratio.get('train', np.nan):.2f}x, inference "
+                   f"{ratio.get('inference', np.nan):.2f}x (paper, MiniImageNet 5w1s, recalled: 1.7x and 4.1x); "
+                   "the paper: ANIL is faster", AGREES if faster else DISAGREES)
+
+
+def report(tables, context) -> Section:
+    from repana.analysis.report import PAPER, figure_markdown, gap_within_tolerance, markdown_table, pct
+
+    frame, speed = tables[NAME], tables.get(f"{NAME}_speed")
+    rows = {r["label"]: r for _, r in frame.iterrows()}
+    view = pd.DataFrame({"method": frame["label"], "evaluation": frame["method"],
+                         "ours (%)": [pct(a, c) for a, c in zip(frame["accuracy"], frame["ci95"])],
+                         "s / episode": frame["seconds_per_episode"].map(lambda s: f"{s:.3f}")})
+    paper_rows = pd.DataFrame([{"benchmark": k, "MAML": v["MAML"], "ANIL": v["ANIL"],
+                                "NIL (recalled)": PAPER["nil"][k]} for k, v in PAPER["maml_anil"].items()])
+    findings = []
+    if "MAML" in rows and "ANIL" in rows:
+        ok, gap = gap_within_tolerance(rows["MAML"]["accuracy"], rows["ANIL"]["accuracy"], rows["MAML"]["ci95"],
+                                       rows["ANIL"]["ci95"])
+        findings.append(Finding(f"ANIL {pct(rows['ANIL']['accuracy'])} vs MAML {pct(rows['MAML']['accuracy'])} "
+                                f"(gap {100 * gap:.1f} points); paper: ANIL matches MAML", AGREES if ok else DISAGREES))
+    if "ANIL" in rows and "NIL (ANIL body)" in rows:
+        nil = rows["NIL (ANIL body)"]
+        ok, gap = gap_within_tolerance(nil["accuracy"], rows["ANIL"]["accuracy"], nil["ci95"], rows["ANIL"]["ci95"])
+        ok = ok or nil["accuracy"] > rows["ANIL"]["accuracy"]
+        findings.append(Finding(f"NIL {pct(nil['accuracy'])} vs ANIL {pct(rows['ANIL']['accuracy'])} (gap "
+                                f"{100 * gap:.1f} points); paper: NIL matches or beats ANIL", AGREES if ok else DISAGREES))
+    body = (markdown_table(view) + "\n\nPaper:\n\n" + markdown_table(paper_rows) + "\n\n"
+            + figure_markdown(NAME, "Accuracy on the same test episodes") + "\n")
+    if speed is not None and len(speed):
+        speed_view = speed.copy()
+        speed_view["seconds"] = speed_view["seconds"].map(lambda s: f"{s:.4f}")
+        speed_view["speedup"] = speed_view["speedup"].map(lambda s: f"{s:.2f}x")
+        body += ("ANIL vs MAML cost, measured back to back in this run on this machine (`train`: one "
+                 "meta-step on the same meta-batch; `inference`: one test episode; `training_run`: seconds "
+                 "per iteration of the whole training runs, from their metrics.csv; `steps_of`: the inner "
+                 "steps of this run, or the paper's 5 in training and 10 at test, with which its speed-ups "
+                 "were measured):\n\n" + markdown_table(speed_view) + "\n")
+        findings.append(speed_finding(speed))
+    return Section("MAML vs ANIL vs NIL (paper Tables 2 and 4)", body, tuple(findings))
+
+
+ANALYSIS = register(Analysis(
+    name=NAME, title="MAML vs ANIL vs NIL", reference="Tables 2 and 4, Sec. 4.3", networks=("maml", "anil"),
+    compute=compute, figures=figures, report=report, episode_offset=3))

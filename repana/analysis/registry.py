@@ -1,0 +1,311 @@
+"""The analysis registry: one :class:`Analysis` per table or figure of the paper.
+
+Each analysis module (``repana/analysis/<name>.py``) declares, in one place, everything about it:
+
+- ``name``: its one name, used by ``repana analyze <name>``, its ``analyses/<name>.toml`` entry, its CSV
+  files (``<name>.csv``, ``<name>_<table>.csv``), its figure files (``<name>.png``, ``<name>_<figure>.png``)
+  and its report section;
+- ``networks``: the training runs of ``repana reproduce`` it needs (run names, e.g. ``("maml", "anil")``)
+  and, for ``repana analyze``, how many checkpoints it takes (``n_checkpoints``);
+- ``compute(context) -> {table name: tidy DataFrame}``: the work (settings per preset come from the TOML
+  entry, see :func:`load_settings`);
+- ``figures(tables, context) -> {stem: figure builder}``;
+- ``report(tables, context) -> Section``: the report section, with the rule that decides whether each
+  finding agrees with the paper.
+
+``repana reproduce`` and ``repana analyze`` both iterate this registry; adding an analysis is one module
+(registered in ``ANALYSIS_MODULES``) and one TOML entry.
+"""
+
+from __future__ import annotations
+
+import importlib
+import tomllib
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from repana.errors import ConfigError, InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from repana.meta.checkpoint import Checkpoint
+    from repana.meta.config import TrainConfig
+
+PRESETS = ("quick", "paper")
+# Modules that register an analysis, in report order.
+ANALYSIS_MODULES = ("inner_loop_similarity", "freezing", "maml_anil_nil", "maml_anil_similarity",
+                    "training_regimes", "head_needed", "training_dynamics", "convergence")
+ANALYSIS_QUERIES = 15    # query images per class in the analyses' test episodes (datapoints)
+ANALYSIS_SEED = 12345    # seed of the analyses' test episodes (plus each analysis's episode_offset)
+
+AGREES, DISAGREES, NO_VERDICT = "agrees", "does NOT agree", "no verdict"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One statement of a report section and its verdict against the paper's claim."""
+
+    text: str
+    verdict: str = NO_VERDICT    # AGREES | DISAGREES | NO_VERDICT
+
+    def __str__(self) -> str:
+        return self.text if self.verdict == NO_VERDICT else f"{self.text} -> **{self.verdict}**."
+
+
+@dataclass(frozen=True)
+class Section:
+    """A report section: markdown body (tables, figures) and its findings."""
+
+    title: str
+    body: str
+    findings: tuple[Finding, ...] = ()
+
+    def markdown(self) -> str:
+        listed = "\n".join(f"- {finding}" for finding in self.findings)
+        return f"## {self.title}\n\n{self.body.rstrip()}\n\n{listed}\n"
+
+
+Tables = dict[str, "pd.DataFrame"]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One paper analysis (see the module docstring)."""
+
+    name: str
+    title: str
+    reference: str                                          # the paper's table / figure
+    networks: tuple[str, ...]                               # reproduce's training runs it needs
+    compute: Callable[["AnalysisContext"], Tables]
+    report: Callable[[Tables, "AnalysisContext"], Section]
+    figures: Callable[[Tables, "AnalysisContext"], dict[str, Callable[[], Any]]] = lambda tables, context: {}
+    n_checkpoints: tuple[int, int | None] = (1, None)       # repana analyze: min and max checkpoints
+    episode_offset: int = 0                                 # its test episodes: ANALYSIS_SEED + offset
+    uses_history: bool = False                              # reads the step checkpoints of its runs too
+    summary_table: str | None = None                        # table printed by repana analyze (default: name)
+
+    def table_file(self, table: str) -> str:
+        """CSV file name of one of its tables."""
+        return f"{table}.csv"
+
+    def check_table_names(self, tables: Mapping[str, Any]) -> None:
+        bad = [t for t in tables if t != self.name and not t.startswith(self.name + "_")]
+        if bad:
+            raise AssertionError(f"analysis {self.name!r} returned tables {bad}: names must be "
+                                 f"{self.name!r} or start with '{self.name}_'")
+
+
+_REGISTRY: dict[str, Analysis] = {}
+
+
+def register(analysis: Analysis) -> Analysis:
+    """Add ``analysis`` to the registry (module import time); returns it."""
+    if analysis.name in _REGISTRY and _REGISTRY[analysis.name] is not analysis:
+        raise ConfigError(f"two analyses are named {analysis.name!r}")
+    _REGISTRY[analysis.name] = analysis
+    return analysis
+
+
+def _load_all() -> None:
+    for module in ANALYSIS_MODULES:
+        importlib.import_module(f"repana.analysis.{module}")
+
+
+def list_analyses() -> list[str]:
+    """Registered analysis names, in report order."""
+    _load_all()
+    return [name for name in ANALYSIS_MODULES if name in _REGISTRY] + sorted(
+        set(_REGISTRY) - set(ANALYSIS_MODULES))
+
+
+def get_analysis(name: str) -> Analysis:
+    """The analysis called ``name`` (``-`` and ``_`` are the same); ConfigError naming the choices."""
+    _load_all()
+    key = name.replace("-", "_")
+    if key not in _REGISTRY:
+        raise ConfigError(f"unknown analysis {name!r}; choose one of {', '.join(list_analyses())}")
+    return _REGISTRY[key]
+
+
+# ----- settings (analyses/<name>.toml) -----------------------------------------------------------
+
+def default_analyses_dir() -> Path:
+    """``analyses/`` of the source checkout, else the copy installed with the package (``repana._analyses``)."""
+    source = Path(__file__).resolve().parents[2] / "analyses"
+    if source.is_dir():
+        return source
+    return Path(__file__).resolve().parents[1] / "_analyses"
+
+
+def load_entries(preset: str, analyses_dir: str | Path | None = None) -> dict[str, dict]:
+    """Every ``analyses/*.toml`` entry for ``preset``: name -> {reference, command, ..., settings}.
+
+    Each entry's ``name`` must be a registered analysis and its networks those the analysis declares.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"preset {preset!r} is not one of {PRESETS}")
+    folder = Path(analyses_dir) if analyses_dir else default_analyses_dir()
+    files = sorted(folder.glob("*.toml")) if folder.is_dir() else []
+    if not files:
+        raise ConfigError(f"no analysis entries (*.toml) in {folder}: pass --analyses DIR pointing at the "
+                          "analyses/ folder of the repana source")
+    entries = {}
+    for path in files:
+        with open(path, "rb") as handle:
+            try:
+                entry = tomllib.load(handle)
+            except tomllib.TOMLDecodeError as error:
+                raise ConfigError(f"{path}: not valid TOML ({error})") from None
+        name = entry.get("name", path.stem)
+        analysis = get_analysis(name)
+        if path.stem != analysis.name:
+            raise ConfigError(f"{path}: the entry of analysis {analysis.name!r} must be named {analysis.name}.toml")
+        if preset not in entry:
+            raise ConfigError(f"{path} has no [{preset}] settings")
+        entries[analysis.name] = {**{k: v for k, v in entry.items() if k not in PRESETS},
+                                  "settings": dict(entry[preset])}
+    return entries
+
+
+def load_settings(name: str, preset: str = "paper", analyses_dir: str | Path | None = None) -> dict:
+    """The ``[preset]`` settings of one analysis's TOML entry."""
+    entries = load_entries(preset, analyses_dir)
+    if name not in entries:
+        raise ConfigError(f"no analyses entry for {name!r} in {analyses_dir or default_analyses_dir()}")
+    return entries[name]["settings"]
+
+
+# ----- what an analysis works on ------------------------------------------------------------------
+
+@dataclass
+class AnalysisContext:
+    """Everything an analysis computes from: typed checkpoints, data, settings, the test-time inner loop.
+
+    ``networks``: label -> :class:`repana.meta.checkpoint.Checkpoint` (reproduce: its run names; analyze:
+    the checkpoints given, labelled by their algorithm). ``reference``: the label whose resolved
+    :class:`TrainConfig` defines the episodes (ways, shots) and the default inner loop. ``steps`` / ``lr``:
+    test-time inner steps and step size (mean-loss convention); None = the reference run's own.
+    ``data``: ``{"train", "val", "test"}`` datasets, loaded from the reference run's dataset when None.
+    """
+
+    networks: dict[str, "Checkpoint"]
+    settings: dict
+    preset: str = "paper"
+    reference: str | None = None
+    steps: int | None = None
+    lr: float | None = None
+    data: dict | None = None
+    data_root: str | Path | None = None
+    dataset: str | None = None
+    queries: int = ANALYSIS_QUERIES
+    seed: int = ANALYSIS_SEED
+    episode_offset: int = 0
+    extras: dict = field(default_factory=dict)     # orchestration facts for reports (e.g. run timings)
+    _models: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.networks:
+            raise InputError("an analysis needs at least one checkpoint")
+        if self.reference is None:
+            self.reference = next(iter(self.networks))
+        if self.reference not in self.networks:
+            raise InputError(f"reference network {self.reference!r} is not among {list(self.networks)}")
+        if self.steps is None:
+            self.steps = self.config(self.reference).inner_steps_test
+        if self.lr is None:
+            self.lr = self.config(self.reference).mean_loss_inner_lr()
+        self.steps, self.lr = int(self.steps), float(self.lr)
+
+    # typed access ----------------------------------------------------------------------------
+    def config(self, label: str) -> "TrainConfig":
+        """The resolved training config of network ``label``."""
+        return self.networks[label].train_config()
+
+    def algorithm(self, label: str) -> str:
+        """Canonical training algorithm of network ``label`` (aliases resolved: pretrain -> multiclass)."""
+        from repana.meta.algorithms import ALIASES
+
+        name = self.networks[label].algorithm
+        return ALIASES.get(name, name)
+
+    def model(self, label: str):
+        """Network ``label`` in eval mode (built once)."""
+        if label not in self._models:
+            self._models[label] = self.networks[label].model()
+        return self._models[label]
+
+    def trainable(self, label: str):
+        """What adapts at test time for network ``label`` (the algorithm spec's one rule)."""
+        from repana.analysis.common import trainable_for
+
+        return trainable_for(self.networks[label].algorithm)
+
+    def with_settings(self, settings: dict, episode_offset: int,
+                      networks: tuple[str, ...] | None = None) -> "AnalysisContext":
+        """The same data and models with another analysis's settings (and a subset of the networks,
+        keeping the reference run's inner loop)."""
+        chosen = self.networks if networks is None else {label: self.networks[label] for label in networks}
+        self.splits()
+        clone = AnalysisContext(networks=chosen, settings=settings, preset=self.preset,
+                                reference=self.reference if self.reference in chosen else next(iter(chosen)),
+                                steps=self.steps, lr=self.lr, data=self.data,
+                                data_root=self.data_root, dataset=self.dataset, queries=self.queries,
+                                seed=self.seed, episode_offset=episode_offset, extras=self.extras)
+        clone._models = self._models
+        clone.__dict__["reference_config"] = self.reference_config
+        return clone
+
+    # data -------------------------------------------------------------------------------------
+    @cached_property
+    def reference_config(self) -> "TrainConfig":
+        return self.config(self.reference)
+
+    def splits(self) -> dict:
+        """The ``{"train", "val", "test"}`` datasets (loaded once, from the reference run's dataset)."""
+        if self.data is None:
+            from repana.data import load_splits
+
+            config = self.reference_config
+            dataset = self.dataset or config.dataset
+            root = self.data_root or config.data_root or None
+            self.data = load_splits(dataset, root=root)
+        return self.data
+
+    def episodes(self, count: int, offset: int = 0):
+        """``count`` fixed test episodes (the reference run's ways and shots), seeded by this analysis."""
+        from repana.data import fixed_episodes
+
+        if count < 1:
+            raise InputError(f"episodes = {count}: an analysis needs at least one test episode")
+        config = self.reference_config
+        return fixed_episodes(self.splits()["test"], n_episodes=int(count), ways=config.ways, shots=config.shots,
+                              queries=self.queries, seed=self.seed + self.episode_offset + offset)
+
+    def history(self, label: str) -> list["Checkpoint"]:
+        """Step checkpoints (``step_XXXXXX.pt``) saved beside network ``label``'s checkpoint, by step."""
+        from repana.meta.checkpoint import load_checkpoint
+        from repana.meta.train import list_step_checkpoints
+
+        path = self.networks[label].path
+        if path is None:
+            return [self.networks[label]]
+        found = [load_checkpoint(p) for _, p in list_step_checkpoints(Path(path).parent)]
+        return found or [self.networks[label]]
+
+    def run_dir(self, label: str) -> Path | None:
+        """The run folder of network ``label`` (``<run>/checkpoints/<file>.pt`` -> ``<run>``)."""
+        path = self.networks[label].path
+        return Path(path).parent.parent if path is not None else None
+
+    def input_files(self, analysis: Analysis) -> list[Path]:
+        """Checkpoint files whose content determines ``analysis``'s results (for the table cache)."""
+        files = [Path(c.path) for c in self.networks.values() if c.path is not None]
+        if analysis.uses_history:
+            from repana.meta.train import list_step_checkpoints
+
+            for path in list(files):
+                files += [p for _, p in list_step_checkpoints(path.parent)]
+        return sorted(set(files))
