@@ -95,7 +95,7 @@ def test_speed_finding_uses_the_papers_step_setting_when_measured():
             ("this run", "training_run", "anil", 1.9), ("paper", "train", "maml", 1.0)]
     speed = pd.DataFrame(rows, columns=["steps_of", "phase", "algorithm", "speedup"])
     finding = _speed_finding(speed)
-    assert "paper's 5 training / 10 test steps: training 2.50x, inference 4.40x" in finding
+    assert "with 5 training / 10 test steps: training 2.50x, inference 4.40x" in finding
     assert "**agrees**" in finding
     own = _speed_finding(speed[speed["steps_of"] == "this run"].drop(columns="steps_of"))
     assert "this run's inner steps: training 1.20x, inference 1.10x" in own

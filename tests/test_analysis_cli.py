@@ -39,6 +39,14 @@ def checkpoints(tmp_path_factory):
         # a multiclass network's head has one output per meta-training class, not per way
         found[algorithm] = _checkpoint(run / "step_000010.pt", algorithm, seed + 10,
                                        n_classes=12 if algorithm == "multiclass" else 5)
+        # the run's metrics.csv, as training writes it, with two validation points (learning curves)
+        (run.parent / "metrics.csv").write_text("step,split,loss,accuracy,elapsed_s\n5,train,1.5,0.3,1.0\n"
+                                                f"5,val,,0.{30 + seed},1.1\n10,train,1.2,0.4,2.0\n"
+                                                f"10,val,,0.{40 + seed},2.1\n")
+    second = folder / "maml_b" / "checkpoints"
+    second.mkdir(parents=True)
+    found["maml_b"] = _checkpoint(second / "step_000010.pt", "maml", 40)
+    found["anil_b"] = _checkpoint(folder / "anil_b.pt", "anil", 41)
     return found
 
 
@@ -50,6 +58,8 @@ def test_the_cli_lists_exactly_the_registered_analyses():
 def test_every_analysis_runs_on_a_checkpoint_of_every_algorithm(tmp_path, checkpoints, algorithm, capsys):
     for name in list_analyses():
         analysis = get_analysis(name)
+        if analysis.n_checkpoints[0] > 2:   # seed pairs: see the test below
+            continue
         given = [f"{algorithm}={checkpoints[algorithm]}"]
         if name == "head_needed":   # one network trained with a head, one with nil_training
             given.append(f"other={checkpoints['anil' if algorithm == 'nil_training' else 'nil_training']}")
@@ -85,6 +95,31 @@ def test_predict_on_a_checkpoint_of_every_algorithm(tmp_path, checkpoints, capsy
         assert main(["predict", str(checkpoints[algorithm]), "--support", str(support), "--query", str(query),
                      "--steps", "1"]) == 0, (algorithm, capsys.readouterr().err)
         assert "labelled query images" in capsys.readouterr().err
+
+
+def test_seed_pairs_and_learning_curves_from_the_command_line(tmp_path, checkpoints, capsys):
+    out = tmp_path / "out"
+    args = ["analyze", "seed_pair_similarity", "--out", str(out), "--episodes", "2", "--measure", "cka"]
+    for name in ("maml", "maml_b", "anil", "anil_b"):
+        args += ["--checkpoint", str(checkpoints[name])]
+    assert main(args) == 0, capsys.readouterr().err
+    pairs = pd.read_csv(out / "seed_pair_similarity.csv")
+    assert sorted(pairs.drop_duplicates(["model_a", "model_b"])["pair"]) == ["ANIL-ANIL", "ANIL-MAML", "ANIL-MAML",
+                                                                            "ANIL-MAML", "ANIL-MAML", "MAML-MAML"]
+    body = pairs[pairs["layer"] == "body average"]
+    per_layer = pairs[pairs["layer"].isin(["conv1", "conv2", "conv3", "conv4"])]
+    first = body.iloc[0]
+    expected = per_layer[(per_layer["model_a"] == first["model_a"]) & (per_layer["model_b"] == first["model_b"])]
+    assert first["mean"] == pytest.approx(expected["mean"].mean(), abs=1e-12)
+    assert main(["analyze", "seed_pair_similarity", "--checkpoint", str(checkpoints["maml"]), "--checkpoint",
+                 str(checkpoints["anil"]), "--out", str(out)]) == 1
+    assert "at least 4 --checkpoint" in capsys.readouterr().err
+    assert main(["analyze", "learning_curves", "--checkpoint", str(checkpoints["maml"]), "--checkpoint",
+                 str(checkpoints["anil"]), "--out", str(out)]) == 0
+    curves = pd.read_csv(out / "learning_curves.csv")
+    assert list(curves["step"]) == [5, 10, 5, 10] and set(curves["algorithm"]) == {"maml", "anil"}
+    assert main(["analyze", "learning_curves", "--checkpoint", str(checkpoints["anil_b"]), "--out", str(out)]) == 1
+    assert "no metrics.csv" in capsys.readouterr().err
 
 
 def test_freezing_and_inner_loop_values(tmp_path, checkpoints):

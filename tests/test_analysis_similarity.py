@@ -32,14 +32,21 @@ def test_cross_model_similarity_refuses_other_architectures():
         cross_model_similarity(tiny_model(hidden=8), tiny_model(hidden=4), tiny_episodes(tasks=1))
 
 
-def test_select_stages_picks_early_middle_final(tmp_path):
-    paths = [tmp_path / f"step_{s:06d}.pt" for s in (10, 50, 100, 400, 800)]
+def test_select_stages_picks_the_papers_fractions_of_training(tmp_path):
+    """Figure 3: 10k, 20k, 30k of 60k iterations (1/6, 1/3, 1/2) and the final network; never step 0."""
+    steps = (0, 1000, 10000, 20000, 30000, 60000)
+    paths = [tmp_path / f"step_{s:06d}.pt" for s in steps]
     stages = select_stages(paths + [tmp_path / "latest.pt"])
-    assert [(name, p.name) for name, p in stages] == [("early", "step_000010.pt"), ("middle", "step_000100.pt"),
-                                                      ("final", "step_000800.pt")]
-    assert [name for name, _ in select_stages(paths[:2])] == ["early", "final"]
-    with pytest.raises(InputError):
-        select_stages([tmp_path / "latest.pt"])
+    assert [(name, p.name) for name, p in stages] == [("1/6", "step_010000.pt"), ("1/3", "step_020000.pt"),
+                                                      ("1/2", "step_030000.pt"), ("final", "step_060000.pt")]
+    # a quick run of 1500 iterations saved at 250, 500, 750, 1500
+    quick = [tmp_path / f"step_{s:06d}.pt" for s in (250, 500, 750, 1500)]
+    assert [p.name for _, p in select_stages(quick)] == [p.name for p in quick]
+    # nearest checkpoints, each used once; the total comes from the last step unless given
+    assert [(n, p.name) for n, p in select_stages(quick[2:], iterations=1500)] == [
+        ("1/6", "step_000750.pt"), ("final", "step_001500.pt")]
+    with pytest.raises(InputError, match="untrained"):
+        select_stages([tmp_path / "latest.pt", paths[0]])
 
 
 def test_strongly_convex_head_inner_loop_reaches_its_minimum():

@@ -17,6 +17,8 @@ TINY = {
     "maml_anil_similarity": 'episodes = 3\nmeasures = ["svcca", "cka_debiased"]\nmin_ratio = 5.0\n',
     "training_regimes": "episodes = 4\n",
     "head_needed": "episodes = 4\n",
+    "seed_pair_similarity": 'episodes = 2\nmeasures = ["cca", "cka"]\nmin_ratio = 5.0\n',
+    "learning_curves": "flat_gain = 0.01\n",
     "convergence": ("inner_steps = [1, 2]\niterations = 2\nmeta_batch_size = 2\neval_every = 2\nepisodes = 2\n"
                     "inner_lr = 0.1\nl2 = 0.1\nhead_hidden = 8\ncost_repeats = 1\n"),
 }
@@ -52,13 +54,37 @@ def test_every_entry_has_settings_for_both_presets():
 
 def test_training_plan_quick_and_paper():
     quick = training_plan("quick", "omniglot")
-    assert {k: c.algorithm for k, c in quick.items()} == {"maml": "maml", "anil": "anil", "multiclass": "pretrain",
-                                                          "multitask": "multitask", "nil": "nil"}
-    assert quick["maml"].save_steps[-1] == quick["maml"].iterations and len(quick["maml"].save_steps) == 3
-    paper = training_plan("paper", "omniglot")
+    by_network = {job.network: job.config for job in quick}
+    assert {k: c.algorithm for k, c in by_network.items()} == {
+        "maml": "maml", "anil": "anil", "multiclass": "pretrain", "multitask": "multitask", "nil": "nil"}
+    maml = by_network["maml"]
+    # Figure 3's stages: 1/6, 1/3 and 1/2 of training (10k, 20k, 30k of 60k) and the final network
+    assert maml.save_steps == [250, 500, 750, 1500] and maml.iterations == 1500
+    assert maml.val_every == 100 and by_network["anil"].val_every == 100 and by_network["nil"].val_every == 0
+    assert {job.folder for job in quick} >= {"omniglot-5way-1shot/maml/seed0"}
+    paper = {job.network: job.config for job in training_plan("paper", "omniglot")}
     assert paper["maml"].iterations == 60000 and paper["maml"].hidden == 64
+    assert {10000, 20000, 30000, 60000} <= set(paper["maml"].save_steps)
     with pytest.raises(ConfigError, match="preset"):
         training_plan("huge", "omniglot")
+
+
+def test_seeds_and_settings_expand_the_plan():
+    plan = training_plan("quick", "omniglot", settings=["20way-5shot", "omniglot-5way-1shot"], seeds=3,
+                         networks=["maml", "anil"])
+    assert len(plan) == 2 * 2 * 3
+    cells = {(job.setting.name, job.config.ways, job.config.shots) for job in plan}
+    assert cells == {("omniglot-20way-5shot", 20, 5), ("omniglot-5way-1shot", 5, 1)}
+    seeds = {(job.setting.name, job.network, job.seed): job.config.seed for job in plan}
+    assert len(set(seeds.values())) == 6   # every network of a setting has its own initialisation
+    assert seeds[("omniglot-5way-1shot", "maml", 0)] == training_plan("quick", "omniglot")[0].config.seed
+    mini = training_plan("quick", "miniimagenet", settings=["5way-5shot"], networks=["anil"])
+    assert mini[0].config.dataset == "miniimagenet" and mini[0].config.shots == 5
+    for bad, message in ((dict(seeds=0), "at least 1 seed"), (dict(settings=["7way-1shot"]), "not one of the paper's"),
+                         (dict(settings=["imagenet-5way-1shot"]), "unknown dataset"),
+                         (dict(settings=["five-way"]), "DATASET-Nway-Kshot")):
+        with pytest.raises(ConfigError, match=message):
+            training_plan("quick", "omniglot", **bad)
 
 
 def test_report_end_to_end_and_resume(tmp_path, glyphs):
@@ -66,49 +92,58 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs):
     out = tmp_path / "out"
     messages = []
     report = reproduce("quick", "glyphs", out=out, analyses_dir=entries, iterations_scale=0.001, data=glyphs,
-                       train_overrides=SMALL,
-                       log=messages.append)
+                       train_overrides=SMALL, seeds=2, log=messages.append)
     text = report.read_text()
     for heading in ("Representational change in the inner loop", "Freezing layers at test time",
-                    "MAML vs ANIL vs NIL", "MAML and ANIL learn similar", "Where the features come from",
-                    "Feature reuse during training", "convergence"):
+                    "MAML vs ANIL vs NIL", "pairs of different seeds (paper Table 3)", "Where the features come from",
+                    "Feature reuse during training", "convergence", "learn very similarly (paper Fig. 5)",
+                    "Tables 2 and 4, every cell"):
         assert heading in text
-    assert "46.9" in text and "48.4" in text and "93.7 ± 0.7" in text  # the paper's numbers beside ours
-    assert "agree" in text
+    # the paper's numbers beside ours, as printed: Table 1, Table 5, Table 2, Table 3
+    assert "44.5 ± 0.8" in text and "48.4 ± 0.3" in text and "93.7 ± 0.7" in text and "0.51" in text
+    assert "not run" in text and "2 seeds" in text and "agree" in text
+    setting = out / "figures" / "glyphs-5way-1shot"
     for figure in ("inner_loop_similarity", "inner_loop_similarity_steps", "freezing", "maml_anil_nil",
-                   "maml_anil_similarity", "training_regimes", "training_dynamics", "convergence", "convergence_cost"):
-        assert (out / f"{figure}.png").stat().st_size > 1000
-        assert (out / f"{figure}.pdf").exists()
-    freezing = pd.read_csv(out / "tables" / "freezing.csv")
-    assert list(freezing["frozen"]) == ["none", "1", "1,2", "1,2,3", "1,2,3,4"]
-    anil_inner = pd.read_csv(out / "tables" / "inner_loop_similarity_summary.csv").query("label == 'ANIL' and layer != 'head'")
+                   "maml_anil_similarity", "training_regimes", "training_dynamics", "convergence", "convergence_cost",
+                   "seed_pair_similarity", "learning_curves"):
+        assert (setting / f"{figure}.png").stat().st_size > 1000
+        assert (setting / f"{figure}.pdf").exists()
+    assert f"figures/glyphs-5way-1shot/freezing.png" in text
+    tables = out / "tables" / "glyphs-5way-1shot"
+    freezing = pd.read_csv(tables / "freezing.csv")
+    assert list(freezing["frozen"]) == ["none", "1", "1,2", "1,2,3", "1,2,3,4"] * 2
+    assert list(freezing["seed"]) == [0] * 5 + [1] * 5
+    pairs = pd.read_csv(tables / "seed_pair_similarity.csv")
+    assert set(pairs["pair"]) == {"MAML-MAML", "ANIL-ANIL", "ANIL-MAML"} and len(set(pairs["model_b"])) == 3
+    curves = pd.read_csv(tables / "learning_curves.csv")
+    assert set(curves["algorithm"]) == {"maml", "anil"} and set(curves["seed"]) == {0, 1}
+    anil_inner = pd.read_csv(tables / "inner_loop_similarity_summary.csv").query("label == 'ANIL' and layer != 'head'")
     assert (anil_inner["mean"] > 1 - 1e-6).all()  # ANIL's body never changes in the inner loop
-    assert any("[train] maml" in m and "iterations" in m for m in messages)
-    speed = pd.read_csv(out / "tables" / "maml_anil_nil_speed.csv")
+    assert any("[train] glyphs-5way-1shot/maml/seed1" in m and "iterations" in m for m in messages)
+    speed = pd.read_csv(tables / "maml_anil_nil_speed.csv").query("seed == 0")
     # the run's own steps (1 / 1 here) and the paper's 5 training / 10 test steps of its 1.7x and 4.1x
     assert set(zip(speed["steps_of"], speed["phase"], speed["inner_steps"])) == {
         ("this run", "train", 1), ("this run", "inference", 1), ("paper", "train", 5), ("paper", "inference", 10),
         ("this run", "training_run", 1)}
-    assert "with the paper's 5 training / 10 test steps" in text
+    assert "with 5 training / 10 test steps" in text
 
     # Rerun: nothing is trained or computed again.
     messages.clear()
     reproduce("quick", "glyphs", out=out, analyses_dir=entries, iterations_scale=0.001, data=glyphs,
-              train_overrides=SMALL,
-              log=messages.append)
+              train_overrides=SMALL, seeds=2, log=messages.append)
     assert not any("iterations" in m for m in messages if m.startswith("[train]"))
     assert not any("rows in" in m for m in messages)
     # An interrupted run that lost one table recomputes only that one.
-    (out / "tables" / "training_regimes.csv").unlink()
+    (tables / "seed1" / "training_regimes.csv").unlink()
     messages.clear()
     reproduce("quick", "glyphs", out=out, analyses_dir=entries, iterations_scale=0.001, data=glyphs,
-              train_overrides=SMALL,
-              log=messages.append)
-    assert [m.split(":")[0] for m in messages if "rows in" in m] == ["[analysis] training_regimes"]
+              train_overrides=SMALL, seeds=2, log=messages.append)
+    assert [m.split(":")[0] for m in messages if "rows in" in m] == ["[analysis] training_regimes seed1"]
     # The same folder with other training settings is refused, not silently reused.
     with pytest.raises(ConfigError, match="trained with other settings.*hidden"):
         reproduce("quick", "glyphs", out=out, analyses_dir=entries, iterations_scale=0.001, data=glyphs,
-                  train_overrides={**SMALL, "hidden": 6}, log=messages.append)
+                  train_overrides={**SMALL, "hidden": 6}, seeds=2, log=messages.append)
+
 
 
 def test_unknown_analysis_and_missing_entries_are_clear_errors(tmp_path):

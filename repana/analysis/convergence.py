@@ -243,6 +243,7 @@ def report(tables, context) -> Section:
     return Section("Inner-loop geometry and convergence (Ji et al., NeurIPS 2020)", body, tuple(findings))
 
 
+# across_seeds: computed once per setting (fresh networks of the reference run's architecture, whatever the seeds)
 ANALYSIS = register(Analysis(
     name=NAME, title="Inner-loop geometry and convergence", reference="Ji et al. 2020", networks=("maml",),
-    n_checkpoints=(1, 1), compute=compute, figures=figures, report=report, episode_offset=6))
+    n_checkpoints=(1, 1), compute=compute, figures=figures, report=report, episode_offset=6, across_seeds=True))

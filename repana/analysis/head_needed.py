@@ -50,14 +50,19 @@ def compute(context) -> dict[str, pd.DataFrame]:
 
 
 def report(tables, context) -> Section:
-    from repana.analysis.report import markdown_table, pct
+    from repana.analysis import paper_values
+    from repana.analysis.report import markdown_table, over_seeds, pct_seeds, seed_spread
 
-    head = tables[NAME]
-    accuracy = dict(zip(head["training"], head["accuracy"]))
-    ok = accuracy.get("anil", 0) > accuracy.get("nil", 1)
-    finding = Finding(f"Head needed at training time: ANIL body {pct(accuracy.get('anil'))} vs NIL-trained "
-                      f"{pct(accuracy.get('nil'))} under NIL evaluation (paper 48.0 vs 38.3)", AGREES if ok else DISAGREES)
-    return Section("Is the head needed at training time? (paper Table 5)", markdown_table(head), (finding,))
+    summary = over_seeds(tables[NAME], ["training"], "accuracy")
+    column = f"MiniImageNet-5way-{5 if context.reference_config.shots >= 5 else 1}shot"
+    view = pd.DataFrame({"trained with": summary["training"],
+                         "ours, NIL eval (%)": [pct_seeds(row) for _, row in summary.iterrows()],
+                         f"paper {column} (%)": [paper_values.value("Table 5", t, column).printed
+                                                 for t in summary["training"]]})
+    cells = {row["training"]: (100 * row["accuracy"], 100 * seed_spread(row)) for _, row in summary.iterrows()}
+    verdict, reason = paper_values.verdict_head_needed_at_training(cells)
+    finding = Finding(f"Head needed at training time: {reason}", AGREES if verdict == paper_values.AGREES else DISAGREES)
+    return Section("Is the head needed at training time? (paper Table 5)", markdown_table(view), (finding,))
 
 
 ANALYSIS = register(Analysis(

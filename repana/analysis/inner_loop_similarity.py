@@ -120,60 +120,63 @@ def _figure_step(context) -> int | None:
     return context.steps if context.steps <= followed else None
 
 
+def seed_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary averaged over seeds: mean (and null_mean) per (label, step, layer, measure), with
+    mean_std over seeds, n_seeds and the mean episode CI."""
+    from repana.analysis.report import over_seeds
+
+    keys = ["label", "step", "layer", "measure"]
+    merged = over_seeds(summary, keys, "mean").merge(
+        over_seeds(summary, keys, "null_mean", ci="null_ci95").drop(columns="n_seeds"), on=keys, how="left")
+    extra = [c for c in ("n_datapoints", "n_features", "reduction", "scope") if c in summary]
+    return merged.merge(summary.drop_duplicates(keys)[keys + extra], on=keys, how="left")
+
+
 def figures(tables, context) -> dict:
     from repana.plots import paper as plots
 
-    summary = tables[f"{NAME}_summary"]
+    summary = seed_summary(tables[f"{NAME}_summary"])
+    several = summary["n_seeds"] > 1
+    summary.loc[several, "ci95"] = summary.loc[several, "mean_std"]   # error bars: spread over seeds
     return {NAME: lambda: plots.inner_loop_figure(summary, step=_figure_step(context)),
             f"{NAME}_steps": lambda: plots.inner_steps_figure(summary)}
 
 
-def verdict(values: dict[str, float]) -> tuple[bool, str]:
-    """The paper's Figure 2 claim on one network and measure: {layer: before-vs-after similarity}.
-
-    Agrees when every conv layer is above 0.9 and the head is below every conv layer by at least 0.1.
-    """
-    convs = [values.get(layer, np.nan) for layer in ("conv1", "conv2", "conv3")]
-    head = values.get("head", np.nan)
-    near_one = bool(np.all(np.asarray(convs) >= NEAR_ONE))
-    lower = bool(np.isfinite(head) and head <= np.nanmin(convs) - CLEARLY_LOWER)
-    text = (f"conv1-conv3 before/after similarity {', '.join(f'{c:.3f}' for c in convs)} "
-            f"({'all' if near_one else 'not all'} >= {NEAR_ONE}); head {head:.3f} "
-            f"({'clearly' if lower else 'not clearly'} lower)")
-    return near_one and lower, text
-
-
 def report(tables, context) -> Section:
-    from repana.analysis.report import figure_markdown, markdown_table
+    from repana.analysis import paper_values
+    from repana.analysis.report import figure_markdown, markdown_table, seed_spread
 
-    summary = tables[f"{NAME}_summary"]
+    summary = seed_summary(tables[f"{NAME}_summary"])
     step = _figure_step(context)
     if step is not None and step in set(summary["step"]):
         last = summary[summary["step"] == step]
     else:
         last = summary[summary["step"] == summary.groupby("label")["step"].transform("max")]
         step = None
-    view = last[["label", "layer", "measure", "mean", "ci95", "null_mean", "n_datapoints", "n_features",
-                 "reduction", "scope"]].rename(columns={"mean": "before vs after", "null_mean": "null baseline"})
+    view = last[["label", "layer", "measure", "mean", "mean_std", "ci95", "null_mean", "n_seeds", "n_datapoints",
+                 "n_features", "reduction"]].rename(columns={"mean": "before vs after", "mean_std": "std over seeds",
+                                                             "ci95": "episode CI", "null_mean": "null baseline"})
     findings = []
-    maml_all = summary[summary["label"] == "MAML"]
+    maml_all = summary[summary["label"].str.startswith("MAML")]
     steps = sorted({int(maml_all["step"].min()), int(maml_all["step"].max())}) if len(maml_all) else []
     for inner_step in steps:
         maml = maml_all[maml_all["step"] == inner_step]
         for measure, group in maml.groupby("measure"):
-            ok, text = verdict(dict(zip(group["layer"], group["mean"])))
-            findings.append(Finding(
-                f"MAML, {measure}, after {inner_step} inner step{'s' if inner_step > 1 else ''}: {text}. Paper: "
-                "conv1-conv3 ~1, head much lower", AGREES if ok else DISAGREES))
+            cells = {row["layer"]: (row["mean"], seed_spread(row, "mean")) for _, row in group.iterrows()}
+            verdict, reason = paper_values.verdict_inner_loop_similarity(cells, measure)
+            findings.append(Finding(f"MAML after {inner_step} inner step{'s' if inner_step > 1 else ''}: {reason}",
+                                    AGREES if verdict == paper_values.AGREES else DISAGREES))
     by_step = maml_all.pivot_table(index=["measure", "layer"], columns="step", values="mean").round(3)
     by_step.columns = [f"after step {c}" for c in by_step.columns]
     by_step = by_step.reset_index()
     which = f"after {step} inner step(s), as in the accuracy analyses" if step else "last inner step"
     body = ("Similarity of each layer's activations on the query images before vs after the test-time "
-            f"inner loop ({which}), mean ± 95% CI over episodes (or pooled groups), beside the "
-            "null baseline (one side's query datapoints shuffled). `n_datapoints` x `n_features` is what "
-            "entered each measure; `reduction` how conv maps became 2-D.\n\n" + markdown_table(view) + "\n\n"
-            + figure_markdown(NAME, "Before vs after the inner loop, per layer (dotted: null)")
+            f"inner loop ({which}): mean over seeds of the mean over episodes (or pooled groups), its std over "
+            "seeds and the mean episode CI, beside the null baseline (one side's query datapoints shuffled). "
+            "`n_datapoints` x `n_features` is what entered each measure; `reduction` how conv maps became "
+            "2-D. The paper's Figure 2 uses CCA and CKA; SVCCA is the CCA variant computed here.\n\n"
+            + markdown_table(view) + "\n\n"
+            + figure_markdown(NAME, "Before vs after the inner loop, per layer (dotted: null; bars: std over seeds)")
             + "\nMAML, similarity to the representation before the inner loop after each inner step:\n\n"
             + (markdown_table(by_step) if len(by_step) else "") + "\n\n"
             + figure_markdown(f"{NAME}_steps", "Similarity to the initial representation after each step"))
@@ -182,8 +185,6 @@ def report(tables, context) -> Section:
 
 NAME = "inner_loop_similarity"
 REFERENCE = "Fig. 2"
-NEAR_ONE = 0.9        # conv layers' before/after similarity that counts as "unchanged"
-CLEARLY_LOWER = 0.1   # how much lower the head must be than every conv layer
 
 ANALYSIS = register(Analysis(
     name=NAME, title="Representational change in the inner loop", reference=REFERENCE,

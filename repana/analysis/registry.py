@@ -36,8 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 PRESETS = ("quick", "paper")
 # Modules that register an analysis, in report order.
-ANALYSIS_MODULES = ("inner_loop_similarity", "freezing", "maml_anil_nil", "maml_anil_similarity",
-                    "training_regimes", "head_needed", "training_dynamics", "convergence")
+ANALYSIS_MODULES = ("learning_curves", "inner_loop_similarity", "freezing", "training_dynamics", "maml_anil_nil",
+                    "seed_pair_similarity", "maml_anil_similarity", "training_regimes", "head_needed", "convergence")
 ANALYSIS_QUERIES = 15    # query images per class in the analyses' test episodes (datapoints)
 ANALYSIS_SEED = 12345    # seed of the analyses' test episodes (plus each analysis's episode_offset)
 
@@ -55,17 +55,30 @@ class Finding:
         return self.text if self.verdict == NO_VERDICT else f"{self.text} -> **{self.verdict}**."
 
 
+FIGURES = "@FIGURES@/"   # placeholder of the figures folder in a section's links (see Section.for_setting)
+
+
 @dataclass(frozen=True)
 class Section:
-    """A report section: markdown body (tables, figures) and its findings."""
+    """A report section: markdown body (tables, figures) and its findings.
+
+    Figure links in ``body`` start with :data:`FIGURES` (written by
+    :func:`repana.analysis.report.figure_markdown`); :meth:`for_setting` points them at a folder.
+    """
 
     title: str
     body: str
     findings: tuple[Finding, ...] = ()
+    setting: str = ""
+
+    def for_setting(self, setting: str, figures_folder: str) -> "Section":
+        """This section for one setting of a reproduction, its figures under ``figures_folder``."""
+        return Section(self.title, self.body.replace(FIGURES, figures_folder), self.findings, setting)
 
     def markdown(self) -> str:
         listed = "\n".join(f"- {finding}" for finding in self.findings)
-        return f"## {self.title}\n\n{self.body.rstrip()}\n\n{listed}\n"
+        title = f"{self.title} -- {self.setting}" if self.setting else self.title
+        return f"## {title}\n\n{self.body.replace(FIGURES, '').rstrip()}\n\n{listed}\n"
 
 
 Tables = dict[str, "pd.DataFrame"]
@@ -85,6 +98,10 @@ class Analysis:
     n_checkpoints: tuple[int, int | None] = (1, None)       # repana analyze: min and max checkpoints
     episode_offset: int = 0                                 # its test episodes: ANALYSIS_SEED + offset
     uses_history: bool = False                              # reads the step checkpoints of its runs too
+    across_seeds: bool = False                              # compares seeds: gets "<run>/seed<k>" networks
+    min_seeds: int = 1                                      # reproduce: seeds per network it needs
+    # reproduce: one extra section from every setting's (tables, context), e.g. a table's cells
+    across_settings: Callable[[dict[str, tuple[Tables, "AnalysisContext"]]], Section] | None = None
     summary_table: str | None = None                        # table printed by repana analyze (default: name)
 
     def table_file(self, table: str) -> str:

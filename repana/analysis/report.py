@@ -16,23 +16,6 @@ import pandas as pd
 
 from repana.io import atomic_write_text
 
-PAPER = {
-    "freezing": {"MiniImageNet-5way-1shot": [46.9, 46.5, 46.4, 46.3, 46.3]},
-    "maml_anil": {  # Table 2
-        "Omniglot-20way-1shot": {"MAML": "93.7 ± 0.7", "ANIL": "96.2 ± 0.5"},
-        "Omniglot-20way-5shot": {"MAML": "96.4 ± 0.1", "ANIL": "98.0 ± 0.3"},
-        "MiniImageNet-5way-1shot": {"MAML": "46.9 ± 0.2", "ANIL": "46.7 ± 0.4"},
-        "MiniImageNet-5way-5shot": {"MAML": "63.1 ± 0.4", "ANIL": "61.5 ± 0.5"},
-    },
-    "nil": {  # Table 4, NIL column (recalled; verify)
-        "Omniglot-20way-1shot": "96.7 ± 0.3", "Omniglot-20way-5shot": "98.0 ± 0.04",
-        "MiniImageNet-5way-1shot": "48.0 ± 0.7", "MiniImageNet-5way-5shot": "62.2 ± 0.5",
-    },
-    "regimes": {  # Table 5, MiniImageNet 5-way 1-shot, NIL evaluation
-        "maml": 48.4, "anil": 48.0, "multiclass": 39.7, "multitask": 26.5, "nil": 38.3, "random": 32.9,
-    },
-    "speedup": {"MiniImageNet-5way-1shot": {"train": 1.7, "inference": 4.1}},  # recalled; verify
-}
 # Two accuracies agree when they differ by at most this (fraction) or the sum of their CIs.
 SMALL_ACCURACY_GAP = 0.03
 
@@ -62,7 +45,10 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def figure_markdown(name: str, caption: str) -> str:
-    return f"![{caption}]({name}.png)\n\n*{caption}* ([PDF]({name}.pdf))\n"
+    """Markdown of figure ``name`` (PNG, with a link to the PDF), in the section's figures folder."""
+    from repana.analysis.registry import FIGURES
+
+    return f"![{caption}]({FIGURES}{name}.png)\n\n*{caption}* ([PDF]({FIGURES}{name}.pdf))\n"
 
 
 def gap_within_tolerance(a: float, b: float, ci_a: float, ci_b: float) -> tuple[bool, float]:
@@ -72,33 +58,83 @@ def gap_within_tolerance(a: float, b: float, ci_a: float, ci_b: float) -> tuple[
     return gap <= tolerance, gap
 
 
+def over_seeds(frame: pd.DataFrame, keys: list[str], value: str = "accuracy", ci: str = "ci95") -> pd.DataFrame:
+    """Per ``keys``: ``value`` averaged over seeds, ``<value>_std`` its standard deviation over seeds (ddof=1,
+    the paper's ± convention; NaN with one seed), ``n_seeds``, and ``ci`` the mean episode CI half-width.
+
+    ``frame``: a table with a ``seed`` column (reproductions) or without (one network: one seed).
+    Row order follows the first appearance of each key.
+    """
+    frame = frame if "seed" in frame else frame.assign(seed=0)
+    grouped = frame.groupby(keys, sort=False, dropna=False)
+    result = grouped[value].mean().rename(value).to_frame()
+    result[f"{value}_std"] = grouped[value].std(ddof=1) if frame["seed"].nunique() > 1 else np.nan
+    result["n_seeds"] = grouped["seed"].nunique()
+    if ci in frame:
+        result[ci] = grouped[ci].mean()
+    return result.reset_index()
+
+
+def seed_spread(row, value: str = "accuracy", ci: str = "ci95") -> float:
+    """The spread to judge a value of :func:`over_seeds` by: std over seeds with 2+ seeds, else the
+    episode CI half-width (one seed says nothing of the spread between initialisations)."""
+    std = row.get(f"{value}_std", np.nan)
+    return float(std) if row.get("n_seeds", 1) > 1 and np.isfinite(std) else float(row.get(ci, np.nan))
+
+
+def pct_seeds(row, value: str = "accuracy", ci: str = "ci95") -> str:
+    """``mean ± std`` over seeds (percent) and the mean episode CI, or ``mean ± CI`` for one seed."""
+    mean, n = row[value], int(row.get("n_seeds", 1))
+    if n > 1:
+        return f"{pct(mean, row[f'{value}_std'])} (std, {n} seeds; episode CI ± {100 * row.get(ci, np.nan):.1f})"
+    return f"{pct(mean, row.get(ci))} (95% CI, episodes)"
+
+
+def for_figure(frame: pd.DataFrame, keys: list[str], value: str, ci: str = "ci95") -> pd.DataFrame:
+    """:func:`over_seeds` with ``ci`` replaced by the std over seeds when there are several: the error
+    bars of a figure then show the spread between random initialisations, as the paper's ± do."""
+    summary = over_seeds(frame, keys, value, ci)
+    several = summary["n_seeds"] > 1
+    summary.loc[several, ci] = summary.loc[several, f"{value}_std"]
+    return summary
+
+
 def write_report(out: str | Path, sections: list, context: dict) -> Path:
     """Write ``<out>/report.md`` from the analyses' :class:`repana.analysis.registry.Section` s.
 
-    ``context``: preset, dataset, ways, shots, queries, inner_steps_test, inner_lr, runs ({name:
-    {algorithm, iterations, train_s}}), hidden, pooling, wall_clock_s, reused (analyses read back).
-    Returns the report's path.
+    ``context``: preset, seeds, wall_clock_s, and ``settings``: one dict per setting with setting, dataset,
+    ways, shots, queries, inner_steps_test, inner_lr, hidden, pooling, runs ({run folder: {algorithm,
+    iterations, train_s}}) and reused (analyses read back). Returns the report's path.
     """
     out = Path(out)
-    findings = [finding for section in sections for finding in section.findings]
-    runs = ", ".join(f"{name} ({spec['algorithm']}, {spec['iterations']} it., {spec.get('train_s', float('nan')):.0f} s)"
-                     for name, spec in context["runs"].items())
+    findings = [(section.setting, finding) for section in sections for finding in section.findings]
+    described = []
+    for facts in context["settings"]:
+        train_s = [spec.get("train_s", float("nan")) for spec in facts["runs"].values()]
+        runs = ", ".join(sorted({f"{spec['algorithm']} {spec['iterations']} it." for spec in facts["runs"].values()}))
+        described.append(
+            f"- **{facts['setting']}**: Conv4 with {facts['hidden']} filters ({facts['pooling']} pooling); test-time "
+            f"inner loop {facts['inner_steps_test']} steps of lr {facts['inner_lr']:g} (mean-loss convention); "
+            f"analysis episodes with {facts['queries']} query images per class; {len(facts['runs'])} training runs "
+            f"({runs}; {np.nansum(train_s) / 60:.1f} min of training in all)"
+            + (f"; reused: {', '.join(sorted(set(facts['reused'])))}" if facts.get("reused") else "") + ".")
+    seeds = context.get("seeds", 1)
     header = (f"# Rapid Learning or Feature Reuse? -- reproduction report\n\n"
-              f"Preset **{context['preset']}** on **{context['dataset']}**, {context['ways']}-way {context['shots']}-shot, "
-              f"Conv4 with {context['hidden']} filters ({context['pooling']} pooling); test-time inner loop "
-              f"{context['inner_steps_test']} steps of lr {context['inner_lr']:g} (mean-loss convention); "
-              f"analysis episodes with {context['queries']} query images per class. Training runs: {runs}. "
-              f"Wall-clock of this invocation (training excluded when reused): {context['wall_clock_s'] / 60:.1f} min"
-              + (f" (reused: {', '.join(context['reused'])})" if context.get("reused") else "") + ".\n\n"
-              "Paper numbers are Raghu et al., ICLR 2020 (MiniImageNet / 20-way Omniglot, 60k iterations); the "
-              "quick preset trains for minutes, on other data sizes, so compare trends, not digits. Timings "
-              "depend on the machine and its load.\n\n## Summary of findings\n\n"
-              + "\n".join(f"- {f}" for f in findings) + "\n\n")
+              f"Preset **{context['preset']}**, **{seeds} seed(s)** per network. Wall-clock of this invocation "
+              f"(training excluded when reused): {context['wall_clock_s'] / 60:.1f} min.\n\n" + "\n".join(described)
+              + "\n\nOurs: mean ± standard deviation over seeds (the paper's convention for its ±, Section 4), with "
+              "the mean 95% confidence interval over test episodes beside it; with one seed, ± is that episode CI. "
+              "Paper numbers are quoted from Raghu et al., ICLR 2020, with their table and what their ± is "
+              "(docs/paper.md). The paper trains 60000 iterations on MiniImageNet and 20-way Omniglot; compare "
+              "trends, not digits, when the setting or budget differs. Each verdict applies the paper's claim as "
+              "stated (repana.analysis.paper_values). Timings depend on the machine and its load.\n\n"
+              "## Summary of findings\n\n"
+              + "\n".join(f"- {f'[{setting}] ' if setting else ''}{finding}" for setting, finding in findings) + "\n\n")
     if context["preset"] == "quick":
         header += ("## Reading a quick-preset report\n\n"
                    "- The networks train for minutes (about 1000-1500 meta-iterations of 4 tasks) instead of the paper's "
-                   "60000 of 32: MAML in particular is far from converged, so differences that depend on how well MAML "
-                   "is trained (MAML vs ANIL accuracy, the regimes ranking) can differ from the paper's.\n"
+                   "60000 of 32, so differences that depend on how well each network is trained (MAML vs ANIL accuracy, "
+                   "the regimes ranking) can differ from the paper's; the learning curves show where training stood.\n"
                    "- A briefly trained MAML initialisation is tuned for the single inner step it was trained with; the "
                    "accuracy analyses therefore adapt with 1 step (the paper preset uses the checkpoint's "
                    "`inner_steps_test`), while the inner-loop analysis follows 3 steps to show how the body drifts "

@@ -12,7 +12,7 @@ import pandas as pd
 from repana.analysis.common import DEFAULT_MEASURES, LAYERS, trainable_for
 from repana.analysis.freezing import FROZEN_SETS, freezing_accuracy
 from repana.analysis.inner_loop_similarity import inner_loop_similarity, summarize_inner_loop
-from repana.analysis.registry import Analysis, Finding, Section, register
+from repana.analysis.registry import AGREES, DISAGREES, Analysis, Finding, Section, register
 from repana.errors import InputError
 
 
@@ -24,21 +24,36 @@ def _step_of(source) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def select_stages(checkpoints: Sequence) -> list[tuple[str, object]]:
-    """Early, middle and final checkpoints of a run.
+# The paper's Figure 3: checkpoints at 10000, 20000 and 30000 of 60000 iterations, and the trained network.
+STAGE_FRACTIONS = (("1/6", 1 / 6), ("1/3", 1 / 3), ("1/2", 1 / 2), ("final", 1.0))
+
+
+def _total_iterations(item) -> int | None:
+    config = getattr(item, "config", None)
+    return int(config["iterations"]) if isinstance(config, dict) and "iterations" in config else None
+
+
+def select_stages(checkpoints: Sequence, iterations: int | None = None) -> list[tuple[str, object]]:
+    """The checkpoints of a run nearest to the paper's Figure 3 stages: 1/6, 1/3 and 1/2 of training and
+    the final network (:data:`STAGE_FRACTIONS`); the untrained network (step 0) is never a stage.
 
     ``checkpoints``: ``step_XXXXXX.pt`` paths or loaded :class:`repana.meta.checkpoint.Checkpoint` s
-    (others are ignored). Returns ``[(stage, checkpoint or path)]`` ordered by step; fewer than three
-    checkpoints give fewer stages.
+    (others are ignored). ``iterations``: the run's length (default: the checkpoints' config, else the
+    last step). Returns ``[(stage, checkpoint or path)]`` ordered by step, each checkpoint once.
     """
-    stepped = sorted(((step, item) for item in checkpoints if (step := _step_of(item)) is not None),
-                     key=lambda pair: pair[0])
+    stepped = sorted(((step, item) for item in checkpoints
+                      if (step := _step_of(item)) is not None and step > 0), key=lambda pair: pair[0])
     if not stepped:
-        raise InputError("no step_XXXXXX.pt checkpoints given for the training-dynamics analysis")
-    if len(stepped) < 3:
-        names = ["early", "final"][-len(stepped):]
-        return list(zip(names, [item for _, item in stepped]))
-    return [("early", stepped[0][1]), ("middle", stepped[len(stepped) // 2][1]), ("final", stepped[-1][1])]
+        raise InputError("no step_XXXXXX.pt checkpoints after step 0 given for the training-dynamics analysis "
+                         "(the untrained network is not a stage of training)")
+    total = iterations or _total_iterations(stepped[-1][1]) or stepped[-1][0]
+    stages, used = [], set()
+    for name, fraction in STAGE_FRACTIONS:
+        step, item = min(stepped, key=lambda pair: abs(pair[0] - fraction * total))
+        if step not in used:
+            used.add(step)
+            stages.append((name, item))
+    return stages
 
 
 def _load(source):
@@ -99,7 +114,6 @@ def freezing_over_training(stages: Sequence[tuple[str, object]], episodes, *,
 # ----- the registered analysis -------------------------------------------------------------------
 
 NAME = "training_dynamics"
-DYNAMICS_FROZEN_SETS = ((), (1, 2, 3, 4))
 
 
 def compute(context) -> dict[str, pd.DataFrame]:
@@ -111,7 +125,7 @@ def compute(context) -> dict[str, pd.DataFrame]:
     episodes = context.episodes(settings["episodes"])
     similarity = inner_loop_over_training(stages, episodes, measures=settings["measures"],
                                           steps=settings.get("steps", context.steps), lr=context.lr)
-    freezing = freezing_over_training(stages, episodes, frozen_sets=DYNAMICS_FROZEN_SETS, steps=context.steps,
+    freezing = freezing_over_training(stages, episodes, frozen_sets=FROZEN_SETS, steps=context.steps,
                                       lr=context.lr)
     return {NAME: similarity, f"{NAME}_freezing": freezing}
 
@@ -123,19 +137,36 @@ def figures(tables, context) -> dict:
 
 
 def report(tables, context) -> Section:
-    from repana.analysis.report import figure_markdown, markdown_table
+    from repana.analysis import paper_values
+    from repana.analysis.report import figure_markdown, markdown_table, over_seeds, seed_spread
 
-    similarity, freezing = tables[NAME], tables[f"{NAME}_freezing"]
-    sim = similarity[["stage", "train_step", "layer", "measure", "mean", "ci95", "null_mean"]]
-    frz = freezing[["stage", "train_step", "frozen", "accuracy", "ci95"]]
-    early = similarity[(similarity["stage"] == similarity["stage"].iloc[0]) &
-                       similarity["layer"].isin(["conv1", "conv2", "conv3"])]
-    finding = Finding(f"At the earliest saved checkpoint (step {int(similarity['train_step'].min())}) conv1-conv3 "
-                      f"before/after similarity is already {early['mean'].min():.3f}-{early['mean'].max():.3f} "
-                      "(paper: feature reuse appears early in training)")
-    body = (markdown_table(sim) + "\n\n" + markdown_table(frz) + "\n\n"
+    keys = ["stage", "train_step", "layer", "measure"]
+    similarity = over_seeds(tables[NAME], keys, "mean")
+    freezing = over_seeds(tables[f"{NAME}_freezing"], ["stage", "train_step", "frozen"], "accuracy")
+    findings = []
+    for measure, group in similarity.groupby("measure", sort=False):
+        checkpoints = {}
+        for step, at_step in freezing.groupby("train_step", sort=True):
+            sim = group[group["train_step"] == step]
+            checkpoints[int(step)] = {
+                "freezing": {row["frozen"]: (100 * row["accuracy"], 100 * seed_spread(row))
+                             for _, row in at_step.iterrows()},
+                "similarity": {row["layer"]: row["mean"] for _, row in sim.iterrows() if row["layer"] != "head"}}
+        try:
+            verdict, reason = paper_values.verdict_training_dynamics(checkpoints, measure)
+        except ValueError as error:
+            findings.append(Finding(f"{measure}: not judged ({error})"))
+            continue
+        findings.append(Finding(reason, AGREES if verdict == paper_values.AGREES else DISAGREES))
+    sim_view = similarity.rename(columns={"mean": "before vs after", "mean_std": "std over seeds",
+                                          "ci95": "episode CI"})
+    frz_view = freezing.rename(columns={"accuracy_std": "std over seeds", "ci95": "episode CI"})
+    body = ("MAML checkpoints saved at the same fractions of training as the paper's Figure 3 (10000, 20000 and "
+            "30000 iterations; the presets train 60000) and the final one: inner-loop similarity of each layer, "
+            "and accuracy with contiguous blocks of conv layers frozen at test time.\n\n"
+            + markdown_table(sim_view) + "\n\n" + markdown_table(frz_view) + "\n\n"
             + figure_markdown(NAME, "Inner-loop similarity and freezing along training"))
-    return Section("Feature reuse during training (paper Fig. 3)", body, (finding,))
+    return Section("Feature reuse during training (paper Fig. 3)", body, tuple(findings))
 
 
 ANALYSIS = register(Analysis(

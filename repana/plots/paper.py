@@ -219,3 +219,49 @@ def dynamics_figure(similarity_summary, freezing) -> plt.Figure:
     ax.legend(fontsize=6, frameon=False)
     figure.tight_layout()
     return figure
+
+
+def pair_similarity_figure(table) -> plt.Figure:
+    """Seed pairs (paper Table 3): similarity per layer, one panel per measure, one line per kind of pair
+    (MAML-MAML, ANIL-ANIL, ANIL-MAML) with the std over pairs as error bars.
+
+    ``table``: columns pair, measure, layer, mean, std (see
+    :func:`repana.analysis.seed_pair_similarity.pair_table`).
+    """
+    frame = _frame(table)
+    measures = list(dict.fromkeys(frame["measure"]))
+    figure, axes = plt.subplots(1, len(measures), figsize=(3.4 * len(measures), 2.8), squeeze=False)
+    for ax, measure in zip(axes[0], measures):
+        for pair, group in frame[frame["measure"] == measure].groupby("pair", sort=False):
+            x = np.arange(len(group))
+            _errorbar(ax, x, group["mean"], group["std"], marker="o", label=pair)
+            ax.set_xticks(x, group["layer"], rotation=20)
+        ax.set_title(MEASURE_NAMES.get(measure, measure))
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylabel("similarity")
+        ax.legend(fontsize=7, frameon=False)
+    figure.tight_layout()
+    return figure
+
+
+def learning_curves_figure(curves) -> plt.Figure:
+    """Validation accuracy (%) vs meta-iteration, one line per algorithm, mean ± std over seeds (shaded).
+
+    ``curves``: columns algorithm, step, val_accuracy (fraction), and seed (optional).
+    """
+    frame = _frame(curves)
+    figure, ax = plt.subplots(figsize=(4.2, 2.8))
+    for algorithm, group in frame.groupby("algorithm", sort=False):
+        stats = group.groupby("step")["val_accuracy"].agg(["mean", "std", "count"]).reset_index()
+        color = COLORS.get(str(algorithm).lower())
+        ax.plot(stats["step"], 100 * stats["mean"], marker=".", color=color,
+                label=f"{str(algorithm).upper()} ({int(stats['count'].max())} seed(s))")
+        spread = 100 * stats["std"].fillna(0)
+        ax.fill_between(stats["step"], 100 * stats["mean"] - spread, 100 * stats["mean"] + spread, alpha=0.25,
+                        color=color)
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Learning curves (mean ± std over seeds)")
+    ax.legend(fontsize=7, frameon=False)
+    figure.tight_layout()
+    return figure
