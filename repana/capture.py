@@ -244,7 +244,7 @@ class ActivationRecorder:
     def __init__(self, model: nn.Module, layers: str | Iterable[str], *, to_cpu: bool = False,
                  dtype: torch.dtype | None = None, transform=None, output=None, layout=None):
         self.model = model
-        self.layers = resolve_layers(model, layers)
+        self.layers = resolve_layers(model, layers) if layers or isinstance(layers, str) else []
         self.to_cpu = to_cpu
         self.dtype = dtype
         self.transform = transform  # optional callable (name, tensor) -> tensor, applied before storing
