@@ -480,14 +480,15 @@ def _forward(model: nn.Module, params: Mapping | None, batch, forward_kwargs: Ma
     except RepanaError:
         raise
     except (RuntimeError, ValueError, TypeError, IndexError) as error:  # shapes or dtypes the model cannot take
-        inputs = {"input": batch} if not isinstance(batch, Mapping) else batch
+        inputs = {"shape": batch} if not isinstance(batch, Mapping) else batch
         described = ", ".join(f"{key} {tuple(value.shape)} {str(value.dtype).replace('torch.', '')}"
                               for key, value in inputs.items() if isinstance(value, torch.Tensor))
         hint = ("; integer inputs stay integers (token ids): a model of images takes floats"
                 if any(isinstance(v, torch.Tensor) and not v.is_floating_point() for v in inputs.values())
                 and "type" in str(error).lower() else "")
         first = " ".join(str(error).split())[:240]
-        raise InputError(f"{type(model).__name__} cannot run on inputs {described}: {first}{hint}") from error
+        raise InputError(f"{type(model).__name__} cannot run on the inputs ({described}): {first}{hint}; "
+                         f"check that they fit the model (size, channels, dtype)") from error
 
 
 def _to_device(batch, device):

@@ -133,7 +133,7 @@ def test_dict_batches_integer_ids_and_output_selectors():
         capture_activations(model, {"input_ids": ids}, None, outputs=["mask"])
     with pytest.raises(InputError, match=r"same length along dim 0"):
         capture_activations(model, {"input_ids": ids, "attention_mask": torch.ones(29, 5)}, ["embed"])
-    with pytest.raises(InputError, match=r"DictModel cannot run on inputs input \(30, 5\) float32"):
+    with pytest.raises(InputError, match=r"DictModel cannot run on the inputs \(shape \(30, 5\) float32\)"):
         capture_activations(model, ids.float(), ["embed"])
 
 
