@@ -254,3 +254,18 @@ def test_user_errors_are_one_line_without_traceback(setup, capsys, case):
     assert err.startswith("repana compare: error:") and message in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "--unsafe-pickle" not in err
+
+
+def test_a_plain_pickle_is_named_and_does_not_suggest_unsafe_pickle(setup, capsys):
+    import pickle
+
+    tmp_path, module, _ = setup
+    with open(tmp_path / "plain.pkl", "wb") as handle:  # torch.load cannot read it, with or without weights_only
+        pickle.dump({"state_dict": module.tiny().state_dict()}, handle, protocol=4)
+    args = ["compare", "--model-a", "tiny_factory_mod:tiny", "--weights-a", str(tmp_path / "plain.pkl"),
+            "--inputs", str(tmp_path / "inputs.npy"), "--layers-a", "5", "--out", str(tmp_path / "o")]
+    for extra in ([], ["--unsafe-pickle"]):
+        assert main(args + extra) == 1
+        err = capsys.readouterr().err
+        assert "is a plain Python pickle, not a file written by torch.save" in err, err
+        assert "--unsafe-pickle" not in err and len(err.strip().splitlines()) == 1
