@@ -74,6 +74,19 @@ def test_the_old_silent_wrong_reduction_of_token_sequences_is_refused(tokens):
         reduce_activations(plain["layers.0"], "tokens", "mean")
 
 
+def test_max_positions_keeps_random_tokens_of_sequences(tokens):
+    model = encoder(0)
+    full = capture_activations(model, tokens, ["layers.0"])
+    sub = capture_activations(model, tokens, ["layers.0"], max_positions=5, seed=2, batch_size=16)
+    assert sub["layers.0"].shape == (40, 5, 32)
+    kept = [next(t for t in range(12) if torch.allclose(full["layers.0"][:, t], sub["layers.0"][:, i])) for i in range(5)]
+    assert kept == sorted(kept) and len(set(kept)) == 5
+    with pytest.raises(InputError, match="conv map .* or a token sequence"):
+        capture_activations(nn.Sequential(nn.Identity()), tokens, ["0"], max_positions=5)
+    named = capture_activations(nn.Sequential(nn.Identity()), tokens, ["0"], max_positions=5, layout="sequence")
+    assert named["0"].shape == (40, 5, 32) and named.layouts == {"0": "sequence"}
+
+
 def test_sequence_first_modules_are_recorded_batch_first(tokens):
     first, last = encoder(0, batch_first=False), encoder(0, batch_first=True)
     last.load_state_dict(first.state_dict())
