@@ -20,7 +20,7 @@ Real models (transformers, Hugging Face):
   value, e.g. ``["hidden_states[1]", "last_hidden_state"]``, under the selector as name.
 * **layouts**: the result is an :class:`Activations` dict whose ``layouts`` say, per layer, ``"conv"``
   ``(n, C, *spatial)``, ``"sequence"`` ``(n, T, D)``, ``"flat"`` ``(n, features)`` or None (unknown), from the
-  module type (:func:`infer_layout`); :mod:`repana.compare` reduces each layer by its layout. PyTorch
+  module type (:func:`infer_layout`) -- ``"unknown"`` inside transformers, where even 4-D is not a conv map; :mod:`repana.compare` reduces each layer by its layout. PyTorch
   transformer modules built with ``batch_first=False`` are recorded transposed to batch-first ``(n, T, D)``.
 
 The model's train/eval mode is left as it is: call ``model.eval()`` first if batch-norm layers should use
@@ -53,6 +53,9 @@ CONV_MODULES = (_ConvNd, _BatchNorm, _InstanceNorm, nn.GroupNorm, _MaxPoolNd, _A
 SEQUENCE_MODULES = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
                     nn.TransformerEncoder, nn.TransformerDecoder, nn.Transformer, nn.Embedding, nn.Linear,
                     nn.LayerNorm) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+#: ``Activations.layouts`` value of a layer of a transformer whose layout is not known: even 4-D activations
+#: are then not taken for conv maps (attention maps are ``(n, heads, T, T)``); the user names the layout.
+UNKNOWN_LAYOUT = "unknown"
 _SELECTOR_TOKEN = re.compile(r"\.?([A-Za-z_]\w*)|\[(-?\d+)\]|(-?\d+)")
 
 
@@ -439,8 +442,15 @@ def capture_activations(model: nn.Module, inputs, layers: str | Iterable[str] | 
         order = torch.argsort(keys_kept[:, 1])
         activations = {name: tensor[order.to(tensor.device)] for name, tensor in activations.items()}
     layouts.update(recorder.layouts)
+    if _is_sequence_model(model):  # e.g. attention maps (n, heads, T, T) of a BERT: not conv maps
+        layouts = {key: UNKNOWN_LAYOUT if value is None and activations[key].ndim >= 3 else value
+                   for key, value in layouts.items() if key in activations}
     keys = names + [str(selector) for selector in selectors]
     return Activations({key: activations[key] for key in keys}, layouts={key: layouts.get(key) for key in keys})
+
+
+def _is_sequence_model(model: nn.Module) -> bool:
+    return isinstance(model, SEQUENCE_MODULES) or type(model).__module__.startswith("transformers.")
 
 
 def _model_output_layout(model: nn.Module, tensor: torch.Tensor) -> str | None:

@@ -246,14 +246,16 @@ class _Side:
             layout = "flat"
         elif named is not None:
             layout = check_layout(named)
-        elif captured is not None:
+        elif captured is not None and captured != "unknown":
             layout = captured
-        elif len(shape) >= 4:
+        elif len(shape) >= 4 and captured is None:
             layout = "conv"
         else:
-            raise InputError(f"layer {layer!r} of {self.side} has shape {shape}: 3-D activations are conv maps "
-                             f"(n, C, L) or token sequences (n, T, D); name the layout with layout='conv' or "
-                             f"layout='sequence' (or layout={{{layer!r}: ...}})")
+            what = ("3-D activations are conv maps (n, C, L) or token sequences (n, T, D)" if len(shape) == 3 else
+                    "its module inside a transformer does not say what the dimensions are (attention maps are "
+                    "(n, heads, T, T))")
+            raise InputError(f"layer {layer!r} of {self.side} has shape {shape}: {what}; name the layout with "
+                             f"layout='conv' or layout='sequence' (or layout={{{layer!r}: ...}})")
         self._layouts[layer] = layout
         return layout
 

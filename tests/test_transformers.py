@@ -155,10 +155,10 @@ def transformers():
     return pytest.importorskip("transformers")
 
 
-def tiny_bert(transformers, seed: int, initializer_range: float = 0.02):
+def tiny_bert(transformers, seed: int, initializer_range: float = 0.02, **options):
     config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
                                      intermediate_size=64, max_position_embeddings=32,
-                                     initializer_range=initializer_range)
+                                     initializer_range=initializer_range, **options)
     torch.manual_seed(seed)
     return transformers.BertModel(config).eval()
 
@@ -195,6 +195,12 @@ def test_two_berts_and_a_gpt2_through_compare_models(transformers, bert_batch):
     diagonal = frame[frame.layer_a == frame.layer_b].set_index("layer_a")["value"]
     assert list(diagonal.index) == ["embeddings", "encoder.layer.0", "encoder.layer.1", "encoder.layer.2"]
     assert (diagonal < 0.95).all() and set(frame["n_datapoints"]) == {48}
+    # attention probabilities (n, heads, T, T) of a transformer: 4-D but not a conv map
+    probs = capture_activations(tiny_bert(transformers, 0, attn_implementation="eager"), bert_batch, None, outputs=["attentions[0]"],
+                                forward_kwargs={"output_attentions": True})
+    assert probs["attentions[0]"].shape == (48, 4, 16, 16) and probs.layouts == {"attentions[0]": "unknown"}
+    with pytest.raises(InputError, match=r"does not say what the dimensions are .* layout='conv'"):
+        compare_activations(probs, measures=["cka"], reduction="mean")
     gpt2 = transformers.GPT2Model(transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4,
                                                           n_positions=32, bos_token_id=0, eos_token_id=0)).eval()
     acts = capture_activations(gpt2, bert_batch, ["h.*"], batch_size=48)  # glob: submodules that did not run skipped
