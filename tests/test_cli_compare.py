@@ -30,6 +30,29 @@ FACTORY = textwrap.dedent('''
             nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
             nn.Flatten(), nn.Linear(width * 5 * 5, 4),
         )
+
+
+    class TokenNet(nn.Module):
+        """Token ids (n, T) int64 -> embedding -> two batch-first transformer layers (n, T, 16)."""
+
+        def __init__(self, seed=0, vocab=30):
+            super().__init__()
+            torch.manual_seed(seed)
+            self.embed = nn.Embedding(vocab, 16)
+            layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+
+        def forward(self, ids):
+            return self.encoder(self.embed(ids))
+
+
+    def bert(seed=0, layers=2):
+        import transformers
+
+        torch.manual_seed(seed)
+        return transformers.BertModel(transformers.BertConfig(
+            vocab_size=30, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=32,
+            max_position_embeddings=16))
 ''')
 
 
@@ -118,3 +141,131 @@ def test_errors_are_one_clear_line(setup, capsys, argv_tail, message):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert message in err and err.startswith("repana compare: error:")
+
+
+def test_list_measures_and_required_arguments(capsys):
+    assert main(["compare", "--list-measures"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("cca ") and "cka_debiased" in out and "procrustes" in out
+    assert main(["compare", "--model-a", "x:y"]) == 1
+    assert "required: --inputs, --layers-a, --out" in capsys.readouterr().err
+
+
+def test_cli_module_imports_no_heavy_library():
+    code = ("import sys, repana.cli.compare; "
+            "print([m for m in ('torch', 'numpy', 'pandas', 'matplotlib') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+    assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_per_model_factory_arguments(setup, capsys):
+    tmp_path, module, inputs = setup
+    out = tmp_path / "widths"
+    code = main(["compare", "--model-a", "tiny_factory_mod:tiny", "--factory-kwargs", '{"width": 6}',
+                 "--factory-kwargs-b", '{"width": 3}', "--inputs", str(tmp_path / "inputs.npy"),
+                 "--layers-a", "0", "5", "--measures", "cka", "cka_debiased", "--reduction", "mean",
+                 "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    frame = pd.read_csv(out / "similarity.csv", dtype={"layer_a": str, "layer_b": str})
+    assert set(frame["measure"]) == {"cka", "cka_debiased"} and len(frame) == 2 * 2 * 2
+    conv = frame[(frame.layer_a == "0") & (frame.layer_b == "0") & (frame.measure == "cka")].iloc[0]
+    assert (conv["n_features_a"], conv["n_features_b"]) == (6, 3)
+
+
+def test_token_ids_stay_integers_and_sequences_need_a_reduction(setup, capsys):
+    tmp_path, _, _ = setup
+    ids = np.random.default_rng(0).integers(0, 30, size=(40, 8)).astype(np.int32)
+    np.save(tmp_path / "ids.npy", ids)
+    base = ["compare", "--model-a", "tiny_factory_mod:TokenNet", "--factory-kwargs-b", '{"seed": 1}',
+            "--inputs", str(tmp_path / "ids.npy"), "--layers-a", "embed", "encoder.layers.?",
+            "--out", str(tmp_path / "seq")]
+    assert main(base) == 1
+    assert "choose reduction='tokens' (n*T, D), 'mean' (n, D), 'first' (n, D) or 'flatten'" in capsys.readouterr().err
+    assert main(base + ["--reduction", "positions"]) == 1
+    assert "'positions' does not apply" in capsys.readouterr().err
+    assert main(base + ["--reduction", "tokens", "--batch-size", "16"]) == 0
+    frame = pd.read_csv(tmp_path / "seq" / "similarity.csv")
+    assert list(frame["layer_a"].unique()) == ["embed", "encoder.layers.0", "encoder.layers.1"]
+    assert set(frame["n_datapoints"]) == {40 * 8} and set(frame["reduction"]) == {"tokens"}
+    diagonal = frame[frame.layer_a == frame.layer_b]["value"]
+    assert (diagonal < 0.9).all()  # two seeds
+    attention = base[:-4] + ["encoder.layers.0.self_attn", "--reduction", "first", "--out", str(tmp_path / "att")]
+    assert main(attention + ["--output", "1"]) == 1  # need_weights=False: element 1 is None
+    assert "gives a NoneType, not a tensor" in capsys.readouterr().err
+    assert main(attention + ["--output", "0"]) == 0
+
+
+def test_hugging_face_model_with_keyword_inputs(setup, capsys):
+    pytest.importorskip("transformers")
+    tmp_path, _, _ = setup
+    ids = np.random.default_rng(0).integers(0, 30, size=(32, 10))
+    np.savez(tmp_path / "tokens.npz", input_ids=ids, attention_mask=np.ones_like(ids))
+    code = main(["compare", "--model-a", "tiny_factory_mod:bert", "--factory-kwargs-b", '{"seed": 1}',
+                 "--inputs", str(tmp_path / "tokens.npz"), "--inputs-key", "input_ids", "attention_mask",
+                 "--layers-a", "encoder.layer.?", "--reduction", "mean", "--out", str(tmp_path / "hf")])
+    assert code == 0, capsys.readouterr().err
+    frame = pd.read_csv(tmp_path / "hf" / "similarity.csv")
+    assert list(frame["layer_a"].unique()) == ["encoder.layer.0", "encoder.layer.1"]
+    assert frame["value"].between(-0.1, 1.0).all() and set(frame["n_datapoints"]) == {32}
+
+
+def _unwritable_out(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    return str(tmp_path / "a_file" / "out")
+
+
+@pytest.mark.parametrize("case", ["cuda", "size", "channels", "object", "out", "out_first", "random_weights",
+                                  "empty_weights", "folder_inputs"])
+def test_user_errors_are_one_line_without_traceback(setup, capsys, case):
+    tmp_path, _, inputs = setup
+    args = {"--model-a": "tiny_factory_mod:tiny", "--inputs": str(tmp_path / "inputs.npy"), "--layers-a": "5",
+            "--out": str(tmp_path / "o")}
+    extra: list[str] = []
+    if case == "cuda":
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+        extra, message = ["--device", "cuda"], "PyTorch sees no CUDA GPU"
+    elif case in ("size", "channels"):
+        shape = (20, 1, 7, 7) if case == "size" else (20, 3, 5, 5)
+        np.save(tmp_path / "bad.npy", np.zeros(shape, dtype=np.float32))
+        args["--inputs"] = str(tmp_path / "bad.npy")
+        message = f"Sequential cannot run on the inputs (shape {shape} float32): "
+    elif case == "object":
+        np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+        args["--inputs"], message = str(tmp_path / "objects.npy"), "holds Python objects (an object-dtype array)"
+    elif case == "out":
+        args["--out"], message = _unwritable_out(tmp_path), "cannot write to --out"
+    elif case == "out_first":  # the output folder is checked before the weights are even read
+        (tmp_path / "junk.pt").write_bytes(os.urandom(2048))
+        args["--out"], message = _unwritable_out(tmp_path), "cannot write to --out"
+        extra = ["--weights-a", str(tmp_path / "junk.pt")]
+    elif case == "random_weights":
+        (tmp_path / "junk.pt").write_bytes(os.urandom(2048))
+        extra, message = ["--weights-a", str(tmp_path / "junk.pt")], "not a file written by torch.save"
+    elif case == "empty_weights":
+        (tmp_path / "empty.pt").write_bytes(b"")
+        extra, message = ["--weights-a", str(tmp_path / "empty.pt")], "is empty"
+    else:
+        args["--inputs"], message = str(tmp_path), "is a folder, not a file"
+    argv = ["compare"] + [item for pair in args.items() for item in pair] + extra
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("repana compare: error:") and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "--unsafe-pickle" not in err
+
+
+def test_a_plain_pickle_is_named_and_does_not_suggest_unsafe_pickle(setup, capsys):
+    import pickle
+
+    tmp_path, module, _ = setup
+    with open(tmp_path / "plain.pkl", "wb") as handle:  # torch.load cannot read it, with or without weights_only
+        pickle.dump({"state_dict": module.tiny().state_dict()}, handle, protocol=4)
+    args = ["compare", "--model-a", "tiny_factory_mod:tiny", "--weights-a", str(tmp_path / "plain.pkl"),
+            "--inputs", str(tmp_path / "inputs.npy"), "--layers-a", "5", "--out", str(tmp_path / "o")]
+    for extra in ([], ["--unsafe-pickle"]):
+        assert main(args + extra) == 1
+        err = capsys.readouterr().err
+        assert "is a plain Python pickle, not a file written by torch.save" in err, err
+        assert "--unsafe-pickle" not in err and len(err.strip().splitlines()) == 1

@@ -165,3 +165,99 @@ def test_measures_sharing_per_pair_products_match_standalone_calls(rng):
         options = {"keep": 2} if row.measure == "svcca" else {}
         expected = similarity(row.measure, acts_a[row.layer_a], acts_b[row.layer_b], **options)
         assert row.value == pytest.approx(expected, rel=1e-10, abs=1e-12), row
+
+
+def _episodes(seed, n_episodes=6, n=25, dtype=torch.float32):
+    """Per-episode activations of a conv layer, a wide and a very wide 2-D layer and a dead (constant) layer."""
+    generator = torch.Generator().manual_seed(seed)
+    episodes = []
+    for _ in range(n_episodes):
+        z = torch.randn(n, 6, generator=generator, dtype=torch.float64)
+        episodes.append({
+            "conv": torch.relu(torch.randn(n, 8, 5, 5, generator=generator, dtype=torch.float64)
+                               + z[:, :1, None, None]).to(dtype),
+            "fc": (z @ torch.randn(6, 20, generator=generator, dtype=torch.float64)
+                   + 0.5 * torch.randn(n, 20, generator=generator, dtype=torch.float64)).to(dtype),
+            "wide": torch.randn(n, 40, generator=generator, dtype=torch.float64).to(dtype),
+            "dead": torch.zeros(n, 4, dtype=dtype),
+        })
+    return episodes
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compare_episodes_reproduces_episode_similarity_rows(dtype):
+    from repana.analysis.common import default_reduction, episode_similarity_rows
+    from repana.compare import EPISODE_COLUMNS, compare_episodes, reduction_by_measure
+
+    acts_a, acts_b = _episodes(0, dtype=dtype), _episodes(1, dtype=dtype)
+    layers, measures = ["conv", "fc", "wide", "dead"], ["svcca", "cka_debiased", "cca", "pwcca", "cka"]
+    old = pd.DataFrame(episode_similarity_rows(acts_a, acts_b, layers, measures, min_ratio=5.0, null=True,
+                                               null_permutations=3, seed=7))
+    new = compare_episodes(acts_a, acts_b, layers, measures, reduction=reduction_by_measure, min_ratio=5.0,
+                           null_permutations=3, seed=7, errors="note", dtype=torch.float64)
+    assert list(new.columns) == EPISODE_COLUMNS
+    assert all(reduction_by_measure(m, "conv") == default_reduction(m) for m in measures)
+    assert len(new) == len(old)
+    assert (new["layer_a"] == old["layer"]).all() and (new["layer_b"] == old["layer"]).all()
+    for column in ["measure", "n_datapoints", "reduction", "scope"]:
+        assert new[column].tolist() == old[column].tolist(), column
+    assert new["episode"].astype(str).tolist() == old["episode"].astype(str).tolist()
+    assert (new[["n_features_a", "n_features_b"]].max(axis=1) == old["n_features"]).all()
+    np.testing.assert_array_equal(new["value"].to_numpy(), old["value"].to_numpy())
+    # the null baseline permutes prepared layers whose SVD is already cached (the old code prepared them
+    # afresh): the same numbers up to rounding (measured <= 1.1e-16 absolute)
+    np.testing.assert_allclose(new["null_value"].to_numpy(), old["null_value"].to_numpy(), rtol=1e-12, atol=1e-15)
+    # what the inputs exercise: per-episode rows, a pooled group of 4 (the remainder of 2 left out), a skip
+    # (40 features need 200 datapoints: 6 x 25 are too few) and a dead layer (NaN with the reason)
+    svcca = new[new.measure == "svcca"].set_index("layer_a")
+    assert svcca.loc["fc", "episode"] == "0-3" and svcca.loc["fc", "scope"] == "pooled"
+    assert np.isnan(svcca.loc["wide", "value"]) and "even with all episodes pooled" in svcca.loc["wide", "note"]
+    assert new[new.layer_a == "dead"]["value"].isna().all()
+    assert new[new.layer_a == "dead"]["note"].str.contains("constant").all()
+    assert new[new.layer_a == "conv"]["value"].notna().all() and new["null_value"].notna().sum() > 20
+
+
+def test_compare_episodes_prepares_each_layer_once_per_reduction(monkeypatch):
+    from repana.compare import compare_episodes
+    from repana.similarity import representation
+
+    prepared = []
+    original = representation.Representation.__init__
+
+    def counting(self, array, name="X", min_datapoints=2):
+        prepared.append((name, tuple(array.shape)))
+        original(self, array, name, min_datapoints)
+
+    monkeypatch.setattr(representation.Representation, "__init__", counting)
+    acts_a, acts_b = _episodes(0, n_episodes=2), _episodes(1, n_episodes=2)
+    frame = compare_episodes(acts_a, acts_b, ["conv", "fc"], ["cka", "cka_debiased", "procrustes", "svcca"],
+                             reduction={"cka": "flatten", "cka_debiased": "flatten", "procrustes": "flatten",
+                                        "svcca": "positions"})
+    assert len(frame) == 2 * 4 * 2
+    # per side and episode: conv flattened, conv by positions, fc -- whatever the number of measures
+    assert len(prepared) == 2 * 2 * 3
+    all_pairs = compare_episodes(acts_a, None, ["conv", "fc"], ["cka"], pairs="all", reduction="mean")
+    assert all_pairs[["layer_a", "layer_b"]].drop_duplicates().values.tolist() == [
+        ["conv", "conv"], ["conv", "fc"], ["fc", "conv"], ["fc", "fc"]]
+    assert all_pairs[all_pairs.layer_a == all_pairs.layer_b]["value"].tolist() == pytest.approx([1.0] * 4)
+    with pytest.raises(InputError, match="reduction maps measures"):
+        compare_episodes(acts_a, acts_b, ["conv"], ["cka", "svcca"], reduction={"cka": "flatten"})
+    with pytest.raises(InputError, match=r"constant across"):
+        compare_episodes(acts_a, acts_b, ["dead"], ["cka"])
+
+
+def test_compare_activations_options_nulls_notes_and_pairs(rng):
+    from repana.similarity import null_baseline
+
+    acts_a = {"a": rng.normal(size=(60, 5)), "same": rng.normal(size=(60, 3)), "flat0": np.zeros((60, 2))}
+    acts_b = {"b": rng.normal(size=(60, 4)), "same": acts_a["same"] @ rng.normal(size=(3, 3))}
+    with pytest.raises(InputError, match=r"cka for 'flat0' \(A\) vs 'b' \(B\).*constant"):
+        compare_activations(acts_a, acts_b, measures=["cka"])
+    frame = compare_activations(acts_a, acts_b, measures=["cka"], null_permutations=5, seed=3, errors="note")
+    assert list(frame.columns) == COLUMNS + ["null_value", "note"]
+    row = frame[(frame.layer_a == "a") & (frame.layer_b == "b")].iloc[0]
+    assert row["null_value"] == null_baseline("cka", acts_a["a"], acts_b["b"], n_permutations=5, seed=3).mean
+    assert row["note"] == "" and row["reduction"] == "none"
+    assert frame[frame.layer_a == "flat0"]["value"].isna().all()
+    same = compare_activations(acts_a, acts_b, measures=["cca"], pairs=[("same", "same")])  # invertible map: 1
+    assert same["value"].tolist() == pytest.approx([1.0])

@@ -54,3 +54,27 @@ def test_reduce_conv_modes():
     assert reduce_conv(two_d, "positions") is two_d
     with pytest.raises(InputError, match="unknown reduction"):
         reduce_conv(acts, "avg")
+
+
+def test_layouts_are_named_and_sequence_reductions():
+    from repana.similarity import reduce_activations
+
+    seq = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)  # (n=2, T=3, D=4)
+    tokens = reduce_activations(seq, "sequence", "tokens")
+    assert tokens.shape == (6, 4) and tokens[4].tolist() == seq[1, 1].tolist()  # row 4: sequence 1, token 1
+    assert reduce_activations(seq, "sequence", "mean")[0].tolist() == [4.0, 5.0, 6.0, 7.0]
+    assert reduce_activations(seq, "sequence", "first")[1].tolist() == [12.0, 13.0, 14.0, 15.0]
+    assert reduce_activations(seq.numpy(), "sequence", "flatten").shape == (2, 12)
+    # the same array as a 1-D conv map (n=2, C=3, L=4): channels are features
+    assert reduce_activations(seq, "conv", "mean")[0].tolist() == [1.5, 5.5, 9.5]
+    assert reduce_activations(seq, "conv", "positions").shape == (8, 3)
+    two_d = torch.ones(4, 5)
+    assert reduce_activations(two_d, "sequence", "tokens") is two_d
+    with pytest.raises(InputError, match=r"3-D activations of shape \(2, 3, 4\) are either conv maps"):
+        reduce_conv(seq, "mean")
+    with pytest.raises(InputError, match=r"need a reduction: 'tokens' \(n\*T, D\), 'mean' \(n, D\)"):
+        reduce_activations(seq, "sequence", None)
+    with pytest.raises(InputError, match=r"'first' does not apply to the conv layout .* 'positions' \(n\*H\*W, C\)"):
+        reduce_activations(torch.zeros(2, 3, 4, 4), "conv", "first")
+    with pytest.raises(InputError, match=r"not flat \(n, features\)"):
+        reduce_activations(seq, "flat", None)

@@ -8,7 +8,7 @@ input's device *before* centring, and return Python floats. See docs/similarity.
 from repana.similarity._arrays import RepanaWarning
 from repana.similarity.cca import CCAResult, cca, pwcca, svcca
 from repana.similarity.cka import chance_level, cka
-from repana.similarity.conv import REDUCTIONS, reduce_conv
+from repana.similarity.conv import LAYOUTS, REDUCTIONS, SEQUENCE_REDUCTIONS, reduce_activations, reduce_conv
 from repana.similarity.procrustes import procrustes_distance, procrustes_similarity
 from repana.similarity.registry import Measure, get_measure, list_measures, register_measure, similarity
 from repana.similarity.representation import Representation
@@ -19,7 +19,7 @@ from repana.similarity.streaming import MinibatchCKA, StreamingLinearCKA
 __all__ = [
     "cca", "svcca", "pwcca", "cka", "procrustes_similarity", "procrustes_distance",
     "similarity", "list_measures", "register_measure", "get_measure", "Measure",
-    "reduce_conv", "REDUCTIONS",
+    "reduce_conv", "reduce_activations", "REDUCTIONS", "SEQUENCE_REDUCTIONS", "LAYOUTS",
     "bootstrap_ci", "permutation_test", "null_baseline",
     "StreamingLinearCKA", "MinibatchCKA",
     "CCAResult", "BootstrapResult", "PermutationResult", "NullBaseline",
