@@ -225,7 +225,9 @@ def run_jobs(jobs: Sequence[Job], executor: str = "local", max_workers: int | No
         raise ConfigError(f"max_workers = {max_workers} must be at least 1")
     if cpus_per_job is not None and cpus_per_job < 1:
         raise ConfigError(f"cpus_per_job = {cpus_per_job} must be at least 1")
-    jobs = [replace(job, device=_check_device(device if device is not None else job.device)) for job in jobs]
+    # Absolute run folders: a Ray worker (or a job's process) need not share this process's working folder.
+    jobs = [replace(job, run_dir=job.run_dir.resolve(),
+                    device=_check_device(device if device is not None else job.device)) for job in jobs]
     names = [job.name for job in jobs]
     if len(set(names)) != len(names):
         raise ConfigError(f"a job name is given twice: {sorted({n for n in names if names.count(n) > 1})}")
