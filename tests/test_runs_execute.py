@@ -72,3 +72,34 @@ def test_failed_and_killed_jobs_leave_the_others_and_a_rerun_finishes_them(tmp_p
     assert rows_after[:len(rows_before)] == rows_before      # resumed, not restarted: old rows kept as they were
     assert [int(r["step"]) for r in rows_after] == list(range(1, 61))
     assert lines[-1] == "[train] 1 trained, 1 resumed, 1 reused of 3 jobs"
+
+
+def test_inline_executor_resumes_reuses_and_isolates_a_failure(tmp_path):
+    """The same contract in this process, with datasets already loaded (seconds)."""
+    from repana.data.glyphs import load_glyph_splits
+    from repana.errors import ConfigError
+    from repana.meta.train import StopTraining, train
+
+    data = load_glyph_splits(n_train=40, n_val=8, n_test=20)
+    base = {"maml": load_config(overrides={**TINY, "name": "maml", "algorithm": "maml", "seed": 0}),
+            "anil": load_config(overrides={**TINY, "name": "anil", "algorithm": "anil", "seed": 1, "iterations": 6})}
+    maml, anil = expand_jobs(base, seeds=1, settings=["5way-1shot"], runs_dir=tmp_path)
+
+    def stop_after_3(step, metrics):
+        if step == 3:
+            raise StopTraining
+    train(anil.config, anil.run_dir, data=data, show_progress=False, callback=stop_after_3)  # checkpoint at 2
+    bad = type(maml)("5way-1shot/bad/seed0", maml.config.replace(ways=10, name="5way-1shot/bad/seed0"),
+                     tmp_path / "bad", "cpu")  # the val split has 8 classes
+    lines = []
+    with pytest.raises(JobsFailedError) as failure:
+        run_jobs([maml, anil, bad], executor="inline", data=data, log=lines.append)
+    assert [(r.status, r.error) for r in failure.value.results] == [
+        ("trained", None), ("resumed", None),
+        ("failed", "ways = 10 is more than the 8 classes of the 'val' split of 'glyphs'")]
+    assert f"[train 2/3] {anil.name}: start (anil, 6 iterations, resuming from step 2; in this process, cpu)" in lines
+    assert [int(r["step"]) for r in _rows(anil.run_dir / "metrics.csv")] == [1, 2, 3, 4, 5, 6]
+    results = run_jobs([maml, anil], executor="inline", data=data, log=lines.append)
+    assert [r.status for r in results] == ["reused", "reused"]
+    with pytest.raises(ConfigError, match="pass data= only with executor 'inline'"):
+        run_jobs([maml], executor="local", data=data)

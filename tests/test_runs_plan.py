@@ -127,7 +127,7 @@ def test_finished_runs_are_reused_and_other_settings_refused(tmp_path):
 
 def test_executor_errors_are_one_clear_line(tmp_path, monkeypatch):
     jobs = expand_jobs(base_configs(), seeds=1, settings=["5way-1shot"], runs_dir=tmp_path)
-    with pytest.raises(ConfigError, match=r"^executor 'slurm' is not one of local, ray$"):
+    with pytest.raises(ConfigError, match=r"^executor 'slurm' is not one of local, ray, inline$"):
         run_jobs(jobs, executor="slurm")
     with pytest.raises(ConfigError, match=r"^device 'gpu' is not cpu, cuda or cuda:N$"):
         run_jobs(jobs, device="gpu")

@@ -8,6 +8,8 @@ and ``CUDA_VISIBLE_DEVICES``.
 
 - ``executor="local"``: up to one job per free core (``os.sched_getaffinity``), or one per visible GPU
   with ``device="cuda"``; each job gets ``cores // workers`` torch threads, so workers x threads <= cores.
+- ``executor="inline"``: one job after another in this process (``repana.meta.train.train``), the only
+  executor that takes already loaded datasets (``data=``): for tests, debugging and one-core machines.
 - ``executor="ray"``: each job is a Ray task (``num_cpus=cpus_per_job``, ``num_gpus=1`` on CUDA) on the
   cluster at ``address`` (None: a local Ray instance, stopped again at the end). Run folders must lie on
   a file system every node sees.
@@ -33,12 +35,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from repana.errors import ConfigError, RepanaError
 from repana.runs.plan import Job, check_same_run, newest_checkpoint_step, write_job_config
 
-EXECUTORS = ("local", "ray")
+EXECUTORS = ("local", "ray", "inline")
 LOG_FILE = "train.log"
 RAY_INSTALL_HINT = "pip install 'repana[ray]'"
 
@@ -208,11 +210,14 @@ def _start_message(job: Job, resume_step: int | None, where: str) -> str:
 
 def run_jobs(jobs: Sequence[Job], executor: str = "local", max_workers: int | None = None,
              address: str | None = None, device: str | None = None, cpus_per_job: int | None = None,
-             log: Callable[[str], None] = print) -> list[JobResult]:
+             log: Callable[[str], None] = print, data: Mapping | None = None,
+             show_progress: bool | None = None) -> list[JobResult]:
     """Run every job that is not finished; returns one :class:`JobResult` per job, in the jobs' order.
 
-    ``executor``: ``"local"`` (worker processes on this machine) or ``"ray"`` (tasks on the Ray cluster
-    at ``address``; None starts a local instance). ``max_workers``: jobs at a time (local; default one
+    ``executor``: ``"local"`` (worker processes on this machine), ``"ray"`` (tasks on the Ray cluster
+    at ``address``; None starts a local instance) or ``"inline"`` (in this process, one after another;
+    ``data``: ``{"train", "val"}`` datasets every job uses instead of loading its config's;
+    ``show_progress``: its training bars). ``max_workers``: jobs at a time (local; default one
     per free core, or per visible GPU on CUDA). ``device``: overrides every job's device (``cpu``,
     ``cuda``, ``cuda:N``). ``cpus_per_job``: torch threads per job (local default ``cores // workers``;
     Ray default 1, also the task's ``num_cpus``). ``log``: receives one line per job start and finish.
@@ -221,6 +226,9 @@ def run_jobs(jobs: Sequence[Job], executor: str = "local", max_workers: int | No
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}")
+    if data is not None and executor != "inline":
+        raise ConfigError(f"executor {executor!r} runs each job in its own process, which loads its data from "
+                          "the job's config: pass data= only with executor 'inline'")
     if max_workers is not None and max_workers < 1:
         raise ConfigError(f"max_workers = {max_workers} must be at least 1")
     if cpus_per_job is not None and cpus_per_job < 1:
@@ -239,6 +247,8 @@ def run_jobs(jobs: Sequence[Job], executor: str = "local", max_workers: int | No
         done, to_run = _prepare(jobs, say)
         if executor == "local":
             ran = _run_local(to_run, max_workers, cpus_per_job, say)
+        elif executor == "inline":
+            ran = _run_inline(to_run, cpus_per_job, data, show_progress, say)
         else:
             ran = engine.run(to_run, cpus_per_job or 1, say)
     finally:
@@ -254,6 +264,30 @@ def run_jobs(jobs: Sequence[Job], executor: str = "local", max_workers: int | No
         raise JobsFailedError(f"{len(failed)} of {len(results)} training jobs failed ({details}); the other "
                               "runs are kept: fix the cause and rerun to train only what is missing "
                               f"(each job's output is in <run folder>/{LOG_FILE})", results)
+    return results
+
+
+# ----- in this process -----
+
+def _run_inline(to_run: list[tuple[Job, int | None]], threads: int | None, data: Mapping | None,
+                show_progress: bool | None, say: _Log) -> list[JobResult]:
+    from repana.meta.train import train
+
+    results = []
+    for job, resume_step in to_run:
+        config = job.config.replace(threads=threads) if threads else job.config
+        say(job, _start_message(job, resume_step, f"in this process, {job.device}"))
+        start = time.perf_counter()
+        try:
+            train(config, job.run_dir, resume=True, device=job.device, data=data, show_progress=show_progress)
+            error = None if job.final_checkpoint.exists() else f"train ended without writing {job.final_checkpoint}"
+        except Exception as exception:  # one job's failure must not stop the others
+            lines = str(exception).strip().splitlines()
+            error = lines[0] if lines else ""
+            if not isinstance(exception, RepanaError):
+                error = f"{type(exception).__name__}: {error}".rstrip(": ")
+        outcome = {"error": error, "wall_s": time.perf_counter() - start}
+        results.append(_result(job, resume_step, outcome, say))
     return results
 
 
