@@ -67,7 +67,7 @@ def test_job_command_is_what_repana_train_accepts(tmp_path):
     from repana.cli.train import resolve_config
 
     job = expand_jobs(base_configs(), seeds=1, settings=["5way-1shot"], runs_dir=tmp_path, device="cuda")[1]
-    write_plan([job], tmp_path / "plan")
+    executors.write_job_config(job)
     args = build_parser().parse_args(job.command(threads=2)[1:])  # [0] is the program
     assert (args.command, args.out, args.resume, args.device) == ("train", job.run_dir, True, "cuda")
     assert resolve_config(args) == job.config.replace(threads=2)
@@ -82,14 +82,16 @@ def test_write_and_read_plan(tmp_path):
         (j.name, j.config, j.run_dir.resolve(), j.device) for j in jobs]
     first = json.loads(path.read_text().splitlines()[0])
     assert first["command"].startswith("repana train --config ") and first["command"].endswith("--resume --device cpu")
-    # Each job's config file holds exactly its config.
-    assert all(load_config(path=j.config_path) == j.config for j in again)
+    # Each job's config file (in the plan folder, so run folders may be deleted) holds exactly its config.
+    assert first["config_path"] == str(tmp_path / "plan" / "configs" / "5way-1shot" / "maml" / "seed0.toml")
+    assert all(load_config(path=j.plan_config_path(tmp_path / "plan")) == j.config for j in again)
+    assert not any(j.run_dir.exists() for j in again)
     commands = [line for line in (tmp_path / "plan" / "commands.sh").read_text().splitlines()
                 if not line.startswith("#")]
     assert len(commands) == 6
     test, _, command = commands[3].partition(" || ")
     assert shlex.split(test) == ["[", "-e", str(again[3].final_checkpoint), "]"]
-    assert shlex.split(command) == again[3].command()
+    assert shlex.split(command) == again[3].command(config_path=again[3].plan_config_path(tmp_path / "plan"))
     slurm = (tmp_path / "plan" / "slurm.sh").read_text()
     assert "#SBATCH --array=0-5\n" in slurm and "#SBATCH --cpus-per-task=2\n" in slurm and "gres" not in slurm
     gpu_plan = write_plan([Job(j.name, j.config, j.run_dir, "cuda") for j in jobs], tmp_path / "gpu")

@@ -8,9 +8,11 @@ array over the files :func:`write_plan` writes::
     <plan_dir>/plan.jsonl     one JSON object per job (name, run_dir, config_path, device, command, config)
     <plan_dir>/commands.sh    one line per job: skip if its final checkpoint exists, else ``repana train``
     <plan_dir>/slurm.sh       an array job whose task i runs line i+1 of commands.sh
-    <run_dir>/job.toml        the job's config (``repana train --config``); train writes config.toml beside it
+    <plan_dir>/configs/<setting>/<network>/seed<k>.toml   each job's config (``repana train --config``)
 
-Every job's command is ``repana train --config <run_dir>/job.toml --out <run_dir> --resume --device D``:
+(Run folders may be deleted to retrain a job: the plan does not keep anything in them.) The executors
+of :mod:`repana.runs.executors` write the config to ``<run_dir>/job.toml`` instead. A job's command is
+``repana train --config <config> --out <run_dir> --resume --device D``:
 ``--resume`` continues an interrupted run from its newest checkpoint and starts a new one from scratch
 (``repana train`` does both when the folder has no checkpoint), so running a command twice is safe.
 
@@ -65,30 +67,38 @@ class Job:
 
     @property
     def config_path(self) -> Path:
-        """The TOML file the job's command reads (written by :func:`write_job_config`)."""
+        """The TOML file the executors' command reads (written by :func:`write_job_config`)."""
         return self.run_dir / JOB_CONFIG_FILE
+
+    def plan_config_path(self, plan_dir: str | Path) -> Path:
+        """Where :func:`write_plan` puts the job's config: ``<plan_dir>/configs/<name>.toml``."""
+        return Path(plan_dir) / "configs" / f"{self.name}.toml"
 
     @property
     def final_checkpoint(self) -> Path:
         """The checkpoint whose existence means the job is done (``step_<iterations>.pt``)."""
         return self.run_dir / "checkpoints" / f"step_{self.config.iterations:06d}.pt"
 
-    def command(self, program: Sequence[str] = ("repana",), threads: int | None = None) -> list[str]:
-        """The ``repana train`` argument list of this job; ``threads`` overrides the config's torch threads."""
-        args = [*program, "train", "--config", str(self.config_path), "--out", str(self.run_dir), "--resume",
-                "--device", self.device]
+    def command(self, program: Sequence[str] = ("repana",), threads: int | None = None,
+                config_path: str | Path | None = None) -> list[str]:
+        """The ``repana train`` argument list of this job; ``threads`` overrides the config's torch threads;
+        ``config_path``: the config file it reads (default :attr:`config_path`)."""
+        args = [*program, "train", "--config", str(config_path or self.config_path), "--out", str(self.run_dir),
+                "--resume", "--device", self.device]
         if threads is not None:
             args += ["--set", f"threads={int(threads)}"]
         return args
 
-    def shell_command(self) -> str:
+    def shell_command(self, config_path: str | Path | None = None) -> str:
         """One shell line: nothing when the final checkpoint exists, else the job's ``repana train``."""
         return (f"[ -e {shlex.quote(str(self.final_checkpoint))} ] || "
-                + " ".join(shlex.quote(part) for part in self.command()))
+                + " ".join(shlex.quote(part) for part in self.command(config_path=config_path)))
 
-    def to_dict(self) -> dict:
-        return {"name": self.name, "run_dir": str(self.run_dir), "config_path": str(self.config_path),
-                "device": self.device, "command": " ".join(shlex.quote(p) for p in self.command()),
+    def to_dict(self, config_path: str | Path | None = None) -> dict:
+        config_path = config_path or self.config_path
+        return {"name": self.name, "run_dir": str(self.run_dir), "config_path": str(config_path),
+                "device": self.device,
+                "command": " ".join(shlex.quote(p) for p in self.command(config_path=config_path)),
                 "config": self.config.to_dict()}
 
     @classmethod
@@ -212,7 +222,7 @@ def write_job_config(job: Job) -> Path:
 # ----- plan files -----
 
 def write_plan(jobs: Sequence[Job], plan_dir: str | Path, cpus_per_job: int = 1) -> Path:
-    """Write ``plan.jsonl``, ``commands.sh``, ``slurm.sh`` into ``plan_dir`` and each job's ``job.toml``.
+    """Write ``plan.jsonl``, ``commands.sh``, ``slurm.sh`` and ``configs/<job name>.toml`` into ``plan_dir``.
 
     Paths in the files are absolute so the scripts run from any folder (a shared file system on a
     cluster). ``cpus_per_job``: ``--cpus-per-task`` of the SLURM array (and its torch threads).
@@ -226,13 +236,17 @@ def write_plan(jobs: Sequence[Job], plan_dir: str | Path, cpus_per_job: int = 1)
         raise ConfigError(f"the plan names a job twice: {sorted({n for n in names if names.count(n) > 1})}")
     plan_dir = Path(plan_dir).resolve()
     plan_dir.mkdir(parents=True, exist_ok=True)
-    for job in jobs:
-        write_job_config(job)
-    atomic_write_text(plan_dir / PLAN_FILE, "".join(json.dumps(job.to_dict()) + "\n" for job in jobs))
+    configs = [job.plan_config_path(plan_dir) for job in jobs]
+    for job, path in zip(jobs, configs):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, to_toml(job.config))
+    atomic_write_text(plan_dir / PLAN_FILE, "".join(json.dumps(job.to_dict(path)) + "\n"
+                                                    for job, path in zip(jobs, configs)))
     header = ("# repana training plan: one job per line; a finished job (final checkpoint present) is skipped,\n"
               "# an interrupted one resumes. Run with GNU parallel, e.g.\n"
               f"#   OMP_NUM_THREADS=1 parallel -j $(nproc) < {shlex.quote(str(plan_dir / COMMANDS_FILE))}\n")
-    atomic_write_text(plan_dir / COMMANDS_FILE, header + "".join(job.shell_command() + "\n" for job in jobs))
+    atomic_write_text(plan_dir / COMMANDS_FILE, header + "".join(job.shell_command(path) + "\n"
+                                                                 for job, path in zip(jobs, configs)))
     gpus = any(job.device.startswith("cuda") for job in jobs)
     slurm = "\n".join([
         "#!/bin/bash",
