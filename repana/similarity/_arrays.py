@@ -7,6 +7,7 @@ carry the signal; five popular CKA implementations fail that way).
 
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 
@@ -88,10 +89,17 @@ def as_float64_tensor(array, name: str = "X") -> torch.Tensor:
 
 
 def as_float64_matrix(array, name: str = "X", min_datapoints: int = 2) -> torch.Tensor:
+    """:func:`as_float64_matrix_and_max_abs` without the largest magnitude."""
+    return as_float64_matrix_and_max_abs(array, name, min_datapoints)[0]
+
+
+def as_float64_matrix_and_max_abs(array, name: str = "X", min_datapoints: int = 2) -> tuple[torch.Tensor, float]:
     """Validate ``array`` as ``(n_datapoints, n_features)`` activations and return it as float64.
 
     ``array``: anything :func:`as_real_tensor` accepts (numpy, torch of any float dtype, lists, DataFrames).
     The float64 cast happens first; every check below is made on the float64 values.
+
+    Returns the float64 tensor and its largest absolute value.
 
     Raises :class:`InputError` for: not 2-D (1-D input gets the reshape that fixes it, 4-D the pointer to
     :func:`repana.similarity.reduce_conv`), fewer than ``min_datapoints`` rows (the message says how
@@ -111,12 +119,12 @@ def as_float64_matrix(array, name: str = "X", min_datapoints: int = 2) -> torch.
     if n_datapoints < min_datapoints:
         raise InputError(f"{name} has {n_datapoints} datapoints; at least {min_datapoints} are needed")
     # The extremes are finite only if every value is (one cheap pass, no temporary mask unless something is wrong).
-    low, high = torch.aminmax(tensor)
-    if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):
+    low, high = (float(value) for value in torch.aminmax(tensor))
+    if not (math.isfinite(low) and math.isfinite(high)):
         n_bad = int((~torch.isfinite(tensor)).sum())
         raise InputError(f"{name} contains {n_bad} NaN or Inf value(s) out of {tensor.numel()}; "
                          f"similarity is undefined there (check the model's activations / inputs)")
-    return tensor
+    return tensor, max(-low, high)
 
 
 def max_abs(tensor: torch.Tensor) -> float:
