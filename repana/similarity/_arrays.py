@@ -80,6 +80,10 @@ def as_real_tensor(array, name: str = "X") -> torch.Tensor:
                          f"(dtype {values.dtype}); convert the activations to a float array")
     if values.dtype.kind == "f" and values.dtype.itemsize > 8:  # long double: numpy only
         values = values.astype(np.float64)
+    if not values.flags.writeable:  # e.g. a DataFrame's block under copy-on-write: never written to here
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(values)
     return torch.from_numpy(values)
 
 
