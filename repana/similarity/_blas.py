@@ -41,10 +41,16 @@ def _openblas_threads():
     return None
 
 
+#: Products with fewer multiply-adds than this stay in torch (the numpy round trip costs ~10 us).
+NUMPY_MIN_MULTIPLY_ADDS = 2 ** 20
+
+
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` of float64 matrices (numpy's OpenBLAS on CPU when available, else torch)."""
+    """``a @ b`` of float64 matrices (numpy's OpenBLAS on CPU when available and the product is large, else torch)."""
     threads = _openblas_threads()
-    if threads is None or a.device.type != "cpu" or b.device.type != "cpu" or a.dtype != torch.float64:
+    if (threads is None or a.device.type != "cpu" or b.device.type != "cpu" or a.dtype != torch.float64
+            or b.dtype != torch.float64 or a.ndim != 2 or b.ndim != 2
+            or a.shape[0] * a.shape[1] * b.shape[1] < NUMPY_MIN_MULTIPLY_ADDS):
         return a @ b
     get_threads, set_threads = threads
     before, wanted = get_threads(), torch.get_num_threads()

@@ -74,11 +74,14 @@ class CCAResult:
 
 
 def cca(X, Y, rtol: float | None = None) -> CCAResult:
-    """Canonical correlations between ``X (n, d_x)`` and ``Y (n, d_y)`` (numpy or torch).
+    """Canonical correlations between ``X (n, d_x)`` and ``Y (n, d_y)``.
+
+    ``X``, ``Y``: numpy / torch of any float dtype or integers, nested lists, DataFrames (cast to float64 first).
 
     Args:
-        rtol: relative singular-value tolerance for dropping null directions (default
-            ``max(n, d) * eps`` of the input dtype).
+        rtol: relative singular-value tolerance for dropping null directions (default ``max(n, d) * eps``,
+            eps of the input dtype, float32's for float16 / bfloat16). A half-precision layer that is rank
+            deficient carries rounding noise near 1e-3 of its top singular value: pass ``rtol=1e-2`` for it.
 
     Raises:
         InputError: when the kept directions ``k_x + k_y >= n`` (some coefficient is 1 by construction).
