@@ -38,15 +38,29 @@ def test_half_precision_equals_float64_of_the_same_rounded_data(rng, measure, la
     assert 0.05 < expected < 1.0
 
 
-def test_half_precision_rank_tolerance_uses_float32_epsilon(rng):
-    x = rng.normal(size=(2000, 8)).astype(np.float16)
-    assert Representation(x).eps == float(np.finfo(np.float32).eps)
-    assert Representation(torch.from_numpy(x).bfloat16()).eps == float(np.finfo(np.float32).eps)
-    assert Representation(x.astype(np.float32)).eps == float(np.finfo(np.float32).eps)
-    assert Representation(x.astype(np.float64)).eps == float(np.finfo(np.float64).eps)
-    assert Representation(np.arange(16).reshape(8, 2) ** 2).eps == float(np.finfo(np.float64).eps)
-    # 2000 datapoints: fp16's own rule would put the tolerance at 2000 * 9.8e-4 ~ 2 and keep no direction.
-    assert cca(x, x[:, :4] * 3.0).n_directions_x == 8
+def test_half_precision_rank_tolerance(rng):
+    x = rng.normal(size=(2000, 8))
+    float32_rule = 2000 * float(np.finfo(np.float32).eps)  # 2.4e-4
+    assert Representation(x).rank_rtol() == 2000 * float(np.finfo(np.float64).eps)
+    assert Representation(x.astype(np.float32)).rank_rtol() == float32_rule
+    assert Representation(x.astype(np.float16)).rank_rtol() == 2 * float(np.finfo(np.float16).eps)  # 2e-3
+    assert Representation(torch.from_numpy(x).bfloat16()).rank_rtol() == 2 * 2.0 ** -7  # 1.6e-2
+    assert Representation(np.round(x * 10).astype(np.int32)).rank_rtol() == 2000 * float(np.finfo(np.float64).eps)
+    assert Representation(x.astype(np.float16)[:, :2]).rank_rtol(rtol=0.5) == 0.5
+    # fp16's own rule would be 2000 * 9.8e-4 ~ 2 and keep no direction at all.
+    assert cca(x.astype(np.float16), x[:, :4] * 3.0).n_directions_x == 8
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_rank_deficient_half_precision_layer_drops_rounding_noise(rng, half):
+    # A 64-unit layer of rank 16 rounded to half precision: 16 canonical correlations of ~1, not 64 with 48
+    # directions of rounding noise (bfloat16 noise sits near 8e-4 of the top singular value).
+    z = rng.normal(size=(1000, 16))
+    x = torch.from_numpy(z @ rng.normal(size=(16, 64))).to(getattr(torch, half))
+    y = torch.from_numpy(z @ rng.normal(size=(16, 64))).to(getattr(torch, half))
+    result = cca(x, y)
+    assert result.n_directions_x == result.n_directions_y == 16
+    assert result.mean == pytest.approx(1.0, abs=1e-4)
 
 
 @pytest.mark.parametrize("measure", ALL_MEASURES)

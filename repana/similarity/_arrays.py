@@ -30,27 +30,15 @@ def warn(message: str) -> None:
 
 _TORCH_INTEGERS = {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64}
 
-#: The rank tolerance never uses a coarser epsilon than float32's (see :func:`rank_eps`).
-RANK_EPS_FLOOR_DTYPE = torch.float32
-
-
-def rank_eps(dtype) -> float:
-    """Epsilon behind the default rank tolerance ``max(n, d) * eps`` for activations that came in as ``dtype``.
-
-    float64: 2.2e-16; float32: 1.19e-7 (a float32 layer of rank 16 then has 16 directions, not 64 with 48 of
-    rounding noise). Narrower floats (float16, bfloat16) use float32's epsilon too: their own (9.8e-4, 7.8e-3)
-    times ``max(n, d)`` exceeds 1 from a few hundred datapoints on and would drop every direction. Integers
-    are exact: float64's epsilon.
-    """
+def input_eps(dtype) -> float:
+    """Machine epsilon of the dtype the activations came in (torch or numpy dtype): float16 9.8e-4, bfloat16
+    7.8e-3, float32 1.19e-7, float64 2.2e-16; integers are exact and count as float64. See
+    :meth:`repana.similarity.Representation.rank_rtol` for the rank tolerance built from it."""
     if isinstance(dtype, np.dtype):
         dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
-    if dtype in (torch.float64, torch.float32):
-        return float(torch.finfo(dtype).eps)
-    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
-        return float(torch.finfo(RANK_EPS_FLOOR_DTYPE).eps)
     if isinstance(dtype, torch.dtype):
-        return float(torch.finfo(torch.float64).eps)
-    raise TypeError(f"expected a torch dtype, got {dtype!r}")
+        return float(torch.finfo(dtype if dtype.is_floating_point else torch.float64).eps)
+    raise TypeError(f"expected a torch or numpy dtype, got {dtype!r}")
 
 
 def as_real_tensor(array, name: str = "X") -> torch.Tensor:

@@ -11,8 +11,8 @@ representations: the singular values of ``Qx^T Qy`` for any orthonormal bases ``
   correlations agree with the SVD route to ~1e-12 (checked in the tests).
 * SVD route (everything else, and SVCCA, which needs the singular directions): the thin SVD of each centred
   representation ``Xc = Ux Sx Vx^T`` and the singular values of ``Ux^T Uy``. Null directions -- singular values
-  at or below ``rtol * S.max()``, ``rtol = max(n, d) * eps`` by default (numpy.linalg.matrix_rank's rule, eps of
-  the input dtype: float64's for float64, float32's for float32, float16 and bfloat16) -- are dropped, so a
+  at or below ``rtol * S.max()``, ``rtol = max(n, d) * eps`` of the input dtype by default
+  (numpy.linalg.matrix_rank's rule; half precision: see :meth:`repana.similarity.Representation.rank_rtol`) -- are dropped, so a
   64-unit layer of rank 16 has 16 canonical directions, not 64 with 48 meaningless near-zero coefficients. (For
   float32 activations the SVD is taken from the float64 eigendecomposition of the covariance or Gram matrix,
   exact to far below that tolerance; see :meth:`repana.similarity.Representation.svd`.)
@@ -79,9 +79,9 @@ def cca(X, Y, rtol: float | None = None) -> CCAResult:
     ``X``, ``Y``: numpy / torch of any float dtype or integers, nested lists, DataFrames (cast to float64 first).
 
     Args:
-        rtol: relative singular-value tolerance for dropping null directions (default ``max(n, d) * eps``,
-            eps of the input dtype, float32's for float16 / bfloat16). A half-precision layer that is rank
-            deficient carries rounding noise near 1e-3 of its top singular value: pass ``rtol=1e-2`` for it.
+        rtol: relative singular-value tolerance for dropping null directions (default
+            :meth:`repana.similarity.Representation.rank_rtol`: ``max(n, d) * eps`` of the input dtype for
+            float64 / float32; for float16 / bfloat16 float32's rule but at least ``2 * eps``).
 
     Raises:
         InputError: when the kept directions ``k_x + k_y >= n`` (some coefficient is 1 by construction).
