@@ -209,12 +209,16 @@ def _well_conditioned(rep: Representation, rtol: float | None) -> bool:
         return False
     eigenvalues = rep.cached("covariance_eigenvalues", lambda: torch.linalg.eigvalsh(rep.covariance))
     ratio = max(CHOLESKY_MIN_SINGULAR_RATIO, rep.rank_rtol(rtol))
-    return bool(eigenvalues[0] > ratio * ratio * eigenvalues[-1])
+    return bool(eigenvalues[0] > ratio * ratio * eigenvalues[-1]) and _cholesky_factor(rep) is not None
 
 
-def _cholesky_factor(rep: Representation) -> torch.Tensor:
-    """Lower-triangular ``L`` with ``L L^T = Xc^T Xc`` (cached)."""
-    return rep.cached("covariance_cholesky", lambda: torch.linalg.cholesky(rep.covariance))
+def _cholesky_factor(rep: Representation) -> torch.Tensor | None:
+    """Lower-triangular ``L`` with ``L L^T = Xc^T Xc`` (cached); None if LAPACK finds the matrix not positive
+    definite (never expected after the eigenvalue check, which requires eigenvalues above 1e-6 of the largest)."""
+    def compute():
+        factor, info = torch.linalg.cholesky_ex(rep.covariance)
+        return factor if int(info) == 0 else None
+    return rep.cached("covariance_cholesky", compute)
 
 
 def _whitened_cross(rx: Representation, ry: Representation, rtol: float | None, measure: str):
