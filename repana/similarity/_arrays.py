@@ -1,4 +1,5 @@
-"""Validation and conversion of activation arrays: numpy or torch in, float64 torch on the input's device out.
+"""Validation and conversion of activation arrays: numpy, torch (any float dtype or integers), nested lists or
+pandas DataFrames in, float64 torch on the input's device out; anything else an ``InputError`` naming the type.
 
 Every measure goes through :func:`as_float64_matrix` before any arithmetic, so float32 activations with a
 large mean offset are cast to float64 *before* they are centred (centring in float32 loses the digits that

@@ -115,7 +115,7 @@ def bootstrap_ci(measure: str, X, Y, n_resamples: int = 1000, confidence: float 
             warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"scipy\.stats")
             result = scipy_stats.bootstrap((np.arange(rx.n),), statistic, n_resamples=n_resamples,
                                            vectorized=False, confidence_level=confidence, method=method,
-                                           rng=np.random.default_rng(seed))
+                                           **_generator_argument(scipy_stats.bootstrap, seed))
     samples = np.asarray(result.bootstrap_distribution, dtype=float)
     low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     if np.ptp(samples) == 0.0:
@@ -145,6 +145,14 @@ def null_baseline(measure: str, X, Y, n_permutations: int = 100, seed: int = 0,
     samples = _permuted_values(spec, rx, ry, n_permutations, seed, show_progress, options)
     return NullBaseline(float(samples.mean()), float(samples.std(ddof=1)) if samples.size > 1 else 0.0,
                         float(np.quantile(samples, 0.95)), samples)
+
+
+def _generator_argument(function, seed: int) -> dict:
+    """scipy >= 1.15 takes ``rng=``, older releases (>= 1.10, the dependency floor) ``random_state=``."""
+    import inspect
+
+    name = "rng" if "rng" in inspect.signature(function).parameters else "random_state"
+    return {name: np.random.default_rng(seed)}
 
 
 def _pair(spec, X, Y):
