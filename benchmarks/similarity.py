@@ -4,12 +4,19 @@ Baselines (implemented in this file, measured in the same run):
 * single pairs: Gram-form linear CKA as in Kornblith et al.'s notebook -- float64 ``K = X X^T``,
   ``L = Y Y^T``, centred by subtracting row and column means: O(n^2) memory, O(n^2 d) time;
 * layer x layer matrix: pairwise recomputation -- ``similarity(measure, X_i, Y_j)`` for every pair, which
-  validates, centres and decomposes both layers again for each pair.
+  validates, centres and decomposes both layers again for each pair;
+* mean CCA and PWCCA (``--cca-only`` runs just this part): the covariance-based algorithm of google/svcca's
+  ``cca_core`` written out here in float64 numpy (:func:`reference_cca_core`: covariance of the stacked
+  activations, ``pinv`` and an eigendecomposition for the inverse square roots of sigma_xx and sigma_yy, SVD
+  of their product; PWCCA adds the canonical variates in data space, their QR and ``|P^T X|``), and a leaner
+  covariance variant (:func:`reference_covariance_lean`: three products, one eigendecomposition per side,
+  singular values only). At (5000, 64) and (20000, 512), one thread, interleaved repeats, median times.
 
 Usage::
 
-    python benchmarks/similarity.py            # (5000, 256), (50000, 512), (2000, 12544), 16 x 16 layers
+    python benchmarks/similarity.py            # (5000, 256), (50000, 512), (2000, 12544), 16 x 16 layers, CCA
     python benchmarks/similarity.py --quick --threads 1 --repeats 3   # smaller sizes, for a shared CPU
+    python benchmarks/similarity.py --cca-only --threads 1 --repeats 5  # the CCA ratios only
     python benchmarks/similarity.py --device cuda
 
 Peak memory: on CPU the growth of the resident set (``VmHWM`` after resetting it through
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import gc
 import sys
 import time
@@ -32,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from repana.compare import compare_activations  # noqa: E402
-from repana.similarity import RepanaWarning, StreamingLinearCKA, similarity  # noqa: E402
+from repana.similarity import RepanaWarning, StreamingLinearCKA, cca, pwcca, similarity  # noqa: E402
 
 warnings.simplefilter("ignore", RepanaWarning)
 
@@ -40,6 +48,16 @@ FULL_SIZES = [(5000, 256), (50000, 512), (2000, 12544)]
 QUICK_SIZES = [(2000, 128), (20000, 256), (500, 4096)]
 MEASURES = ["cka", "cka_debiased", "cka_rbf", "svcca", "pwcca", "cca", "procrustes"]
 GRAM_MEMORY_LIMIT = 6e9  # bytes: larger n x n work (the baseline, RBF) is skipped and its memory projected
+
+
+def _limit_numpy_blas_threads(threads: int) -> None:
+    """The numpy references run on numpy's OpenBLAS: give it the same number of threads as torch."""
+    from repana.similarity._blas import _openblas_threads
+    functions = _openblas_threads()
+    if functions is not None:
+        functions[1](threads)
+    elif threads == 1 and os.environ.get("OPENBLAS_NUM_THREADS") != "1":
+        print("note: could not set numpy's BLAS threads; run with OPENBLAS_NUM_THREADS=1 for one thread")
 
 
 def _make_rss_measurable() -> None:
@@ -207,6 +225,88 @@ def bench_matrix(n_layers: int, n: int, d: int, measures: list[str], device) -> 
           f"{total_base:.2f} s pairwise: speed-up {total_base / ours:.2f}x")
 
 
+CCA_SIZES = [(5000, 64), (20000, 512)]
+
+
+def _inverse_sqrt_like_cca_core(sigma: np.ndarray) -> np.ndarray:
+    """``sigma^(-1/2)`` as cca_core computes it: pseudo-inverse, then the square root through ``eigh``."""
+    eigenvalues, vectors = np.linalg.eigh(np.linalg.pinv(sigma))
+    return (vectors * np.sqrt(eigenvalues)) @ vectors.T
+
+
+def reference_cca_core(x: np.ndarray, y: np.ndarray, weights: bool = False):
+    """The covariance-based CCA of google/svcca's ``cca_core.get_cca_similarity`` (epsilon 0), float64 numpy.
+
+    ``x (n, d_x)``, ``y (n, d_y)`` float64. Returns the canonical correlations ``(min(d_x, d_y),)``, and with
+    ``weights`` the PWCCA value (weights from ``x``) computed as ``compute_pwcca`` does: canonical variates
+    in data space, their QR ``P``, weights ``sum_j |P^T x_j|`` (here from the centred variates).
+    """
+    acts_x, acts_y = x.T, y.T  # cca_core's layout: (neurons, datapoints)
+    d_x = acts_x.shape[0]
+    covariance = np.cov(acts_x, acts_y)
+    sigma_xx, sigma_xy = covariance[:d_x, :d_x], covariance[:d_x, d_x:]
+    sigma_yy = covariance[d_x:, d_x:]
+    x_max, y_max = np.max(np.abs(sigma_xx)), np.max(np.abs(sigma_yy))
+    sigma_xx, sigma_yy, sigma_xy = sigma_xx / x_max, sigma_yy / y_max, sigma_xy / np.sqrt(x_max * y_max)
+    inv_sqrt_xx, inv_sqrt_yy = _inverse_sqrt_like_cca_core(sigma_xx), _inverse_sqrt_like_cca_core(sigma_yy)
+    u, rho, _ = np.linalg.svd(inv_sqrt_xx @ (sigma_xy @ inv_sqrt_yy))
+    if not weights:
+        return rho
+    centred_x = acts_x - acts_x.mean(axis=1, keepdims=True)
+    directions = (u.T @ inv_sqrt_xx) @ centred_x  # canonical variates of x, (d_x, n)
+    basis, _ = np.linalg.qr(directions.T)
+    loadings = np.abs(basis.T @ centred_x.T).sum(axis=1)
+    k = rho.shape[0]
+    return rho, float((loadings[:k] / loadings[:k].sum() * rho).sum())
+
+
+def reference_covariance_lean(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Covariance-based canonical correlations without cca_core's extras: ``X^T X``, ``Y^T Y``, ``X^T Y``, one
+    ``eigh`` per side for the inverse square roots, singular values only."""
+    centred_x, centred_y = x - x.mean(axis=0), y - y.mean(axis=0)
+
+    def inverse_sqrt(sigma):
+        eigenvalues, vectors = np.linalg.eigh(sigma)
+        return (vectors / np.sqrt(eigenvalues)) @ vectors.T
+    product = inverse_sqrt(centred_x.T @ centred_x) @ (centred_x.T @ centred_y) @ inverse_sqrt(centred_y.T @ centred_y)
+    return np.linalg.svd(product, compute_uv=False)
+
+
+def bench_cca(sizes, repeats: int) -> None:
+    """Median time of each contender over interleaved repeats; ratios against the references, values checked."""
+    print("\nmean CCA and PWCCA against the covariance-based reference (float64 inputs, median of interleaved "
+          "repeats)")
+    for n, d in sizes:
+        x, y = (t.double().numpy() for t in make_pair(n, d, torch.device("cpu"), seed=2))
+        size_repeats = repeats if n * d * d > 1e8 else max(repeats, 31)  # small sizes: cheap, and noisier
+        contenders = {
+            "cca_core mean CCA": lambda: float(reference_cca_core(x, y).mean()),
+            "lean covariance mean CCA": lambda: float(reference_covariance_lean(x, y).mean()),
+            "repana cca().mean": lambda: cca(x, y).mean,
+            "cca_core PWCCA": lambda: reference_cca_core(x, y, weights=True)[1],
+            "repana pwcca": lambda: pwcca(x, y),
+        }
+        times = {name: [] for name in contenders}
+        values = {}
+        for _ in range(size_repeats):
+            for name, function in contenders.items():
+                start = time.perf_counter()
+                values[name] = function()
+                times[name].append(time.perf_counter() - start)
+        median = {name: float(np.median(samples)) for name, samples in times.items()}
+        print(f"  (n, d) = ({n}, {d}), {size_repeats} repeats")
+        for name in contenders:
+            print(f"    {name:26s} {median[name] * 1e3:9.1f} ms  value {values[name]:.12f}")
+        assert abs(values["repana cca().mean"] - values["cca_core mean CCA"]) < 1e-8
+        assert abs(values["repana cca().mean"] - values["lean covariance mean CCA"]) < 1e-8
+        assert abs(values["repana pwcca"] - values["cca_core PWCCA"]) < 1e-8
+        print(f"    speed ratios (reference time / repana time): mean CCA "
+              f"{median['cca_core mean CCA'] / median['repana cca().mean']:.2f}x against the cca_core recipe, "
+              f"{median['lean covariance mean CCA'] / median['repana cca().mean']:.2f}x against the lean "
+              f"covariance route; PWCCA {median['cca_core PWCCA'] / median['repana pwcca']:.2f}x against the "
+              f"cca_core recipe (values equal to 1e-8)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (minutes on a shared 2-core CPU)")
@@ -218,16 +318,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); on a shared, "
                                                     "oversubscribed CPU 1 thread is far faster for LAPACK calls")
     parser.add_argument("--repeats", type=int, default=1, help="report the fastest of this many calls "
-                                                                 "(a shared machine's load varies)")
+                                                                 "(a shared machine's load varies); the CCA part "
+                                                                 "reports the median of max(3, repeats)")
+    parser.add_argument("--cca-only", action="store_true", help="only the CCA / PWCCA ratios against cca_core")
+    parser.add_argument("--skip-cca", action="store_true", help="skip the CCA / PWCCA ratios (CPU only)")
     args = parser.parse_args()
     global REPEATS
     REPEATS = max(1, args.repeats)
     if args.threads:
-        torch.set_num_threads(args.threads)
-    _make_rss_measurable()
+        torch.set_num_threads(args.threads)  # repana's numpy products follow torch's count (similarity/_blas.py)
+        _limit_numpy_blas_threads(args.threads)
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    # First, before the allocator is switched to mmap-per-allocation for the memory measurements below (page
+    # faults on every fresh array would tax the allocating contenders).
+    if device.type == "cpu" and not args.skip_cca:
+        bench_cca(CCA_SIZES, max(3, args.repeats))
+    if args.cca_only:
+        return
+    _make_rss_measurable()
     if not args.skip_pairs:
         bench_pairs(QUICK_SIZES if args.quick else FULL_SIZES, device)
     if not args.skip_matrix and args.matrix in ("tall", "both"):  # n > d: feature form, per-pair d x d work

@@ -87,3 +87,16 @@ def test_accumulator_errors(rng):
     assert conv.features[("a", "conv")] == 2
     with pytest.raises(InputError, match="at least 4"):
         MinibatchCKA().update({"a": rng.normal(size=(3, 2))})
+
+
+def test_streaming_estimators_take_any_magnitude(rng):
+    x = rng.normal(size=(200, 6))
+    y = np.tanh(x @ rng.normal(size=(6, 5))) + 0.5 * rng.normal(size=(200, 5))
+    for scale in (1e200, 1e-200):
+        exact, minibatch, reference = StreamingLinearCKA(), MinibatchCKA(), MinibatchCKA()
+        for start in range(0, 200, 50):
+            exact.update({"x": x[start:start + 50] * scale}, {"y": y[start:start + 50]})
+            minibatch.update({"x": x[start:start + 50] * scale}, {"y": y[start:start + 50] / scale})
+            reference.update({"x": x[start:start + 50]}, {"y": y[start:start + 50]})
+        assert exact.value("x", "y") == pytest.approx(cka(x, y), rel=1e-10)
+        assert minibatch.value("x", "y") == pytest.approx(reference.value("x", "y"), rel=1e-10)

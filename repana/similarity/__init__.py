@@ -1,8 +1,11 @@
 """Similarity of neural representations: CCA, SVCCA, PWCCA, CKA (linear, RBF, debiased), Procrustes.
 
-All measures take ``X: (n_datapoints, n_features_x)`` and ``Y: (n_datapoints, n_features_y)``, numpy arrays
-or torch tensors (any float dtype, CPU or CUDA). They validate the inputs, cast them to float64 on the
-input's device *before* centring, and return Python floats. See docs/similarity.md.
+All measures take ``X: (n_datapoints, n_features_x)`` and ``Y: (n_datapoints, n_features_y)``: numpy arrays
+or torch tensors (float16, bfloat16, float32, float64 or integers; CPU or CUDA), nested lists or pandas
+DataFrames. They cast the inputs to float64 on the input's device *before* any check or centring (other types
+-- strings, objects, complex, booleans, ragged lists -- get an ``InputError`` naming the type), rescale
+magnitudes beyond ``2**+-64`` by a power of two (data scaled by 1e200 gives the unit-scale value), and return
+Python floats. See docs/similarity.md.
 """
 
 from repana.similarity._arrays import RepanaWarning

@@ -1,12 +1,24 @@
 """Canonical correlation analysis and its descendants: CCA, SVCCA (Raghu et al. 2017), PWCCA (Morcos et al. 2018).
 
-Everything is computed from the thin SVD of each centred representation ``Xc = Ux Sx Vx^T``: the canonical
-correlations are the singular values of ``Ux^T Uy`` (principal angles between the column spaces). Null
-directions -- singular values at or below ``rtol * S.max()``, ``rtol = max(n, d) * eps(input dtype)`` by
-default (numpy.linalg.matrix_rank's rule) -- are dropped, so a 64-unit layer of rank 16 has 16 canonical
-directions, not 64 with 48 meaningless near-zero coefficients. (For float32 activations the SVD is taken
-from the float64 eigendecomposition of the covariance or Gram matrix, exact to far below that tolerance;
-see :meth:`repana.similarity.Representation.svd`.)
+The canonical correlations are the cosines of the principal angles between the column spaces of the centred
+representations: the singular values of ``Qx^T Qy`` for any orthonormal bases ``Qx``, ``Qy``. Two exact routes:
+
+* Cholesky route (``cca``, ``pwcca``, used whenever both representations have full column rank and condition
+  number at most ``1 / CHOLESKY_MIN_SINGULAR_RATIO = 1e3``): ``Qx = Xc Lx^-T`` with ``Lx Lx^T = Xc^T Xc``, so
+  ``Qx^T Qy = Lx^-1 (Xc^T Yc) Ly^-T``: three ``d x d`` products of the data (``X^T X`` and ``Y^T Y`` as
+  symmetric rank-k updates), two Cholesky factorisations, two triangular solves, one small SVD. PWCCA's
+  loadings ``H^T Xc = U^T Lx^T`` need no ``n x d`` work either. At that conditioning the canonical
+  correlations agree with the SVD route to ~1e-12 (checked in the tests).
+* SVD route (everything else, and SVCCA, which needs the singular directions): the thin SVD of each centred
+  representation ``Xc = Ux Sx Vx^T`` and the singular values of ``Ux^T Uy``. Null directions -- singular values
+  at or below ``rtol * S.max()``, ``rtol = max(n, d) * eps`` of the input dtype by default
+  (numpy.linalg.matrix_rank's rule; half precision: see :meth:`repana.similarity.Representation.rank_rtol`) -- are dropped, so a
+  64-unit layer of rank 16 has 16 canonical directions, not 64 with 48 meaningless near-zero coefficients. (For
+  float32 activations the SVD is taken from the float64 eigendecomposition of the covariance or Gram matrix,
+  exact to far below that tolerance; see :meth:`repana.similarity.Representation.svd`.)
+
+Inputs: numpy arrays or torch tensors of any float dtype or integers, nested lists, pandas DataFrames; cast
+to float64 before any check (see :func:`repana.similarity.cka` for the accepted types and magnitudes).
 
 Sample size rule (an error, not a warning): two subspaces of dimensions ``k_x`` and ``k_y`` in the
 ``(n - 1)``-dimensional space of centred datapoints share at least ``k_x + k_y - (n - 1)`` directions, so
@@ -26,6 +38,12 @@ from repana.errors import InputError
 from repana.similarity.representation import Representation, as_representation, check_pair
 
 WEIGHTS_FROM = ("x", "y")
+
+#: The Cholesky route is taken when every singular value of both centred representations is above this
+#: fraction of the largest (and above the rank tolerance): the Gram matrix's rounding (relative ~1e-16) then
+#: moves the whitened cross-covariance by at most ~1e-16 / 1e-6 = 1e-10, far below the 1e-8 agreement asked of
+#: the two routes.
+CHOLESKY_MIN_SINGULAR_RATIO = 1e-3
 
 
 @dataclass(frozen=True)
@@ -56,11 +74,14 @@ class CCAResult:
 
 
 def cca(X, Y, rtol: float | None = None) -> CCAResult:
-    """Canonical correlations between ``X (n, d_x)`` and ``Y (n, d_y)`` (numpy or torch).
+    """Canonical correlations between ``X (n, d_x)`` and ``Y (n, d_y)``.
+
+    ``X``, ``Y``: numpy / torch of any float dtype or integers, nested lists, DataFrames (cast to float64 first).
 
     Args:
         rtol: relative singular-value tolerance for dropping null directions (default
-            ``max(n, d) * eps`` of the input dtype).
+            :meth:`repana.similarity.Representation.rank_rtol`: ``max(n, d) * eps`` of the input dtype for
+            float64 / float32; for float16 / bfloat16 float32's rule but at least ``2 * eps``).
 
     Raises:
         InputError: when the kept directions ``k_x + k_y >= n`` (some coefficient is 1 by construction).
@@ -94,6 +115,10 @@ def pwcca(X, Y, weights_from: str = "x", rtol: float | None = None) -> float:
 # --- the same measures on prepared representations -------------------------------------------------------
 
 def cca_from_representations(rx: Representation, ry: Representation, rtol: float | None = None) -> CCAResult:
+    whitened = _whitened_cross(rx, ry, rtol, "cca")
+    if whitened is not None:
+        coefficients = torch.linalg.svdvals(whitened).clamp(0.0, 1.0)
+        return CCAResult(coefficients.cpu().numpy(), rx.n, rx.d, ry.d)
     kx, ky = rx.rank(rtol), ry.rank(rtol)
     coefficients = _canonical_correlations(rx, ry, kx, ky, rtol, "cca")
     return CCAResult(coefficients.cpu().numpy(), rx.n, kx, ky)
@@ -111,6 +136,17 @@ def pwcca_from_representations(rx: Representation, ry: Representation, weights_f
     if weights_from not in WEIGHTS_FROM:
         raise InputError(f"weights_from must be 'x' or 'y' (whose canonical variates give the weights), "
                          f"got {weights_from!r}")
+    whitened = _whitened_cross(rx, ry, rtol, "pwcca")
+    if whitened is not None:
+        left, rho, right_h = torch.linalg.svd(whitened, full_matrices=False)
+        rho = rho.clamp(0.0, 1.0)
+        # Canonical variates H = Xc Lx^-T U, so H^T Xc = U^T Lx^-1 Xc^T Xc = U^T Lx^T (and V^T Ly^T for Y).
+        if weights_from == "x":
+            loadings = left.T @ _cholesky_factor(rx).T
+        else:
+            loadings = right_h @ _cholesky_factor(ry).T
+        weights = loadings.abs().sum(dim=1)
+        return float((weights * rho).sum() / weights.sum())
     check_pair(rx, ry)
     _, sx, vhx = rx.svd(rtol)
     _, sy, vhy = ry.svd(rtol)
@@ -164,3 +200,33 @@ def _canonical_correlations(rx: Representation, ry: Representation, kx: int, ky:
     check_pair(rx, ry)
     _check_sample_size(rx.n, kx, ky, rx, ry, measure)
     return torch.linalg.svdvals(rx.top_basis_cross(ry, kx, ky, rtol)).clamp(0.0, 1.0)
+
+
+def _well_conditioned(rep: Representation, rtol: float | None) -> bool:
+    """Full column rank with every singular value above ``max(CHOLESKY_MIN_SINGULAR_RATIO, rank rtol) * S.max()``
+    (judged from the eigenvalues of ``Xc^T Xc``, the squared singular values; cached per representation)."""
+    if rep.d >= rep.n:  # centring leaves rank <= n - 1 < d
+        return False
+    eigenvalues = rep.cached("covariance_eigenvalues", lambda: torch.linalg.eigvalsh(rep.covariance))
+    ratio = max(CHOLESKY_MIN_SINGULAR_RATIO, rep.rank_rtol(rtol))
+    return bool(eigenvalues[0] > ratio * ratio * eigenvalues[-1]) and _cholesky_factor(rep) is not None
+
+
+def _cholesky_factor(rep: Representation) -> torch.Tensor | None:
+    """Lower-triangular ``L`` with ``L L^T = Xc^T Xc`` (cached); None if LAPACK finds the matrix not positive
+    definite (never expected after the eigenvalue check, which requires eigenvalues above 1e-6 of the largest)."""
+    def compute():
+        factor, info = torch.linalg.cholesky_ex(rep.covariance)
+        return factor if int(info) == 0 else None
+    return rep.cached("covariance_cholesky", compute)
+
+
+def _whitened_cross(rx: Representation, ry: Representation, rtol: float | None, measure: str):
+    """``Lx^-1 (Xc^T Yc) Ly^-T`` (``(d_x, d_y)``, its singular values are the canonical correlations) when both
+    representations are well conditioned (:func:`_well_conditioned`), else None (use the SVD route)."""
+    check_pair(rx, ry)
+    if not (_well_conditioned(rx, rtol) and _well_conditioned(ry, rtol)):
+        return None
+    _check_sample_size(rx.n, rx.d, ry.d, rx, ry, measure)
+    left = torch.linalg.solve_triangular(_cholesky_factor(rx), rx.cross(ry), upper=False)
+    return torch.linalg.solve_triangular(_cholesky_factor(ry), left.T, upper=False).T

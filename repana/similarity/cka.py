@@ -22,7 +22,7 @@ import torch
 
 from repana.errors import InputError
 from repana.similarity._arrays import warn
-from repana.similarity.representation import Representation, as_representation, check_pair
+from repana.similarity.representation import BANDWIDTHS, Representation, as_representation, check_pair
 
 KERNELS = ("linear", "rbf")
 FORMS = ("auto", "feature", "gram")
@@ -31,13 +31,21 @@ CHANCE_WARNING_LEVEL = 0.25
 
 
 def cka(X, Y, kernel: str = "linear", debiased: bool = False, sigma_fraction: float = 0.8,
-        form: str = "auto") -> float:
-    """CKA between ``X (n, d_x)`` and ``Y (n, d_y)`` (numpy or torch, any float dtype, CPU or CUDA).
+        form: str = "auto", bandwidth: str = "median_distinct_pairs") -> float:
+    """CKA between ``X (n, d_x)`` and ``Y (n, d_y)``.
+
+    ``X``, ``Y``: numpy arrays or torch tensors of any float dtype (float16, bfloat16, float32, float64) or
+    integers, CPU or CUDA, nested lists or pandas DataFrames; computed in float64 (cast first). Values of any
+    magnitude (1e-200 ... 1e200) give the same result as unit-scale data (rescaled by a power of two inside).
 
     Args:
-        kernel: ``"linear"`` or ``"rbf"`` (Gaussian kernel, bandwidth ``sigma = sigma_fraction *`` the
-            median Euclidean distance between distinct datapoints, as in Kornblith et al. 2019, who report
-            fractions 0.2, 0.4 and 0.8; their notebook also counts the n zero self-distances in the median).
+        kernel: ``"linear"`` or ``"rbf"`` (Gaussian kernel ``exp(-||xi - xj||^2 / (2 sigma^2))``).
+        sigma_fraction: RBF only: ``sigma = sigma_fraction *`` the median distance named by ``bandwidth``
+            (Kornblith et al. 2019 report fractions 0.2, 0.4 and 0.8; their notebook's demo uses 0.5).
+        bandwidth: RBF only: ``"median_distinct_pairs"`` (default): median Euclidean distance over the
+            pairs ``i < j``; ``"median_all_entries"``: ``sigma**2 = sigma_fraction**2 *`` the median of all
+            ``n**2`` squared distances, the diagonal's zeros included -- Kornblith et al.'s demo notebook
+            (``gram_rbf(x, threshold=sigma_fraction)``), which reproduces its published values exactly.
         debiased: use the unbiased HSIC estimator (Song et al. 2012); needs n >= 4. Recommended when
             datapoints are few against features; values can then be slightly negative.
         form: ``"auto"`` (feature form when ``d_x d_y <= n^2``, else Gram form), ``"feature"`` or ``"gram"``
@@ -49,17 +57,20 @@ def cka(X, Y, kernel: str = "linear", debiased: bool = False, sigma_fraction: fl
     rx = as_representation(X, "X", min_datapoints=4 if debiased else 2)
     ry = as_representation(Y, "Y", min_datapoints=4 if debiased else 2)
     return cka_from_representations(rx, ry, kernel=kernel, debiased=debiased,
-                                    sigma_fraction=sigma_fraction, form=form)
+                                    sigma_fraction=sigma_fraction, form=form, bandwidth=bandwidth)
 
 
 def cka_from_representations(rx: Representation, ry: Representation, kernel: str = "linear",
-                             debiased: bool = False, sigma_fraction: float = 0.8, form: str = "auto") -> float:
+                             debiased: bool = False, sigma_fraction: float = 0.8, form: str = "auto",
+                             bandwidth: str = "median_distinct_pairs") -> float:
     """:func:`cka` on prepared :class:`Representation` objects (their per-layer statistics are reused)."""
     check_pair(rx, ry)
     if kernel not in KERNELS:
         raise InputError(f"unknown kernel {kernel!r}; choose one of {KERNELS}")
     if form not in FORMS:
         raise InputError(f"unknown form {form!r}; choose one of {FORMS}")
+    if bandwidth not in BANDWIDTHS:
+        raise InputError(f"unknown RBF bandwidth {bandwidth!r}; choose one of {BANDWIDTHS}")
     if debiased and rx.n < 4:
         raise InputError(f"debiased CKA needs at least 4 datapoints, got {rx.n}")
     if not debiased:
@@ -70,7 +81,7 @@ def cka_from_representations(rx: Representation, ry: Representation, kernel: str
         if kernel != "linear":
             raise InputError("the feature form exists only for the linear kernel; use form='gram' or 'auto'")
         return _linear_cka_feature(rx, ry, debiased)
-    return _gram_cka(rx, ry, kernel, debiased, sigma_fraction)
+    return _gram_cka(rx, ry, kernel, debiased, sigma_fraction, bandwidth)
 
 
 def chance_level(n_datapoints: int, n_features_x: int, n_features_y: int) -> float:
@@ -111,10 +122,11 @@ def _self_unbiased_hsic_feature(rep: Representation) -> float:
                        lambda: _unbiased_hsic_feature(rep, rep, rep.linear_self_inner))
 
 
-def _gram_cka(rx: Representation, ry: Representation, kernel: str, debiased: bool, sigma_fraction: float) -> float:
-    kx = rx.centered_gram(kernel, sigma_fraction, unbiased=debiased)
-    ky = ry.centered_gram(kernel, sigma_fraction, unbiased=debiased)
-    key = ("self_gram_inner", kernel, float(sigma_fraction) if kernel == "rbf" else None, debiased)
+def _gram_cka(rx: Representation, ry: Representation, kernel: str, debiased: bool, sigma_fraction: float,
+              bandwidth: str) -> float:
+    kx = rx.centered_gram(kernel, sigma_fraction, unbiased=debiased, bandwidth=bandwidth)
+    ky = ry.centered_gram(kernel, sigma_fraction, unbiased=debiased, bandwidth=bandwidth)
+    key = ("self_gram_inner", kernel, (float(sigma_fraction), bandwidth) if kernel == "rbf" else None, debiased)
     self_x = rx.cached(key, lambda: float((kx * kx).sum()))
     self_y = ry.cached(key, lambda: float((ky * ky).sum()))
     return _normalise(float((kx * ky).sum()), self_x, self_y)

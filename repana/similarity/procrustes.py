@@ -16,7 +16,10 @@ from repana.similarity.representation import Representation, as_representation, 
 
 
 def procrustes_similarity(X, Y) -> float:
-    """``||X^T Y||_*`` of centred, unit-Frobenius-norm ``X (n, d_x)`` and ``Y (n, d_y)``; 1 iff ``Y = X R``."""
+    """``||X^T Y||_*`` of centred, unit-Frobenius-norm ``X (n, d_x)`` and ``Y (n, d_y)``; 1 iff ``Y = X R``.
+
+    Inputs as for every measure (any float dtype, lists, DataFrames; any magnitude: the unit-norm scaling
+    happens after an exact power-of-two rescaling, so 1e200-scaled data give the same value, never 0)."""
     return procrustes_similarity_from_representations(as_representation(X, "X"), as_representation(Y, "Y"))
 
 

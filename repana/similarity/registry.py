@@ -86,7 +86,9 @@ register_measure("cka_debiased", cka_from_representations, min_datapoints=4,
                  defaults={"kernel": "linear", "debiased": True},
                  description="linear CKA with the unbiased HSIC estimator (Song et al. 2012)")
 register_measure("cka_rbf", cka_from_representations, defaults={"kernel": "rbf", "debiased": False,
-                                                                "sigma_fraction": 0.8},
-                 description="RBF-kernel CKA, sigma = 0.8 x median distance (Kornblith et al. 2019)")
+                                                                "sigma_fraction": 0.8,
+                                                                "bandwidth": "median_distinct_pairs"},
+                 description="RBF-kernel CKA, sigma = 0.8 x median distance between distinct datapoints "
+                             "(Kornblith et al. 2019); bandwidth='median_all_entries' for their notebook's")
 register_measure("procrustes", procrustes_similarity_from_representations,
                  description="orthogonal Procrustes similarity ||X^T Y||_* (Ding et al. 2021); distance = 2 - 2 sim")

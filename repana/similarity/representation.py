@@ -7,24 +7,41 @@ The functions of raw arrays (``cka(X, Y)`` ...) simply wrap their inputs in Repr
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from repana.errors import InputError
-from repana.similarity._arrays import as_float64_matrix, check_same_datapoints, original_eps
+from repana.similarity._arrays import (as_float64_matrix_and_max_abs, as_real_tensor, check_same_datapoints,
+                                      input_eps, max_abs)
+from repana.similarity._blas import matmul
 
 
 #: Smallest relative rank tolerance served by the eigendecomposition route of :meth:`Representation.svd`.
 EIGH_MIN_RTOL = 1e-6
 
 
+#: Activations whose largest magnitude lies outside ``[2**-SAFE_EXPONENT, 2**SAFE_EXPONENT]`` are multiplied
+#: by a power of two (exact: only the exponents change) so that squares and fourth powers (Gram products,
+#: HSIC) neither overflow nor underflow float64. Every measure is invariant to isotropic scaling.
+SAFE_EXPONENT = 64
+
+#: Bandwidth conventions of the RBF kernel (``sigma`` from the median distance; see :meth:`Representation.kernel_gram`).
+BANDWIDTHS = ("median_distinct_pairs", "median_all_entries")
+
+
 class Representation:
     """Activations ``(n_datapoints, n_features)`` centred in float64 on the input's device.
 
     Attributes:
-        centered: float64 tensor ``(n, d)``, column means removed (after the float64 cast).
+        centered: float64 tensor ``(n, d)``, column means removed (after the float64 cast), times ``2**scale_exponent``.
+        scale_exponent: ``0``, or ``k`` when the activations were multiplied by ``2**k`` because their
+            magnitude was beyond ``2**±SAFE_EXPONENT`` (e.g. data scaled by 1e200): the original centred
+            activations are ``centered * 2.0**-k``. Only custom measures that are not scale invariant need it.
         n, d: numbers of datapoints and features.
-        eps: machine epsilon of the *input* dtype, used for numerical-rank decisions.
+        eps: machine epsilon of the input dtype (integers: float64's), behind the default rank tolerance
+            (:meth:`rank_rtol`); every computation is float64 whatever it is.
         name: used in error messages.
 
     Cached on first use: the thin SVD truncated at the numerical rank, the covariance ``Xc^T Xc`` (d x d),
@@ -34,28 +51,34 @@ class Representation:
     def __init__(self, array, name: str = "X", min_datapoints: int = 2):
         if isinstance(array, Representation):
             raise InputError("already a Representation; pass it directly to the *_from_representations functions")
-        data = as_float64_matrix(array, name, min_datapoints=min_datapoints)
+        source = as_real_tensor(array, name)
+        data, largest = as_float64_matrix_and_max_abs(source, name, min_datapoints=min_datapoints)
+        # A float64 source is the caller's memory (numpy, torch, a DataFrame's block): never modified. Any
+        # other dtype was copied by the cast, and that private copy is rescaled / centred in place.
+        private = source.dtype != torch.float64
         self.name = name
-        self.eps = original_eps(array)
+        self.eps = input_eps(source.dtype)
         self.n, self.d = data.shape
-        scale = float(torch.linalg.vector_norm(data, ord=float("inf")))
+        self.scale_exponent = _rescaling_exponent(largest)
+        if self.scale_exponent:
+            data = _times_power_of_two(data, self.scale_exponent, inplace=private)
+            largest, private = max_abs(data), True
         mean = data.mean(dim=0, keepdim=True)
-        # The float64 cast of a float32 input is already a private copy: centre it in place (one n x d
-        # float64 array per layer, not two). A float64 input is never modified.
-        self.centered = data.sub_(mean) if _is_float32_or_smaller(array) else data - mean
+        self.centered = data.sub_(mean) if private else data - mean
         self._cache: dict = {}
         norm = float(torch.linalg.vector_norm(self.centered))
         self._cache["sq_norm"] = norm * norm
         # After centring, a constant column is 0 up to rounding of the mean (~n * eps * |value| per entry).
-        tolerance = 8 * self.n * torch.finfo(torch.float64).eps * scale * (self.n * self.d) ** 0.5
+        tolerance = 8 * self.n * torch.finfo(torch.float64).eps * largest * (self.n * self.d) ** 0.5
         if norm <= tolerance:
             raise InputError(f"{name} is constant across its {self.n} datapoints (zero variance in every "
                              f"feature); similarity with a constant representation is undefined")
 
     @classmethod
-    def _from_centered(cls, centered: torch.Tensor, name: str, eps: float) -> "Representation":
+    def _from_centered(cls, centered: torch.Tensor, name: str, eps: float,
+                       scale_exponent: int = 0) -> "Representation":
         rep = cls.__new__(cls)
-        rep.name, rep.eps = name, eps
+        rep.name, rep.eps, rep.scale_exponent = name, eps, scale_exponent
         rep.n, rep.d = centered.shape
         rep.centered = centered
         rep._cache = {}
@@ -63,7 +86,7 @@ class Representation:
 
     def cross(self, other: "Representation") -> torch.Tensor:
         """``Xc^T Yc``, ``(d_x, d_y)``; the last result is kept, so several measures of one pair share it."""
-        return self._pair_cached("cross", other, lambda: self.centered.T @ other.centered)
+        return self._pair_cached("cross", other, lambda: matmul(self.centered.T, other.centered))
 
     def basis_cross(self, other: "Representation", rtol: float | None = None) -> torch.Tensor:
         """``Ux^T Uy`` of the rank-truncated left singular bases, ``(rank_x, rank_y)``, kept like :meth:`cross`.
@@ -99,9 +122,20 @@ class Representation:
 
     # --- per-layer statistics -------------------------------------------------------------------
     def rank_rtol(self, rtol: float | None = None) -> float:
-        """Relative tolerance under which singular values count as null: ``max(n, d) * eps(input dtype)``
-        (numpy.linalg.matrix_rank's rule, with the epsilon of the dtype the activations came in)."""
-        return max(self.n, self.d) * self.eps if rtol is None else float(rtol)
+        """Relative tolerance under which singular values count as null (``rtol`` when given).
+
+        Default ``max(max(n, d) * min(eps, eps_float32), 2 * eps)`` with ``eps`` the input dtype's epsilon:
+        numpy.linalg.matrix_rank's rule ``max(n, d) * eps`` for float64 (2.2e-16) and float32 (1.19e-7), so
+        a float32 layer of rank 16 has 16 directions, not 64 with 48 of rounding noise. Half precision rounds
+        every value by up to ``eps / 2`` (float16 9.8e-4, bfloat16 7.8e-3): ``max(n, d) * eps`` would pass 1
+        from a few hundred datapoints on and drop every direction, so it gets float32's rule, but never below
+        ``2 * eps``, under which the rounding noise of a rank-deficient layer sits (measured: bfloat16 noise
+        directions at 8e-4 of the top singular value).
+        """
+        if rtol is not None:
+            return float(rtol)
+        float32_eps = float(torch.finfo(torch.float32).eps)
+        return max(max(self.n, self.d) * min(self.eps, float32_eps), 2.0 * self.eps)
 
     def svd(self, rtol: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Thin SVD ``Xc = U diag(S) Vh`` keeping singular values ``> rtol * S.max()`` (null directions dropped).
@@ -150,12 +184,12 @@ class Representation:
     @property
     def covariance(self) -> torch.Tensor:
         """``Xc^T Xc``, ``(d, d)`` (unnormalised)."""
-        return self.cached("covariance", lambda: self.centered.T @ self.centered)
+        return self.cached("covariance", lambda: matmul(self.centered.T, self.centered))
 
     @property
     def gram(self) -> torch.Tensor:
         """Linear Gram ``Xc Xc^T``, ``(n, n)``; already centred because ``Xc`` is."""
-        return self.cached("gram", lambda: self.centered @ self.centered.T)
+        return self.cached("gram", lambda: matmul(self.centered, self.centered.T))
 
     @property
     def linear_self_inner(self) -> float:
@@ -172,7 +206,7 @@ class Representation:
         """
         gram = self._cache.get("gram")
         if gram is None:
-            gram = self.centered @ self.centered.T
+            gram = matmul(self.centered, self.centered.T)
         norms = self.row_sq_norms
         dist = gram.mul(-2.0).add_(norms[:, None]).add_(norms[None, :])
         dist.clamp_(min=0.0)
@@ -198,31 +232,57 @@ class Representation:
         """Median Euclidean distance over distinct pairs of datapoints (i < j)."""
         return self.cached("median_distance", lambda: self._median_offdiagonal_distance(self.sq_distances()))
 
-    def kernel_gram(self, kernel: str, sigma_fraction: float = 0.8) -> torch.Tensor:
+    def bandwidth_sq_reference(self, bandwidth: str = "median_distinct_pairs", sq_dist: torch.Tensor | None = None) -> float:
+        """The squared distance that ``sigma_fraction**2`` multiplies to give the RBF ``sigma**2``.
+
+        * ``"median_distinct_pairs"``: (median Euclidean distance over the ``n (n - 1) / 2`` pairs ``i < j``)**2;
+        * ``"median_all_entries"``: median of all ``n**2`` entries of the squared-distance matrix, the ``n``
+          zeros of its diagonal included: the convention of Kornblith et al.'s demo notebook
+          (``gram_rbf(x, threshold)``: ``exp(-D / (2 threshold**2 median(D)))``). The zeros pull the median
+          down, more for small ``n``.
+        """
+        if bandwidth == "median_distinct_pairs":
+            if sq_dist is None and "median_distance" not in self._cache:
+                sq_dist = self.sq_distances()
+            return self.cached("median_distance", lambda: self._median_offdiagonal_distance(sq_dist)) ** 2
+        if bandwidth == "median_all_entries":
+            def compute():
+                matrix = self.sq_distances() if sq_dist is None else sq_dist
+                return float(np.median(matrix.cpu().numpy()))
+            return self.cached("median_sq_distance_all_entries", compute)
+        raise InputError(f"unknown RBF bandwidth {bandwidth!r}; choose one of {BANDWIDTHS}")
+
+    def kernel_gram(self, kernel: str, sigma_fraction: float = 0.8,
+                    bandwidth: str = "median_distinct_pairs") -> torch.Tensor:
         """Uncentred kernel matrix ``(n, n)``: ``linear`` (``Xc Xc^T``, cached) or ``rbf``
-        ``exp(-||xi - xj||^2 / (2 sigma^2))`` with ``sigma = sigma_fraction * median distance`` (not cached:
-        only its centred form is kept)."""
+        ``exp(-||xi - xj||^2 / (2 sigma^2))`` with ``sigma**2 = sigma_fraction**2 *``
+        :meth:`bandwidth_sq_reference` (``bandwidth``: ``"median_distinct_pairs"``, sigma a fraction of the
+        median distance between distinct datapoints, or ``"median_all_entries"``, the notebook's). Not cached:
+        only its centred form is kept."""
         if kernel == "linear":
             return self.gram
         if kernel != "rbf":
             raise InputError(f"unknown kernel {kernel!r}; choose 'linear' or 'rbf'")
         if not sigma_fraction > 0:
             raise InputError(f"sigma_fraction must be > 0, got {sigma_fraction}")
+        if bandwidth not in BANDWIDTHS:
+            raise InputError(f"unknown RBF bandwidth {bandwidth!r}; choose one of {BANDWIDTHS}")
         sq_dist = self.sq_distances()
-        median = self.cached("median_distance", lambda: self._median_offdiagonal_distance(sq_dist))
-        sigma = sigma_fraction * median
-        if sigma == 0.0:
+        sigma_sq = sigma_fraction ** 2 * self.bandwidth_sq_reference(bandwidth, sq_dist)
+        if sigma_sq == 0.0:
             raise InputError(f"{self.name}: the median distance between datapoints is 0 (more than half "
-                             f"of the pairs are identical); the RBF bandwidth heuristic is undefined")
-        return sq_dist.mul_(-1.0 / (2.0 * sigma * sigma)).exp_()
+                             f"of the {'pairs' if bandwidth == 'median_distinct_pairs' else 'entries'} are "
+                             f"zero distances); the RBF bandwidth heuristic is undefined")
+        return sq_dist.mul_(-1.0 / (2.0 * sigma_sq)).exp_()
 
-    def centered_gram(self, kernel: str, sigma_fraction: float = 0.8, unbiased: bool = False) -> torch.Tensor:
+    def centered_gram(self, kernel: str, sigma_fraction: float = 0.8, unbiased: bool = False,
+                      bandwidth: str = "median_distinct_pairs") -> torch.Tensor:
         """Kernel matrix centred as ``H K H`` (biased HSIC), or U-centred (Szekely & Rizzo 2014) so that
         ``<K~, L~> / (n (n - 3))`` is the unbiased HSIC estimator of Song et al. (2012)."""
-        key = ("centered_gram", kernel, float(sigma_fraction) if kernel == "rbf" else None, unbiased)
+        key = ("centered_gram", kernel, (float(sigma_fraction), bandwidth) if kernel == "rbf" else None, unbiased)
 
         def compute():
-            gram = self.kernel_gram(kernel, sigma_fraction)
+            gram = self.kernel_gram(kernel, sigma_fraction, bandwidth)
             if kernel == "linear" and not unbiased:
                 return gram
             # the RBF kernel matrix is a fresh temporary: centre it in place
@@ -236,11 +296,12 @@ class Representation:
         are permuted instead of recomputed: permutation tests cost one pair evaluation per permutation.
         """
         index = index.to(self.device)
-        rep = Representation._from_centered(self.centered[index], self.name, self.eps)
+        rep = Representation._from_centered(self.centered[index], self.name, self.eps, self.scale_exponent)
         for key, value in self._cache.items():
             if key in ("svd_eigh", "svd_exact"):
                 rep._cache[key] = (value[0][index], value[1], value[2])
-            elif key in ("sq_norm", "linear_self_inner", "median_distance", "covariance",
+            elif key in ("sq_norm", "linear_self_inner", "median_distance", "median_sq_distance_all_entries",
+                         "covariance", "covariance_eigenvalues", "covariance_cholesky",
                          "self_unbiased_hsic_feature") or (isinstance(key, tuple) and key[0] == "self_gram_inner"):
                 rep._cache[key] = value
             elif key in ("row_sq_norms", "compact"):
@@ -256,15 +317,22 @@ class Representation:
         if not bool(centered.abs().max() > 0):
             raise InputError(f"{self.name}: the resampled datapoints are all identical (constant); "
                              f"use more datapoints")
-        return Representation._from_centered(centered, self.name, self.eps)
+        return Representation._from_centered(centered, self.name, self.eps, self.scale_exponent)
 
 
-def _is_float32_or_smaller(array) -> bool:
-    """Whether the float64 conversion of ``array`` made a copy (so it may be modified in place)."""
-    dtype = getattr(array, "dtype", None)
-    if isinstance(dtype, torch.dtype):
-        return dtype != torch.float64
-    return dtype is not None and dtype != np.float64
+def _rescaling_exponent(largest: float) -> int:
+    """0 when ``2**-SAFE_EXPONENT <= largest <= 2**SAFE_EXPONENT``, else ``k`` with ``largest * 2**k`` in [0.5, 1)."""
+    if largest == 0.0 or 2.0 ** -SAFE_EXPONENT <= largest <= 2.0 ** SAFE_EXPONENT:
+        return 0
+    return -math.frexp(largest)[1]
+
+
+def _times_power_of_two(data: torch.Tensor, exponent: int, inplace: bool) -> torch.Tensor:
+    """``data * 2**exponent``, exact unless a value becomes subnormal; applied in two halves, since
+    ``2**exponent`` itself is out of float64's range for ``|exponent| > 1023`` (subnormal input)."""
+    half = exponent // 2
+    data = data.mul_(2.0 ** half) if inplace else data * 2.0 ** half
+    return data.mul_(2.0 ** (exponent - half))
 
 
 def center_gram(gram: torch.Tensor, unbiased: bool = False, inplace: bool = False) -> torch.Tensor:

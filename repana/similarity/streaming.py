@@ -22,10 +22,10 @@ import pandas as pd
 import torch
 
 from repana.errors import InputError
-from repana.similarity._arrays import as_float64_matrix
+from repana.similarity._arrays import as_float64_matrix_and_max_abs
 from repana.similarity.cka import unbiased_linear_hsic
 from repana.similarity.conv import reduce_conv
-from repana.similarity.representation import Representation
+from repana.similarity.representation import Representation, _rescaling_exponent, _times_power_of_two
 
 FRAME_COLUMNS = ["layer_a", "layer_b", "measure", "value", "n_datapoints", "n_features_a", "n_features_b",
                  "reduction"]
@@ -43,6 +43,9 @@ class _LayerPairAccumulator:
         self.layers_a: list[str] = []
         self.layers_b: list[str] = []
         self.features: dict[tuple[str, str], int] = {}
+        # Per layer, the power of two fixed at its first batch (0 for ordinary magnitudes): values of 1e200
+        # would overflow the sums of squares, and CKA does not change when a layer is scaled.
+        self._exponents: dict[tuple[str, str], int] = {}
         self._same = None
 
     def _prepare(self, acts: Mapping, side: str) -> dict[str, torch.Tensor]:
@@ -55,7 +58,9 @@ class _LayerPairAccumulator:
                     raise InputError(f"layer {name!r} has shape {tuple(value.shape)}: pass reduction="
                                      f"'flatten' | 'positions' | 'mean' to reduce it to 2-D")
                 value = reduce_conv(value, self.reduction)
-            batch[name] = as_float64_matrix(value, f"{side}:{name}", min_datapoints=self.min_batch)
+            tensor, largest = as_float64_matrix_and_max_abs(value, f"{side}:{name}", min_datapoints=self.min_batch)
+            exponent = self._exponents.setdefault((side, name), _rescaling_exponent(largest))
+            batch[name] = _times_power_of_two(tensor, exponent, inplace=False) if exponent else tensor
         sizes = {tensor.shape[0] for tensor in batch.values()}
         if len(sizes) != 1:
             raise InputError(f"layers of model {side.upper()} have different numbers of datapoints in this "
@@ -163,6 +168,9 @@ class StreamingLinearCKA(_LayerPairAccumulator):
         self_a = self._centered_cross(key_a, key_a)
         self_b = self._centered_cross(key_b, key_b)
         denominator = math.sqrt(float((self_a * self_a).sum()) * float((self_b * self_b).sum()))
+        if not math.isfinite(denominator):
+            raise InputError(f"layer {layer_a!r} or {layer_b!r}: sums of squares overflow float64 (a batch far "
+                             f"larger in magnitude than the first one); divide the activations by a constant")
         if denominator == 0.0:
             raise InputError(f"layer {layer_a!r} or {layer_b!r} is constant over all datapoints seen")
         return float((cross * cross).sum()) / denominator
@@ -186,6 +194,9 @@ class MinibatchCKA(_LayerPairAccumulator):
         if not self._same:
             reps.update({("b", name): Representation(t, f"b:{name}", 4) for name, t in batch_b.items()})
         for key, rep in reps.items():
+            if rep.scale_exponent:
+                raise InputError(f"layer {key[1]!r} of model {key[0].upper()}: this batch's magnitude differs from "
+                                 f"the first batch's by more than 2**64; minibatch HSIC averages need one scale")
             self._hsic[(key, key)] = self._hsic.get((key, key), 0.0) + unbiased_linear_hsic(rep, rep)
         side_b = "a" if self._same else "b"
         for a in self.layers_a:

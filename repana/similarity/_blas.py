@@ -1,0 +1,63 @@
+"""float64 matrix products on CPU through numpy's OpenBLAS, run with torch's thread count.
+
+numpy computes ``A^T A`` / ``A A^T`` as a symmetric rank-k update (half the multiplications): for (20000, 512)
+float64 on one thread, ``X^T X`` took 340 ms against 657 ms with torch's general product, and ``X^T Y`` 521 ms
+against 687 ms. numpy's OpenBLAS keeps its own thread pool, so each product runs with its thread count set to
+``torch.get_num_threads()`` (what repana and the user chose for torch) and restored afterwards. When numpy's
+BLAS is not an OpenBLAS whose thread count can be set (other builds), torch computes the product.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+_THREAD_FUNCTIONS = [("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+                     ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+                     ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+                     ("openblas_get_num_threads", "openblas_set_num_threads")]
+
+
+@lru_cache(maxsize=1)
+def _openblas_threads():
+    """(get, set) thread-count functions of the OpenBLAS that numpy loaded, or None."""
+    folder = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(folder, "*openblas*"))):
+        try:
+            library = ctypes.CDLL(path)  # already loaded by numpy: the same handle, nothing re-initialised
+        except OSError:
+            continue
+        for get_name, set_name in _THREAD_FUNCTIONS:
+            getter, setter = getattr(library, get_name, None), getattr(library, set_name, None)
+            if getter is not None and setter is not None:
+                getter.restype = ctypes.c_int
+                setter.argtypes = [ctypes.c_int]
+                return getter, setter
+    return None
+
+
+#: Products with fewer multiply-adds than this stay in torch (the numpy round trip costs ~10 us).
+NUMPY_MIN_MULTIPLY_ADDS = 2 ** 20
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` of float64 matrices (numpy's OpenBLAS on CPU when available and the product is large, else torch)."""
+    threads = _openblas_threads()
+    if (threads is None or a.device.type != "cpu" or b.device.type != "cpu" or a.dtype != torch.float64
+            or b.dtype != torch.float64 or a.ndim != 2 or b.ndim != 2
+            or a.shape[0] * a.shape[1] * b.shape[1] < NUMPY_MIN_MULTIPLY_ADDS):
+        return a @ b
+    get_threads, set_threads = threads
+    before, wanted = get_threads(), torch.get_num_threads()
+    if before != wanted:
+        set_threads(wanted)
+    try:
+        return torch.from_numpy(a.numpy() @ b.numpy())
+    finally:
+        if before != wanted:
+            set_threads(before)
