@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from analysis_helpers import tiny_episodes, tiny_model  # noqa: F401
-from repana.analysis.common import (all_parameters, episode_similarity_rows, head_only, mean_ci95, summarize)
+from repana.analysis.common import (all_parameters, episode_rows, head_only, mean_ci95, summarize)
 from repana.analysis.inner_loop_similarity import adapt_per_step, inner_loop_similarity, summarize_inner_loop
 from repana.errors import InputError
 
@@ -24,11 +24,11 @@ def test_body_that_cannot_change_gives_similarity_one_in_every_body_layer():
     model, episodes = tiny_model(), tiny_episodes(tasks=6)
     frame = inner_loop_similarity(model, episodes, steps=2, lr=0.5, trainable=head_only,
                                   measures=["svcca", "cka_debiased"], label="ANIL")
-    body = frame[frame["layer"] != "head"]
+    body = frame[frame["layer_a"] != "head"]
     assert np.allclose(body["value"], 1.0, atol=1e-6)
     # The null baseline (shuffled datapoints) is far below 1: 1.0 is not what any data gets.
     assert (body["null_value"] < 0.9).all()
-    head = frame[(frame["layer"] == "head") & (frame["step"] == 2)]
+    head = frame[(frame["layer_a"] == "head") & (frame["step"] == 2)]
     assert (head["value"] < 0.999).all()  # the head did adapt
 
 
@@ -36,18 +36,18 @@ def test_rows_state_datapoints_features_and_reduction():
     model, episodes = tiny_model(hidden=8), tiny_episodes(tasks=6, ways=3, queries=5)
     frame = inner_loop_similarity(model, episodes, steps=1, lr=0.5, trainable=all_parameters,
                                   measures=["svcca", "cka_debiased"], min_ratio=5.0)
-    conv1_svcca = frame[(frame["layer"] == "conv1") & (frame["measure"] == "svcca")].iloc[0]
+    conv1_svcca = frame[(frame["layer_a"] == "conv1") & (frame["measure"] == "svcca")].iloc[0]
     assert conv1_svcca["reduction"] == "positions"
-    assert (conv1_svcca["n_datapoints"], conv1_svcca["n_features"]) == (15 * 8 * 8, 8)
+    assert (conv1_svcca["n_datapoints"], conv1_svcca["n_features_a"]) == (15 * 8 * 8, 8)
     assert conv1_svcca["scope"] == "episode"
-    conv1_cka = frame[(frame["layer"] == "conv1") & (frame["measure"] == "cka_debiased")].iloc[0]
-    assert (conv1_cka["reduction"], conv1_cka["n_datapoints"], conv1_cka["n_features"]) == ("flatten", 15, 8 * 8 * 8)
+    conv1_cka = frame[(frame["layer_a"] == "conv1") & (frame["measure"] == "cka_debiased")].iloc[0]
+    assert (conv1_cka["reduction"], conv1_cka["n_datapoints"], conv1_cka["n_features_a"]) == ("flatten", 15, 8 * 8 * 8)
     # conv4 is 8 x 1 x 1: 15 datapoints per episode < 5 x 8 features, so 3 episodes are pooled (45 points).
-    conv4_svcca = frame[(frame["layer"] == "conv4") & (frame["measure"] == "svcca")]
+    conv4_svcca = frame[(frame["layer_a"] == "conv4") & (frame["measure"] == "svcca")]
     assert set(conv4_svcca["scope"]) == {"pooled"}
     assert list(conv4_svcca["n_datapoints"]) == [45, 45]
-    head = frame[(frame["layer"] == "head") & (frame["measure"] == "svcca")]
-    assert set(head["reduction"]) == {"none"} and set(head["n_features"]) == {3}
+    head = frame[(frame["layer_a"] == "head") & (frame["measure"] == "svcca")]
+    assert set(head["reduction"]) == {"none"} and set(head["n_features_a"]) == {3}
 
 
 def test_cca_refused_when_even_pooling_all_episodes_is_too_few():
@@ -90,11 +90,12 @@ def test_unknown_layer_is_a_clear_error():
 
 
 def test_episode_rows_need_matching_episode_counts_and_known_measures():
+    """The analyses' rows come from repana.compare's engine: its errors reach them unchanged."""
     acts = [{"head": torch.randn(10, 3)}]
     with pytest.raises(InputError, match="same non-zero number of episodes"):
-        episode_similarity_rows(acts, acts * 2, ["head"], ["cka"])
+        episode_rows(acts, acts * 2, ["head"], ["cka"])
     with pytest.raises(InputError, match="unknown similarity measure"):
-        episode_similarity_rows(acts, acts, ["head"], ["svcaa"])
+        episode_rows(acts, acts, ["head"], ["svcaa"])
 
 
 def test_summarize_groups():

@@ -184,9 +184,105 @@ def _episodes(seed, n_episodes=6, n=25, dtype=torch.float32):
     return episodes
 
 
+# ----- the engine the paper's analyses used before they moved onto compare_episodes, kept verbatim as the
+# oracle of "same numbers as before" (repana.analysis.common, commit 0e6700e) -----
+import math  # noqa: E402
+from typing import Mapping, Sequence  # noqa: E402
+
+from repana.errors import InputError  # noqa: E402
+
+CCA_FAMILY = ("cca", "cca_r2", "svcca", "pwcca")
+
+
+def default_reduction(measure: str) -> str:
+    return "positions" if measure in CCA_FAMILY else "flatten"
+
+
+def _to_2d(activation: torch.Tensor, reduction: str) -> torch.Tensor:
+    from repana.similarity import reduce_conv
+
+    if activation.dim() == 4:
+        return reduce_conv(activation, mode=reduction)
+    if activation.dim() == 2:
+        return activation
+    return activation.reshape(activation.shape[0], -1)
+
+
+def _null_similarity(measure: str, x: torch.Tensor, y: torch.Tensor, permutations: int, seed: int) -> float:
+    """Mean similarity of ``x`` with the rows of ``y`` shuffled: what unrelated data of this size gets."""
+    from repana.similarity import null_baseline
+
+    return null_baseline(measure, x, y, n_permutations=permutations, seed=seed).mean
+
+
+def _safe_similarity(measure: str, x: torch.Tensor, y: torch.Tensor) -> tuple[float, str]:
+    from repana.similarity import similarity
+
+    try:
+        return float(similarity(measure, x, y)), ""
+    except InputError as error:  # e.g. constant activations (dead ReLUs) in a tiny network
+        return float("nan"), str(error)[:120]
+
+
+def episode_similarity_rows(acts_a: Sequence[Mapping[str, torch.Tensor]],
+                            acts_b: Sequence[Mapping[str, torch.Tensor]],
+                            layers: Sequence[str], measures: Sequence[str], *,
+                            reduction: str | None = None, min_ratio: float = 5.0,
+                            null: bool = True, null_permutations: int = 3, seed: int = 0) -> list[dict]:
+    """Similarity of two representations of the same datapoints, layer by layer, episode by episode.
+
+    ``acts_a[e][layer]`` and ``acts_b[e][layer]``: activations of episode ``e``'s inputs, shape
+    ``(n, C, H, W)`` or ``(n, features)``, same ``n`` for a and b. Conv maps are reduced with
+    ``reduction`` (default per measure: :func:`default_reduction`). A CCA-family measure is computed
+    per episode only when datapoints >= ``min_ratio`` x features; otherwise consecutive episodes are
+    pooled into groups large enough (scope ``"pooled"``), and when even all episodes together are too
+    few the row holds NaN and says why. ``null_value``: mean of the measure over ``null_permutations``
+    row permutations of one side (:func:`repana.similarity.null_baseline`). Returns one dict per (group, layer, measure) with columns
+    episode, scope, layer, measure, value, null_value, n_datapoints, n_features, reduction, note.
+    """
+    from repana.similarity import list_measures
+
+    unknown = [m for m in measures if m not in list_measures()]
+    if unknown:
+        raise InputError(f"unknown similarity measure(s) {unknown}; available: {', '.join(list_measures())}")
+    if len(acts_a) != len(acts_b) or not acts_a:
+        raise InputError(f"need the same non-zero number of episodes on both sides, got {len(acts_a)} "
+                         f"and {len(acts_b)}")
+    rows = []
+    n_episodes = len(acts_a)
+    for layer in layers:
+        for measure in measures:
+            mode = reduction or default_reduction(measure)
+            xs = [_to_2d(a[layer], mode).double() for a in acts_a]
+            ys = [_to_2d(b[layer], mode).double() for b in acts_b]
+            n_per, features = xs[0].shape[0], max(xs[0].shape[1], ys[0].shape[1])
+            group = 1
+            if measure in CCA_FAMILY and n_per < min_ratio * features:
+                group = min(n_episodes, math.ceil(min_ratio * features / n_per))
+            scope = "episode" if group == 1 else "pooled"
+            for start in range(0, n_episodes - group + 1, group):
+                x = torch.cat(xs[start:start + group])
+                y = torch.cat(ys[start:start + group])
+                note = ""
+                if measure in CCA_FAMILY and x.shape[0] < min_ratio * features:
+                    value, null_value = float("nan"), float("nan")
+                    note = (f"skipped: {x.shape[0]} datapoints < {min_ratio} x {features} features even "
+                            "with all episodes pooled; use more episodes or reduction='positions'")
+                else:
+                    value, note = _safe_similarity(measure, x, y)
+                    null_value = (_null_similarity(measure, x, y, null_permutations, seed + start)
+                                  if null and np.isfinite(value) else float("nan"))
+                rows.append({"episode": start if group == 1 else f"{start}-{start + group - 1}",
+                             "scope": scope, "layer": layer, "measure": measure, "value": value,
+                             "null_value": null_value, "n_datapoints": int(x.shape[0]),
+                             "n_features": int(features),
+                             "reduction": mode if acts_a[0][layer].dim() == 4 else "none", "note": note})
+    return rows
+
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_compare_episodes_reproduces_episode_similarity_rows(dtype):
-    from repana.analysis.common import default_reduction, episode_similarity_rows
     from repana.compare import EPISODE_COLUMNS, compare_episodes, reduction_by_measure
 
     acts_a, acts_b = _episodes(0, dtype=dtype), _episodes(1, dtype=dtype)

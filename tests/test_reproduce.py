@@ -55,13 +55,13 @@ def test_every_entry_has_settings_for_both_presets():
 def test_training_plan_quick_and_paper():
     quick = training_plan("quick", "omniglot")
     by_network = {job.network: job.config for job in quick}
+    assert [job.name for job in quick][:2] == ["5way-1shot/maml/seed0", "5way-1shot/anil/seed0"]
     assert {k: c.algorithm for k, c in by_network.items()} == {
         "maml": "maml", "anil": "anil", "multiclass": "pretrain", "multitask": "multitask", "nil": "nil"}
     maml = by_network["maml"]
     # Figure 3's stages: 1/6, 1/3 and 1/2 of training (10k, 20k, 30k of 60k) and the final network
     assert maml.save_steps == [250, 500, 750, 1500] and maml.iterations == 1500
     assert maml.val_every == 100 and by_network["anil"].val_every == 100 and by_network["nil"].val_every == 0
-    assert {job.folder for job in quick} >= {"omniglot-5way-1shot/maml/seed0"}
     paper = {job.network: job.config for job in training_plan("paper", "omniglot")}
     assert paper["maml"].iterations == 60000 and paper["maml"].hidden == 64
     assert {10000, 20000, 30000, 60000} <= set(paper["maml"].save_steps)
@@ -73,16 +73,21 @@ def test_seeds_and_settings_expand_the_plan():
     plan = training_plan("quick", "omniglot", settings=["20way-5shot", "omniglot-5way-1shot"], seeds=3,
                          networks=["maml", "anil"])
     assert len(plan) == 2 * 2 * 3
-    cells = {(job.setting.name, job.config.ways, job.config.shots) for job in plan}
-    assert cells == {("omniglot-20way-5shot", 20, 5), ("omniglot-5way-1shot", 5, 1)}
-    seeds = {(job.setting.name, job.network, job.seed): job.config.seed for job in plan}
+    cells = {(job.setting, job.config.ways, job.config.shots) for job in plan}
+    assert cells == {("20way-5shot", 20, 5), ("5way-1shot", 5, 1)}
+    seeds = {(job.setting, job.network, job.seed_index): job.config.seed for job in plan}
     assert len(set(seeds.values())) == 6   # every network of a setting has its own initialisation
-    assert seeds[("omniglot-5way-1shot", "maml", 0)] == training_plan("quick", "omniglot")[0].config.seed
+    assert seeds[("5way-1shot", "maml", 0)] == training_plan("quick", "omniglot")[0].config.seed
+    # each cell trains with its own preset (Finn et al.'s 20-way runs use a meta-batch of 16)
+    from repana.meta.config import preset_values
+
+    twenty = next(job.config for job in plan if job.setting == "20way-5shot" and job.network == "maml")
+    assert twenty.inner_steps_test == preset_values("omniglot-20way-5shot")["inner_steps_test"]
     mini = training_plan("quick", "miniimagenet", settings=["5way-5shot"], networks=["anil"])
     assert mini[0].config.dataset == "miniimagenet" and mini[0].config.shots == 5
-    for bad, message in ((dict(seeds=0), "at least 1 seed"), (dict(settings=["7way-1shot"]), "not one of the paper's"),
-                         (dict(settings=["imagenet-5way-1shot"]), "unknown dataset"),
-                         (dict(settings=["five-way"]), "DATASET-Nway-Kshot")):
+    for bad, message in ((dict(seeds=0), "at least 1 seed"), (dict(settings=["7way-1shot"]), "unknown setting"),
+                         (dict(settings=["imagenet-5way-1shot"]), "unknown setting"),
+                         (dict(networks=["maml", "protonet"]), "unknown networks")):
         with pytest.raises(ConfigError, match=message):
             training_plan("quick", "omniglot", **bad)
 
@@ -119,7 +124,7 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs):
     assert set(curves["algorithm"]) == {"maml", "anil"} and set(curves["seed"]) == {0, 1}
     anil_inner = pd.read_csv(tables / "inner_loop_similarity_summary.csv").query("label == 'ANIL' and layer != 'head'")
     assert (anil_inner["mean"] > 1 - 1e-6).all()  # ANIL's body never changes in the inner loop
-    assert any("[train] glyphs-5way-1shot/maml/seed1" in m and "iterations" in m for m in messages)
+    assert any("5way-1shot/maml/seed1" in m and "iterations" in m for m in messages)
     speed = pd.read_csv(tables / "maml_anil_nil_speed.csv").query("seed == 0")
     # the run's own steps (1 / 1 here) and the paper's 5 training / 10 test steps of its 1.7x and 4.1x
     assert set(zip(speed["steps_of"], speed["phase"], speed["inner_steps"])) == {
@@ -131,7 +136,7 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs):
     messages.clear()
     reproduce("quick", "glyphs", out=out, analyses_dir=entries, iterations_scale=0.001, data=glyphs,
               train_overrides=SMALL, seeds=2, log=messages.append)
-    assert not any("iterations" in m for m in messages if m.startswith("[train]"))
+    assert all("reused" in m for m in messages if m.startswith("[train] 5way"))
     assert not any("rows in" in m for m in messages)
     # An interrupted run that lost one table recomputes only that one.
     (tables / "seed1" / "training_regimes.csv").unlink()
@@ -140,7 +145,9 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs):
               train_overrides=SMALL, seeds=2, log=messages.append)
     assert [m.split(":")[0] for m in messages if "rows in" in m] == ["[analysis] training_regimes seed1"]
     # The same folder with other training settings is refused, not silently reused.
-    with pytest.raises(ConfigError, match="trained with other settings.*hidden"):
+    from repana.runs import JobsFailedError
+
+    with pytest.raises(JobsFailedError, match="trained with other settings.*hidden"):
         reproduce("quick", "glyphs", out=out, analyses_dir=entries, iterations_scale=0.001, data=glyphs,
                   train_overrides={**SMALL, "hidden": 6}, seeds=2, log=messages.append)
 

@@ -7,7 +7,6 @@ Conventions: accuracies are fractions in [0, 1]; ``ci95`` is the half-width of a
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -19,7 +18,6 @@ from repana.meta.evaluate import confidence_interval95
 
 BODY_LAYERS = ("conv1", "conv2", "conv3", "conv4")
 LAYERS = BODY_LAYERS + ("head",)
-CCA_FAMILY = ("cca", "cca_r2", "svcca", "pwcca")
 DEFAULT_MEASURES = ("svcca", "cka_debiased")
 
 
@@ -33,16 +31,6 @@ def mean_ci95(values: Iterable[float]) -> tuple[float, float]:
     if array.size == 0:
         return float("nan"), float("nan")
     return float(array.mean()), confidence_interval95(array)
-
-
-def default_reduction(measure: str) -> str:
-    """How conv maps ``(n, C, H, W)`` become 2-D for ``measure``.
-
-    CCA-family measures need many more datapoints than features, so spatial positions become
-    datapoints (``n*H*W`` x ``C``); CKA works on Gram matrices and takes the flattened maps
-    (``n`` x ``C*H*W``).
-    """
-    return "positions" if measure in CCA_FAMILY else "flatten"
 
 
 def check_layers(model: torch.nn.Module, layers: Sequence[str]) -> list[str]:
@@ -113,92 +101,36 @@ def load_model(source) -> tuple[torch.nn.Module, dict]:
                                 "config": dict(checkpoint.config)}
 
 
-# ----- per-episode similarity between two lists of activations -----
+# ----- per-episode similarity: the analyses' conventions on repana.compare's engine -----
 
-def _to_2d(activation: torch.Tensor, reduction: str) -> torch.Tensor:
-    from repana.similarity import reduce_conv
-
-    if activation.dim() == 4:
-        return reduce_conv(activation, mode=reduction)
-    if activation.dim() == 2:
-        return activation
-    return activation.reshape(activation.shape[0], -1)
+NULL_PERMUTATIONS = 3   # row permutations behind each null baseline of the analyses
 
 
-def _null_similarity(measure: str, x: torch.Tensor, y: torch.Tensor, permutations: int, seed: int) -> float:
-    """Mean similarity of ``x`` with the rows of ``y`` shuffled: what unrelated data of this size gets."""
-    from repana.similarity import null_baseline
-
-    return null_baseline(measure, x, y, n_permutations=permutations, seed=seed).mean
-
-
-def _safe_similarity(measure: str, x: torch.Tensor, y: torch.Tensor) -> tuple[float, str]:
-    from repana.similarity import similarity
-
-    try:
-        return float(similarity(measure, x, y)), ""
-    except InputError as error:  # e.g. constant activations (dead ReLUs) in a tiny network
-        return float("nan"), str(error)[:120]
-
-
-def episode_similarity_rows(acts_a: Sequence[Mapping[str, torch.Tensor]],
-                            acts_b: Sequence[Mapping[str, torch.Tensor]],
-                            layers: Sequence[str], measures: Sequence[str], *,
-                            reduction: str | None = None, min_ratio: float = 5.0,
-                            null: bool = True, null_permutations: int = 3, seed: int = 0) -> list[dict]:
-    """Similarity of two representations of the same datapoints, layer by layer, episode by episode.
-
-    ``acts_a[e][layer]`` and ``acts_b[e][layer]``: activations of episode ``e``'s inputs, shape
-    ``(n, C, H, W)`` or ``(n, features)``, same ``n`` for a and b. Conv maps are reduced with
-    ``reduction`` (default per measure: :func:`default_reduction`). A CCA-family measure is computed
-    per episode only when datapoints >= ``min_ratio`` x features; otherwise consecutive episodes are
-    pooled into groups large enough (scope ``"pooled"``), and when even all episodes together are too
-    few the row holds NaN and says why. ``null_value``: mean of the measure over ``null_permutations``
-    row permutations of one side (:func:`repana.similarity.null_baseline`). Returns one dict per (group, layer, measure) with columns
-    episode, scope, layer, measure, value, null_value, n_datapoints, n_features, reduction, note.
+def episode_rows(acts_a: Sequence[Mapping[str, torch.Tensor]], acts_b: Sequence[Mapping[str, torch.Tensor]],
+                 layers: Sequence[str], measures: Sequence[str], *, reduction: str | None = None,
+                 min_ratio: float = 5.0, null: bool = True, seed: int = 0) -> pd.DataFrame:
+    """:func:`repana.compare.compare_episodes` with the paper analyses' conventions: each layer against its
+    namesake; conv maps reduced per measure (``reduction`` None: CCA family -> spatial positions as
+    datapoints, others -> flattened maps); CCA-family measures pool episodes below ``min_ratio`` x
+    features; a null baseline per row (``null``); degenerate inputs (a dead layer) give NaN with a note;
+    activations prepared in float64. Columns: :data:`repana.compare.EPISODE_COLUMNS`.
     """
-    from repana.similarity import list_measures
+    from repana.compare import compare_episodes, reduction_by_measure
 
-    unknown = [m for m in measures if m not in list_measures()]
-    if unknown:
-        raise InputError(f"unknown similarity measure(s) {unknown}; available: {', '.join(list_measures())}")
-    if len(acts_a) != len(acts_b) or not acts_a:
-        raise InputError(f"need the same non-zero number of episodes on both sides, got {len(acts_a)} "
-                         f"and {len(acts_b)}")
-    rows = []
-    n_episodes = len(acts_a)
-    for layer in layers:
-        for measure in measures:
-            mode = reduction or default_reduction(measure)
-            xs = [_to_2d(a[layer], mode).double() for a in acts_a]
-            ys = [_to_2d(b[layer], mode).double() for b in acts_b]
-            n_per, features = xs[0].shape[0], max(xs[0].shape[1], ys[0].shape[1])
-            group = 1
-            if measure in CCA_FAMILY and n_per < min_ratio * features:
-                group = min(n_episodes, math.ceil(min_ratio * features / n_per))
-            scope = "episode" if group == 1 else "pooled"
-            for start in range(0, n_episodes - group + 1, group):
-                x = torch.cat(xs[start:start + group])
-                y = torch.cat(ys[start:start + group])
-                note = ""
-                if measure in CCA_FAMILY and x.shape[0] < min_ratio * features:
-                    value, null_value = float("nan"), float("nan")
-                    note = (f"skipped: {x.shape[0]} datapoints < {min_ratio} x {features} features even "
-                            "with all episodes pooled; use more episodes or reduction='positions'")
-                else:
-                    value, note = _safe_similarity(measure, x, y)
-                    null_value = (_null_similarity(measure, x, y, null_permutations, seed + start)
-                                  if null and np.isfinite(value) else float("nan"))
-                rows.append({"episode": start if group == 1 else f"{start}-{start + group - 1}",
-                             "scope": scope, "layer": layer, "measure": measure, "value": value,
-                             "null_value": null_value, "n_datapoints": int(x.shape[0]),
-                             "n_features": int(features),
-                             "reduction": mode if acts_a[0][layer].dim() == 4 else "none", "note": note})
-    return rows
+    return compare_episodes(acts_a, acts_b, list(layers), list(measures), reduction=reduction or reduction_by_measure,
+                            min_ratio=min_ratio, null_permutations=NULL_PERMUTATIONS if null else 0, seed=seed,
+                            errors="note", dtype=torch.float64)
 
 
 def summarize(frame: pd.DataFrame, by: Sequence[str], value: str = "value") -> pd.DataFrame:
-    """Mean and 95% CI of ``value`` (and of ``null_value`` when present) per group ``by``."""
+    """Mean and 95% CI of ``value`` (and of ``null_value`` when present) per group ``by``.
+
+    On rows of :func:`episode_rows` (same-named layers), ``"layer"`` in ``by`` groups by ``layer_a`` and
+    ``n_features`` is the larger side's.
+    """
+    if "layer" in by and "layer" not in frame and "layer_a" in frame:
+        frame = frame.rename(columns={"layer_a": "layer"}).assign(
+            n_features=frame[["n_features_a", "n_features_b"]].max(axis=1))
     records = []
     for keys, group in frame.groupby(list(by), sort=False, dropna=False):
         keys = keys if isinstance(keys, tuple) else (keys,)

@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from repana.analysis.common import (DEFAULT_MEASURES, LAYERS, check_layers, episode_similarity_rows,
-                                    summarize)
+from repana.analysis.common import DEFAULT_MEASURES, LAYERS, check_layers, episode_rows, summarize
 from repana.analysis.registry import AGREES, DISAGREES, Analysis, Finding, Section, register
 from repana.errors import InputError
 from repana.progress import progress
@@ -64,11 +63,12 @@ def inner_loop_similarity(model: torch.nn.Module, episodes, *, steps: int, lr: f
     parameters the inner loop adapts (MAML: all; ANIL: the head). ``measures``: registered names of
     :mod:`repana.similarity` (default SVCCA and debiased linear CKA). Conv maps are reduced per
     measure (CCA family: spatial positions as datapoints; CKA: flattened), see
-    :func:`repana.analysis.common.episode_similarity_rows` for the pooling rule (``min_ratio``).
+    :func:`repana.compare.compare_episodes` for the pooling rule (``min_ratio``).
 
     Returns a tidy DataFrame, one row per (step, episode or pooled group, layer, measure): columns
-    label, step (1..steps; only ``steps`` when ``every_step`` is False), episode, scope, layer,
-    measure, value, null_value, n_datapoints, n_features, reduction, note.
+    label, step (1..steps; only ``steps`` when ``every_step`` is False), then the columns of
+    :func:`repana.compare.compare_episodes` (layer_a = layer_b, measure, value, n_datapoints, n_features_a,
+    n_features_b, reduction, episode, scope, null_value, note).
     """
     layers = check_layers(model, layers)
     model.eval()
@@ -83,14 +83,11 @@ def inner_loop_similarity(model: torch.nn.Module, episodes, *, steps: int, lr: f
         before.append(_query_activations(model, task.query_x, layers, trajectory[0]))
         for step in (range(1, steps + 1) if every_step else [steps]):
             after[step].append(_query_activations(model, task.query_x, layers, trajectory[step]))
-    rows = []
-    for step, acts in after.items():
-        if not acts:
-            continue
-        for row in episode_similarity_rows(before, acts, layers, measures, reduction=reduction,
-                                           min_ratio=min_ratio, null=null, seed=seed + step):
-            rows.append({"label": label, "step": step, **row})
-    return pd.DataFrame.from_records(rows)
+    frames = [episode_rows(before, acts, layers, measures, reduction=reduction, min_ratio=min_ratio, null=null,
+                           seed=seed + step).assign(label=label, step=step)
+              for step, acts in after.items() if acts]
+    frame = pd.concat(frames, ignore_index=True)
+    return frame[["label", "step"] + [c for c in frame.columns if c not in ("label", "step")]]
 
 
 def summarize_inner_loop(frame: pd.DataFrame) -> pd.DataFrame:

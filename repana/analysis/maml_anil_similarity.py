@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from repana.analysis.common import (BODY_LAYERS, DEFAULT_MEASURES, check_layers, check_same_architecture,
-                                    episode_similarity_rows, summarize)
+                                    episode_rows, summarize)
 from repana.analysis.registry import AGREES, DISAGREES, Analysis, Finding, Section, register
 from repana.progress import progress
 
@@ -26,8 +26,7 @@ def cross_model_similarity(model_a: torch.nn.Module, model_b: torch.nn.Module, e
                            null: bool = True, seed: int = 0) -> pd.DataFrame:
     """Similarity of ``model_a`` and ``model_b`` layer by layer on the query images of ``episodes``.
 
-    Returns the rows of :func:`repana.analysis.common.episode_similarity_rows` with columns
-    model_a and model_b added.
+    Returns the rows of :func:`repana.analysis.common.episode_rows` with columns model_a and model_b added.
     """
     from repana.capture import capture_activations
 
@@ -42,9 +41,8 @@ def cross_model_similarity(model_a: torch.nn.Module, model_b: torch.nn.Module, e
             query = episodes[index].query_x
             acts_a.append(capture_activations(model_a, query, layers=list(layers)))
             acts_b.append(capture_activations(model_b, query, layers=list(layers)))
-    rows = episode_similarity_rows(acts_a, acts_b, layers, measures, reduction=reduction,
-                                   min_ratio=min_ratio, null=null, seed=seed)
-    frame = pd.DataFrame.from_records(rows)
+    frame = episode_rows(acts_a, acts_b, layers, measures, reduction=reduction, min_ratio=min_ratio, null=null,
+                         seed=seed)
     frame.insert(0, "model_b", label_b)
     frame.insert(0, "model_a", label_a)
     return frame

@@ -70,6 +70,22 @@ class Job:
         """The TOML file the executors' command reads (written by :func:`write_job_config`)."""
         return self.run_dir / JOB_CONFIG_FILE
 
+    @property
+    def setting(self) -> str:
+        """The setting part of the name (``5way-1shot``)."""
+        return self.name.split("/")[0]
+
+    @property
+    def network(self) -> str:
+        """The network part of the name (``maml``)."""
+        return self.name.split("/")[1] if self.name.count("/") >= 2 else self.name
+
+    @property
+    def seed_index(self) -> int:
+        """k of ``seed<k>`` (0 when the name has no seed part)."""
+        last = self.name.rsplit("/", 1)[-1]
+        return int(last[4:]) if last.startswith("seed") and last[4:].isdigit() else 0
+
     def plan_config_path(self, plan_dir: str | Path) -> Path:
         """Where :func:`write_plan` puts the job's config: ``<plan_dir>/configs/<name>.toml``."""
         return Path(plan_dir) / "configs" / f"{self.name}.toml"
