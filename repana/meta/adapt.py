@@ -60,20 +60,6 @@ def mean_loss_lr(lr: float, loss_reduction: str, support_y: torch.Tensor) -> flo
     return float(lr) * labels.numel() / shots_of(labels)
 
 
-def support_loss(logits: torch.Tensor, labels: torch.Tensor, loss_reduction: str = "mean",
-                 shots: int | None = None) -> torch.Tensor:
-    """Cross-entropy of ``logits (n, classes)`` against ``labels (n,)`` int64, scalar.
-
-    ``"mean"``: averaged over the n examples. ``"sum_div_k"``: summed and divided by the shots K
-    (= n / ways), as in the original MAML code, which is N times the mean; ``shots`` must be given.
-    """
-    if loss_reduction == "mean":
-        return F.cross_entropy(logits, labels)
-    if shots is None or shots < 1:
-        raise InputError("loss_reduction 'sum_div_k' needs the number of shots K")
-    return F.cross_entropy(logits, labels, reduction="sum") / shots
-
-
 def shots_of(support_y: torch.Tensor) -> int:
     """Shots K of an episode's labels ``(n,)`` = n / number of distinct labels (balanced episodes)."""
     ways = int(torch.unique(support_y).numel())
@@ -205,7 +191,7 @@ def adapt(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x:
             ``loss_reduction``).
         trainable: which parameters adapt (see :func:`resolve_trainable`); the rest stay the same tensors.
         first_order: drop second-order terms (FOMAML, evaluation).
-        loss_reduction: "mean" or "sum_div_k" (see :func:`support_loss`).
+        loss_reduction: "mean" or "sum_div_k" (converted into the lr by :func:`mean_loss_lr`).
 
     Returns:
         A new dict with the same keys; adapted tensors for trainable names, the given ones otherwise.

@@ -91,8 +91,9 @@ def task_features(model: torch.nn.Module, params: Mapping[str, torch.Tensor], su
     return support_features, forward_tasks(model, params, query_x, stop=stop)
 
 
-def _graph_needed(params: Mapping[str, torch.Tensor]) -> bool:
-    """Whether a forward with ``params`` must record autograd (off: the faster inference layouts apply)."""
+def graph_needed(params: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a forward with ``params`` must record autograd: grad mode on and a parameter requiring
+    grad (training); off (evaluation), the no-graph paths and faster inference layouts apply."""
     return torch.is_grad_enabled() and any(p.requires_grad for p in params.values())
 
 
@@ -168,17 +169,15 @@ def _adapt_heads_first_order(features: torch.Tensor, labels: torch.Tensor, weigh
 def head_only_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
                            support_y: torch.Tensor, query_x: torch.Tensor, steps: int, lr: float,
                            trainable=None, first_order: bool = False, loss_reduction: str = "mean",
-                           bn_together: bool = False, head_init: tuple[torch.Tensor, torch.Tensor] | None = None,
-                           ) -> torch.Tensor:
+                           bn_together: bool = False) -> torch.Tensor:
     """Query logits ``(tasks, n_query, C)`` after adapting the head (only) of every task of a batch.
 
     ``trainable`` must select head parameters only (``head.weight`` and/or ``head.bias``).
-    ``head_init``: initial ``(weight (C, F), bias (C,))`` to use instead of ``params``' head (e.g. zeros).
     """
     names = resolve_trainable(params, trainable)
-    with torch.set_grad_enabled(_graph_needed(params)):  # evaluation: an inference forward (faster layout)
+    with torch.set_grad_enabled(graph_needed(params)):  # evaluation: an inference forward (faster layout)
         fs, fq = task_features(model, params, support_x, query_x, bn_together)
-    weight, bias = head_init if head_init is not None else (params["head.weight"], params["head.bias"])
+    weight, bias = params["head.weight"], params["head.bias"]
     w, b = adapt_heads(fs, support_y, weight, bias, steps, lr, first_order, loss_reduction,
                        train_weight="head.weight" in names, train_bias="head.bias" in names)
     if w.dim() == 2:
@@ -314,7 +313,7 @@ def folded_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tenso
     """Query logits ``(tasks, n_query, C)`` after adapting every task of a batch in the folded layout."""
     adapted = adapt_folded(model, params, support_x, support_y, steps, lr, trainable, first_order, loss_reduction)
     inputs = torch.cat([support_x, query_x], 1) if bn_together else query_x
-    with torch.set_grad_enabled(_graph_needed(adapted)):  # evaluation: an inference forward (faster layout)
+    with torch.set_grad_enabled(graph_needed(adapted)):  # evaluation: an inference forward (faster layout)
         if inputs.is_cuda:
             logits = folded_forward(model, adapted, inputs)
         else:  # one task at a time: its query activations stay in cache (see the layout note above)

@@ -50,7 +50,7 @@ from repana.meta.adapt import (Trainable, adapt, first_trainable_layer, mean_los
                                resolve_trainable)
 from repana.meta.batched import (TRAIN_FOLD_BYTES, adapt_conv4_episode, can_batch_head_only, can_fold,
                                  can_run_conv4_episode, conv4_episode_query_logits, cpu_fold_pays, fold_group_size,
-                                 folded_query_logits, forward_tasks, head_only_query_logits)
+                                 folded_query_logits, forward_tasks, graph_needed, head_only_query_logits)
 
 Params = dict[str, torch.Tensor]
 PATHS = ("unadapted", "head_only", "per_episode", "conv4_episode", "folded")
@@ -79,12 +79,6 @@ class InnerLoop:
         if self.bn_support_query not in ("apart", "together"):
             raise InputError(f"bn_support_query = {self.bn_support_query!r} is not 'apart' or 'together'")
         normalise_loss_reduction(self.loss_reduction)
-
-
-def graph_needed(params: Mapping[str, torch.Tensor]) -> bool:
-    """True when the caller will differentiate through the adaptation (grad mode on and a parameter
-    requiring grad)."""
-    return torch.is_grad_enabled() and any(p.requires_grad for p in params.values())
 
 
 def choose_path(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
