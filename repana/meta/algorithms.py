@@ -34,7 +34,8 @@ parameters; the inner loop always sees the support batch alone), ``trainable`` (
 (bool or None: process the tasks of a meta-batch together with tasks folded into channels; None = on
 CUDA the whole meta-batch, on CPU groups of tasks sized by :func:`repana.meta.batched.fold_group_size`
 when the conv1 maps are small enough for that to pay, else a loop over tasks; False = always the loop;
-see :mod:`repana.meta.batched`).
+Conv4 only, see :mod:`repana.meta.batched`). The inner loop itself is :mod:`repana.meta.inner`, shared
+with evaluation and the analyses; what adapts at test time is :func:`adapted_parameters`.
 """
 
 from __future__ import annotations

@@ -142,7 +142,8 @@ def query_logits_by_part(model: torch.nn.Module, params: Mapping[str, torch.Tens
     first_order = spec.first_order or not graph
     if path == "unadapted":
         with torch.set_grad_enabled(graph):
-            yield slice(0, tasks), _unadapted_logits(model, params, support_x, query_x, together)
+            logits = _unadapted_logits(model, params, support_x, query_x, together)
+        yield slice(0, tasks), logits  # outside the `with`: grad mode is the caller's while it holds the part
         return
     lr = mean_loss_lr(spec.lr, spec.loss_reduction, support_y)
     if path == "head_only":
