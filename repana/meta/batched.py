@@ -9,9 +9,13 @@ sum of the tasks' support losses returns every task's own inner gradient (first-
 evaluation, write the cross-entropy gradient out instead: no autograd pass per step). No ``torch.func.vmap`` is used
 (its batch-norm batching rule gives wrong second-order gradients, functorch issue 534).
 
-When conv layers adapt, tasks are folded into channels (see the layout note further down); with
-``fold=False``, :mod:`repana.meta.algorithms` and :mod:`repana.meta.evaluate` loop over the episodes with
-:func:`repana.meta.adapt.adapt`. The float64 tests compare every path against a per-episode reference.
+When conv layers adapt, tasks are folded into channels (see the layout note further down), and
+evaluation runs one episode at a time without a graph in plain functional ops (the last section). Both
+know Conv4's blocks (``conv{i}.conv``, ``conv{i}.bn``) and sit behind an explicit check
+(:func:`repana.models.is_conv4`); every other backbone, and ``fold=False`` in training, takes the
+generic per-episode loop of :func:`repana.meta.adapt.adapt`. The head-only path works for any backbone
+that declares ``layer_names`` ending in ``"head"``. Which path runs is decided in one place,
+:func:`repana.meta.inner.choose_path`. The float64 tests compare every path against a per-episode reference.
 """
 
 from __future__ import annotations
