@@ -333,9 +333,12 @@ def folded_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tenso
 # conv weights in channels-last memory (CPU float32: oneDNN otherwise reorders each 64x64x3x3 weight
 # at every forward and backward, ~100 copies per 10-step episode), the one-channel conv1 weight and
 # the images padded to two channels once (not at every step, see repana.models.Conv3x3), no
-# functional_call, one foreach update per step. Measured on one thread (Omniglot stride Conv4-64,
-# 5-way 1-shot, 10 steps, one episode): 1.25-1.4x a clone-and-adapt loop on the module, where
-# adapt() + functional_call ran at 0.9x (benchmarks/meta_train.py prints the ratio).
+# functional_call, one foreach update per step. Measured on one thread (benchmarks/meta_train.py
+# --single-episode; 2 shared cores at load ~10, so best of 40 interleaved runs): Omniglot stride
+# Conv4-64, 5-way 1-shot, 10 steps, one episode: 1.24-1.51x a clone-and-adapt loop on the module (5
+# runs), where adapt() + functional_call ran at 0.9x. Max-pool nets (Omniglot max-pool, MiniImageNet
+# Conv4-32) are bound by conv FLOPs: about 1.0x the loop (0.85-1.09x), still ahead of adapt() (~0.85x).
+# Several tasks with small maps still fold (16 stride tasks: folded 1.3-1.45x faster than this path).
 
 def _prepare_conv4(model: torch.nn.Module, params: Mapping[str, torch.Tensor],
                    x: torch.Tensor) -> tuple[dict[str, torch.Tensor], bool]:
