@@ -34,6 +34,7 @@ faster than NCHW, MAML/FOMAML/ANIL training steps 1.1x-1.2x; MiniImageNet Conv4-
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -45,11 +46,27 @@ from repana.errors import ConfigError, InputError
 LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "head")
 POOLINGS = ("max", "stride")
 BN_STATS = ("batch", "running")
+HEAD_INPUTS = ("flatten", "spatial_mean")
 
 
 def is_head_parameter(name: str) -> bool:
     """True for the head's parameters (``head.weight``, ``head.bias``), False for the body's."""
     return name == "head" or name.startswith("head.")
+
+
+def head_parameter_names(names) -> list[str]:
+    """The names among ``names`` that :func:`is_head_parameter` selects, in order."""
+    return [n for n in names if is_head_parameter(n)]
+
+
+def layer_of(name: str) -> str:
+    """The layer (a name in ``model.layer_names``) a parameter belongs to: ``"conv2.bn.weight"`` -> ``"conv2"``."""
+    return name.split(".", 1)[0]
+
+
+def is_conv4(model: nn.Module) -> bool:
+    """True for a :class:`Conv4` (the backbone the batched fast paths of :mod:`repana.meta.batched` know)."""
+    return isinstance(model, Conv4)
 
 
 def _runs_channels_last(x: torch.Tensor) -> bool:
@@ -180,6 +197,14 @@ class Conv4(nn.Module):
         image_size: side of the square input in pixels (28 Omniglot, 84 MiniImageNet).
         pooling: "max" (2x2 max-pool after each block) or "stride" (stride-2 convs, no pooling).
         bn_stats: "batch" (MAML: batch statistics also at test time) or "running".
+        head_input: what the head sees of conv4's map ``(C, H', W')``: "flatten" (``C*H'*W'``
+            features, repana's default and Finn et al.'s MiniImageNet network) or "spatial_mean" (the
+            map averaged over space, ``C`` features: Finn et al.'s Omniglot network, whose code takes
+            ``reduce_mean`` over the two spatial axes). The penultimate features (:meth:`features`,
+            NIL) are the head's input either way.
+
+    ``model.config`` holds every argument (``head_input`` only when not "flatten", so the configs
+    of checkpoints written before the option existed still compare equal).
 
     ``model(x)``: ``x`` float ``(n, C, H, W)`` -> logits ``(n, n_classes)``; ``(tasks, n, C, H, W)`` ->
     ``(tasks, n, n_classes)``. ``model(x, start=i, stop=j)`` runs only ``layer_names[i:j]`` (the input
@@ -189,8 +214,10 @@ class Conv4(nn.Module):
     layer_names = list(LAYER_NAMES)
 
     def __init__(self, in_channels: int = 1, n_classes: int = 5, hidden: int = 64, image_size: int = 28,
-                 pooling: str = "max", bn_stats: str = "batch"):
+                 pooling: str = "max", bn_stats: str = "batch", head_input: str = "flatten"):
         super().__init__()
+        if head_input not in HEAD_INPUTS:
+            raise ConfigError(f"head_input = {head_input!r} is not one of {HEAD_INPUTS}")
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling = {pooling!r} is not one of {POOLINGS}")
         if bn_stats not in BN_STATS:
@@ -205,8 +232,11 @@ class Conv4(nn.Module):
         self.config: dict[str, Any] = {"in_channels": int(in_channels), "n_classes": int(n_classes),
                                        "hidden": int(hidden), "image_size": int(image_size),
                                        "pooling": pooling, "bn_stats": bn_stats}
+        if head_input != "flatten":
+            self.config["head_input"] = head_input
         self.bn_stats = bn_stats
-        self.n_features = int(hidden) * side * side
+        self.head_input = head_input
+        self.n_features = int(hidden) * (side * side if head_input == "flatten" else 1)
         channels = [int(in_channels)] + [int(hidden)] * 4
         for i in range(4):
             self.add_module(f"conv{i + 1}", ConvBlock(channels[i], channels[i + 1], pooling, bn_stats))
@@ -218,22 +248,121 @@ class Conv4(nn.Module):
             raise InputError(f"layer range [{start}, {stop}) is outside 0..{len(LAYER_NAMES)}")
         h = x
         for name in LAYER_NAMES[start:stop]:
-            if name == "head" and start < 4:  # conv4's (.., C, H, W) map -> flat features
-                h = h.flatten(-3)
+            if name == "head" and start < 4:  # conv4's (.., C, H, W) map -> the head's input
+                h = self.head_features(h)
             h = getattr(self, name)(h)
-        if stop == 4 and start < 4:  # penultimate features are flat
-            h = h.flatten(-3)
+        if stop == 4 and start < 4:  # penultimate features are the head's input
+            h = self.head_features(h)
         return h
+
+    def head_features(self, conv4_map: torch.Tensor) -> torch.Tensor:
+        """conv4's map ``(..., C, H', W')`` -> the head's input ``(..., n_features)`` (see ``head_input``)."""
+        if self.head_input == "spatial_mean":
+            return conv4_map.mean(dim=(-2, -1))
+        return conv4_map.flatten(-3)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features: ``(n, C, H, W) -> (n, n_features)`` (or per task with 5-D input)."""
         return self(x, stop=4)
 
 
-def build_model(config: dict) -> Conv4:
-    """Rebuild a model from ``model.config`` (a plain dict); unknown keys raise ConfigError."""
-    allowed = {"in_channels", "n_classes", "hidden", "image_size", "pooling", "bn_stats"}
+class ResidualBlock(nn.Module):
+    """Pre-activation-free residual block: ``relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))``, then 2x2
+    max-pool. The first conv and the shortcut (1x1 conv + batch norm, present when the channels change)
+    map ``C_in`` to ``C_out``. Input ``(n, C_in, H, W)`` -> ``(n, C_out, H // 2, W // 2)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bn_stats: str = "batch"):
+        super().__init__()
+        track = bn_stats == "running"
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(out_channels, track_running_stats=track)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(out_channels, track_running_stats=track)
+        if in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1),
+                                          nn.BatchNorm2d(out_channels, track_running_stats=track))
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn1(self.conv1(x)))
+        h = torch.relu(self.bn2(self.conv2(h)) + self.shortcut(x))
+        return F.max_pool2d(h, 2)
+
+
+class ResNetSmall(nn.Module):
+    """A small ResNet-style backbone + linear head: ``block1..block{n_blocks}`` (:class:`ResidualBlock`,
+    each halving the side), a spatial mean, then ``head`` (Linear).
+
+    The second backbone of repana: the meta-learning code only relies on what it declares, the same
+    protocol as :class:`Conv4`: ``layer_names`` (the blocks, then ``"head"``), ``forward(x, start=, stop=)``
+    running ``layer_names[start:stop]``, ``features(x)`` = the head's input ``(n, hidden)``, a ``head``
+    Linear whose parameters :func:`is_head_parameter` selects, ``bn_stats`` and ``config`` (with
+    ``"arch": "resnet"``, so :func:`build_model` rebuilds it). A batch of tasks ``(tasks, n, C, H, W)``
+    runs task by task (per-task batch statistics).
+    """
+
+    def __init__(self, in_channels: int = 1, n_classes: int = 5, hidden: int = 32, image_size: int = 28,
+                 n_blocks: int = 3, bn_stats: str = "batch"):
+        super().__init__()
+        if bn_stats not in BN_STATS:
+            raise ConfigError(f"bn_stats = {bn_stats!r} is not one of {BN_STATS}")
+        for key, value in (("in_channels", in_channels), ("n_classes", n_classes), ("hidden", hidden),
+                           ("n_blocks", n_blocks)):
+            if int(value) < 1:
+                raise ConfigError(f"{key} = {value} must be at least 1")
+        if int(image_size) >> int(n_blocks) < 1:
+            raise ConfigError(f"image_size = {image_size} is too small for {n_blocks} blocks that halve it")
+        self.config: dict[str, Any] = {"arch": "resnet", "in_channels": int(in_channels),
+                                       "n_classes": int(n_classes), "hidden": int(hidden),
+                                       "image_size": int(image_size), "n_blocks": int(n_blocks),
+                                       "bn_stats": bn_stats}
+        self.bn_stats = bn_stats
+        self.n_features = int(hidden)
+        self.layer_names = [f"block{i + 1}" for i in range(int(n_blocks))] + ["head"]
+        channels = [int(in_channels)] + [int(hidden)] * int(n_blocks)
+        for i in range(int(n_blocks)):
+            self.add_module(f"block{i + 1}", ResidualBlock(channels[i], channels[i + 1], bn_stats))
+        self.head = nn.Linear(self.n_features, int(n_classes))
+
+    def forward(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        if x.dim() == 5:  # a batch of tasks: each with its own batch statistics
+            return torch.stack([self(task, start, stop) for task in x])
+        n_layers = len(self.layer_names)
+        stop = n_layers if stop is None else stop
+        if not 0 <= start <= stop <= n_layers:
+            raise InputError(f"layer range [{start}, {stop}) is outside 0..{n_layers}")
+        h = x
+        for name in self.layer_names[start:stop]:
+            if name == "head" and start < n_layers - 1:
+                h = h.mean(dim=(-2, -1))
+            h = getattr(self, name)(h)
+        if stop == n_layers - 1 and start < stop:
+            h = h.mean(dim=(-2, -1))
+        return h
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features: ``(n, C, H, W) -> (n, hidden)``."""
+        return self(x, stop=len(self.layer_names) - 1)
+
+
+ARCHITECTURES = {"conv4": Conv4, "resnet": ResNetSmall}
+
+
+def build_model(config: dict) -> nn.Module:
+    """Rebuild a model from ``model.config`` (a plain dict); unknown keys raise ConfigError.
+
+    ``config["arch"]`` chooses the backbone: "conv4" (the default: configs without the key, as every
+    checkpoint written before there was a second backbone) or "resnet" (:class:`ResNetSmall`).
+    """
+    config = dict(config)
+    arch = config.pop("arch", "conv4")
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"arch = {arch!r} is not one of {sorted(ARCHITECTURES)}")
+    cls = ARCHITECTURES[arch]
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = set(config) - allowed
     if unknown:
         raise ConfigError(f"unknown model config keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-    return Conv4(**config)
+    return cls(**config)

@@ -240,17 +240,17 @@ def test_folded_layout_with_stride_pooling_and_sum_div_k(setup):
 def test_cpu_training_in_folded_groups_equals_reference_and_loop(setup, algorithm, first_order, monkeypatch):
     """CPU default: tasks folded in groups bounded by TRAIN_FOLD_BYTES (here 2 + 1 tasks), one backward
     per group; equal to the reference and to the per-episode loop (fold=False), metrics included."""
-    import repana.meta.algorithms as algorithms
+    from repana.meta import inner
     from repana.meta.batched import fold_group_size
 
     model, batch = setup
     per_task_bytes = WAYS * QUERIES * model.conv1.conv.out_channels * 16 * 16 * 8  # float64 conv1 query map (max-pool net)
-    monkeypatch.setattr(algorithms, "TRAIN_FOLD_BYTES", 2 * per_task_bytes + 1)
-    assert fold_group_size(model, batch.query_x, algorithms.TRAIN_FOLD_BYTES, maps_per_task=1) == 2
+    monkeypatch.setattr(inner, "TRAIN_FOLD_BYTES", 2 * per_task_bytes + 1)
+    assert fold_group_size(model, batch.query_x, inner.TRAIN_FOLD_BYTES, maps_per_task=1) == 2
     groups = []
-    by_parts = algorithms._query_gradients_by_parts
-    monkeypatch.setattr(algorithms, "_query_gradients_by_parts",
-                        lambda *args: (args[-1] >= 2 and groups.append(args[-1])) or by_parts(*args))
+    choose = inner.choose_path
+    monkeypatch.setattr(inner, "choose_path", lambda *args, **kwargs: (
+        lambda chosen: (chosen[0] == "folded" and groups.append(chosen[1])) or chosen)(choose(*args, **kwargs)))
     grads, metrics = get_algorithm(algorithm, inner_steps=2, inner_lr=0.3).meta_gradients(model, batch)
     loop_grads, loop_metrics = get_algorithm(algorithm, inner_steps=2, inner_lr=0.3,
                                              fold=False).meta_gradients(model, batch)
@@ -266,8 +266,7 @@ def test_cpu_folds_tasks_only_where_it_pays(monkeypatch):
     in training and in evaluation; fold=True still forces it."""
     import importlib
 
-    import repana.meta.algorithms as algorithms
-    from repana.meta import batched
+    from repana.meta import batched, inner
 
     evaluation = importlib.import_module("repana.meta.evaluate")  # the package re-exports evaluate()
     stride = Conv4(n_classes=WAYS, hidden=4, image_size=28, pooling="stride")
@@ -278,10 +277,9 @@ def test_cpu_folds_tasks_only_where_it_pays(monkeypatch):
     assert not batched.cpu_fold_pays(stride, five_shot)       # 25 x 14 x 14 = 4900
 
     calls = []
-    for module in (algorithms, evaluation):
-        original = module.folded_query_logits
-        monkeypatch.setattr(module, "folded_query_logits",
-                            lambda *args, _original=original, **kwargs: calls.append(1) or _original(*args, **kwargs))
+    original = inner.folded_query_logits
+    monkeypatch.setattr(inner, "folded_query_logits",
+                        lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
     batch = make_batch(torch.Generator().manual_seed(2), dtype=torch.float32, size=28)
     for model, folds in ((stride, True), (max_pool, False)):
         for run in (lambda: get_algorithm("fomaml", inner_steps=1).meta_gradients(model, batch),

@@ -48,12 +48,12 @@ def float64_model(pooling: str) -> Conv4:
 @pytest.fixture
 def spy_paths(monkeypatch):
     """Counts calls of the folded layout and of 5-D (tasks, n, ...) body forwards."""
-    import repana.meta.algorithms as algorithms
     import repana.meta.batched as batched
+    import repana.meta.inner as inner
 
     calls = {"folded": 0, "five_d": 0}
-    folded = algorithms.folded_query_logits
-    monkeypatch.setattr(algorithms, "folded_query_logits",
+    folded = inner.folded_query_logits
+    monkeypatch.setattr(inner, "folded_query_logits",
                         lambda *a, **k: calls.__setitem__("folded", calls["folded"] + 1) or folded(*a, **k))
     functional_call = batched.functional_call
 

@@ -182,3 +182,88 @@ def test_per_task_batch_norm_equals_batch_norm_of_each_task_in_every_derivative_
     for a, b in zip(*second):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert second[0][0].abs().max() > 1e-3  # the second derivative w.r.t. h is not trivially zero
+
+
+# ----- Finn et al.'s Omniglot head input (spatial mean of conv4) ----------------------------------
+
+@pytest.mark.parametrize("pooling,side", [("stride", 2), ("max", 1)])
+def test_spatial_mean_head_input_averages_conv4_over_space(pooling, side):
+    torch.manual_seed(0)
+    model = Conv4(n_classes=5, hidden=64, image_size=28, pooling=pooling, head_input="spatial_mean")
+    x = torch.rand(4, 1, 28, 28)
+    conv4_map = model(x, stop=3)
+    conv4_map = model.conv4(conv4_map)
+    assert conv4_map.shape == (4, 64, side, side)
+    assert model.n_features == 64 and model.head.in_features == 64          # Finn's 64, not 256
+    torch.testing.assert_close(model.features(x), conv4_map.mean(dim=(2, 3)))
+    torch.testing.assert_close(model(x), model.head(conv4_map.mean(dim=(2, 3))))
+    tasks = torch.rand(2, 3, 1, 28, 28)                                      # per-task batches too
+    assert model.features(tasks).shape == (2, 3, 64)
+    flat = Conv4(n_classes=5, hidden=64, image_size=28, pooling=pooling)
+    assert flat.n_features == 64 * side * side and "head_input" not in flat.config
+
+
+def test_head_input_round_trips_through_config_and_checkpoints(tmp_path):
+    from repana.meta.checkpoint import load_checkpoint, save_checkpoint
+
+    model = Conv4(hidden=8, image_size=28, pooling="stride", head_input="spatial_mean")
+    assert model.config["head_input"] == "spatial_mean"
+    assert build_model(dict(model.config)).n_features == 8
+    path = save_checkpoint(tmp_path / "c.pt", model=model, model_config=model.config, algorithm="maml",
+                           config={}, step=1)
+    restored = load_checkpoint(path).model()
+    assert restored.head_input == "spatial_mean" and restored.config == model.config
+    x = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(restored.eval()(x), model.eval()(x))
+    old = {"in_channels": 1, "n_classes": 5, "hidden": 8, "image_size": 28, "pooling": "stride", "bn_stats": "batch"}
+    assert build_model(old).head_input == "flatten" and build_model(old).n_features == 8 * 4  # older checkpoints
+    with pytest.raises(ConfigError, match="head_input"):
+        Conv4(head_input="mean")
+
+
+def test_finn_omniglot_presets_use_the_spatial_mean():
+    from repana.meta.config import load_config
+
+    for preset in ("omniglot-5way-1shot", "omniglot-5way-5shot", "omniglot-20way-1shot", "omniglot-20way-5shot"):
+        config = load_config(preset)
+        model = build_model(config.model_config())
+        assert config.head_input == "spatial_mean" and model.n_features == 64, preset
+    for preset in ("miniimagenet-5way-1shot", "quick", "omniglot-subset"):
+        assert "head_input" not in load_config(preset).model_config(), preset
+
+
+def test_nil_uses_the_spatial_mean_features():
+    """NIL classifies by cosines between penultimate features: with head_input='spatial_mean' those are
+    the 64 channel means of conv4 (the paper's NIL), not the flattened map."""
+    from repana.meta.evaluate import predict
+    from repana.meta.nil import nil_predict
+
+    torch.manual_seed(1)
+    model = Conv4(n_classes=5, hidden=16, image_size=28, pooling="stride", head_input="spatial_mean").eval()
+    support_x, query_x = torch.rand(5, 1, 28, 28), torch.rand(10, 1, 28, 28)
+    support_y = torch.arange(5)
+    fs = model.conv4(model(support_x, stop=3)).mean(dim=(2, 3))
+    fq = model.conv4(model(query_x, stop=3)).mean(dim=(2, 3))
+    torch.testing.assert_close(predict(model, support_x, support_y, query_x, method="nil"),
+                               nil_predict(fs, support_y, fq, 5))
+
+
+def test_resnet_backbone_declares_the_layer_protocol():
+    from repana.models import ResNetSmall
+
+    torch.manual_seed(0)
+    net = ResNetSmall(in_channels=1, n_classes=4, hidden=6, image_size=16, n_blocks=2)
+    assert net.layer_names == ["block1", "block2", "head"]
+    x = torch.rand(3, 1, 16, 16)
+    torch.testing.assert_close(net(net(x, stop=1), start=1), net(x))
+    torch.testing.assert_close(net.head(net.features(x)), net(x))
+    assert net.features(x).shape == (3, 6)
+    tasks = torch.rand(2, 3, 1, 16, 16)
+    torch.testing.assert_close(net(tasks)[1], net(tasks[1]))                # per-task batch statistics
+    names = [n for n, _ in net.named_parameters()]
+    assert [n for n in names if is_head_parameter(n)] == ["head.weight", "head.bias"]
+    clone = build_model(dict(net.config))
+    clone.load_state_dict(net.state_dict())
+    torch.testing.assert_close(clone(x), net(x))
+    with pytest.raises(ConfigError, match="arch"):
+        build_model({**net.config, "arch": "vgg"})

@@ -44,18 +44,20 @@ def normalise_loss_reduction(loss_reduction: str) -> str:
     return value
 
 
-def support_loss(logits: torch.Tensor, labels: torch.Tensor, loss_reduction: str = "mean",
-                 shots: int | None = None) -> torch.Tensor:
-    """Cross-entropy of ``logits (n, classes)`` against ``labels (n,)`` int64, scalar.
+def mean_loss_lr(lr: float, loss_reduction: str, support_y: torch.Tensor) -> float:
+    """The step size that, on the mean support loss, takes the same steps as ``lr`` on the
+    ``loss_reduction`` loss: the one place the loss convention is handled (every inner loop of repana
+    runs on the mean loss).
 
-    ``"mean"``: averaged over the n examples. ``"sum_div_k"``: summed and divided by the shots K
-    (= n / ways), as in the original MAML code, which is N times the mean; ``shots`` must be given.
+    "sum_div_k" (the loss summed over the n support examples and divided by the shots K) is n / K
+    (= ways, for balanced episodes) times the mean, so its steps are those of ``lr * n / K`` on the
+    mean. ``support_y``: int64 ``(n,)`` or ``(tasks, n)`` (balanced episodes: the first task's K).
     """
+    loss_reduction = normalise_loss_reduction(loss_reduction)
     if loss_reduction == "mean":
-        return F.cross_entropy(logits, labels)
-    if shots is None or shots < 1:
-        raise InputError("loss_reduction 'sum_div_k' needs the number of shots K")
-    return F.cross_entropy(logits, labels, reduction="sum") / shots
+        return float(lr)
+    labels = support_y[0] if support_y.dim() == 2 else support_y
+    return float(lr) * labels.numel() / shots_of(labels)
 
 
 def shots_of(support_y: torch.Tensor) -> int:
@@ -95,6 +97,66 @@ def resolve_trainable(names: Iterable[str], trainable: Trainable) -> list[str]:
     return chosen
 
 
+def all_parameters(name: str) -> bool:
+    """Every parameter adapts (MAML, FOMAML, Reptile): the predicate form of ``trainable=None``."""
+    return True
+
+
+def head_parameters(name: str) -> bool:
+    """Only the head adapts (ANIL; every algorithm without an inner loop at test time)."""
+    from repana.models import is_head_parameter
+
+    return is_head_parameter(name)
+
+
+def trainable_predicate(trainable: Trainable) -> Callable[[str], bool]:
+    """``trainable`` (any form :func:`resolve_trainable` takes) as a predicate ``parameter name -> bool``.
+
+    Layer names in a collection select all of the layer's parameters; unlike :func:`resolve_trainable`,
+    names that match nothing are not checked here (there are no names to check against).
+    """
+    from repana.models import is_head_parameter, layer_of
+
+    if trainable is None or trainable == "all":
+        return all_parameters
+    if trainable == "head":
+        return head_parameters
+    if trainable == "body":
+        return lambda name: not is_head_parameter(name)
+    if callable(trainable):
+        return trainable
+    wanted = frozenset([trainable] if isinstance(trainable, str) else trainable)
+    return lambda name: name in wanted or layer_of(name) in wanted
+
+
+def freeze_layers(trainable: Trainable, frozen_layers: Iterable[str | int],
+                  layer_names: Iterable[str] | None = None) -> Callable[[str], bool]:
+    """``trainable`` minus every parameter of the layers ``frozen_layers``, as a predicate.
+
+    ``frozen_layers``: layer names (``"conv1"``, ``"block2"``: names in ``model.layer_names``) or
+    1-based positions in ``layer_names`` (default Conv4's: 1 -> ``"conv1"``), as in the paper's
+    freezing table (``(1, 2)`` freezes conv1 and conv2).
+    """
+    from repana.models import LAYER_NAMES, layer_of
+
+    order = list(LAYER_NAMES if layer_names is None else layer_names)
+    frozen = set()
+    for layer in frozen_layers:
+        if isinstance(layer, str):
+            frozen.add(layer)
+        elif 1 <= int(layer) <= len(order):
+            frozen.add(order[int(layer) - 1])
+        else:
+            raise InputError(f"frozen layer {layer} is not a position 1..{len(order)} in {order}")
+    keep = trainable_predicate(trainable)
+
+    def predicate(name: str) -> bool:
+        return keep(name) and layer_of(name) not in frozen
+
+    predicate.__name__ = f"freeze_{'_'.join(sorted(frozen)) or 'none'}"
+    return predicate
+
+
 def first_trainable_layer(model: torch.nn.Module, trainable_names: Iterable[str]) -> int:
     """Index in ``model.layer_names`` of the lowest layer with a trainable parameter (len if none)."""
     layer_names = list(getattr(model, "layer_names", []))
@@ -129,7 +191,7 @@ def adapt(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x:
             ``loss_reduction``).
         trainable: which parameters adapt (see :func:`resolve_trainable`); the rest stay the same tensors.
         first_order: drop second-order terms (FOMAML, evaluation).
-        loss_reduction: "mean" or "sum_div_k" (see :func:`support_loss`).
+        loss_reduction: "mean" or "sum_div_k" (converted into the lr by :func:`mean_loss_lr`).
 
     Returns:
         A new dict with the same keys; adapted tensors for trainable names, the given ones otherwise.
@@ -137,8 +199,7 @@ def adapt(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x:
     if steps < 0:
         raise InputError(f"steps = {steps} must not be negative")
     _check_episode(support_x, support_y)
-    loss_reduction = normalise_loss_reduction(loss_reduction)
-    shots = shots_of(support_y) if loss_reduction == "sum_div_k" else None
+    lr = mean_loss_lr(lr, loss_reduction, support_y)
     current: Params = dict(params)
     names = resolve_trainable(current, trainable)
     if steps == 0 or not names:
@@ -162,12 +223,12 @@ def adapt(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x:
             if first_order:
                 leaves = {name: current[name].detach().requires_grad_(True) for name in names}
                 logits = functional_call(model, {**current, **leaves}, (inputs,), kwargs)
-                loss = support_loss(logits, support_y, loss_reduction, shots)
+                loss = F.cross_entropy(logits, support_y)
                 grads = torch.autograd.grad(loss, [leaves[n] for n in names])
                 grads = [g.detach() for g in grads]
             else:
                 logits = functional_call(model, current, (inputs,), kwargs)
-                loss = support_loss(logits, support_y, loss_reduction, shots)
+                loss = F.cross_entropy(logits, support_y)
                 grads = torch.autograd.grad(loss, [current[n] for n in names], create_graph=True)
             current = {**current, **{n: current[n] - lr * g for n, g in zip(names, grads)}}
     return current

@@ -34,23 +34,24 @@ parameters; the inner loop always sees the support batch alone), ``trainable`` (
 (bool or None: process the tasks of a meta-batch together with tasks folded into channels; None = on
 CUDA the whole meta-batch, on CPU groups of tasks sized by :func:`repana.meta.batched.fold_group_size`
 when the conv1 maps are small enough for that to pay, else a loop over tasks; False = always the loop;
-see :mod:`repana.meta.batched`).
+Conv4 only, see :mod:`repana.meta.batched`). The inner loop itself is :mod:`repana.meta.inner`, shared
+with evaluation and the analyses; what adapts at test time is :func:`adapted_parameters`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
 from repana.errors import ConfigError, InputError
-from repana.meta.adapt import Trainable, adapt, normalise_loss_reduction, resolve_trainable
-from repana.meta.batched import (TRAIN_FOLD_BYTES, can_batch_head_only, can_fold, cpu_fold_pays, fold_group_size,
-                                 folded_query_logits, forward_tasks,
-                                 head_only_query_logits, task_features)
+from repana.meta.adapt import (Trainable, adapt, all_parameters, head_parameters, normalise_loss_reduction,
+                               trainable_predicate)
+from repana.meta.batched import task_features
+from repana.meta.inner import InnerLoop, query_logits_by_part
 from repana.meta.nil import nil_logits
 
 Grads = dict[str, torch.Tensor]
@@ -74,7 +75,17 @@ class Algorithm:
     bn_support_query: str = "apart"
     temperature: float = 1.0
     fold: bool | None = None             # tasks folded into channels: None = CUDA, CPU where it pays (batched.py)
+    test_time: str = "inner"             # what adapts at test time: "inner" (= trainable) or "head"
     hyperparameters: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def test_time_trainable(self) -> Callable[[str], bool]:
+        """Predicate ``parameter name -> bool`` of what adapts at test time (evaluation, predict, the
+        analyses): the algorithm's own inner-loop choice, or the head for the algorithms without an
+        inner loop (multitask, nil_training, multiclass). See :func:`adapted_parameters`."""
+        if self.test_time == "head":
+            return head_parameters
+        return trainable_predicate(self.trainable)
 
     def meta_gradients(self, model: torch.nn.Module, batch: Any) -> tuple[Grads, Metrics]:
         """Gradient of the meta-objective averaged over the batch, and its metrics (see module doc)."""
@@ -126,50 +137,21 @@ def query_logits(model: torch.nn.Module, params: dict[str, torch.Tensor], suppor
 
 # ----- objectives --------------------------------------------------------------------------------
 
+def inner_loop(algo: Algorithm) -> InnerLoop:
+    """The training inner loop of ``algo`` (an :class:`repana.meta.inner.InnerLoop`)."""
+    return InnerLoop(algo.inner_steps, algo.inner_lr, algo.trainable, algo.first_order, algo.loss_reduction,
+                     algo.bn_support_query, algo.fold)
+
+
 def _query_gradients(algo: Algorithm, model, batch) -> tuple[Grads, Metrics]:
+    """Meta-gradient of the mean query loss after adaptation, part by part as the dispatcher yields
+    them (one backward per part: a part's graph is freed before the next is built)."""
     params = dict(model.named_parameters())
-    tasks = batch.support_x.shape[0]
-    steps = algo.inner_steps
-    names = resolve_trainable(params, algo.trainable) if steps > 0 else []
-    together = algo.bn_support_query == "together"
-    inner = (steps, algo.inner_lr, algo.trainable, algo.first_order, algo.loss_reduction, together)
-    sx, sy, qx = batch.support_x, batch.support_y, batch.query_x
-    if steps == 0:                                   # multitask: no inner loop
-        logits = (forward_tasks(model, params, torch.cat([sx, qx], 1))[:, sx.shape[1]:] if together
-                  else forward_tasks(model, params, qx))
-    elif can_batch_head_only(model, names):          # ANIL: features once, all heads together
-        logits = head_only_query_logits(model, params, sx, sy, qx, *inner)
-    elif can_fold(model, sx.device, algo.fold):      # CUDA (or fold=True): tasks folded into channels
-        logits = folded_query_logits(model, params, sx, sy, qx, *inner)
-    else:                                            # CPU: folded groups of tasks, or a per-episode loop
-        group = 1
-        if algo.fold is None and can_fold(model, sx.device, None, default_on_cpu=cpu_fold_pays(model, sx)):
-            group = fold_group_size(model, qx, TRAIN_FOLD_BYTES, maps_per_task=1)
-        return _query_gradients_by_parts(algo, model, batch, params, group)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.query_y.reshape(-1))
-    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-    correct = (logits.argmax(-1) == batch.query_y).double().mean().item()
-    return _zero_missing(params, grads), {"loss": loss.item(), "accuracy": correct, "n_tasks": float(tasks)}
-
-
-
-def _query_gradients_by_parts(algo: Algorithm, model, batch, params, group: int = 1) -> tuple[Grads, Metrics]:
-    """Tasks ``group`` at a time, one backward per part: the folded layout for groups of 2 or more (CPU,
-    see batched.py), :func:`repana.meta.adapt.adapt` one episode at a time for ``group=1``."""
     tasks = batch.support_x.shape[0]
     total = {n: torch.zeros_like(p) for n, p in params.items()}
     loss_sum, correct_sum = 0.0, 0.0
-    for start in range(0, tasks, group):
-        part = slice(start, start + group)
-        if group == 1:
-            adapted = adapt(model, params, batch.support_x[start], batch.support_y[start], algo.inner_steps,
-                            algo.inner_lr, algo.trainable, algo.first_order, algo.loss_reduction)
-            logits = query_logits(model, adapted, batch.support_x[start], batch.query_x[start],
-                                  algo.bn_support_query).unsqueeze(0)
-        else:
-            logits = folded_query_logits(model, params, batch.support_x[part], batch.support_y[part],
-                                         batch.query_x[part], algo.inner_steps, algo.inner_lr, algo.trainable,
-                                         algo.first_order, algo.loss_reduction, algo.bn_support_query == "together")
+    for part, logits in query_logits_by_part(model, params, batch.support_x, batch.support_y, batch.query_x,
+                                             inner_loop(algo)):
         query_y = batch.query_y[part]
         per_task = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), query_y.reshape(-1),
                                    reduction="none").reshape(query_y.shape).mean(1)
@@ -237,20 +219,24 @@ def _classification_gradients(model, batch) -> tuple[Grads, Metrics]:
 # ----- registry ----------------------------------------------------------------------------------
 
 _INNER = {"inner_steps", "inner_lr", "first_order", "loss_reduction", "bn_support_query", "trainable", "fold"}
+# "test_time": what adapts at test time (evaluation, predict, the analyses): "inner" = the parameters
+# the algorithm's own inner loop adapts (its ``trainable``, every parameter by default); "head" = the
+# head only (algorithms with no inner loop in training: their body is used as a fixed feature extractor).
 _SPECS: dict[str, dict[str, Any]] = {
-    "maml": {"batch_kind": "episodes", "objective": "query", "defaults": {}, "allowed": _INNER},
+    "maml": {"batch_kind": "episodes", "objective": "query", "defaults": {}, "allowed": _INNER,
+             "test_time": "inner"},
     "fomaml": {"batch_kind": "episodes", "objective": "query", "defaults": {"first_order": True},
-               "allowed": _INNER},
+               "allowed": _INNER, "test_time": "inner"},
     "anil": {"batch_kind": "episodes", "objective": "query", "defaults": {"trainable": "head"},
-             "allowed": _INNER},
+             "allowed": _INNER, "test_time": "inner"},
     "reptile": {"batch_kind": "episodes", "objective": "reptile", "defaults": {"first_order": True},
-                "allowed": _INNER},
+                "allowed": _INNER, "test_time": "inner"},
     "multitask": {"batch_kind": "episodes", "objective": "query", "defaults": {"inner_steps": 0},
-                  "allowed": {"bn_support_query"}},
+                  "allowed": {"bn_support_query"}, "test_time": "head"},
     "nil_training": {"batch_kind": "episodes", "objective": "nil", "defaults": {"inner_steps": 0},
-                     "allowed": {"bn_support_query", "temperature"}},
+                     "allowed": {"bn_support_query", "temperature"}, "test_time": "head"},
     "multiclass": {"batch_kind": "classification", "objective": "classify", "defaults": {"inner_steps": 0},
-                   "allowed": set()},
+                   "allowed": set(), "test_time": "head"},
 }
 ALIASES = {"pretrain": "multiclass", "nil": "nil_training"}
 
@@ -297,7 +283,26 @@ def get_algorithm(name: str, *, ignore_unused: bool = False, **hyperparameters) 
     return Algorithm(name=canonical, batch_kind=spec["batch_kind"], objective=spec["objective"],
                      inner_steps=steps, inner_lr=lr, first_order=bool(values.get("first_order", False)),
                      trainable=values.get("trainable"), loss_reduction=reduction, bn_support_query=bn,
-                     temperature=temperature, fold=values.get("fold"), hyperparameters=dict(hyperparameters))
+                     temperature=temperature, fold=values.get("fold"), test_time=spec["test_time"],
+                     hyperparameters=dict(hyperparameters))
+
+
+def adapted_parameters(algorithm: str, **hyperparameters) -> Callable[[str], bool]:
+    """What adapts at test time for a model trained with ``algorithm`` (a registered name or an alias:
+    ``pretrain``, ``nil``), as a predicate ``parameter name -> bool``: the one rule that training's
+    validation, evaluation, ``predict`` and the analyses share.
+
+    ========================= =================================================
+    maml, fomaml, reptile     every parameter (:func:`repana.meta.adapt.all_parameters`)
+    anil                      the head (its inner loop's ``trainable="head"``)
+    multitask, nil_training,  the head (:func:`repana.meta.adapt.head_parameters`): no inner loop
+    multiclass                in training, the body is a fixed feature extractor
+    ========================= =================================================
+
+    ``hyperparameters`` (e.g. a custom ``trainable``) are those of :func:`get_algorithm`; unused ones
+    are ignored. Combine with :func:`repana.meta.adapt.freeze_layers` to freeze layers further.
+    """
+    return get_algorithm(algorithm, ignore_unused=True, **hyperparameters).test_time_trainable
 
 
 def with_hyperparameters(algo: Algorithm, **changes) -> Algorithm:

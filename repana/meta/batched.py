@@ -9,9 +9,13 @@ sum of the tasks' support losses returns every task's own inner gradient (first-
 evaluation, write the cross-entropy gradient out instead: no autograd pass per step). No ``torch.func.vmap`` is used
 (its batch-norm batching rule gives wrong second-order gradients, functorch issue 534).
 
-When conv layers adapt, tasks are folded into channels (see the layout note further down); with
-``fold=False``, :mod:`repana.meta.algorithms` and :mod:`repana.meta.evaluate` loop over the episodes with
-:func:`repana.meta.adapt.adapt`. The float64 tests compare every path against a per-episode reference.
+When conv layers adapt, tasks are folded into channels (see the layout note further down), and
+evaluation runs one episode at a time without a graph in plain functional ops (the last section). Both
+know Conv4's blocks (``conv{i}.conv``, ``conv{i}.bn``) and sit behind an explicit check
+(:func:`repana.models.is_conv4`); every other backbone, and ``fold=False`` in training, takes the
+generic per-episode loop of :func:`repana.meta.adapt.adapt`. The head-only path works for any backbone
+that declares ``layer_names`` ending in ``"head"``. Which path runs is decided in one place,
+:func:`repana.meta.inner.choose_path`. The float64 tests compare every path against a per-episode reference.
 """
 
 from __future__ import annotations
@@ -23,13 +27,24 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from repana.errors import InputError
-from repana.meta.adapt import normalise_loss_reduction, resolve_trainable, shots_of
-from repana.models import is_head_parameter, rectify_and_pool
+from repana.meta.adapt import mean_loss_lr, resolve_trainable
+from repana.models import is_conv4, is_head_parameter, rectify_and_pool
 
 
 def can_batch_head_only(model: torch.nn.Module, trainable_names: list[str]) -> bool:
-    """True when only head parameters adapt (so the tasks' heads can adapt together on fixed features)."""
-    return hasattr(model, "layer_names") and all(is_head_parameter(n) for n in trainable_names)
+    """True when only head parameters adapt (so the tasks' heads can adapt together on fixed features).
+
+    Any backbone that declares ``layer_names`` ending in ``"head"`` (a Linear whose input is
+    ``model(x, stop=len(layer_names) - 1)``): :class:`repana.models.Conv4`, :class:`repana.models.ResNetSmall`.
+    """
+    layer_names = getattr(model, "layer_names", None)
+    return (bool(layer_names) and layer_names[-1] == "head" and isinstance(getattr(model, "head", None), torch.nn.Linear)
+            and all(is_head_parameter(n) for n in trainable_names))
+
+
+def penultimate_stop(model: torch.nn.Module) -> int:
+    """``stop`` index whose output is the head's input: ``len(model.layer_names) - 1``."""
+    return len(model.layer_names) - 1
 
 
 CPU_IMAGES_PER_CALL = 64  # see forward_tasks
@@ -46,7 +61,8 @@ def forward_tasks(model: torch.nn.Module, params: Mapping[str, torch.Tensor], x:
     """
     params = dict(params)
     kwargs = {} if stop is None else {"stop": stop}
-    five_d_exact = getattr(model, "bn_stats", "batch") == "batch" or not model.training
+    # 5-D calls: Conv4's blocks take a batch of tasks natively; other backbones loop over tasks.
+    five_d_exact = is_conv4(model) and (model.bn_stats == "batch" or not model.training)
     if x.is_cuda and five_d_exact:
         return functional_call(model, params, (x,), kwargs)
     # CPU: tasks with few images (support sets) in 5-D groups of >= CPU_IMAGES_PER_CALL images, per-call
@@ -71,15 +87,17 @@ def task_features(model: torch.nn.Module, params: Mapping[str, torch.Tensor], su
     Returns:
         ``(tasks, n_support, n_features)``, ``(tasks, n_query, n_features)``.
     """
-    support_features = forward_tasks(model, params, support_x, stop=4)
+    stop = penultimate_stop(model)
+    support_features = forward_tasks(model, params, support_x, stop=stop)
     if bn_together:
-        both = forward_tasks(model, params, torch.cat([support_x, query_x], 1), stop=4)
+        both = forward_tasks(model, params, torch.cat([support_x, query_x], 1), stop=stop)
         return support_features, both[:, support_x.shape[1]:]
-    return support_features, forward_tasks(model, params, query_x, stop=4)
+    return support_features, forward_tasks(model, params, query_x, stop=stop)
 
 
-def _graph_needed(params: Mapping[str, torch.Tensor]) -> bool:
-    """Whether a forward with ``params`` must record autograd (off: the faster inference layouts apply)."""
+def graph_needed(params: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a forward with ``params`` must record autograd: grad mode on and a parameter requiring
+    grad (training); off (evaluation), the no-graph paths and faster inference layouts apply."""
     return torch.is_grad_enabled() and any(p.requires_grad for p in params.values())
 
 
@@ -102,33 +120,23 @@ def adapt_heads(support_features: torch.Tensor, support_y: torch.Tensor, weight:
     Returns:
         Per-task heads ``(tasks, C, F)``, ``(tasks, C)``; differentiable in the inputs when second order.
     """
-    loss_reduction = normalise_loss_reduction(loss_reduction)
+    lr = mean_loss_lr(lr, loss_reduction, support_y)
     tasks = support_features.shape[0]
     w = weight.expand(tasks, *weight.shape[-2:]) if weight.dim() == 2 else weight
     b = bias.expand(tasks, bias.shape[-1]) if bias.dim() == 1 else bias
-    shots = shots_of(support_y[0]) if loss_reduction == "sum_div_k" else None
-    feats = support_features.detach() if first_order else support_features
     if first_order:  # no graph through the steps: the gradient in closed form, without autograd
-        return _adapt_heads_first_order(feats, support_y, w, b, steps, lr,
-                                        1.0 / (shots if shots is not None else support_y.shape[1]),
-                                        train_weight, train_bias)
+        return _adapt_heads_first_order(support_features.detach(), support_y, w, b, steps, lr,
+                                        1.0 / support_y.shape[1], train_weight, train_bias)
     labels = support_y.reshape(-1)
     with torch.enable_grad():
+        w = w if w.requires_grad else w.detach().requires_grad_(True)
+        b = b if b.requires_grad else b.detach().requires_grad_(True)
         for _ in range(steps):
-            if first_order:
-                w_in, b_in = w.detach().requires_grad_(True), b.detach().requires_grad_(True)
-            else:
-                w_in = w if w.requires_grad else w.detach().requires_grad_(True)
-                b_in = b if b.requires_grad else b.detach().requires_grad_(True)
-                w, b = w_in, b_in
-            logits = batched_head_logits(feats, w_in, b_in)
+            logits = batched_head_logits(support_features, w, b)
             # Sum of the tasks' losses: its gradient w.r.t. task t's head copy is task t's own gradient.
             per_example = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels, reduction="none")
-            per_task = per_example.reshape(tasks, -1)
-            loss = per_task.mean(1).sum() if shots is None else (per_task.sum(1) / shots).sum()
-            gw, gb = torch.autograd.grad(loss, [w_in, b_in], create_graph=not first_order)
-            if first_order:
-                gw, gb = gw.detach(), gb.detach()
+            loss = per_example.reshape(tasks, -1).mean(1).sum()
+            gw, gb = torch.autograd.grad(loss, [w, b], create_graph=True)
             if train_weight:
                 w = w - lr * gw
             if train_bias:
@@ -143,7 +151,7 @@ def _adapt_heads_first_order(features: torch.Tensor, labels: torch.Tensor, weigh
     with the gradient written out, ``d loss / d logits = loss_scale * (softmax(logits) - onehot(labels))``.
 
     ``features (tasks, n, F)``, ``labels (tasks, n)`` int64, ``weight (tasks, C, F)``, ``bias (tasks, C)``;
-    ``loss_scale``: 1/n (mean loss) or 1/K (summed loss over K shots). The returned head depends on the
+    ``loss_scale``: 1/n (the mean loss; :func:`adapt_heads` converts other conventions into the lr). The returned head depends on the
     initial one through the identity only, as in first-order MAML. Equal to the autograd steps to
     rounding (float64 test); a handful of kernels per step instead of an autograd pass (evaluation on
     CUDA is bound by launches).
@@ -165,17 +173,15 @@ def _adapt_heads_first_order(features: torch.Tensor, labels: torch.Tensor, weigh
 def head_only_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
                            support_y: torch.Tensor, query_x: torch.Tensor, steps: int, lr: float,
                            trainable=None, first_order: bool = False, loss_reduction: str = "mean",
-                           bn_together: bool = False, head_init: tuple[torch.Tensor, torch.Tensor] | None = None,
-                           ) -> torch.Tensor:
+                           bn_together: bool = False) -> torch.Tensor:
     """Query logits ``(tasks, n_query, C)`` after adapting the head (only) of every task of a batch.
 
     ``trainable`` must select head parameters only (``head.weight`` and/or ``head.bias``).
-    ``head_init``: initial ``(weight (C, F), bias (C,))`` to use instead of ``params``' head (e.g. zeros).
     """
     names = resolve_trainable(params, trainable)
-    with torch.set_grad_enabled(_graph_needed(params)):  # evaluation: an inference forward (faster layout)
+    with torch.set_grad_enabled(graph_needed(params)):  # evaluation: an inference forward (faster layout)
         fs, fq = task_features(model, params, support_x, query_x, bn_together)
-    weight, bias = head_init if head_init is not None else (params["head.weight"], params["head.bias"])
+    weight, bias = params["head.weight"], params["head.bias"]
     w, b = adapt_heads(fs, support_y, weight, bias, steps, lr, first_order, loss_reduction,
                        train_weight="head.weight" in names, train_bias="head.bias" in names)
     if w.dim() == 2:
@@ -209,7 +215,7 @@ def can_fold(model: torch.nn.Module, device: torch.device | str, requested: bool
     """
     if requested is False:
         return False
-    possible = getattr(model, "bn_stats", None) == "batch" and hasattr(model, "conv1") and hasattr(model, "head")
+    possible = is_conv4(model) and model.bn_stats == "batch"
     if requested and not possible:
         raise InputError("fold=True needs a Conv4 with bn_stats='batch'; use fold=None or False")
     return possible and (bool(requested) or torch.device(device).type == "cuda" or default_on_cpu)
@@ -235,7 +241,7 @@ def cpu_fold_pays(model: torch.nn.Module, support_x: torch.Tensor) -> bool:
     5-way 1-shot (980 pixels) evaluation 1.26x, MAML training 1.04-1.22x; max-pool 1-shot (3920)
     evaluation 1.0x, FOMAML training 0.95-0.99x; stride 5-shot (4900) evaluation 0.80x, training 0.98x.
     """
-    return _conv1_pixels(model, support_x) <= CPU_FOLD_MAX_SUPPORT_PIXELS
+    return is_conv4(model) and _conv1_pixels(model, support_x) <= CPU_FOLD_MAX_SUPPORT_PIXELS
 
 
 def fold_group_size(model: torch.nn.Module, images: torch.Tensor, budget_bytes: int | None = None,
@@ -267,7 +273,8 @@ def folded_forward(model: torch.nn.Module, task_params: Mapping[str, torch.Tenso
         h = F.batch_norm(h, None, None, task_params[f"{layer}.bn.weight"].reshape(-1),
                          task_params[f"{layer}.bn.bias"].reshape(-1), training=True, eps=block.bn.eps)
         h = rectify_and_pool(h, block.pooling)
-    features = h.reshape(n, tasks, -1).transpose(0, 1)          # (tasks, n, C*H'*W'), per-task flatten order
+    h = h.reshape(n, tasks, -1, *h.shape[2:]).transpose(0, 1)   # (tasks, n, C, H', W')
+    features = model.head_features(h)                            # (tasks, n, n_features)
     return batched_head_logits(features, task_params["head.weight"], task_params["head.bias"])
 
 
@@ -278,10 +285,9 @@ def adapt_folded(model: torch.nn.Module, params: Mapping[str, torch.Tensor], sup
 
     ``support_x (tasks, n, C, H, W)``, ``support_y (tasks, n)`` int64; other arguments as ``adapt``.
     """
-    loss_reduction = normalise_loss_reduction(loss_reduction)
+    lr = mean_loss_lr(lr, loss_reduction, support_y)
     tasks = support_x.shape[0]
     names = resolve_trainable(params, trainable)
-    shots = shots_of(support_y[0]) if loss_reduction == "sum_div_k" else None
     current = {n: p.expand(tasks, *p.shape) for n, p in params.items()}
     labels = support_y.reshape(-1)
     with torch.enable_grad():
@@ -297,8 +303,8 @@ def adapt_folded(model: torch.nn.Module, params: Mapping[str, torch.Tensor], sup
             logits = folded_forward(model, inputs, support_x)
             per_task = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels,
                                        reduction="none").reshape(tasks, -1)
-            loss = per_task.mean(1).sum() if shots is None else (per_task.sum(1) / shots).sum()
-            grads = torch.autograd.grad(loss, [inputs[n] for n in names], create_graph=not first_order)
+            grads = torch.autograd.grad(per_task.mean(1).sum(), [inputs[n] for n in names],
+                                        create_graph=not first_order)
             current = {**current, **{n: current[n] - lr * (g.detach() if first_order else g)
                                      for n, g in zip(names, grads)}}
     return current
@@ -311,10 +317,117 @@ def folded_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tenso
     """Query logits ``(tasks, n_query, C)`` after adapting every task of a batch in the folded layout."""
     adapted = adapt_folded(model, params, support_x, support_y, steps, lr, trainable, first_order, loss_reduction)
     inputs = torch.cat([support_x, query_x], 1) if bn_together else query_x
-    with torch.set_grad_enabled(_graph_needed(adapted)):  # evaluation: an inference forward (faster layout)
+    with torch.set_grad_enabled(graph_needed(adapted)):  # evaluation: an inference forward (faster layout)
         if inputs.is_cuda:
             logits = folded_forward(model, adapted, inputs)
         else:  # one task at a time: its query activations stay in cache (see the layout note above)
             logits = torch.stack([functional_call(model, {n: p[t] for n, p in adapted.items()}, (inputs[t],))
                                   for t in range(inputs.shape[0])])
     return logits[:, support_x.shape[1]:] if bn_together else logits
+
+
+# ----- one episode at a time without a graph (evaluation): Conv4 in plain functional ops -------------
+#
+# Evaluation needs no meta-gradient, so its steps are first order and the adapted tensors can be updated
+# in place. This path runs Conv4 as plain functional ops on parameter clones prepared once per episode:
+# conv weights in channels-last memory (CPU float32: oneDNN otherwise reorders each 64x64x3x3 weight
+# at every forward and backward, ~100 copies per 10-step episode), the one-channel conv1 weight and
+# the images padded to two channels once (not at every step, see repana.models.Conv3x3), no
+# functional_call, one foreach update per step. Measured on one thread (benchmarks/meta_train.py
+# --single-episode; 2 shared cores at load ~10, so best of 40 interleaved runs): Omniglot stride
+# Conv4-64, 5-way 1-shot, 10 steps, one episode: 1.24-1.51x a clone-and-adapt loop on the module (5
+# runs), where adapt() + functional_call ran at 0.9x. Max-pool nets (Omniglot max-pool, MiniImageNet
+# Conv4-32) are bound by conv FLOPs: about 1.0x the loop (0.85-1.09x), still ahead of adapt() (~0.85x).
+# Several tasks with small maps still fold (16 stride tasks: folded 1.3-1.45x faster than this path).
+
+def _prepare_conv4(model: torch.nn.Module, params: Mapping[str, torch.Tensor],
+                   x: torch.Tensor) -> tuple[dict[str, torch.Tensor], bool]:
+    """Clones of ``params`` laid out for :func:`_conv4_forward` on inputs like ``x``, and whether conv1
+    runs on two-channel (zero-padded) images."""
+    cpu32 = x.device.type == "cpu" and x.dtype == torch.float32
+    two_channel = cpu32 and model.conv1.conv.in_channels == 1
+    prepared = {}
+    for name, p in params.items():
+        p = p.detach()
+        if name == "conv1.conv.weight" and two_channel:
+            p = F.pad(p, (0, 0, 0, 0, 0, 1))
+        prepared[name] = (p.clone(memory_format=torch.channels_last) if cpu32 and p.dim() == 4 else p.clone())
+    return prepared, two_channel
+
+
+def _conv4_input(x: torch.Tensor, two_channel: bool) -> torch.Tensor:
+    if not two_channel:
+        return x
+    return F.pad(x, (0, 0, 0, 0, 0, 1)).contiguous(memory_format=torch.channels_last)
+
+
+def _conv4_forward(model: torch.nn.Module, params: Mapping[str, torch.Tensor], h: torch.Tensor,
+                   start: int = 0) -> torch.Tensor:
+    """Conv4 logits ``(n, C)`` of ``h`` (the input of layer ``start``, ``(n, C_in, H, W)``) with batch
+    statistics, in plain functional ops (hooks do not fire)."""
+    for layer in model.layer_names[start:-1]:
+        block = getattr(model, layer)
+        h = F.conv2d(h, params[f"{layer}.conv.weight"], params[f"{layer}.conv.bias"], stride=block.conv.stride,
+                     padding=block.conv.padding)
+        h = F.batch_norm(h, None, None, params[f"{layer}.bn.weight"], params[f"{layer}.bn.bias"], training=True,
+                         eps=block.bn.eps)
+        h = rectify_and_pool(h, block.pooling)
+    features = model.head_features(h) if start < len(model.layer_names) - 1 else h
+    return F.linear(features, params["head.weight"], params["head.bias"])
+
+
+def can_run_conv4_episode(model: torch.nn.Module) -> bool:
+    """Whether :func:`conv4_episode_query_logits` applies: a Conv4 with batch statistics."""
+    return is_conv4(model) and model.bn_stats == "batch"
+
+
+def _adapt_conv4_episode(model, params, support_x, support_y, steps, lr, names):
+    """Prepared adapted parameters (see :func:`_prepare_conv4`) and the two-channel flag."""
+    from repana.meta.adapt import first_trainable_layer
+
+    prepared, two_channel = _prepare_conv4(model, params, support_x)
+    start = first_trainable_layer(model, names)
+    with torch.no_grad():  # frozen bottom layers: run once (exact with batch statistics)
+        h = _conv4_input(support_x, two_channel)
+        if start > 0:
+            h = functional_call(model, dict(params), (support_x,), {"stop": start})
+    leaves = [prepared[n].requires_grad_(True) for n in names]
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = F.cross_entropy(_conv4_forward(model, prepared, h, start), support_y)
+            grads = torch.autograd.grad(loss, leaves)
+            with torch.no_grad():
+                torch._foreach_add_(leaves, list(grads), alpha=-lr)
+    for leaf in leaves:
+        leaf.requires_grad_(False)
+    return prepared, two_channel
+
+
+def conv4_episode_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
+                               support_y: torch.Tensor, query_x: torch.Tensor, steps: int, lr: float, trainable=None,
+                               loss_reduction: str = "mean", bn_together: bool = False) -> torch.Tensor:
+    """Query logits ``(n_query, C)`` (no graph) of one episode after ``steps`` first-order steps of size
+    ``lr`` on the ``trainable`` parameters of a Conv4 with batch statistics: the evaluation fast path.
+
+    ``support_x (n_s, C, H, W)``, ``support_y (n_s,)`` int64, ``query_x (n_q, C, H, W)``. Equal to
+    :func:`repana.meta.adapt.adapt` (first order) + a forward of the query set, to rounding.
+    """
+    names = resolve_trainable(params, trainable)
+    lr = mean_loss_lr(lr, loss_reduction, support_y)
+    prepared, two_channel = _adapt_conv4_episode(model, params, support_x, support_y, steps, lr, names)
+    inputs = torch.cat([support_x, query_x]) if bn_together else query_x
+    with torch.no_grad():
+        logits = _conv4_forward(model, prepared, _conv4_input(inputs, two_channel))
+    return logits[support_x.shape[0]:] if bn_together else logits
+
+
+def adapt_conv4_episode(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
+                        support_y: torch.Tensor, steps: int, lr: float, trainable=None,
+                        loss_reduction: str = "mean") -> dict[str, torch.Tensor]:
+    """The adapted parameters (detached, the model's shapes) of :func:`conv4_episode_query_logits`."""
+    names = resolve_trainable(params, trainable)
+    lr = mean_loss_lr(lr, loss_reduction, support_y)
+    prepared, two_channel = _adapt_conv4_episode(model, params, support_x, support_y, steps, lr, names)
+    if two_channel:
+        prepared["conv1.conv.weight"] = prepared["conv1.conv.weight"][:, :1]
+    return {n: prepared[n].contiguous() if n in names else params[n].detach() for n in params}

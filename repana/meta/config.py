@@ -43,6 +43,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "algorithm": ALGORITHMS,
     "pooling": ("max", "stride"),
     "bn_stats": ("batch", "running"),
+    "head_input": ("flatten", "spatial_mean"),
     "inner_loss": ("mean", "sum_over_shots"),
     "bn_support_query": ("apart", "together"),
     "eval_method": ("adapt", "nil"),
@@ -68,6 +69,7 @@ class TrainConfig:
     hidden: int = 64                  # filters per conv block (64 Omniglot, 32 MiniImageNet)
     pooling: str = "max"              # "max": 2x2 max-pool; "stride": stride-2 convs (MAML Omniglot)
     bn_stats: str = "batch"           # "batch": current-batch statistics also at test (MAML)
+    head_input: str = "flatten"       # "spatial_mean": conv4's map averaged over space (Finn's Omniglot net)
     # --- algorithm ---
     algorithm: str = "maml"
     meta_batch_size: int = 32         # tasks per meta-update
@@ -109,8 +111,11 @@ class TrainConfig:
 
     def model_config(self, n_classes: int | None = None) -> dict:
         """Keyword arguments of ``repana.models.Conv4`` for this run."""
-        return {"in_channels": self.in_channels, "n_classes": n_classes or self.ways, "hidden": self.hidden,
-                "image_size": self.image_size, "pooling": self.pooling, "bn_stats": self.bn_stats}
+        values = {"in_channels": self.in_channels, "n_classes": n_classes or self.ways, "hidden": self.hidden,
+                  "image_size": self.image_size, "pooling": self.pooling, "bn_stats": self.bn_stats}
+        if self.head_input != "flatten":  # as Conv4.config: absent when default (older checkpoints)
+            values["head_input"] = self.head_input
+        return values
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -26,10 +26,9 @@ import numpy as np
 import torch
 
 from repana.errors import InputError
-from repana.meta.adapt import Trainable, adapt, first_trainable_layer, normalise_loss_reduction, resolve_trainable
-from repana.meta.algorithms import query_logits
-from repana.meta.batched import (can_batch_head_only, can_fold, cpu_fold_pays, fold_group_size, folded_query_logits,
-                                 head_only_query_logits, task_features)
+from repana.meta.adapt import Trainable, normalise_loss_reduction
+from repana.meta.batched import task_features
+from repana.meta.inner import InnerLoop, query_logits_by_part
 from repana.meta.nil import nil_logits, nil_predict
 from repana.progress import progress
 
@@ -134,32 +133,10 @@ def _chunk_predictions(model, chunk: _Chunk, method: str, steps: int, lr: float,
             # the model is in eval() here, so the per-task batched body forward is exact for any bn_stats
             fs, fq = task_features(model, params, chunk.support_x, chunk.query_x, together)
             return nil_predict(fs, chunk.support_y, fq, ways)
-    names = resolve_trainable(params, trainable)
-    if can_batch_head_only(model, names):
-        logits = head_only_query_logits(model, params, chunk.support_x, chunk.support_y, chunk.query_x, steps,
-                                        lr, names, first_order, loss_reduction, together)
-        return logits.detach().argmax(-1)
-    if fold is None and first_trainable_layer(model, names) > 0:
-        fold = False  # folding would recompute the frozen bottom layers at every step; adapt runs them once
-    cpu_default = cpu_fold_pays(model, chunk.support_x)
-    if steps > 0 and can_fold(model, chunk.support_x.device, fold, default_on_cpu=cpu_default):
-        group = fold_group_size(model, chunk.support_x)
-        predictions = []
-        for start in range(0, chunk.support_x.shape[0], group):
-            part = _Chunk(*(t[start:start + group] for t in chunk))
-            logits = folded_query_logits(model, params, part.support_x, part.support_y, part.query_x, steps, lr,
-                                         names, first_order, loss_reduction, together)
-            predictions.append(logits.detach().argmax(-1))
-        return torch.cat(predictions)
-    predictions = []
-    for t in range(chunk.support_x.shape[0]):
-        adapted = adapt(model, params, chunk.support_x[t], chunk.support_y[t], steps, lr, names, first_order,
-                        loss_reduction)
-        with torch.no_grad():
-            logits = query_logits(model, {n: p.detach() for n, p in adapted.items()}, chunk.support_x[t],
-                                  chunk.query_x[t], bn_support_query)
-        predictions.append(logits.argmax(-1))
-    return torch.stack(predictions)
+    spec = InnerLoop(steps, lr, trainable, first_order, loss_reduction, bn_support_query, fold)
+    with torch.no_grad():  # no meta-gradient at test time: the dispatcher takes its no-graph paths
+        return torch.cat([logits.argmax(-1) for _, logits in query_logits_by_part(
+            model, params, chunk.support_x, chunk.support_y, chunk.query_x, spec)])
 
 
 class _EvalMode:

@@ -102,10 +102,10 @@ def algorithm_hyperparameters(config: TrainConfig) -> dict:
 
 
 def eval_trainable(config: TrainConfig) -> Callable[[str], bool]:
-    """Which parameters adapt at validation/test: all for MAML-like algorithms, else the head."""
-    if config.algorithm in ("maml", "fomaml", "reptile"):
-        return lambda name: True
-    return lambda name: name.startswith("head")
+    """Which parameters adapt at validation/test (:func:`repana.meta.algorithms.adapted_parameters`)."""
+    from repana.meta.algorithms import adapted_parameters
+
+    return adapted_parameters(config.algorithm)
 
 
 class BatchSource:
