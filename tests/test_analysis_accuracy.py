@@ -5,7 +5,10 @@ import pandas as pd
 import pytest
 
 from analysis_helpers import tiny_episodes, tiny_model  # noqa: F401
-from repana.analysis.common import all_parameters, check_same_architecture, freeze, head_only, trainable_for
+from repana.analysis.common import check_same_architecture
+from repana.meta.adapt import all_parameters, freeze_layers
+from repana.meta.adapt import head_parameters as head_only
+from repana.meta.algorithms import adapted_parameters
 from repana.analysis.maml_anil_nil import EvalSpec, evaluate_specs, speed_comparison
 from repana.analysis.freezing import FROZEN_SETS, freezing_accuracy, frozen_name
 from repana.analysis.head_needed import head_needed
@@ -15,13 +18,14 @@ from repana.errors import CheckpointError, InputError
 
 def test_frozen_names_and_predicates():
     assert [frozen_name(f) for f in FROZEN_SETS] == ["none", "1", "1,2", "1,2,3", "1,2,3,4"]
-    predicate = freeze(all_parameters, (1, 2))
+    predicate = freeze_layers(all_parameters, (1, 2))
     assert not predicate("conv1.conv.weight") and not predicate("conv2.bn.bias")
     assert predicate("conv3.conv.weight") and predicate("head.weight")
-    assert not freeze(head_only, ())("conv4.conv.weight")
-    assert trainable_for("anil") is head_only and trainable_for("maml") is all_parameters
-    with pytest.raises(InputError, match="unknown algorithm"):
-        trainable_for("sgd")
+    assert not freeze_layers(head_only, ())("conv4.conv.weight")
+    assert adapted_parameters("anil")("head.weight") and not adapted_parameters("anil")("conv1.conv.weight")
+    assert adapted_parameters("maml")("conv1.conv.weight")
+    with pytest.raises(Exception, match="unknown algorithm"):
+        adapted_parameters("sgd")
 
 
 def test_freezing_every_layer_of_an_anil_network_changes_nothing():

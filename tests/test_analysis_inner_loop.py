@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from analysis_helpers import tiny_episodes, tiny_model  # noqa: F401
-from repana.analysis.common import (all_parameters, episode_rows, head_only, mean_ci95, summarize)
-from repana.analysis.inner_loop_similarity import adapt_per_step, inner_loop_similarity, summarize_inner_loop
+from repana.analysis.common import episode_rows, mean_ci95, summarize
+from repana.analysis.inner_loop_similarity import inner_loop_similarity, summarize_inner_loop
+from repana.meta.adapt import all_parameters
+from repana.meta.adapt import head_parameters as head_only
+from repana.meta.inner import InnerLoop, adapt_trajectory
 from repana.errors import InputError
 
 
@@ -63,7 +66,8 @@ def test_per_step_trajectory_matches_one_adapt_call():
 
     model, episodes = tiny_model(), tiny_episodes(tasks=1)
     task = episodes[0]
-    trajectory = adapt_per_step(model, task.support_x, task.support_y, steps=3, lr=0.3, trainable=all_parameters)
+    trajectory = adapt_trajectory(model, dict(model.named_parameters()), task.support_x, task.support_y,
+                                  InnerLoop(3, 0.3, all_parameters))
     direct = adapt(model, dict(model.named_parameters()), task.support_x, task.support_y, steps=3, lr=0.3,
                    trainable=all_parameters, first_order=True)
     assert len(trajectory) == 4

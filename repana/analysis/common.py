@@ -54,53 +54,6 @@ def check_same_architecture(model_a: torch.nn.Module, model_b: torch.nn.Module,
         raise CheckpointError(f"{what} have mismatched architectures ({detail})")
 
 
-def all_parameters(name: str) -> bool:
-    """MAML: every parameter adapts in the inner loop."""
-    return True
-
-
-def head_only(name: str) -> bool:
-    """ANIL: only the head adapts in the inner loop."""
-    from repana.models import is_head_parameter
-
-    return is_head_parameter(name)
-
-
-def trainable_for(algorithm: str) -> Callable[[str], bool]:
-    """What adapts at test time for a network trained with ``algorithm`` (as recorded in its checkpoint):
-    every parameter for MAML-like algorithms, the head for all others."""
-    from repana.meta.algorithms import ALIASES, list_algorithms
-
-    name = ALIASES.get(algorithm, algorithm)
-    if name not in list_algorithms():
-        raise InputError(f"unknown algorithm {algorithm!r}: expected one of {list_algorithms()}")
-    return all_parameters if name in ("maml", "fomaml", "reptile") else head_only
-
-
-def freeze(trainable: Callable[[str], bool], frozen_layers: Iterable[int]) -> Callable[[str], bool]:
-    """``trainable`` minus the parameters of conv blocks ``frozen_layers`` (1-based: 1 -> conv1)."""
-    prefixes = tuple(f"conv{i}." for i in frozen_layers)
-
-    def predicate(name: str) -> bool:
-        return trainable(name) and not name.startswith(prefixes)
-
-    return predicate
-
-
-def load_model(source) -> tuple[torch.nn.Module, dict]:
-    """A model and its metadata from a checkpoint path, a Checkpoint, or a model.
-
-    Returns ``(model in eval mode, {"algorithm": ..., "step": ..., "config": ...})``.
-    """
-    if isinstance(source, torch.nn.Module):
-        return source.eval(), {"algorithm": "unknown", "step": -1, "config": {}}
-    from repana.meta.checkpoint import Checkpoint, load_checkpoint
-
-    checkpoint = source if isinstance(source, Checkpoint) else load_checkpoint(source)
-    return checkpoint.model(), {"algorithm": checkpoint.algorithm, "step": checkpoint.step,
-                                "config": dict(checkpoint.config)}
-
-
 # ----- per-episode similarity: the analyses' conventions on repana.compare's engine -----
 
 NULL_PERMUTATIONS = 3   # row permutations behind each null baseline of the analyses
@@ -143,18 +96,3 @@ def summarize(frame: pd.DataFrame, by: Sequence[str], value: str = "value") -> p
                 record[column] = group[column].iloc[0]
         records.append(record)
     return pd.DataFrame.from_records(records)
-
-
-def inner_loop_settings(meta: Mapping, steps: int | None = None, lr: float | None = None) -> tuple[int, float]:
-    """Test-time inner steps and step size (mean-loss convention) of a checkpoint's run config,
-    overridden by ``steps`` / ``lr`` when given; a model without a config needs both."""
-    config = meta.get("config") or {}
-    if steps is None:
-        steps = config.get("inner_steps_test")
-    if lr is None and config:
-        from repana.meta.config import from_dict
-
-        lr = from_dict(config, source="checkpoint config").mean_loss_inner_lr()
-    if steps is None or lr is None:
-        raise InputError("this network has no training config: give the inner-loop steps and lr")
-    return int(steps), float(lr)

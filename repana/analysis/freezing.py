@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import pandas as pd
 import torch
 
-from repana.analysis.common import all_parameters, freeze
+from repana.meta.adapt import all_parameters, freeze_layers
 from repana.analysis.registry import AGREES, DISAGREES, Analysis, Finding, Section, register
 from repana.errors import InputError
 from repana.progress import progress
@@ -47,7 +47,8 @@ def freezing_accuracy(model: torch.nn.Module, episodes, *, steps: int, lr: float
     rows = []
     for frozen in progress(frozen_sets, desc=f"freezing {label}".strip(), unit="set"):
         result = evaluate(model, episodes, method="adapt", steps=steps, lr=lr,
-                          trainable=freeze(trainable, frozen), loss_reduction=loss_reduction)
+                          trainable=freeze_layers(trainable, frozen, model.layer_names),
+                          loss_reduction=loss_reduction)
         rows.append({"label": label, "frozen": frozen_name(frozen), "n_frozen": len(frozen),
                      "accuracy": float(result.accuracy), "ci95": float(result.ci95),
                      "n_episodes": len(episodes), "steps": steps, "lr": lr})

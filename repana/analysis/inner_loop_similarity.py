@@ -19,30 +19,8 @@ import torch
 from repana.analysis.common import DEFAULT_MEASURES, LAYERS, check_layers, episode_rows, summarize
 from repana.analysis.registry import AGREES, DISAGREES, Analysis, Finding, Section, register
 from repana.errors import InputError
+from repana.meta.inner import InnerLoop, adapt_trajectory
 from repana.progress import progress
-
-
-def adapt_per_step(model: torch.nn.Module, support_x: torch.Tensor, support_y: torch.Tensor, *,
-                   steps: int, lr: float, trainable: Callable[[str], bool]) -> list[dict]:
-    """Parameter dicts after 0, 1, ..., ``steps`` inner steps (SGD on the support loss).
-
-    ``support_x``: float32 ``(n_support, C, H, W)``; ``support_y``: int64 ``(n_support,)``. Steps are
-    taken one call of :func:`repana.meta.adapt.adapt` at a time, which for plain SGD is the same
-    trajectory as one call with ``steps``. Returned tensors are detached.
-    """
-    from repana.meta.adapt import adapt
-
-    if steps < 1:
-        raise InputError(f"steps = {steps}: the inner loop needs at least one step")
-    params = {name: p.detach().clone().requires_grad_(True) for name, p in model.named_parameters()}
-    trajectory = [{k: v.detach() for k, v in params.items()}]
-    with torch.enable_grad():
-        for _ in range(steps):
-            params = adapt(model, params, support_x, support_y, steps=1, lr=lr, trainable=trainable,
-                           first_order=True)
-            params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-            trajectory.append({k: v.detach() for k, v in params.items()})
-    return trajectory
 
 
 def _query_activations(model, query_x, layers, params) -> dict:
@@ -70,6 +48,8 @@ def inner_loop_similarity(model: torch.nn.Module, episodes, *, steps: int, lr: f
     :func:`repana.compare.compare_episodes` (layer_a = layer_b, measure, value, n_datapoints, n_features_a,
     n_features_b, reduction, episode, scope, null_value, note).
     """
+    if steps < 1:
+        raise InputError(f"steps = {steps}: the inner loop needs at least one step")
     layers = check_layers(model, layers)
     model.eval()
     n_tasks = len(episodes)
@@ -78,8 +58,8 @@ def inner_loop_similarity(model: torch.nn.Module, episodes, *, steps: int, lr: f
     before, after = [], {s: [] for s in range(1, steps + 1)}
     for index in progress(range(n_tasks), desc=f"inner-loop similarity {label}".strip(), unit="episode"):
         task = episodes[index]
-        trajectory = adapt_per_step(model, task.support_x, task.support_y, steps=steps, lr=lr,
-                                    trainable=trainable)
+        trajectory = adapt_trajectory(model, dict(model.named_parameters()), task.support_x, task.support_y,
+                                      InnerLoop(steps, lr, trainable))
         before.append(_query_activations(model, task.query_x, layers, trajectory[0]))
         for step in (range(1, steps + 1) if every_step else [steps]):
             after[step].append(_query_activations(model, task.query_x, layers, trajectory[step]))

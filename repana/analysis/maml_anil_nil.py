@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from repana.analysis.common import all_parameters, head_only
+from repana.meta.adapt import all_parameters, head_parameters
 from repana.analysis.registry import AGREES, DISAGREES, Analysis, Finding, Section, register
 from repana.errors import InputError
 
@@ -111,7 +111,7 @@ def speed_comparison(model: torch.nn.Module, train_batch, test_episodes, *, trai
              for alg in ("maml", "anil")}
     model.eval()
     infer = {"maml": _inference_seconds(model, test_episodes, all_parameters, test_steps, lr, repeats),
-             "anil": _inference_seconds(model, test_episodes, head_only, test_steps, lr, repeats)}
+             "anil": _inference_seconds(model, test_episodes, head_parameters, test_steps, lr, repeats)}
     rows = []
     for phase, seconds in (("train", train), ("inference", infer)):
         for alg in ("maml", "anil"):

@@ -256,9 +256,9 @@ class AnalysisContext:
 
     def trainable(self, label: str):
         """What adapts at test time for network ``label`` (the algorithm spec's one rule)."""
-        from repana.analysis.common import trainable_for
+        from repana.meta.algorithms import adapted_parameters
 
-        return trainable_for(self.networks[label].algorithm)
+        return adapted_parameters(self.networks[label].algorithm)
 
     def with_settings(self, settings: dict, episode_offset: int,
                       networks: tuple[str, ...] | None = None) -> "AnalysisContext":
