@@ -220,6 +220,28 @@ def reproduce(preset: str = "quick", dataset: str = "glyphs", data_root: str | P
     return report
 
 
+def write_reproduction_plan(plan_dir: str | Path, preset: str = "quick", dataset: str = "glyphs",
+                            data_root: str | Path | None = None, out: str | Path = "reproduce",
+                            analyses_dir: str | Path | None = None, only: list[str] | None = None,
+                            settings: list[str] | None = None, seeds: int = 1, device: str = "cpu",
+                            iterations_scale: float = 1.0, train_overrides: dict | None = None) -> Path:
+    """The training jobs :func:`reproduce` would run, written as a plan for another scheduler (SLURM arrays,
+    GNU parallel: see :func:`repana.runs.write_plan`); returns the plan file. Run folders are those of
+    ``<out>/runs``, so ``reproduce`` with the same arguments afterwards reuses them."""
+    from repana.runs import write_plan
+
+    entries = load_entries(preset, analyses_dir)
+    unknown = sorted(set(only or []) - set(entries))
+    if unknown:
+        raise ConfigError(f"unknown analyses {unknown}; available: {sorted(entries)}")
+    needed = sorted({net for name in entries if not only or name in only for net in get_analysis(name).networks},
+                    key=list(RUNS).index)
+    root = Path(data_root).resolve() if data_root else None
+    plan = training_plan(preset, dataset, root, iterations_scale, train_overrides, settings, seeds, needed,
+                         runs_dir=Path(out).resolve() / "runs", device=device)
+    return write_plan(plan, plan_dir)
+
+
 def _analyse_setting(setting: str, jobs: list[Job], selected: list, entries: dict, preset: str, data: dict,
                      data_root, out: Path, log: Callable[[str], None]) -> tuple[list, dict, dict]:
     """Every selected analysis on one setting's runs: per seed (tables gain a ``seed`` column) or, for

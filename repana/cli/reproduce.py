@@ -2,11 +2,18 @@
 
     repana reproduce                                   # quick preset, offline glyph set, ./reproduce
     repana reproduce --dataset omniglot --data-root /data --out results
-    repana reproduce --preset paper --dataset miniimagenet --data-root /data --out paper_run
+    repana reproduce --dataset omniglot --setting 20way-1shot --setting 20way-5shot --seeds 3
+    repana reproduce --preset paper --dataset miniimagenet --data-root /data --out paper_run --plan plan/
+    repana reproduce --executor ray --address HEAD:6379 --device cuda ...
 
-Trains what is missing (reusing and resuming the runs in ``<out>/runs``), runs every analysis of
-``analyses/*.toml``, writes ``<out>/tables/*.csv``, figures ``<out>/*.png|pdf`` and ``<out>/report.md``.
-Rerunning an interrupted command continues where it stopped.
+A reproduction is a plan of independent training jobs (setting x network x seed) and then the analyses.
+It trains what is missing (reusing and resuming the runs in ``<out>/runs``; ``--executor local`` runs
+jobs in parallel worker processes, one per free core or GPU; ``--executor ray`` as Ray tasks on the
+cluster at ``--address``), runs every analysis of ``analyses/*.toml``, writes
+``<out>/tables/<setting>/*.csv``, ``<out>/figures/<setting>/*.png|pdf`` and ``<out>/report.md``.
+``--plan DIR`` only writes the plan (one ``repana train`` command per job, a GNU parallel list and a
+SLURM array script) for another scheduler; rerun without ``--plan`` once the jobs are done.
+Rerunning an interrupted command continues where it stopped; a failed job leaves the others intact.
 """
 
 from __future__ import annotations
@@ -27,13 +34,38 @@ def register(subparsers) -> None:
     parser.add_argument("--threads", type=int, metavar="N",
                         help="torch CPU threads (default: torch's choice; use 1 on a machine shared with other jobs)")
     parser.add_argument("--only", action="append", metavar="NAME", help="run only this analysis (repeatable)")
+    parser.add_argument("--setting", action="append", metavar="NwayKshot",
+                        help="a cell of the paper's tables, e.g. 20way-1shot (repeatable; default 5way-1shot)")
+    parser.add_argument("--seeds", type=int, default=2, metavar="N",
+                        help="training seeds per network (default 2; the paper: 3)")
+    parser.add_argument("--executor", choices=("local", "inline", "ray"), default="local",
+                        help="where training jobs run: local worker processes (default), inline (this process), "
+                             "ray (a Ray cluster; pip install 'repana[ray]')")
+    parser.add_argument("--max-workers", type=int, metavar="N", help="local executor: parallel jobs (default: free "
+                                                                       "cores, or visible GPUs with --device cuda)")
+    parser.add_argument("--address", metavar="HOST:PORT", help="ray: the cluster's address (default: a local instance)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: training jobs and analyses")
+    parser.add_argument("--plan", metavar="DIR", help="only write the training plan to DIR (plan.jsonl, commands.sh, "
+                                                      "slurm.sh) and stop")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from repana.analysis.reproduce import reproduce
 
-    report = reproduce(preset=args.preset, dataset=args.dataset, data_root=args.data_root, out=args.out,
-                       analyses_dir=args.analyses, only=args.only, threads=args.threads)
+    from repana.errors import ConfigError
+
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds}: train at least 1 seed per network (the paper uses 3)")
+    common = dict(preset=args.preset, dataset=args.dataset, data_root=args.data_root, out=args.out,
+                  analyses_dir=args.analyses, only=args.only, settings=args.setting, seeds=args.seeds)
+    if args.plan:
+        from repana.analysis.reproduce import write_reproduction_plan
+
+        path = write_reproduction_plan(plan_dir=args.plan, device=args.device, **common)
+        print(f"plan: {path} (run its commands, then rerun this command without --plan for the analyses)")
+        return 0
+    report = reproduce(threads=args.threads, executor=args.executor, max_workers=args.max_workers,
+                       address=args.address, device=args.device, **common)
     print(f"report: {report}")
     return 0
