@@ -117,7 +117,7 @@ def test_empty_query_folder(tmp_path, checkpoint, capsys):
 
 
 def test_read_image_inverts_dark_on_light(tmp_path):
-    from repana.cli.evaluate import read_image
+    from repana.data.images import load_image as read_image
 
     Image.fromarray(np.full((8, 8), 255, np.uint8), mode="L").save(tmp_path / "white.png")
     assert float(read_image(tmp_path / "white.png", 1, 4).max()) == 0.0  # white background -> 0

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from repana.cli.checks import check_output_dir
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("reproduce", help="train, analyse and report the paper's findings",
@@ -26,14 +28,17 @@ def register(subparsers) -> None:
     parser.add_argument("--analyses", metavar="DIR", help="folder of analysis entries (default: analyses/ of the source)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="torch CPU threads (default: torch's choice; use 1 on a machine shared with other jobs)")
-    parser.add_argument("--only", action="append", metavar="NAME", help="run only this analysis (repeatable)")
+    parser.add_argument("--only", nargs="+", action="extend", metavar="NAME",
+                        help="run only these analyses, e.g. --only freezing convergence (or NAME,NAME)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
+    check_output_dir(args.out, "--out")
+    only = [part.strip() for value in args.only for part in value.split(",") if part.strip()] if args.only else None
     from repana.analysis.reproduce import reproduce
 
     report = reproduce(preset=args.preset, dataset=args.dataset, data_root=args.data_root, out=args.out,
-                       analyses_dir=args.analyses, only=args.only, threads=args.threads)
+                       analyses_dir=args.analyses, only=only, threads=args.threads)
     print(f"report: {report}")
     return 0
