@@ -138,3 +138,21 @@ def test_console_script_help_in_a_subprocess_is_quick_to_import():
     assert done.returncode == 0 and "usage: repana" in done.stdout
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "repana.cli" in imported and not imported & set(HEAVY)
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("repana tr", ["train"]),
+    ("repana train --da", ["--data-root"]),
+    ("repana evaluate run.pt --me", ["--method"]),
+])
+def test_shell_completion_through_argcomplete(tmp_path, line, expected):
+    """argcomplete's protocol: the shell sets _ARGCOMPLETE and COMP_LINE, the program prints the
+    candidates (here into a file) and exits; only the named sub-command's module is imported."""
+    pytest.importorskip("argcomplete")
+    out = tmp_path / "candidates"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "_ARGCOMPLETE": "1", "_ARGCOMPLETE_IFS": "\n",
+           "COMP_LINE": line, "COMP_POINT": str(len(line)), "_ARGCOMPLETE_STDOUT_FILENAME": str(out)}
+    done = subprocess.run([sys.executable, "-m", "repana"], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [word.strip() for word in out.read_text().split("\n") if word.strip()] == expected
