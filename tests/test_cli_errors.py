@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from repana.cli import main
+from repana.errors import ConfigError
 from repana.meta.checkpoint import save_checkpoint
 from repana.meta.config import TrainConfig
 from repana.models import build_model
@@ -169,3 +170,35 @@ def test_no_traceback_from_the_console(checkpoint):
     assert done.stderr.strip().splitlines() == [
         "repana evaluate: error: --device cuda: no CUDA GPU is available here (this torch is built without "
         "CUDA); use --device cpu"] or "no CUDA GPU is available here; use --device cpu" in done.stderr
+
+
+def test_train_records_an_absolute_data_root(tmp_path, monkeypatch, capsys):
+    """A relative --data-root is stored absolute, so evaluate / analyze find the data from anywhere."""
+    import repana.meta.train as trainer
+
+    seen = {}
+
+    def record(config, run_dir, **kwargs):
+        seen["data_root"] = config.data_root
+        raise ConfigError("recorded")
+
+    monkeypatch.setattr(trainer, "train", record)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--preset", "quick", "--data-root", "my_data", "--out", "run"]) == 1
+    assert seen["data_root"] == str(tmp_path / "my_data")
+
+
+def test_evaluate_says_when_the_runs_relative_data_root_is_not_found_here(tmp_path, monkeypatch, capsys):
+    from repana.meta import checkpoint as checkpoints
+
+    config = TrainConfig(dataset="omniglot", data_root="shared/data", hidden=8, ways=3, algorithm="anil")
+    model_config = config.model_config(n_classes=3)
+    path = tmp_path / "ckpt.pt"
+    checkpoints.save_checkpoint(path, model=build_model(model_config), model_config=model_config, algorithm="anil",
+                                config=config.to_dict(), step=0)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["evaluate", str(path)]) == 1
+    _one_line_error(capsys, "the run's data root 'shared/data' is not found from", "recorded relative",
+                    "pass --data-root DIR (the folder holding omniglot/)")

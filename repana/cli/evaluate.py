@@ -116,6 +116,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     config = ckpt.train_config()
     if args.data_root:
         config = config.replace(data_root=args.data_root)
+    elif config.dataset != "glyphs" and config.data_root and not Path(config.data_root).expanduser().exists():
+        recorded = Path(config.data_root)
+        why = "" if recorded.is_absolute() else " (recorded relative to the folder the run was trained from)"
+        raise InputError(f"the run's data root {str(recorded)!r} is not found from {Path.cwd()}{why}; "
+                         f"pass --data-root DIR (the folder holding {config.dataset}/)")
     model = ckpt.model(device=device)
     method = args.method or config.eval_method
     steps = config.inner_steps_test if args.steps is None else args.steps

@@ -12,6 +12,7 @@ Rerunning an interrupted command continues where it stopped.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from repana.cli.checks import check_output_dir
 
@@ -36,9 +37,11 @@ def register(subparsers) -> None:
 def run(args) -> int:
     check_output_dir(args.out, "--out")
     only = [part.strip() for value in args.only for part in value.split(",") if part.strip()] if args.only else None
+    # absolute: the runs' config.toml must find the data from any folder (repana evaluate / analyze)
+    data_root = str(Path(args.data_root).expanduser().resolve()) if args.data_root else None
     from repana.analysis.reproduce import reproduce
 
-    report = reproduce(preset=args.preset, dataset=args.dataset, data_root=args.data_root, out=args.out,
+    report = reproduce(preset=args.preset, dataset=args.dataset, data_root=data_root, out=args.out,
                        analyses_dir=args.analyses, only=only, threads=args.threads)
     print(f"report: {report}")
     return 0

@@ -82,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
     from repana.meta.train import train
 
     config = resolve_config(args)
+    if config.data_root and not Path(config.data_root).expanduser().is_absolute():
+        # the run's config.toml must find the data from any folder (evaluate, analyze, resume)
+        config = config.replace(data_root=str(Path(config.data_root).expanduser().resolve()))
     run_dir = args.out if args.out is not None else Path("runs") / config.name
     check_output_dir(run_dir, "--out")
     dist, device = init_from_environment(args.device)
