@@ -71,8 +71,6 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(list_presets()))
         return 0
     check_device(args.device)
-    if args.out is not None:
-        check_output_dir(args.out, "--out")
     loggers = []
     if args.tensorboard:
         from repana.tensorboard import TensorBoardLog, check_tensorboard
