@@ -202,3 +202,15 @@ def test_evaluate_says_when_the_runs_relative_data_root_is_not_found_here(tmp_pa
     assert main(["evaluate", str(path)]) == 1
     _one_line_error(capsys, "the run's data root 'shared/data' is not found from", "recorded relative",
                     "pass --data-root DIR (the folder holding omniglot/)")
+
+
+def test_an_os_error_during_a_command_is_one_line(monkeypatch, capsys):
+    """A file system that refuses while a command works (after its checks passed): no traceback."""
+    import repana.cli.data as data_cli
+
+    def refuse(args):
+        raise PermissionError(13, "Permission denied", "/srv/data/omniglot")
+
+    monkeypatch.setattr(data_cli, "run_info", refuse)
+    assert main(["data", "info"]) == 1
+    _one_line_error(capsys, "repana data: error: [Errno 13] Permission denied: '/srv/data/omniglot'")
