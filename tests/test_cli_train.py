@@ -83,3 +83,63 @@ def test_evaluate_rejects_unknown_layers_and_bad_files(tmp_path, capsys):
     bad.write_bytes(b"garbage")
     assert main(["evaluate", str(bad)]) == 1
     assert "truncated or corrupt" in capsys.readouterr().err
+
+
+def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(folder))
+    accumulator.Reload()
+    return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+            for tag in accumulator.Tags()["scalars"]}
+
+
+def test_tensorboard_logs_the_csv_scalars_once_per_step_across_a_resume(tmp_path, capsys):
+    """A run stopped at step 5 (after its step-4 checkpoint, with steps 1..5 logged) and resumed to 8:
+    TensorBoard holds every step once, with the values of metrics.csv."""
+    pytest.importorskip("tensorboard")
+    from repana.meta.config import load_config
+    from repana.meta.train import StopTraining, train
+    from repana.tensorboard import TensorBoardLog
+
+    run = tmp_path / "run"
+    overrides = {"hidden": 8, "meta_batch_size": 2, "val_every": 3, "val_episodes": 4, "checkpoint_every": 2,
+                 "save_steps": [], "threads": 1, "log_every": 1, "iterations": 8}
+    config = load_config(preset="quick", overrides=overrides)
+
+    def stop_after_5(step, metrics):
+        if step == 5:
+            raise StopTraining
+
+    log = TensorBoardLog(run / "tensorboard")
+    train(config, run, callback=stop_after_5, loggers=[log], show_progress=False)
+    log.close()
+    assert [step for step, _ in _tensorboard_scalars(run / "tensorboard")["train/loss"]] == [1, 2, 3, 4, 5]
+
+    assert main(["train", "--out", str(run), "--resume", "--tensorboard"]) == 0
+    assert "8 steps" in capsys.readouterr().out
+    scalars = _tensorboard_scalars(run / "tensorboard")
+    metrics = pd.read_csv(run / "metrics.csv")
+    for split in ("train", "val"):
+        rows = metrics[metrics.split == split]
+        for column in ("loss", "accuracy", "elapsed_s"):
+            tag = f"{split}/{column}"
+            expected = [(int(s), float(v)) for s, v in zip(rows.step, rows[column]) if v == v]
+            if not expected:
+                assert tag not in scalars
+                continue
+            assert [s for s, _ in scalars[tag]] == [s for s, _ in expected], tag  # once per step, in order
+            assert [v for _, v in scalars[tag]] == pytest.approx([v for _, v in expected], rel=1e-5, abs=1e-3)
+    assert [s for s, _ in scalars["train/loss"]] == list(range(1, 9))
+    assert [s for s, _ in scalars["val/accuracy"]] == [3, 6, 8]
+
+
+def test_tensorboard_missing_is_one_line(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard -> ImportError
+    assert main(["train", "--preset", "quick", "--tensorboard", "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("repana train: error: TensorBoard logging needs the tensorboard package, which is not "
+                   "installed: pip install 'repana[tensorboard]' (or: pip install tensorboard)")
+    assert not (tmp_path / "r").exists()

@@ -117,9 +117,28 @@ def test_empty_query_folder(tmp_path, checkpoint, capsys):
 
 
 def test_read_image_inverts_dark_on_light(tmp_path):
-    from repana.cli.evaluate import read_image
+    from repana.data.images import load_image as read_image
 
     Image.fromarray(np.full((8, 8), 255, np.uint8), mode="L").save(tmp_path / "white.png")
     assert float(read_image(tmp_path / "white.png", 1, 4).max()) == 0.0  # white background -> 0
     assert float(read_image(tmp_path / "white.png", 1, 4, invert="no").min()) == 1.0
     assert read_image(tmp_path / "white.png", 3, 6).shape == (3, 6, 6)
+
+
+def test_rgba_drawings_on_a_transparent_background_are_read(tmp_path, checkpoint, capsys):
+    """Black strokes on a transparent background (hidden colour black, as editors save it): read on
+    white, then inverted to the Omniglot convention, so NIL on copies of the support is exact. The
+    former reader dropped alpha and saw three blank images (one label for every query)."""
+    rng = np.random.default_rng(3)
+    support, query = tmp_path / "support", tmp_path / "query"
+    for label in LABELS:
+        (support / label).mkdir(parents=True)
+        (query / label).mkdir(parents=True)
+        pixels = np.zeros((28, 28, 4), np.uint8)
+        pixels[..., 3] = (rng.random((28, 28)) < 0.15) * 255  # opaque black strokes, the rest transparent
+        image = Image.fromarray(pixels, mode="RGBA")
+        image.save(support / label / "0.png")
+        image.save(query / label / f"{label}_0.png")
+    assert main(["predict", str(checkpoint), "--support", str(support), "--query", str(query),
+                 "--method", "nil"]) == 0
+    assert "accuracy 100.0% on 3 labelled query images" in capsys.readouterr().err

@@ -29,7 +29,9 @@ def _tiny_entries(folder: Path) -> Path:
     import tomllib
 
     folder.mkdir()
-    for path in sorted(default_analyses_dir().glob("*.toml")):
+    from repana.resources import analyses_files
+
+    for path in analyses_files():
         entry = tomllib.loads(path.read_text())
         head = "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in entry.items()
                          if k in ("name", "reference", "command"))

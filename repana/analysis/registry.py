@@ -149,36 +149,41 @@ def get_analysis(name: str) -> Analysis:
 
 # ----- settings (analyses/<name>.toml) -----------------------------------------------------------
 
-def default_analyses_dir() -> Path:
-    """``analyses/`` of the source checkout, else the copy installed with the package (``repana._analyses``)."""
-    source = Path(__file__).resolve().parents[2] / "analyses"
-    if source.is_dir():
-        return source
-    return Path(__file__).resolve().parents[1] / "_analyses"
+def default_analyses_dir():
+    """The bundled analyses/ folder (:func:`repana.resources.analyses_folder`: the source checkout's, else the
+    copy installed with the package)."""
+    from repana.resources import analyses_folder
+
+    return analyses_folder()
 
 
 def load_entries(preset: str, analyses_dir: str | Path | None = None) -> dict[str, dict]:
     """Every ``analyses/*.toml`` entry for ``preset``: name -> {reference, command, ..., settings}.
 
-    Each entry's ``name`` must be a registered analysis and its networks those the analysis declares.
+    ``analyses_dir``: a folder of entries (default: the bundled ones, read with ``importlib.resources``).
+    Each entry's ``name`` must be a registered analysis, in a file named after it.
     """
+    from repana.resources import analyses_files
+
     if preset not in PRESETS:
         raise ConfigError(f"preset {preset!r} is not one of {PRESETS}")
-    folder = Path(analyses_dir) if analyses_dir else default_analyses_dir()
-    files = sorted(folder.glob("*.toml")) if folder.is_dir() else []
+    if analyses_dir is not None:
+        folder = Path(analyses_dir)
+        files = sorted(folder.glob("*.toml")) if folder.is_dir() else []
+    else:
+        folder, files = default_analyses_dir(), analyses_files()
     if not files:
         raise ConfigError(f"no analysis entries (*.toml) in {folder}: pass --analyses DIR pointing at the "
                           "analyses/ folder of the repana source")
     entries = {}
     for path in files:
-        with open(path, "rb") as handle:
-            try:
-                entry = tomllib.load(handle)
-            except tomllib.TOMLDecodeError as error:
-                raise ConfigError(f"{path}: not valid TOML ({error})") from None
-        name = entry.get("name", path.stem)
+        try:
+            entry = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML ({error})") from None
+        name = entry.get("name", path.name[:-len(".toml")])
         analysis = get_analysis(name)
-        if path.stem != analysis.name:
+        if path.name != f"{analysis.name}.toml":
             raise ConfigError(f"{path}: the entry of analysis {analysis.name!r} must be named {analysis.name}.toml")
         if preset not in entry:
             raise ConfigError(f"{path} has no [{preset}] settings")

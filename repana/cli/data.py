@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
+from repana.cli.checks import check_output_dir, check_output_file
 from repana.errors import InputError
 
 SPLIT_NAMES = ("train", "val", "test")
+
+
+def split_list(values: list[str] | None) -> list[str]:
+    """Names given space-separated (``a b``), comma-separated (``a,b``, the older form) or both."""
+    return [part.strip() for value in (values or []) for part in value.split(",") if part.strip()]
+
+
+class _DeprecatedAlias(argparse.Action):
+    """A former spelling of an option: stores into the new one's ``dest`` and says which to use."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: {option_string} is deprecated, use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def register(subparsers) -> None:
@@ -18,13 +38,15 @@ def register(subparsers) -> None:
     def common(sub, dataset_required: bool = False):
         sub.add_argument("dataset", nargs=None if dataset_required else "?", default="glyphs",
                          choices=("glyphs", "omniglot", "miniimagenet"), help="dataset (default: glyphs)")
-        sub.add_argument("--data-root", default=None,
+        sub.add_argument("--data-root", default=None, metavar="DIR",
                          help="data root holding omniglot/ and miniimagenet/ (default: $REPANA_DATA_ROOT or "
                               "~/.cache/repana/data)")
         sub.add_argument("--split", default=None, help="split scheme (omniglot: auto, maml, vinyals, "
                                                        "background-evaluation, subset, alphabets)")
-        sub.add_argument("--test-alphabets", default=None, help="omniglot split=alphabets: comma-separated names")
-        sub.add_argument("--val-alphabets", default=None, help="omniglot split=alphabets: comma-separated names")
+        sub.add_argument("--test-alphabets", nargs="+", default=None, metavar="NAME",
+                         help="omniglot split=alphabets: the test alphabets (space- or comma-separated)")
+        sub.add_argument("--val-alphabets", nargs="+", default=None, metavar="NAME",
+                         help="omniglot split=alphabets: the validation alphabets (space- or comma-separated)")
         sub.add_argument("--rotations", default=None, choices=("train", "all", "none"),
                          help="omniglot rotated classes (default: train)")
 
@@ -40,7 +62,7 @@ def register(subparsers) -> None:
     show.add_argument("--shots", type=int, default=1)
     show.add_argument("--queries", type=int, default=5)
     show.add_argument("--seed", type=int, default=0)
-    show.add_argument("--out", type=Path, default=Path("episode.png"), help="PNG (or PDF) to write")
+    show.add_argument("--out", type=Path, default=Path("episode.png"), metavar="FILE", help="PNG (or PDF) to write")
     show.set_defaults(func=run_show)
 
     grid = commands.add_parser("grid", help="a grid of samples: one row per class, one column per drawing")
@@ -48,16 +70,19 @@ def register(subparsers) -> None:
     grid.add_argument("--part", default="test", choices=SPLIT_NAMES, help="which split to draw from")
     grid.add_argument("--classes", type=int, default=8, help="rows: the first CLASSES classes of the split")
     grid.add_argument("--drawings", type=int, default=10, help="columns: the first DRAWINGS images of each class")
-    grid.add_argument("--out", type=Path, default=Path("grid.png"), help="PNG (or PDF) to write")
+    grid.add_argument("--out", type=Path, default=Path("grid.png"), metavar="FILE", help="PNG (or PDF) to write")
     grid.set_defaults(func=run_grid)
 
     download = commands.add_parser("download", help="fetch Omniglot's official archives (checksummed, resumable)")
     download.add_argument("dataset", choices=("omniglot",), help="only Omniglot can be downloaded")
-    download.add_argument("--root", default=None, help="data root; archives go to ROOT/omniglot "
-                                                       "(default: $REPANA_DATA_ROOT or ~/.cache/repana/data)")
-    download.add_argument("--archives", default=None,
-                          help="comma-separated archive names (default: images_background,images_evaluation; "
-                               "also images_background_small1, images_background_small2)")
+    download.add_argument("--data-root", default=None, metavar="DIR",
+                          help="data root; archives go to DIR/omniglot (default: $REPANA_DATA_ROOT or "
+                               "~/.cache/repana/data)")
+    download.add_argument("--root", dest="data_root", action=_DeprecatedAlias, new="--data-root",
+                          help=argparse.SUPPRESS)  # the spelling before 0.1.0's --data-root everywhere
+    download.add_argument("--archives", nargs="+", default=None, metavar="NAME",
+                          help="archive names (default: images_background images_evaluation; also "
+                               "images_background_small1, images_background_small2)")
     download.add_argument("--base-url", default=None, help="fetch every archive from BASE_URL/<file> instead")
     download.add_argument("--url", action="append", default=[], metavar="NAME=URL", help="URL of one archive")
     download.add_argument("--sha256", action="append", default=[], metavar="NAME=HEX",
@@ -77,9 +102,9 @@ def _options(args) -> dict:
         if args.rotations:
             options["rotations"] = args.rotations
         if args.test_alphabets:
-            options["test_alphabets"] = [a.strip() for a in args.test_alphabets.split(",") if a.strip()]
+            options["test_alphabets"] = split_list(args.test_alphabets)
         if args.val_alphabets:
-            options["val_alphabets"] = [a.strip() for a in args.val_alphabets.split(",") if a.strip()]
+            options["val_alphabets"] = split_list(args.val_alphabets)
     elif args.rotations or args.test_alphabets or args.val_alphabets:
         raise InputError("--rotations / --test-alphabets / --val-alphabets apply to omniglot only")
     return options
@@ -106,13 +131,14 @@ def run_info(args) -> int:
 
 def episode_figure(episode, class_names: list[str], title: str = ""):
     """A matplotlib figure: one row per class, its support images then its query images."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     ways = len(episode.class_ids)
     shots = episode.support_x.shape[0] // ways
     queries = episode.query_x.shape[0] // ways
     columns = shots + queries
-    fig, axes = plt.subplots(ways, columns, figsize=(1.1 * columns + 1.5, 1.1 * ways + 0.4), squeeze=False)
+    fig = Figure(figsize=(1.1 * columns + 1.5, 1.1 * ways + 0.4))
+    axes = fig.subplots(ways, columns, squeeze=False)
     for way in range(ways):
         images = list(episode.support_x[way * shots:(way + 1) * shots]) + \
             list(episode.query_x[way * queries:(way + 1) * queries])
@@ -138,11 +164,7 @@ def episode_figure(episode, class_names: list[str], title: str = ""):
 
 
 def run_show(args) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    check_output_file(args.out, "--out", "episode.png")
     from repana.data import EpisodeSampler, load_splits
     from repana.io import atomic_savefig
 
@@ -152,17 +174,14 @@ def run_show(args) -> int:
     names = [ds.class_names[int(c)] for c in episode.class_ids]
     fig = episode_figure(episode, names, f"{ds.name}: {args.ways}-way {args.shots}-shot, seed {args.seed}")
     atomic_savefig(fig, args.out, dpi=120)
-    plt.close(fig)
     print(f"wrote {args.out}: {args.ways}-way {args.shots}-shot {args.queries}-query episode from {ds.name} "
           f"(classes {', '.join(names)})")
     return 0
 
 
 def run_grid(args) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    check_output_file(args.out, "--out", "grid.png")
+    from matplotlib.figure import Figure
 
     from repana.data import load_splits
     from repana.io import atomic_savefig
@@ -171,8 +190,8 @@ def run_grid(args) -> int:
     if not 1 <= args.classes <= ds.n_classes or args.drawings < 1:
         raise InputError(f"--classes must be in [1, {ds.n_classes}] and --drawings positive")
     table = ds.class_table()[:args.classes, :args.drawings]
-    fig, axes = plt.subplots(args.classes, args.drawings, figsize=(0.8 * args.drawings, 0.8 * args.classes + 0.3),
-                             squeeze=False)
+    fig = Figure(figsize=(0.8 * args.drawings, 0.8 * args.classes + 0.3))
+    axes = fig.subplots(args.classes, args.drawings, squeeze=False)
     for row in range(args.classes):
         for column in range(args.drawings):
             axis = axes[row, column]
@@ -184,7 +203,6 @@ def run_grid(args) -> int:
     fig.suptitle(f"{ds.name}: {args.classes} classes (rows) x {args.drawings} drawings", fontsize=9)
     fig.tight_layout(pad=0.3)
     atomic_savefig(fig, args.out, dpi=100)
-    plt.close(fig)
     print(f"wrote {args.out}: {args.classes} classes x {args.drawings} drawings of {ds.name}")
     return 0
 
@@ -202,9 +220,11 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
 def run_download(args) -> int:
     from repana.data.download import DEFAULT_OMNIGLOT_ARCHIVES, download_omniglot, load_manifest
 
-    archives = ([a.strip() for a in args.archives.split(",") if a.strip()] if args.archives
-                else list(DEFAULT_OMNIGLOT_ARCHIVES))
-    paths = download_omniglot(root=args.root, archives=archives, base_url=args.base_url,
+    from repana.paths import resolve_data_root
+
+    check_output_dir(resolve_data_root(args.data_root), "--data-root")
+    archives = split_list(args.archives) if args.archives else list(DEFAULT_OMNIGLOT_ARCHIVES)
+    paths = download_omniglot(root=args.data_root, archives=archives, base_url=args.base_url,
                               urls=_pairs(args.url, "--url"), checksums=_pairs(args.sha256, "--sha256"),
                               manifest=load_manifest(args.manifest) if args.manifest else None,
                               extract=not args.no_extract)

@@ -7,12 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
+from repana.cli.checks import check_checkpoint_file, check_device, check_output_file
 from repana.errors import InputError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 def register(subparsers) -> None:
@@ -27,18 +23,20 @@ def register(subparsers) -> None:
     ev.add_argument("--method", choices=("adapt", "nil"), default=None,
                     help="adapt: fine-tune on the support set; nil: no head, cosine similarity to the support "
                          "features (default: the run's eval_method)")
-    ev.add_argument("--adapt", dest="adapt_layers", default=None,
-                    help="comma-separated layers that adapt at test time (default: all for MAML/FOMAML/"
-                         "Reptile, head for ANIL and the baselines)")
-    ev.add_argument("--freeze", default="", help="comma-separated layers kept frozen at test time, e.g. conv1,conv2")
+    ev.add_argument("--adapt", dest="adapt_layers", nargs="*", default=None, metavar="LAYER",
+                    help="layers that adapt at test time, e.g. --adapt conv4 head (default: all for MAML/"
+                         "FOMAML/Reptile, head for ANIL and the baselines; none given: nothing adapts)")
+    ev.add_argument("--freeze", nargs="+", default=[], metavar="LAYER",
+                    help="layers kept frozen at test time, e.g. --freeze conv1 conv2")
     ev.add_argument("--steps", type=int, default=None, help="inner steps at test (default: the run's inner_steps_test)")
     ev.add_argument("--lr", type=float, default=None,
                     help="inner learning rate for a mean loss (default: the run's, converted)")
     ev.add_argument("--split", default="test", choices=("train", "val", "test"))
     ev.add_argument("--seed", type=int, default=0, help="seed of the fixed episodes (same seed, same tasks)")
-    ev.add_argument("--data-root", default=None)
-    ev.add_argument("--csv", type=Path, default=None, help="write per-episode accuracies here")
-    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--data-root", default=None, metavar="DIR",
+                    help="folder holding the datasets (default: the run's, else REPANA_DATA_ROOT)")
+    ev.add_argument("--csv", type=Path, default=None, metavar="FILE", help="write per-episode accuracies here")
+    ev.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     ev.set_defaults(func=run_evaluate)
 
     pr = subparsers.add_parser(
@@ -47,7 +45,9 @@ def register(subparsers) -> None:
                     "each); QUERY holds the images to classify (flat, or in label subfolders to also get "
                     "the accuracy). Images are read with Pillow, converted to the checkpoint's channels and "
                     "size; for 1-channel models dark-on-light images are inverted (Omniglot convention: "
-                    "strokes 1, background 0) unless --invert no.",
+                    "strokes 1, background 0) unless --invert no. Every image mode is read by its range "
+                    "(8-bit / 255, 16-bit / 65535, float as given in [0, 1]); transparent pixels show "
+                    "--background.",
         epilog="example:\n  repana predict runs/quick/checkpoints/latest.pt --support my/support --query my/query",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     pr.add_argument("checkpoint", type=Path)
@@ -56,20 +56,28 @@ def register(subparsers) -> None:
     pr.add_argument("--method", choices=("adapt", "nil"), default=None)
     pr.add_argument("--steps", type=int, default=None)
     pr.add_argument("--lr", type=float, default=None)
-    pr.add_argument("--invert", choices=("auto", "yes", "no"), default="auto")
-    pr.add_argument("--out", type=Path, default=None, help="write the predictions as CSV (file, label)")
-    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
+                    help="1-channel models: invert the images (auto: when the mean is above 0.5)")
+    pr.add_argument("--background", choices=("white", "black"), default="white",
+                    help="what transparent pixels show (default: white, like paper)")
+    pr.add_argument("--out", type=Path, default=None, metavar="FILE",
+                    help="write the predictions as CSV (file, label)")
+    pr.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     pr.set_defaults(func=run_predict)
 
 
 # ----- shared -----
 
-def _layers(text: str | None) -> list[str]:
-    return [t.strip() for t in (text or "").split(",") if t.strip()]
+def _layers(values: list[str] | str | None) -> list[str]:
+    """Layer names given space-separated (``conv1 conv2``), comma-separated (``conv1,conv2``) or both."""
+    if isinstance(values, str):
+        values = [values]
+    return [t.strip() for value in (values or []) for t in value.split(",") if t.strip()]
 
 
-def trainable_names(model: torch.nn.Module, config, adapt_layers: str | None, freeze: str) -> list[str]:
-    """Parameter names that adapt: the run's default (or ``adapt_layers``) minus ``freeze``."""
+def trainable_names(model, config, adapt_layers: list[str] | str | None, freeze: list[str] | str | None) -> list[str]:
+    """Parameter names of ``model`` (a torch module) that adapt: the run's default (or
+    ``adapt_layers``) minus ``freeze``."""
     from repana.meta.train import eval_trainable
 
     names = [n for n, _ in model.named_parameters()]
@@ -89,6 +97,13 @@ def trainable_names(model: torch.nn.Module, config, adapt_layers: str | None, fr
 # ----- evaluate -----
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    check_checkpoint_file(args.checkpoint)
+    device = check_device(args.device)
+    if args.csv is not None:
+        check_output_file(args.csv, "--csv", "episodes.csv")
+    if args.episodes is not None and args.episodes < 1:
+        raise InputError(f"--episodes {args.episodes} must be at least 1")
+    import numpy as np
     import pandas as pd
 
     from repana.data import fixed_episodes
@@ -101,13 +116,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     config = ckpt.train_config()
     if args.data_root:
         config = config.replace(data_root=args.data_root)
-    model = ckpt.model(device=args.device)
+    elif config.dataset != "glyphs" and config.data_root and not Path(config.data_root).expanduser().exists():
+        recorded = Path(config.data_root)
+        why = "" if recorded.is_absolute() else " (recorded relative to the folder the run was trained from)"
+        raise InputError(f"the run's data root {str(recorded)!r} is not found from {Path.cwd()}{why}; "
+                         f"pass --data-root DIR (the folder holding {config.dataset}/)")
+    model = ckpt.model(device=device)
     method = args.method or config.eval_method
     steps = config.inner_steps_test if args.steps is None else args.steps
     lr = config.mean_loss_inner_lr() if args.lr is None else args.lr
     n_episodes = config.test_episodes if args.episodes is None else args.episodes
-    if n_episodes < 1:
-        raise InputError(f"--episodes {n_episodes} must be at least 1")
     names = trainable_names(model, config, args.adapt_layers, args.freeze)
     split = load_data(config)[args.split]
     config.check_classes({args.split: split.n_classes})
@@ -133,70 +151,28 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 # ----- predict: an episode from image files -----
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def read_image(path: Path, channels: int, size: int, invert: str = "auto") -> torch.Tensor:
-    """One image as float32 ``(channels, size, size)`` in [0, 1] (Pillow, bilinear resize).
-
-    ``invert``: for 1-channel images, "auto" inverts when the mean is above 0.5 (dark strokes on a
-    light background -> the Omniglot convention of strokes 1, background 0).
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
-            array = np.asarray(image, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise InputError(f"cannot read image {path}: {error}") from None
-    if channels == 1:
-        if invert == "yes" or (invert == "auto" and array.mean() > 0.5):
-            array = 1.0 - array
-        array = array[None]
-    else:
-        array = array.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(array))
-
-
-def read_labelled_folder(folder: Path, channels: int, size: int, invert: str,
-                         what: str) -> tuple[torch.Tensor, torch.Tensor, list[str], list[Path]]:
-    """Images in label subfolders -> (x (n, C, H, W), y int64 (n,), label names sorted, files)."""
-    if not folder.is_dir():
-        raise InputError(f"{what} folder {folder} does not exist")
-    labels = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    if not labels:
-        raise InputError(f"{what} folder {folder} has no label subfolders; put each label's images in "
-                         f"{folder}/<label>/")
-    files, ys = [], []
-    counts = {}
-    for index, label in enumerate(labels):
-        found = _image_files(folder / label)
-        counts[label] = len(found)
-        files += found
-        ys += [index] * len(found)
-    empty = [label for label, n in counts.items() if n == 0]
-    if empty:
-        raise InputError(f"{what} label folders without images: {empty}")
-    x = torch.stack([read_image(p, channels, size, invert) for p in files])
-    return x, torch.tensor(ys, dtype=torch.int64), labels, files
-
-
 def run_predict(args: argparse.Namespace) -> int:
+    check_checkpoint_file(args.checkpoint)
+    device = check_device(args.device)
+    if args.out is not None:
+        check_output_file(args.out, "--out", "predictions.csv")
     import pandas as pd
+    import torch
 
+    from repana.data.images import read_image_folder
     from repana.io import atomic_save_csv
     from repana.meta.checkpoint import load_checkpoint
     from repana.meta.evaluate import predict
+    from repana.meta.train import eval_trainable
 
     ckpt = load_checkpoint(args.checkpoint)
     config = ckpt.train_config()
-    model = ckpt.model(device=args.device)
     channels, size = ckpt.model_config["in_channels"], ckpt.model_config["image_size"]
     method = args.method or config.eval_method
-    support_x, support_y, labels, _ = read_labelled_folder(args.support, channels, size, args.invert, "support")
-    counts = torch.bincount(support_y, minlength=len(labels)).tolist()
+    reading = dict(invert=args.invert, background=args.background)
+    support = read_image_folder(args.support, channels, size, labelled=True, what="support", **reading)
+    labels = support.label_names
+    counts = torch.bincount(support.labels, minlength=len(labels)).tolist()
     if len(set(counts)) > 1:
         raise InputError("support classes must have the same number of images (K-shot); got "
                          + ", ".join(f"{label}: {n}" for label, n in zip(labels, counts)))
@@ -207,31 +183,23 @@ def run_predict(args: argparse.Namespace) -> int:
         raise InputError(f"the support set has {len(labels)} labels but the checkpoint's head has "
                          f"{head_outputs} outputs ({config.ways}-way); give {head_outputs} label folders "
                          "or use --method nil (any number of labels)")
-    if not args.query.is_dir():
-        raise InputError(f"query folder {args.query} does not exist")
+    query = read_image_folder(args.query, channels, size, what="query", **reading)
     query_labels = None
-    if any(p.is_dir() for p in args.query.iterdir()):
-        query_x, query_y, q_names, query_files = read_labelled_folder(args.query, channels, size, args.invert, "query")
-        unknown = sorted(set(q_names) - set(labels))
+    if query.label_names is not None:
+        unknown = sorted(set(query.label_names) - set(labels))
         if unknown:
             raise InputError(f"query labels {unknown} are not among the support labels {labels}")
-        query_labels = [q_names[i] for i in query_y.tolist()]
-    else:
-        query_files = _image_files(args.query)
-        if not query_files:
-            raise InputError(f"query folder {args.query} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        query_x = torch.stack([read_image(p, channels, size, args.invert) for p in query_files])
+        query_labels = [query.label_names[i] for i in query.labels.tolist()]
     steps = config.inner_steps_test if args.steps is None else args.steps
     lr = config.mean_loss_inner_lr() if args.lr is None else args.lr
-    from repana.meta.train import eval_trainable
-
-    predicted = predict(model, support_x, support_y, query_x, method=method, steps=steps, lr=lr,
+    model = ckpt.model(device=device)
+    predicted = predict(model, support.images, support.labels, query.images, method=method, steps=steps, lr=lr,
                         trainable=eval_trainable(config), bn_support_query=config.bn_support_query)
-    rows = [{"file": str(f), "label": labels[i]} for f, i in zip(query_files, predicted.tolist())]
+    rows = [{"file": str(f), "label": labels[i]} for f, i in zip(query.files, predicted.tolist())]
     for row in rows:
         print(f"{row['file']}\t{row['label']}")
     if query_labels is not None:
-        accuracy = float(np.mean([r["label"] == t for r, t in zip(rows, query_labels)]))
+        accuracy = sum(r["label"] == t for r, t in zip(rows, query_labels)) / len(rows)
         print(f"accuracy {100 * accuracy:.1f}% on {len(rows)} labelled query images", file=sys.stderr)
     if args.out is not None:
         atomic_save_csv(pd.DataFrame(rows), args.out)

@@ -19,6 +19,9 @@ Rerunning an interrupted command continues where it stopped; a failed job leaves
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from repana.cli.checks import check_device, check_output_dir
 
 
 def register(subparsers) -> None:
@@ -33,9 +36,10 @@ def register(subparsers) -> None:
     parser.add_argument("--analyses", metavar="DIR", help="folder of analysis entries (default: analyses/ of the source)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="torch CPU threads (default: torch's choice; use 1 on a machine shared with other jobs)")
-    parser.add_argument("--only", action="append", metavar="NAME", help="run only this analysis (repeatable)")
-    parser.add_argument("--setting", action="append", metavar="NwayKshot",
-                        help="a cell of the paper's tables, e.g. 20way-1shot (repeatable; default 5way-1shot)")
+    parser.add_argument("--only", nargs="+", action="extend", metavar="NAME",
+                        help="run only these analyses, e.g. --only freezing convergence (or NAME,NAME)")
+    parser.add_argument("--setting", nargs="+", action="extend", metavar="NwayKshot",
+                        help="cells of the paper's tables, e.g. --setting 20way-1shot 20way-5shot (default 5way-1shot)")
     parser.add_argument("--seeds", type=int, default=2, metavar="N",
                         help="training seeds per network (default 2; the paper: 3)")
     parser.add_argument("--executor", choices=("local", "inline", "ray"), default="local",
@@ -44,21 +48,26 @@ def register(subparsers) -> None:
     parser.add_argument("--max-workers", type=int, metavar="N", help="local executor: parallel jobs (default: free "
                                                                        "cores, or visible GPUs with --device cuda)")
     parser.add_argument("--address", metavar="HOST:PORT", help="ray: the cluster's address (default: a local instance)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: training jobs and analyses")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the training jobs run")
     parser.add_argument("--plan", metavar="DIR", help="only write the training plan to DIR (plan.jsonl, commands.sh, "
                                                       "slurm.sh) and stop")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
+    check_output_dir(args.out, "--out")
+    only = [part.strip() for value in args.only for part in value.split(",") if part.strip()] if args.only else None
+    # absolute: the runs' config.toml must find the data from any folder (repana evaluate / analyze)
+    data_root = str(Path(args.data_root).expanduser().resolve()) if args.data_root else None
     from repana.analysis.reproduce import reproduce
 
     from repana.errors import ConfigError
 
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}: train at least 1 seed per network (the paper uses 3)")
-    common = dict(preset=args.preset, dataset=args.dataset, data_root=args.data_root, out=args.out,
-                  analyses_dir=args.analyses, only=args.only, settings=args.setting, seeds=args.seeds)
+    check_device(args.device)
+    common = dict(preset=args.preset, dataset=args.dataset, data_root=data_root, out=args.out,
+                  analyses_dir=args.analyses, only=only, settings=args.setting, seeds=args.seeds)
     if args.plan:
         from repana.analysis.reproduce import write_reproduction_plan
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from repana.cli.checks import check_device, check_output_dir
 from repana.errors import ConfigError
 
 
@@ -26,11 +27,15 @@ def register(subparsers) -> None:
     parser.add_argument("--algorithm", help="shortcut for --set algorithm=NAME")
     parser.add_argument("--iterations", type=int, help="shortcut for --set iterations=N")
     parser.add_argument("--seed", type=int, help="shortcut for --set seed=N")
-    parser.add_argument("--save-steps", help="comma-separated steps whose checkpoints are kept, e.g. 0,500,2000")
-    parser.add_argument("--data-root", help="folder holding the datasets (default: REPANA_DATA_ROOT)")
-    parser.add_argument("--out", type=Path, help="run folder (default: runs/<name>)")
+    parser.add_argument("--save-steps", nargs="+", metavar="STEP",
+                        help="steps whose checkpoints are kept, e.g. --save-steps 0 500 2000 (or 0,500,2000)")
+    parser.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (default: REPANA_DATA_ROOT)")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="run folder (default: runs/<name>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also log the metrics.csv scalars to RUN/tensorboard (needs the tensorboard package: "
+                             "pip install 'repana[tensorboard]')")
     parser.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
     parser.set_defaults(func=run)
 
@@ -46,10 +51,12 @@ def resolve_config(args: argparse.Namespace):
         if value is not None:
             overrides[key] = value
     if args.save_steps:
+        texts = [part.strip() for value in args.save_steps for part in value.split(",") if part.strip()]
         try:
-            overrides["save_steps"] = [int(s) for s in args.save_steps.split(",") if s.strip()]
+            overrides["save_steps"] = [int(text) for text in texts]
         except ValueError:
-            raise ConfigError(f"--save-steps {args.save_steps!r} must be comma-separated integers") from None
+            raise ConfigError(f"--save-steps {' '.join(args.save_steps)!r} must be integers, e.g. "
+                              "--save-steps 0 500 2000") from None
     if args.preset is None and args.config is None:
         if args.resume and args.out is not None:
             return read_run_config(args.out).replace(**overrides)
@@ -63,19 +70,29 @@ def run(args: argparse.Namespace) -> int:
     if args.list_presets:
         print("\n".join(list_presets()))
         return 0
-    import torch
+    check_device(args.device)
+    loggers = []
+    if args.tensorboard:
+        from repana.tensorboard import TensorBoardLog, check_tensorboard
 
+        check_tensorboard()
     from repana.meta.distributed import init_from_environment, shutdown
     from repana.meta.train import train
 
     config = resolve_config(args)
-    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
+    if config.data_root and not Path(config.data_root).expanduser().is_absolute():
+        # the run's config.toml must find the data from any folder (evaluate, analyze, resume)
+        config = config.replace(data_root=str(Path(config.data_root).expanduser().resolve()))
     run_dir = args.out if args.out is not None else Path("runs") / config.name
+    check_output_dir(run_dir, "--out")
     dist, device = init_from_environment(args.device)
+    if args.tensorboard and (dist is None or dist.rank == 0):
+        loggers.append(TensorBoardLog(run_dir / "tensorboard"))
     try:
-        summary = train(config, run_dir, resume=args.resume, device=device, dist=dist)
+        summary = train(config, run_dir, resume=args.resume, device=device, dist=dist, loggers=loggers)
     finally:
+        for logger in loggers:
+            logger.close()
         shutdown()
     if dist is None or dist.rank == 0:
         val = ("" if summary.val_accuracy is None

@@ -22,7 +22,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -187,6 +187,21 @@ class MetricsLog:
             os.fsync(handle.fileno())
 
 
+class _Sinks:
+    """Several metric sinks driven as one MetricsLog."""
+
+    def __init__(self, sinks: list):
+        self.sinks = sinks
+
+    def reset(self, keep_through_step: int) -> None:
+        for sink in self.sinks:
+            sink.reset(keep_through_step)
+
+    def append(self, *row) -> None:
+        for sink in self.sinks:
+            sink.append(*row)
+
+
 def _fmt(value: float | None) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.6g}"
 
@@ -242,7 +257,7 @@ def _mean(values: list[float]) -> float:
 def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, device: str | torch.device = "cpu",
           data: Mapping | None = None, algorithm=None,
           callback: Callable[[int, dict], None] | None = None, show_progress: bool | None = None,
-          dist=None) -> RunSummary:
+          dist=None, loggers: Sequence = ()) -> RunSummary:
     """Meta-train ``config`` in ``run_dir``; with ``resume`` continue from its newest checkpoint.
 
     ``data``: ``{"train", "val"}`` datasets (loaded from ``config`` when None). ``algorithm``: an
@@ -250,7 +265,9 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, device
     ``config`` when None). ``callback(step, metrics)`` runs after each optimizer step; raising
     :class:`StopTraining` there ends the run early (files stay as after that step's writes).
     ``dist``: a :class:`repana.meta.distributed.DistributedContext` (episodes split across ranks,
-    only rank 0 writes). Returns a :class:`RunSummary`.
+    only rank 0 writes). ``loggers``: more sinks of the metrics.csv rows, with MetricsLog's
+    ``reset(keep_through_step)`` and ``append(step, split, loss, accuracy, elapsed)`` (e.g.
+    :class:`repana.tensorboard.TensorBoardLog`). Returns a :class:`RunSummary`.
     """
     from repana.models import build_model
     from repana.meta.evaluate import evaluate
@@ -260,7 +277,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, device
     device = torch.device(device)
     writer = dist is None or dist.rank == 0
     ckpt_dir = run_dir / "checkpoints"
-    metrics_log = MetricsLog(run_dir / "metrics.csv", enabled=writer)
+    metrics_log = _Sinks([MetricsLog(run_dir / "metrics.csv", enabled=writer), *(loggers if writer else ())])
 
     resume_from: Checkpoint | None = None
     if resume:

@@ -1,29 +1,27 @@
 """Figures of the paper's analyses, drawn from the analyses' tidy DataFrames (or their CSVs) only.
 
-Every function takes a DataFrame (or a CSV path) and returns a matplotlib Figure; :func:`save_figure`
-writes it as PNG and PDF atomically.
+Every function takes a DataFrame (or a CSV path) and returns a ``matplotlib.figure.Figure``, drawn in
+:func:`repana.plots.style.paper_style`; :func:`save_figure` writes it as PNG and PDF atomically.
+Nothing here changes the user's rcParams or backend (figures are not made through pyplot).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from repana.io import atomic_savefig  # noqa: E402
+from repana.io import atomic_savefig
+from repana.plots.style import paper_style, styled
 
 MEASURE_NAMES = {"svcca": "SVCCA", "cka": "CKA (linear)", "cka_debiased": "CKA (debiased)",
                  "cca": "mean CCA", "pwcca": "PWCCA", "cka_rbf": "CKA (RBF)", "procrustes": "Procrustes"}
 COLORS = {"maml": "#1f77b4", "anil": "#ff7f0e", "nil": "#2ca02c", "multiclass": "#9467bd",
           "multitask": "#8c564b", "random": "#7f7f7f"}
-plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
-                     "figure.dpi": 110, "savefig.bbox": "tight"})
 
 
 def _frame(data) -> pd.DataFrame:
@@ -31,12 +29,15 @@ def _frame(data) -> pd.DataFrame:
 
 
 def save_figure(figure, stem: str | Path) -> list[Path]:
-    """Write ``stem.png`` (150 dpi) and ``stem.pdf`` atomically; returns both paths and closes it."""
+    """Write ``stem.png`` (150 dpi) and ``stem.pdf`` atomically (tight bounding box); returns both
+    paths. A figure made through pyplot is closed afterwards."""
     stem = Path(stem)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    atomic_savefig(figure, paths[0], dpi=150)
-    atomic_savefig(figure, paths[1])
-    plt.close(figure)
+    with paper_style():
+        atomic_savefig(figure, paths[0], dpi=150)
+        atomic_savefig(figure, paths[1])
+    if "matplotlib.pyplot" in sys.modules:  # only pyplot keeps figures alive; never import it here
+        sys.modules["matplotlib.pyplot"].close(figure)
     return paths
 
 
@@ -45,7 +46,8 @@ def _errorbar(ax, x, mean, ci, **kwargs):
     ax.errorbar(x, mean, yerr=ci, capsize=3, **kwargs)
 
 
-def inner_loop_figure(summary, step: int | None = None) -> plt.Figure:
+@styled
+def inner_loop_figure(summary, step: int | None = None) -> Figure:
     """Similarity before vs after the inner loop per layer: one panel per measure, one line per
     network (label), with 95% CI bars and the null baseline (dotted), after inner step ``step``
     (default: each network's last step).
@@ -58,7 +60,8 @@ def inner_loop_figure(summary, step: int | None = None) -> plt.Figure:
     else:
         frame = frame[frame["step"] == step]
     measures = list(dict.fromkeys(frame["measure"]))
-    figure, axes = plt.subplots(1, len(measures), figsize=(3.4 * len(measures), 2.9), squeeze=False)
+    figure = Figure(figsize=(3.4 * len(measures), 2.9))
+    axes = figure.subplots(1, len(measures), squeeze=False)
     for ax, measure in zip(axes[0], measures):
         part = frame[frame["measure"] == measure]
         for offset, (label, group) in enumerate(part.groupby("label", sort=False)):
@@ -80,12 +83,14 @@ def inner_loop_figure(summary, step: int | None = None) -> plt.Figure:
     return figure
 
 
-def inner_steps_figure(summary) -> plt.Figure:
+@styled
+def inner_steps_figure(summary) -> Figure:
     """Similarity to the initial representation after each inner step, one line per layer;
     one panel per (network, measure)."""
     frame = _frame(summary)
     panels = list(frame.groupby(["label", "measure"], sort=False))
-    figure, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 2.7), squeeze=False)
+    figure = Figure(figsize=(3.0 * len(panels), 2.7))
+    axes = figure.subplots(1, len(panels), squeeze=False)
     for ax, ((label, measure), group) in zip(axes[0], panels):
         for layer, part in group.groupby("layer", sort=False):
             _errorbar(ax, part["step"], part["mean"], part["ci95"], marker="o", ms=3, label=layer)
@@ -98,10 +103,12 @@ def inner_steps_figure(summary) -> plt.Figure:
     return figure
 
 
-def freezing_figure(freezing, paper: Sequence[float] | None = None) -> plt.Figure:
+@styled
+def freezing_figure(freezing, paper: Sequence[float] | None = None) -> Figure:
     """Accuracy (%) with 95% CI per frozen set; the paper's values as hollow markers when given."""
     frame = _frame(freezing)
-    figure, ax = plt.subplots(figsize=(4.2, 2.8))
+    figure = Figure(figsize=(4.2, 2.8))
+    ax = figure.subplots()
     labels = list(dict.fromkeys(frame["label"]))
     width = 0.8 / max(len(labels), 1)
     for i, (label, group) in enumerate(frame.groupby("label", sort=False)):
@@ -120,11 +127,13 @@ def freezing_figure(freezing, paper: Sequence[float] | None = None) -> plt.Figur
     return figure
 
 
-def accuracy_bars_figure(frame, label_column: str, title: str, paper: dict | None = None) -> plt.Figure:
+@styled
+def accuracy_bars_figure(frame, label_column: str, title: str, paper: dict | None = None) -> Figure:
     """Bars of accuracy (%) with 95% CI, one per row of ``frame`` (``label_column`` names them);
     ``paper``: label -> published accuracy (%), drawn as black ticks."""
     frame = _frame(frame)
-    figure, ax = plt.subplots(figsize=(0.9 * len(frame) + 1.8, 2.8))
+    figure = Figure(figsize=(0.9 * len(frame) + 1.8, 2.8))
+    ax = figure.subplots()
     x = np.arange(len(frame))
     colors = [COLORS.get(str(v).lower(), "#4c72b0") for v in frame[label_column]]
     ax.bar(x, 100 * frame["accuracy"], 0.6, yerr=100 * frame["ci95"].fillna(0), capsize=3, color=colors)
@@ -140,10 +149,12 @@ def accuracy_bars_figure(frame, label_column: str, title: str, paper: dict | Non
     return figure
 
 
-def cross_model_figure(summary) -> plt.Figure:
+@styled
+def cross_model_figure(summary) -> Figure:
     """MAML vs ANIL similarity per layer (one line per measure) with CI and null baseline."""
     frame = _frame(summary)
-    figure, ax = plt.subplots(figsize=(3.8, 2.8))
+    figure = Figure(figsize=(3.8, 2.8))
+    ax = figure.subplots()
     for measure, group in frame.groupby("measure", sort=False):
         x = np.arange(len(group))
         _errorbar(ax, x, group["mean"], group["ci95"], marker="o", label=MEASURE_NAMES.get(measure, measure))
@@ -159,11 +170,13 @@ def cross_model_figure(summary) -> plt.Figure:
     return figure
 
 
-def convergence_figure(frame) -> plt.Figure:
+@styled
+def convergence_figure(frame) -> Figure:
     """ANIL with a strongly-convex vs nonconvex head: meta-training loss against iterations and
     wall-clock, and test accuracy against iterations, one line per (head, N)."""
     frame = _frame(frame)
-    figure, axes = plt.subplots(1, 3, figsize=(10.5, 2.9))
+    figure = Figure(figsize=(10.5, 2.9))
+    axes = figure.subplots(1, 3)
     styles = {"linear_l2": "-", "two_layer": "--"}
     for (head, n), group in frame.groupby(["head", "inner_steps"], sort=False):
         loss = group[group["metric"] == "train_loss"]
@@ -182,10 +195,12 @@ def convergence_figure(frame) -> plt.Figure:
     return figure
 
 
-def cost_figure(frame) -> plt.Figure:
+@styled
+def cost_figure(frame) -> Figure:
     """Seconds per meta-step of MAML and ANIL against the number of inner steps N."""
     frame = _frame(frame)
-    figure, ax = plt.subplots(figsize=(3.6, 2.8))
+    figure = Figure(figsize=(3.6, 2.8))
+    ax = figure.subplots()
     for alg, group in frame.groupby("algorithm", sort=False):
         ax.plot(group["inner_steps"], group["seconds"], marker="o", label=alg.upper(),
                 color=COLORS.get(alg))
@@ -195,13 +210,15 @@ def cost_figure(frame) -> plt.Figure:
     return figure
 
 
-def dynamics_figure(similarity_summary, freezing) -> plt.Figure:
+@styled
+def dynamics_figure(similarity_summary, freezing) -> Figure:
     """Feature reuse along training: before/after similarity per layer and the accuracy cost of
     freezing all conv blocks, at each saved training stage."""
     sim = _frame(similarity_summary)
     frz = _frame(freezing)
     measures = list(dict.fromkeys(sim["measure"]))
-    figure, axes = plt.subplots(1, len(measures) + 1, figsize=(3.3 * (len(measures) + 1), 2.8))
+    figure = Figure(figsize=(3.3 * (len(measures) + 1), 2.8))
+    axes = figure.subplots(1, len(measures) + 1)
     for ax, measure in zip(axes, measures):
         for (label, stage), group in sim[sim["measure"] == measure].groupby(["label", "stage"], sort=False):
             train_step = int(group["train_step"].iloc[0])
@@ -221,7 +238,8 @@ def dynamics_figure(similarity_summary, freezing) -> plt.Figure:
     return figure
 
 
-def pair_similarity_figure(table) -> plt.Figure:
+@styled
+def pair_similarity_figure(table) -> Figure:
     """Seed pairs (paper Table 3): similarity per layer, one panel per measure, one line per kind of pair
     (MAML-MAML, ANIL-ANIL, ANIL-MAML) with the std over pairs as error bars.
 
@@ -230,7 +248,8 @@ def pair_similarity_figure(table) -> plt.Figure:
     """
     frame = _frame(table)
     measures = list(dict.fromkeys(frame["measure"]))
-    figure, axes = plt.subplots(1, len(measures), figsize=(3.4 * len(measures), 2.8), squeeze=False)
+    figure = Figure(figsize=(3.4 * len(measures), 2.8))
+    axes = figure.subplots(1, len(measures), squeeze=False)
     for ax, measure in zip(axes[0], measures):
         for pair, group in frame[frame["measure"] == measure].groupby("pair", sort=False):
             x = np.arange(len(group))
@@ -244,13 +263,15 @@ def pair_similarity_figure(table) -> plt.Figure:
     return figure
 
 
-def learning_curves_figure(curves) -> plt.Figure:
+@styled
+def learning_curves_figure(curves) -> Figure:
     """Validation accuracy (%) vs meta-iteration, one line per algorithm, mean ± std over seeds (shaded).
 
     ``curves``: columns algorithm, step, val_accuracy (fraction), and seed (optional).
     """
     frame = _frame(curves)
-    figure, ax = plt.subplots(figsize=(4.2, 2.8))
+    figure = Figure(figsize=(4.2, 2.8))
+    ax = figure.subplots()
     for algorithm, group in frame.groupby("algorithm", sort=False):
         stats = group.groupby("step")["val_accuracy"].agg(["mean", "std", "count"]).reset_index()
         color = COLORS.get(str(algorithm).lower())

@@ -1,0 +1,88 @@
+"""Checks the commands run on their arguments before any work, so that a bad device, an output path
+that cannot be written or a folder given for a file is one clear line at once, not a traceback after
+minutes of computing. Light to import: torch is imported inside :func:`check_device` only."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from repana.errors import InputError
+
+
+def check_device(text: str, flag: str = "--device"):
+    """``text`` as a ``torch.device`` that exists on this machine, else :class:`InputError`."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise InputError(f"{flag} {text!r} is not a device: use cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return device
+    backend = getattr(torch, device.type, None)
+    if device.type == "mps":
+        backend = getattr(torch.backends, "mps", None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        built = " (this torch is built without CUDA)" if device.type == "cuda" and torch.version.cuda is None else ""
+        what = "CUDA GPU" if device.type == "cuda" else f"{device.type} device"
+        raise InputError(f"{flag} {text}: no {what} is available here{built}; use --device cpu")
+    count = getattr(backend, "device_count", None)
+    if device.index is not None and count is not None and device.index >= count():
+        raise InputError(f"{flag} {text}: this machine has {count()} {device.type} device(s), "
+                         f"{device.type}:0 to {device.type}:{count() - 1}")
+    return device
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")
+
+
+def _check_can_create_in(folder: Path, flag: str, given: Path) -> None:
+    """Raise unless files can be created in ``folder`` (made when missing): probed with a temporary
+    file in the nearest folder that exists, which is removed at once."""
+    existing = _nearest_existing(folder.absolute())
+    if not existing.is_dir():
+        raise InputError(f"{flag} {given}: {existing} is a file, so nothing can be written under it; "
+                         "choose another path")
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".repana-write-check-")
+    except OSError as error:
+        raise InputError(f"{flag} {given}: cannot write in {existing} ({error.strerror or error}); "
+                         "choose a folder you can write to") from None
+    os.close(handle)
+    os.unlink(probe)
+
+
+def check_output_file(path: str | os.PathLike, flag: str, example_name: str = "out.csv") -> Path:
+    """Raise :class:`InputError` unless a file can be written at ``path`` (its folder may not exist yet)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{flag} {path} is a folder; give a file name, e.g. {path / example_name}")
+    _check_can_create_in(path.parent, flag, path)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, flag: str) -> Path:
+    """Raise :class:`InputError` unless files can be written in the folder ``path`` (made when missing)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {path} is a file, not a folder; choose a folder for the outputs")
+    _check_can_create_in(path, flag, path)
+    return path
+
+
+def check_checkpoint_file(path: str | os.PathLike) -> Path:
+    """Raise a pointed :class:`InputError` when ``path`` is a folder (a run folder, its checkpoints/)."""
+    path = Path(path)
+    if path.is_dir():
+        found = next((c for c in (path / "checkpoints" / "latest.pt", path / "latest.pt") if c.is_file()), None)
+        hint = (f"pass {found}" if found is not None
+                else "pass a checkpoint file, e.g. RUN/checkpoints/latest.pt or RUN/checkpoints/step_001000.pt")
+        raise InputError(f"{path} is a folder, not a checkpoint file: {hint}")
+    return path

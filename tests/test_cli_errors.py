@@ -1,0 +1,216 @@
+"""User errors on every command (compare aside) are one clear line and exit 1, found before any work:
+a device that is not there, an output path that cannot be written, a folder given for a checkpoint."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from repana.cli import main
+from repana.errors import ConfigError
+from repana.meta.checkpoint import save_checkpoint
+from repana.meta.config import TrainConfig
+from repana.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    config = TrainConfig(dataset="glyphs", hidden=8, ways=3, algorithm="anil", inner_steps_test=1,
+                         test_episodes=3)
+    model_config = config.model_config()
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    return save_checkpoint(run / "checkpoints" / "latest.pt", model=build_model(model_config),
+                           model_config=model_config, algorithm="anil", config=config.to_dict(), step=0)
+
+
+@pytest.fixture
+def episode(tmp_path):
+    """A 3-way 1-shot support folder and a flat query folder."""
+    rng = np.random.default_rng(0)
+    support, query = tmp_path / "support", tmp_path / "query"
+    for label in ("a", "b", "c"):
+        (support / label).mkdir(parents=True)
+        Image.fromarray((rng.random((28, 28)) < 0.2).astype(np.uint8) * 255).save(support / label / "0.png")
+    query.mkdir()
+    Image.fromarray((rng.random((28, 28)) < 0.2).astype(np.uint8) * 255).save(query / "q.png")
+    return support, query
+
+
+@pytest.fixture
+def blocker(tmp_path):
+    """A regular file: no path below it can be written, whoever runs the test (root included)."""
+    path = tmp_path / "a_file"
+    path.write_text("not a folder")
+    return path
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if a command starts its real work."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the command started working before checking its arguments")
+
+    for module, name in (("repana.meta.evaluate", "evaluate"), ("repana.meta.evaluate", "predict"),
+                         ("repana.meta.checkpoint", "load_checkpoint"), ("repana.meta.train", "train"),
+                         ("repana.analysis.reproduce", "reproduce"), ("repana.data", "load_splits"),
+                         ("repana.data.download", "download_omniglot")):
+        monkeypatch.setattr(importlib.import_module(module), name, refuse)
+
+
+def _one_line_error(capsys, *needles: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+@no_gpu
+def test_evaluate_on_a_missing_gpu(checkpoint, capsys, no_work):
+    assert main(["evaluate", str(checkpoint), "--device", "cuda"]) == 1
+    _one_line_error(capsys, "repana evaluate: error: --device cuda: no CUDA GPU is available", "--device cpu")
+
+
+@no_gpu
+def test_predict_on_a_missing_gpu(checkpoint, episode, capsys, no_work):
+    support, query = episode
+    assert main(["predict", str(checkpoint), "--support", str(support), "--query", str(query),
+                 "--device", "cuda:1"]) == 1
+    _one_line_error(capsys, "repana predict: error: --device cuda:1: no CUDA GPU is available")
+
+
+def test_a_device_that_does_not_exist(checkpoint, capsys, no_work):
+    assert main(["evaluate", str(checkpoint), "--device", "gpu"]) == 1
+    _one_line_error(capsys, "--device 'gpu' is not a device: use cpu, cuda or cuda:N")
+
+
+def test_evaluate_checks_its_csv_before_evaluating(checkpoint, blocker, capsys, no_work):
+    assert main(["evaluate", str(checkpoint), "--csv", str(blocker / "episodes.csv")]) == 1
+    _one_line_error(capsys, "--csv", f"{blocker} is a file, so nothing can be written under it")
+    folder = blocker.parent / "results"
+    folder.mkdir()
+    assert main(["evaluate", str(checkpoint), "--csv", str(folder)]) == 1
+    _one_line_error(capsys, f"--csv {folder} is a folder; give a file name, e.g. {folder / 'episodes.csv'}")
+
+
+def test_evaluate_writes_its_csv_when_the_path_is_fine(checkpoint, tmp_path, capsys):
+    out = tmp_path / "new" / "folder" / "episodes.csv"
+    assert main(["evaluate", str(checkpoint), "--episodes", "2", "--csv", str(out)]) == 0
+    assert out.is_file() and len(out.read_text().splitlines()) == 3
+    assert not list((tmp_path / "new" / "folder").glob(".repana-write-check-*"))  # the probe is removed
+
+
+def test_predict_checks_its_out_before_reading_images(checkpoint, episode, blocker, capsys, no_work):
+    support, query = episode
+    assert main(["predict", str(checkpoint), "--support", str(support), "--query", str(query),
+                 "--out", str(blocker / "p.csv")]) == 1
+    _one_line_error(capsys, "repana predict: error: --out")
+
+
+def test_train_checks_its_out_before_training(blocker, capsys, no_work):
+    assert main(["train", "--preset", "quick", "--out", str(blocker / "run")]) == 1
+    _one_line_error(capsys, "repana train: error: --out", "is a file")
+    assert main(["train", "--preset", "quick", "--out", str(blocker)]) == 1
+    _one_line_error(capsys, f"--out {blocker} is a file, not a folder")
+
+
+def test_reproduce_checks_its_out_before_working(blocker, capsys, no_work):
+    assert main(["reproduce", "--out", str(blocker / "results")]) == 1
+    _one_line_error(capsys, "repana reproduce: error: --out")
+
+
+@pytest.mark.parametrize("action", ["show", "grid"])
+def test_data_figures_check_their_out_before_loading(action, blocker, capsys, no_work):
+    assert main(["data", action, "--out", str(blocker / "x.png")]) == 1
+    _one_line_error(capsys, f"repana data: error: --out {blocker / 'x.png'}")
+
+
+def test_data_download_checks_its_data_root(blocker, capsys, no_work):
+    assert main(["data", "download", "omniglot", "--data-root", str(blocker / "data")]) == 1
+    _one_line_error(capsys, "--data-root")
+
+
+def test_evaluate_a_run_folder_names_the_file_to_pass(checkpoint, capsys, no_work):
+    run = checkpoint.parent.parent
+    for folder in (run, checkpoint.parent):
+        assert main(["evaluate", str(folder)]) == 1
+        err = _one_line_error(capsys, f"{folder} is a folder, not a checkpoint file: pass {checkpoint}")
+        assert "does not exist" not in err
+    empty = run.parent / "empty"
+    empty.mkdir()
+    assert main(["evaluate", str(empty)]) == 1
+    _one_line_error(capsys, "is a folder, not a checkpoint file: pass a checkpoint file, e.g. RUN/checkpoints/latest.pt")
+
+
+def test_predict_a_run_folder(checkpoint, episode, capsys, no_work):
+    support, query = episode
+    assert main(["predict", str(checkpoint.parent.parent), "--support", str(support), "--query", str(query)]) == 1
+    _one_line_error(capsys, "is a folder, not a checkpoint file")
+
+
+@no_gpu
+def test_no_traceback_from_the_console(checkpoint):
+    """The whole process: exit code 1 and exactly one line on stderr."""
+    done = subprocess.run([sys.executable, "-m", "repana", "evaluate", str(checkpoint), "--device", "cuda"],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "repana evaluate: error: --device cuda: no CUDA GPU is available here (this torch is built without "
+        "CUDA); use --device cpu"] or "no CUDA GPU is available here; use --device cpu" in done.stderr
+
+
+def test_train_records_an_absolute_data_root(tmp_path, monkeypatch, capsys):
+    """A relative --data-root is stored absolute, so evaluate / analyze find the data from anywhere."""
+    import repana.meta.train as trainer
+
+    seen = {}
+
+    def record(config, run_dir, **kwargs):
+        seen["data_root"] = config.data_root
+        raise ConfigError("recorded")
+
+    monkeypatch.setattr(trainer, "train", record)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--preset", "quick", "--data-root", "my_data", "--out", "run"]) == 1
+    assert seen["data_root"] == str(tmp_path / "my_data")
+
+
+def test_evaluate_says_when_the_runs_relative_data_root_is_not_found_here(tmp_path, monkeypatch, capsys):
+    from repana.meta import checkpoint as checkpoints
+
+    config = TrainConfig(dataset="omniglot", data_root="shared/data", hidden=8, ways=3, algorithm="anil")
+    model_config = config.model_config(n_classes=3)
+    path = tmp_path / "ckpt.pt"
+    checkpoints.save_checkpoint(path, model=build_model(model_config), model_config=model_config, algorithm="anil",
+                                config=config.to_dict(), step=0)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["evaluate", str(path)]) == 1
+    _one_line_error(capsys, "the run's data root 'shared/data' is not found from", "recorded relative",
+                    "pass --data-root DIR (the folder holding omniglot/)")
+
+
+def test_an_os_error_during_a_command_is_one_line(monkeypatch, capsys):
+    """A file system that refuses while a command works (after its checks passed): no traceback."""
+    import repana.cli.data as data_cli
+
+    def refuse(args):
+        raise PermissionError(13, "Permission denied", "/srv/data/omniglot")
+
+    monkeypatch.setattr(data_cli, "run_info", refuse)
+    assert main(["data", "info"]) == 1
+    _one_line_error(capsys, "repana data: error: [Errno 13] Permission denied: '/srv/data/omniglot'")
