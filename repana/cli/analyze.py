@@ -22,6 +22,7 @@ import argparse
 from pathlib import Path
 
 from repana.analysis.registry import ANALYSIS_MODULES as ANALYSES   # stdlib-only module: --help stays fast
+from repana.cli.checks import check_output_dir
 from repana.errors import InputError
 
 
@@ -87,6 +88,7 @@ def run(args) -> int:
     from repana.meta.checkpoint import load_checkpoint
     from repana.plots import paper as plots
 
+    check_output_dir(args.out, "--out")
     analysis = get_analysis(args.analysis)
     low, high = analysis.n_checkpoints
     given = len(args.checkpoint)
