@@ -24,7 +24,9 @@ import os
 
 from repana.errors import ConfigError
 
-__all__ = ["retain_freed_memory", "retain_freed_memory_from_env", "DEFAULT_RETAIN_BYTES", "ENV_VAR"]
+__all__ = ["retain_freed_memory", "retain_freed_memory_from_env", "DEFAULT_RETAIN_BYTES", "ENV_VAR",
+           "configure_process_defaults", "usable_cores", "default_threads", "THREAD_ENV_DEFAULTS",
+           "MAX_DEFAULT_THREADS"]
 
 DEFAULT_RETAIN_BYTES = 1 << 30   # 1 GiB: every map of the paper's networks at CPU batch sizes fits
 ENV_VAR = "REPANA_RETAIN_FREED_MIB"
@@ -80,3 +82,47 @@ def retain_freed_memory_from_env() -> bool:
     if not 1 <= mib < 2048:
         raise ConfigError(f"{ENV_VAR} = {mib} must be between 1 and 2047 MiB (0 turns it off)")
     return retain_freed_memory(mib << 20)
+
+
+# ----- threads on a machine that is doing something else -----
+
+# OpenMP's wait policy: libgomp (torch's CPU backend) reads it once, when torch is imported. Unset, a
+# thread that reaches the end of a parallel region spins for up to ~300,000 iterations before it
+# sleeps; next to a busy core the spinning threads take the time slices of the thread they wait for
+# (100 quick-preset steps: 149-217 s instead of 7-9 s). PASSIVE makes waiting threads sleep at once.
+# KMP_BLOCKTIME is the same setting for Intel's OpenMP (libiomp5), in case torch is built with it.
+THREAD_ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+MAX_DEFAULT_THREADS = 8   # Conv4 on CPU batch sizes stops scaling beyond a few threads
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask: taskset, cgroups cpusets, cluster jobs)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):   # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads() -> int:
+    """repana's torch intra-op thread count when a run says ``threads = 0``: the usable cores, at
+    most :data:`MAX_DEFAULT_THREADS`."""
+    return min(usable_cores(), MAX_DEFAULT_THREADS)
+
+
+def configure_process_defaults(environ=None) -> dict[str, str]:
+    """Set the process defaults that keep torch's CPU threads from falling off a cliff when another
+    process uses a core: ``OMP_WAIT_POLICY=PASSIVE`` (and ``KMP_BLOCKTIME=0``), each only where the
+    user has not set it. Call it before ``import torch`` (OpenMP reads these variables once, when
+    torch loads it); the ``repana`` command calls it first thing. Returns the variables it set.
+    When torch is already imported the variables are still set (for child processes) but cannot
+    change this process; the return value is then empty.
+    """
+    import sys
+
+    environ = os.environ if environ is None else environ
+    changed = {}
+    for name, value in THREAD_ENV_DEFAULTS.items():
+        if name not in environ:
+            environ[name] = value
+            changed[name] = value
+    return {} if "torch" in sys.modules else changed
