@@ -96,7 +96,9 @@ def training_plan(preset: str, dataset: str, data_root: str | Path | None = None
         raise ConfigError(f"dataset {dataset!r} is not one of {tuple(DATASET_PRESETS)}")
     plan = {}
     for name, algorithm in RUNS.items():
-        overrides: dict = {"name": name, "algorithm": algorithm, "dataset": dataset,
+        # split "": the runs train on the dataset's default split, which is what reproduce() loads
+        # (load_splits(dataset, root)); the preset's "maml" would be recorded but not used
+        overrides: dict = {"name": name, "algorithm": algorithm, "dataset": dataset, "split": "",
                            "data_root": str(data_root) if data_root else ""}
         if preset == "quick":
             iterations = max(10, int(QUICK_ITERATIONS[name] * iterations_scale))
