@@ -213,9 +213,14 @@ def _check_keys(keys: Iterable[str], source: str) -> None:
 
 
 def from_dict(values: Mapping[str, Any], source: str = "config") -> TrainConfig:
-    """A validated TrainConfig from a flat mapping (unknown keys -> ConfigError)."""
+    """A validated TrainConfig from a flat mapping (unknown keys -> ConfigError); a relative
+    ``data_root`` becomes absolute (against the current directory)."""
     _check_keys(values, source)
     values = _single_split_compatibility(values)
+    # a relative data root is resolved now, against the current directory (where the run trains), so a
+    # run's config.toml and checkpoints work from any directory later (repana evaluate ...)
+    if isinstance(values.get("data_root"), str) and values["data_root"]:
+        values = {**values, "data_root": str(Path(values["data_root"]).expanduser().absolute())}
     return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()}).validate()
 
 
