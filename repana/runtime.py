@@ -1,5 +1,8 @@
 """Process-wide CPU settings that make repana's training and evaluation faster on Linux.
 
+Two settings: freed memory kept for reuse (below), and OpenMP threads that sleep instead of spinning
+while they wait (:func:`configure_process_defaults`, at the end of this module).
+
 glibc's ``malloc`` serves large blocks (above a threshold that grows to at most 32 MiB) with ``mmap``
 and gives them back to the kernel on ``free``, and it trims freed memory at the top of its heap as
 soon as more than twice that threshold is free. A conv net on CPU allocates and frees maps of several
@@ -87,42 +90,67 @@ def retain_freed_memory_from_env() -> bool:
 # ----- threads on a machine that is doing something else -----
 
 # OpenMP's wait policy: libgomp (torch's CPU backend) reads it once, when torch is imported. Unset, a
-# thread that reaches the end of a parallel region spins for up to ~300,000 iterations before it
-# sleeps; next to a busy core the spinning threads take the time slices of the thread they wait for
-# (100 quick-preset steps: 149-217 s instead of 7-9 s). PASSIVE makes waiting threads sleep at once.
-# KMP_BLOCKTIME is the same setting for Intel's OpenMP (libiomp5), in case torch is built with it.
+# thread that reaches the end of a parallel region spins (GOMP_SPINCOUNT, 300,000 iterations by
+# default) before it sleeps, and the threads waiting for the next region spin too. Next to a busy core
+# the spinning threads take the time slices of the thread they wait for: measured with
+# benchmarks/threads.py on 2 cores, a quick-preset step took 9.1 s instead of 0.42 s when one busy
+# loop ran beside it (21.6x); with PASSIVE (waiting threads sleep at once) 0.30 s instead of 0.13 s
+# (2.2x), and the idle machine got faster too (0.42 -> 0.13 s: the other jobs on it count as busy).
+# KMP_BLOCKTIME=0 is the same setting for Intel's OpenMP (libiomp5), in case torch is built with it.
 THREAD_ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
-MAX_DEFAULT_THREADS = 8   # Conv4 on CPU batch sizes stops scaling beyond a few threads
+# A cap on the default thread count: the paper's Conv4 batches (tens of 28x28 or 84x84 images) give
+# each thread little work; not measured beyond 2 cores here, a hedge against 64 threads on a big server.
+MAX_DEFAULT_THREADS = 8
+
+
+def _cgroup_cpu_limit(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:
+    """Whole CPUs a cgroup v2 quota allows (``docker --cpus``, Kubernetes limits), or None if unlimited."""
+    try:
+        with open(path, encoding="ascii") as handle:
+            quota, period = handle.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return max(1, int(-(-int(quota) // int(period))))   # ceil
+    except (ValueError, ZeroDivisionError):
+        return None
 
 
 def usable_cores() -> int:
-    """CPUs this process may run on (its affinity mask: taskset, cgroups cpusets, cluster jobs)."""
+    """CPUs this process may use: its affinity mask (taskset, cpusets, cluster jobs), at most the
+    cgroup's CPU quota (containers), where the system tells."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):   # macOS, Windows
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit()
+    return max(1, min(cores, limit) if limit else cores)
 
 
 def default_threads() -> int:
-    """repana's torch intra-op thread count when a run says ``threads = 0``: the usable cores, at
-    most :data:`MAX_DEFAULT_THREADS`."""
+    """repana's default torch intra-op thread count: the usable cores, at most :data:`MAX_DEFAULT_THREADS`."""
     return min(usable_cores(), MAX_DEFAULT_THREADS)
 
 
 def configure_process_defaults(environ=None) -> dict[str, str]:
     """Set the process defaults that keep torch's CPU threads from falling off a cliff when another
-    process uses a core: ``OMP_WAIT_POLICY=PASSIVE`` (and ``KMP_BLOCKTIME=0``), each only where the
-    user has not set it. Call it before ``import torch`` (OpenMP reads these variables once, when
-    torch loads it); the ``repana`` command calls it first thing. Returns the variables it set.
-    When torch is already imported the variables are still set (for child processes) but cannot
-    change this process; the return value is then empty.
+    process uses a core: ``OMP_WAIT_POLICY=PASSIVE``, ``KMP_BLOCKTIME=0`` and ``OMP_NUM_THREADS`` =
+    :func:`default_threads`, each only where the user has not set it (theirs win).
+
+    Call it before ``import torch``: OpenMP reads these variables once, when torch loads it. The
+    ``repana`` command calls it first thing. Returns the variables it set that take effect in this
+    process: when torch is already imported they are still set (child processes inherit them) but
+    cannot change this one, and the return value is empty.
     """
     import sys
 
     environ = os.environ if environ is None else environ
+    wanted = {**THREAD_ENV_DEFAULTS, "OMP_NUM_THREADS": str(default_threads())}
     changed = {}
-    for name, value in THREAD_ENV_DEFAULTS.items():
-        if name not in environ:
+    for name, value in wanted.items():
+        if not environ.get(name):
             environ[name] = value
             changed[name] = value
     return {} if "torch" in sys.modules else changed
