@@ -198,5 +198,5 @@ def test_random_bytes_and_folders_get_their_own_messages(tmp_path):
         load_checkpoint(tmp_path / "random.pt")
     assert "unsafe" not in str(info.value)
     (tmp_path / "folder.pt").mkdir()
-    with pytest.raises(CheckpointError, match=r"does not exist \(it is a folder\)"):
+    with pytest.raises(CheckpointError, match=r"folder.pt is a folder, not a file"):
         load_checkpoint(tmp_path / "folder.pt")

@@ -114,8 +114,10 @@ def torch_load(path: str | os.PathLike, *, unsafe_pickle: bool = False, what: st
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        raise error_class(f"{what} {path} is a folder, not a file")
     if not path.is_file():
-        raise error_class(f"{what} {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+        raise error_class(f"{what} {path} does not exist")
     try:
         return torch.load(path, map_location=map_location, weights_only=not unsafe_pickle)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError,
