@@ -6,6 +6,8 @@ config.toml must name the split the runs were trained on, so that evaluate loads
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -39,13 +41,19 @@ def test_evaluate_reads_a_glyphs_reproduce_checkpoint(tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
 
 
-def test_evaluate_reads_an_omniglot_reproduce_checkpoint_on_the_split_it_was_trained_on(tmp_path, capsys):
+def test_evaluate_reads_an_omniglot_reproduce_checkpoint_on_the_split_it_was_trained_on(tmp_path, capsys,
+                                                                                        monkeypatch):
     root = real_data_root()
     if root is None:
         pytest.skip("real Omniglot data not found: set REPANA_DATA_ROOT (e.g. ../shared/data)")
-    config, path = _reproduce_checkpoint(tmp_path, "omniglot", root)
+    monkeypatch.chdir(tmp_path)
+    config, path = _reproduce_checkpoint(tmp_path, "omniglot", os.path.relpath(root.resolve(), tmp_path))
+    assert config.data_root == str(root.resolve())   # stored absolute: evaluate works from anywhere
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.delenv("REPANA_DATA_ROOT", raising=False)
     # reproduce() trains on load_splits(dataset, root): evaluate must load those very classes
-    trained_on = load_splits("omniglot", root=root)
+    trained_on = load_splits("omniglot", root=root.resolve())
     evaluated_on = load_data(load_checkpoint(path).train_config())
     assert evaluated_on["test"].class_names == trained_on["test"].class_names
     assert main(["evaluate", str(path), "--episodes", "2", "--steps", "1"]) == 0

@@ -22,6 +22,7 @@ The conventions that silently change results are explicit fields and are written
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import typing
 from dataclasses import dataclass, field, fields
@@ -220,7 +221,7 @@ def from_dict(values: Mapping[str, Any], source: str = "config") -> TrainConfig:
     # a relative data root is resolved now, against the current directory (where the run trains), so a
     # run's config.toml and checkpoints work from any directory later (repana evaluate ...)
     if isinstance(values.get("data_root"), str) and values["data_root"]:
-        values = {**values, "data_root": str(Path(values["data_root"]).expanduser().absolute())}
+        values = {**values, "data_root": os.path.abspath(os.path.expanduser(values["data_root"]))}
     return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()}).validate()
 
 
