@@ -1,7 +1,8 @@
 """Training speed next to a busy core: torch's old defaults vs repana's process defaults.
 
 Each measurement is a fresh Python process that trains the ``quick`` preset (glyphs, ANIL) for
-``--steps`` steps and prints the seconds per step (the first step, warm-up, excluded). Settings:
+``--steps`` steps (or until ``--budget`` seconds have passed) and prints the seconds per step (the
+first step, warm-up, excluded). Settings:
 
 - ``before``: torch's defaults as repana ran before (``OMP_WAIT_POLICY`` unset: OpenMP threads spin
   while they wait; threads = torch's choice, one per core);
@@ -14,7 +15,7 @@ busy loop per ``--competitors``, pinned nowhere, for the duration of the measure
 interleaved so that a change in the machine's load hits every setting alike. Prints the median
 seconds per step and the ratios busy / idle per setting and after / before per condition.
 
-    python benchmarks/threads.py [--steps 30] [--rounds 3] [--competitors 1]
+    python benchmarks/threads.py [--steps 30] [--rounds 3] [--competitors 1] [--budget 120]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -33,19 +35,25 @@ SETTINGS = ("before", "after", "threads=1")
 
 _WORKER = r"""
 import json, os, sys, tempfile, time
-setting, steps = sys.argv[1], int(sys.argv[2])
+setting, steps, budget = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 if setting == "after":
     from repana.runtime import configure_process_defaults
     configure_process_defaults()
 import torch
 from repana.meta.config import load_config
-from repana.meta.train import train
+from repana.meta.train import StopTraining, train
 threads = 1 if setting == "threads=1" else 0
 config = load_config(preset="quick", overrides={"iterations": steps, "val_every": 0, "checkpoint_every": 0,
                                                 "save_steps": [], "threads": threads})
 stamps = []
+
+def stamp(step, metrics):
+    stamps.append(time.perf_counter())
+    if len(stamps) >= 3 and stamps[-1] - stamps[0] > budget:
+        raise StopTraining   # a setting that fell off the cliff: the steps done so far give its rate
+
 with tempfile.TemporaryDirectory() as folder:
-    train(config, folder, show_progress=False, callback=lambda step, metrics: stamps.append(time.perf_counter()))
+    train(config, folder, show_progress=False, callback=stamp)
 per_step = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 print(json.dumps({"per_step_s": per_step, "threads": torch.get_num_threads(),
                   "wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}))
@@ -54,14 +62,14 @@ print(json.dumps({"per_step_s": per_step, "threads": torch.get_num_threads(),
 _BUSY = "while True:\n    pass\n"
 
 
-def measure(setting: str, steps: int, timeout: float) -> dict:
+def measure(setting: str, steps: int, budget: float) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS",
                                                               "KMP_BLOCKTIME", "GOMP_SPINCOUNT")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["REPANA_PROGRESS"] = "0"
     try:
-        done = subprocess.run([sys.executable, "-c", _WORKER, setting, str(steps)], env=env, capture_output=True,
-                              text=True, timeout=timeout, check=True)
+        done = subprocess.run([sys.executable, "-c", _WORKER, setting, str(steps), str(budget)], env=env,
+                              capture_output=True, text=True, timeout=budget + 600, check=True)
     except subprocess.TimeoutExpired:
         return {"per_step_s": float("inf"), "threads": None, "wait_policy": "timeout"}
     except subprocess.CalledProcessError as error:
@@ -74,9 +82,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="training steps per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
     parser.add_argument("--competitors", type=int, default=1, help="busy-loop processes in the busy condition")
-    parser.add_argument("--timeout", type=float, default=300, help="seconds before a measurement is abandoned")
+    parser.add_argument("--budget", type=float, default=120,
+                        help="seconds of training per measurement at most (a slow setting stops early, after at "
+                             "least 3 steps; its rate comes from the steps done)")
     parser.add_argument("--settings", default=",".join(SETTINGS))
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the finally below: stop the busy loops
     settings = [s for s in args.settings.split(",") if s]
     times: dict[tuple[str, str], list[float]] = {}
     print(f"cores usable {len(os.sched_getaffinity(0))}, load average {os.getloadavg()[0]:.2f}, "
@@ -89,7 +100,7 @@ def main() -> None:
                 time.sleep(0.5)
             try:
                 for setting in settings:
-                    result = measure(setting, args.steps, args.timeout)
+                    result = measure(setting, args.steps, args.budget)
                     times.setdefault((setting, condition), []).append(result["per_step_s"])
                     print(f"round {round_index + 1} {condition:4s} {setting:9s} {1000 * result['per_step_s']:8.1f} "
                           f"ms/step (threads {result['threads']}, OMP_WAIT_POLICY "
