@@ -135,7 +135,7 @@ class LogProgress:
         parts = [f"{self.unit} {count}" if not self.unit_scale else count]
         if self.total:
             parts[0] += f" ({100 * self.n / self.total:.0f}%)"
-        parts.append(f"{self._amount(rate, rate=True)} {self.unit}/s")
+        parts.append(f"{self._amount(rate, rate=True)}{'' if self.unit_scale else ' '}{self.unit}/s")
         if done:
             parts.append(f"done in {tqdm.format_interval(elapsed)}")
         elif self.total and rate > 0:
@@ -145,7 +145,7 @@ class LogProgress:
 
     def _amount(self, value: float, rate: bool = False) -> str:
         if self.unit_scale:
-            return tqdm.format_sizeof(value)
+            return tqdm.format_sizeof(value) + ("" if rate else self.unit)
         return f"{value:.2f}" if rate else str(int(value))
 
     def _print(self, now: float, done: bool = False) -> None:

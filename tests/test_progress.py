@@ -58,3 +58,12 @@ def test_off_a_terminal_progress_logs_lines_and_the_interval_is_configurable(mon
     monkeypatch.setenv("REPANA_PROGRESS_INTERVAL", "soon")
     with pytest.raises(ConfigError, match="REPANA_PROGRESS_INTERVAL = 'soon' must be a number of seconds"):
         progress(total=3)
+
+
+def test_byte_counts_are_scaled():
+    clock, out = FakeClock(), io.StringIO()
+    with LogProgress(total=4_000_000, desc="omniglot", unit="B", unit_scale=True, interval=1, clock=clock,
+                     stream=out) as bar:
+        clock.now += 2
+        bar.update(1_000_000)
+    assert out.getvalue().splitlines()[0] == "omniglot: 1.00MB/4.00MB (25%), 500kB/s, ETA 00:06"
