@@ -25,7 +25,10 @@ from conftest import real_data_root
 
 def _reproduce_checkpoint(tmp_path, dataset: str, data_root=None):
     """The final checkpoint of a reproduce-style MAML run (untrained weights: only the config matters)."""
-    config = training_plan("quick", dataset, data_root, iterations_scale=0.001, overrides={"hidden": 8})["maml"]
+    plan = training_plan("quick", dataset, data_root, iterations_scale=0.001, overrides={"hidden": 8})
+    # a dict name -> config, or (since the run planner) a list of jobs with a .config each
+    configs = plan.values() if isinstance(plan, dict) else [job.config for job in plan]
+    config = next(c for c in configs if c.algorithm == "maml")
     model_config = config.model_config()
     model = build_model(model_config)
     path = tmp_path / "reproduce" / "runs" / "maml" / "checkpoints" / "latest.pt"
