@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from repana.errors import CheckpointError
-from repana.meta.checkpoint import (FORMAT_VERSION, capture_rng_state, load_checkpoint, restore_rng_state,
-                                    save_checkpoint)
+from repana.meta.checkpoint import (FORMAT_VERSION, capture_rng_state, load_checkpoint, payload_checksum,
+                                    restore_rng_state, save_checkpoint)
 from repana.meta.config import TrainConfig
 from repana.models import build_model
 
@@ -101,6 +101,7 @@ def test_other_architecture_is_rejected(tmp_path):
         load_checkpoint(path, expected_model_config={**MODEL_CONFIG, "hidden": 64})
     payload = torch.load(path, weights_only=True)
     payload["model_config"] = {**MODEL_CONFIG, "hidden": 16}  # weights of 8 filters, config says 16
+    payload["checksum"]["hex"] = payload_checksum(payload)    # written so by a buggy writer, not corrupted
     torch.save(payload, tmp_path / "mixed.pt")
     with pytest.raises(CheckpointError, match="another architecture.*shape mismatch"):
         load_checkpoint(tmp_path / "mixed.pt").model()
@@ -120,3 +121,82 @@ def test_failed_write_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypa
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
     assert load_checkpoint(path).step == 2
+
+
+# ----- integrity (issue 17, items 3 and 7) -----
+
+def _flip_inside(path, tensor: torch.Tensor, out) -> None:
+    """Copy ``path`` to ``out`` with one low mantissa bit flipped inside ``tensor``'s stored bytes."""
+    data = bytearray(path.read_bytes())
+    raw = tensor.detach().contiguous().numpy().tobytes()
+    at = data.find(raw)
+    assert at >= 0 and data.find(raw, at + 1) < 0
+    data[at + len(raw) // 2 - (len(raw) // 2) % 4] ^= 0x01   # lowest byte of a float32: stays finite
+    out.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_in_the_weights_are_a_checksum_error(tmp_path):
+    model, optimizer = _trained_model_and_optimizer()
+    path = _save(tmp_path / "c.pt", model, optimizer)
+    assert load_checkpoint(path).verified
+    _flip_inside(path, model.state_dict()["conv1.conv.weight"], tmp_path / "flipped.pt")
+    with pytest.raises(CheckpointError, match=r"flipped\.pt: checksum mismatch: the file is corrupt"):
+        load_checkpoint(tmp_path / "flipped.pt")
+
+
+def test_a_changed_config_is_a_checksum_error(tmp_path):
+    model, optimizer = _trained_model_and_optimizer()
+    payload = torch.load(_save(tmp_path / "c.pt", model, optimizer), weights_only=True)
+    payload["config"]["inner_lr"] = 0.5
+    torch.save(payload, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_checkpoint(tmp_path / "edited.pt")
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    model, optimizer = _trained_model_and_optimizer()
+    with torch.no_grad():
+        model.conv2.conv.weight[0, 0, 0, 0] = float("nan")
+    path = _save(tmp_path / "nan.pt", model, optimizer)   # a consistent checksum: the run diverged
+    with pytest.raises(CheckpointError, match=r"non-finite weights \(NaN or inf\) in conv2.conv.weight"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_without_checksum_loads_with_a_warning(tmp_path):
+    model, optimizer = _trained_model_and_optimizer()
+    payload = torch.load(_save(tmp_path / "c.pt", model, optimizer), weights_only=True)
+    del payload["checksum"], payload["runtime"]   # what repana 0.1.0 wrote
+    torch.save(payload, tmp_path / "old.pt")
+    with pytest.warns(UserWarning, match="has no checksum"):
+        loaded = load_checkpoint(tmp_path / "old.pt")
+    assert not loaded.verified and loaded.runtime == {}
+    torch.testing.assert_close(loaded.state_dict["conv1.conv.weight"], model.state_dict()["conv1.conv.weight"])
+
+
+def test_the_checkpoint_records_threads_and_torch_version(tmp_path):
+    model, optimizer = _trained_model_and_optimizer()
+    runtime = load_checkpoint(_save(tmp_path / "c.pt", model, optimizer)).runtime
+    assert runtime["threads"] == torch.get_num_threads() and runtime["torch_version"] == torch.__version__
+
+
+def test_a_refused_pickle_says_so_and_names_the_opt_in(tmp_path):
+    import fractions
+
+    torch.save({"format": "repana-checkpoint", "x": fractions.Fraction(1, 3)}, tmp_path / "obj.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "obj.pt")
+    message = str(info.value)
+    assert "safe loading" in message and "--unsafe-pickle" in message and "truncated" not in message
+    # torch's reason is not cut off
+    assert "fractions.Fraction was not an allowed global by default" in message
+    assert "add_safe_globals([fractions.Fraction])" in message
+
+
+def test_random_bytes_and_folders_get_their_own_messages(tmp_path):
+    (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).bytes(4000))
+    with pytest.raises(CheckpointError, match=r"not a torch checkpoint \(truncated or corrupt\)") as info:
+        load_checkpoint(tmp_path / "random.pt")
+    assert "unsafe" not in str(info.value)
+    (tmp_path / "folder.pt").mkdir()
+    with pytest.raises(CheckpointError, match=r"folder.pt is a folder, not a file"):
+        load_checkpoint(tmp_path / "folder.pt")

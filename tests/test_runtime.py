@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +121,47 @@ def test_every_command_retains_freed_memory_and_a_bad_setting_is_a_clear_error(m
     monkeypatch.setenv(runtime.ENV_VAR, "lots")
     assert cli.main(["train", "--list-presets"]) == 1
     assert "REPANA_RETAIN_FREED_MIB = 'lots' must be a whole number of MiB" in capsys.readouterr().err
+
+
+# ----- thread defaults (issue 17, item 1) -----
+
+def test_process_defaults_fill_only_what_the_user_left_unset(monkeypatch):
+    import repana.runtime as runtime
+
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 32)
+    environ = {"OMP_WAIT_POLICY": "ACTIVE"}
+    runtime.configure_process_defaults(environ)
+    assert environ == {"OMP_WAIT_POLICY": "ACTIVE", "KMP_BLOCKTIME": "0", "OMP_NUM_THREADS": "8"}
+    # torch is imported in this process: nothing could take effect here
+    assert runtime.configure_process_defaults({}) == {}
+
+
+def test_default_threads_follow_the_affinity_mask_and_the_cgroup_quota(monkeypatch, tmp_path):
+    import repana.runtime as runtime
+
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    monkeypatch.setattr(runtime, "_cgroup_cpu_limit", lambda: None)
+    assert runtime.usable_cores() == 6 and runtime.default_threads() == 6
+    monkeypatch.setattr(runtime, "_cgroup_cpu_limit", lambda: 3)
+    assert runtime.usable_cores() == 3
+    (tmp_path / "cpu.max").write_text("250000 100000\n")
+    monkeypatch.undo()
+    assert runtime._cgroup_cpu_limit(str(tmp_path / "cpu.max")) == 3
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert runtime._cgroup_cpu_limit(str(tmp_path / "cpu.max")) is None
+
+
+def test_a_fresh_process_gets_the_passive_wait_policy_before_torch_loads():
+    import subprocess
+    import sys
+
+    from repana.runtime import default_threads
+
+    code = ("import os\nfrom repana.runtime import configure_process_defaults\n"
+            "print(sorted(configure_process_defaults()))\nimport torch\n"
+            "print(os.environ['OMP_WAIT_POLICY'], torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "KMP_BLOCKTIME")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         timeout=120).stdout.splitlines()
+    assert out == ["['KMP_BLOCKTIME', 'OMP_NUM_THREADS', 'OMP_WAIT_POLICY']", f"PASSIVE {default_threads()}"]

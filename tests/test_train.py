@@ -158,3 +158,84 @@ def test_pretraining_uses_a_head_over_all_training_classes(tmp_path):
     assert ckpt.model_config["n_classes"] == 12
     assert ckpt.state_dict["head.weight"].shape == (12, 8)
     assert summary.val_accuracy is not None
+
+
+# ----- issue 17: debris, messages and thread counts on resume -----
+
+def _killed_run(tmp_path, config, kill_at: int = 5):
+    def kill(step, metrics):
+        if step == kill_at:
+            raise StopTraining
+
+    train(config, tmp_path / "run", data=small_data(), show_progress=False, callback=kill)
+    return tmp_path / "run"
+
+
+def test_resume_removes_stale_temp_files_of_the_run_only(tmp_path):
+    import os
+
+    from repana.io import process_start_time
+
+    run = _killed_run(tmp_path, small_config())
+    old = process_start_time() - 60
+    debris = [run / "checkpoints" / ".latest.pt.repana-a1b2c3d4.tmp", run / "checkpoints" / ".step_000006.pt.k9_x7q2z.tmp",
+              run / ".metrics.csv.repana-zz99yy88.tmp"]
+    kept = [run / "checkpoints" / ".notes.tmp", run / "checkpoints" / "mine.tmp",
+            run / "checkpoints" / ".latest.pt.repana-fresh123.tmp"]   # the last: newer than this process
+    for path in debris + kept:
+        path.write_bytes(b"x" * 100)
+    for path in debris + kept[:2]:
+        os.utime(path, (old, old))
+    train(small_config(), run, resume=True, data=small_data(), show_progress=False)
+    assert not any(p.exists() for p in debris)
+    assert all(p.exists() for p in kept)
+
+
+def test_atomic_write_names_its_temp_file_recognisably(tmp_path):
+    from repana.io import TEMP_FILE, atomic_write
+
+    with atomic_write(tmp_path / "latest.pt") as handle:
+        handle.write(b"data")
+        names = [p.name for p in tmp_path.iterdir()]
+    assert len(names) == 1 and names[0].startswith(".latest.pt.repana-") and TEMP_FILE.match(names[0])
+
+
+def test_resume_says_when_it_skips_an_unreadable_latest_checkpoint(tmp_path, capsys):
+    run = _killed_run(tmp_path, small_config())
+    latest = run / "checkpoints" / "latest.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    capsys.readouterr()
+    train(small_config(), run, resume=True, data=small_data(), show_progress=False)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(latest) in err
+    assert f"resuming from {run / 'checkpoints' / 'step_000004.pt'} (step 4) instead" in err
+
+
+def test_resuming_a_finished_run_says_so_and_reports_its_last_loss(tmp_path, capsys):
+    first = train(small_config(), tmp_path / "run", data=small_data(), show_progress=False)
+    capsys.readouterr()
+    again = train(small_config(), tmp_path / "run", resume=True, data=small_data(), show_progress=False)
+    assert "is already complete (step 6 of 6)" in capsys.readouterr().err
+    assert again.already_complete and again.steps == 6
+    assert np.isfinite(again.train_loss) and abs(again.train_loss - first.train_loss) < 1e-5
+    assert again.val_accuracy == first.val_accuracy
+
+
+def test_resume_with_another_thread_count_is_refused_unless_allowed(tmp_path, monkeypatch):
+    assert torch.get_num_threads() == 1   # conftest
+    run = _killed_run(tmp_path, small_config())
+    assert load_checkpoint(run / "checkpoints" / "latest.pt").runtime["threads"] == 1
+    with pytest.raises(ConfigError, match=r"trained with 1 torch threads, this process would continue with 2.*"
+                                          r"--set threads=1.*REPANA_ALLOW_THREAD_CHANGE=1"):
+        train(small_config(threads=2), run, resume=True, data=small_data(), show_progress=False)
+    monkeypatch.setenv("REPANA_ALLOW_THREAD_CHANGE", "1")
+    summary = train(small_config(threads=2), run, resume=True, data=small_data(), show_progress=False)
+    assert summary.steps == 6
+    assert load_checkpoint(run / "checkpoints" / "latest.pt").runtime["threads"] == 2
+
+
+def test_a_relative_data_root_is_stored_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = small_config(data_root="data/here")
+    assert config.data_root == str(tmp_path / "data" / "here")
+    assert from_dict(config.to_dict()).data_root == config.data_root

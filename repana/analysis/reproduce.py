@@ -91,7 +91,9 @@ def training_plan(preset: str, dataset: str, data_root: str | Path | None = None
     for cell in cells:
         base = {}
         for name in (n for n in RUNS if networks is None or n in networks):
-            values: dict = {"name": name, "algorithm": RUNS[name], "dataset": dataset,
+            # split "": the runs train on the dataset's default split, which is what the analyses load
+            # (load_splits(dataset, root)); the preset's "maml" split needs all 1623 Omniglot characters
+            values: dict = {"name": name, "algorithm": RUNS[name], "dataset": dataset, "split": "",
                             "data_root": str(data_root) if data_root else ""}
             if preset == "quick":
                 iterations = max(10, int(QUICK_ITERATIONS[name] * iterations_scale))

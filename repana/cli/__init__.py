@@ -20,7 +20,7 @@ import sys
 
 from repana import __version__
 from repana.errors import RepanaError
-from repana.runtime import retain_freed_memory_from_env
+from repana.runtime import configure_process_defaults, retain_freed_memory_from_env
 
 # name -> (module that registers it, one-line help). Order is the order of `repana --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -112,6 +112,7 @@ def _autocomplete(parser_for) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_process_defaults()  # OpenMP wait policy and threads: must run before any command imports torch
     _autocomplete(build_parser)
     parser = build_parser()
     args = parser.parse_args(argv)

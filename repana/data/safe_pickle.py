@@ -64,3 +64,75 @@ def safe_load(path: str | os.PathLike):
             UnicodeDecodeError) as error:
         raise DataError(f"{path} is not a readable pickle ({type(error).__name__}: {error}); the file is "
                         f"probably truncated or corrupt ({len(data)} bytes): download it again") from error
+
+
+# ----- torch files: safe loading with messages that tell a refused pickle from a broken file -----
+
+# ``torch.save`` writes a zip archive; before torch 1.6 (``_use_new_zipfile_serialization=False``) a
+# pickle stream starting with protocol 2 and this magic number.
+TORCH_LEGACY_PREFIX = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+UNSAFE_OPTION = "--unsafe-pickle"
+
+
+def looks_like_torch_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a zip archive (``torch.save``'s format) or a legacy torch pickle."""
+    import zipfile
+
+    with open(path, "rb") as handle:
+        head = handle.read(len(TORCH_LEGACY_PREFIX))
+    return head.startswith(TORCH_LEGACY_PREFIX) or zipfile.is_zipfile(path)
+
+
+def _weights_only_refusal(message: str) -> str | None:
+    """torch's reason when ``weights_only`` loading refused an object (``None`` for other errors).
+
+    torch words both a refused global and a stream that is not a pickle at all as "Weights only load
+    failed"; the latter says "Unsupported operand". The reason is torch's "WeightsUnpickler error"
+    paragraph, whole.
+    """
+    import re
+
+    if "Weights only load failed" not in message or "Unsupported operand" in message:
+        return None
+    text = re.sub(r"\x1b\[[0-9;]*m", "", message)
+    reason = text.split("WeightsUnpickler error:", 1)[-1].split("\n\n", 1)[0]
+    return " ".join(reason.split()) or " ".join(text.split())
+
+
+def torch_load(path: str | os.PathLike, *, unsafe_pickle: bool = False, what: str = "file",
+               error_class: type[Exception] = DataError, map_location="cpu"):
+    """``torch.load`` of ``path`` (``weights_only`` unless ``unsafe_pickle``) with one clear error line.
+
+    Raises ``error_class`` naming the file when it does not exist, when it is not a torch file at all
+    (random bytes, a truncated archive: "not a torch checkpoint (truncated or corrupt)"), when safe
+    loading refused a pickled object (torch's reason in full, and ``--unsafe-pickle`` as the opt-in
+    for trusted files), or when torch cannot read it otherwise.
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    if path.is_dir():
+        raise error_class(f"{what} {path} is a folder, not a file")
+    if not path.is_file():
+        raise error_class(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=not unsafe_pickle)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError,
+            IndexError, OSError, AttributeError, ImportError, TypeError) as error:
+        message = str(error)
+        size = path.stat().st_size
+        if not looks_like_torch_file(path):
+            raise error_class(f"{what} {path} is not a torch checkpoint (truncated or corrupt): {size} bytes "
+                              "that are neither a torch zip archive nor a legacy torch file") from None
+        refusal = None if unsafe_pickle else _weights_only_refusal(message)
+        if refusal is not None:
+            raise error_class(f"{what} {path} holds pickled Python objects that safe loading (torch.load "
+                              f"weights_only=True) refuses, and nothing in it was run: {refusal} If you trust "
+                              f"the file, pass {UNSAFE_OPTION} to load it with full pickle (which can run "
+                              "code)") from None
+        first = " ".join(message.split("\n\n", 1)[0].split())
+        raise error_class(f"{what} {path} is truncated or corrupt and cannot be read "
+                          f"({type(error).__name__}: {first})") from None

@@ -7,19 +7,26 @@ with ``torch.load(weights_only=True)`` (no code runs on load)::
      "model_config": {...build_model kwargs...}, "algorithm": "anil", "config": {...TrainConfig...},
      "state_dict": {...}, "optimizer": {...} | None, "step": 1200,
      "rng": {"python": [...], "numpy": {...}, "torch": ByteTensor, "cuda": [...], "sampler": {...}},
-     "metrics": {"val_accuracy": 0.81, ...}}
+     "metrics": {"val_accuracy": 0.81, ...}, "runtime": {"threads": 2, "torch_version": ...},
+     "checksum": {"algorithm": "sha256", "hex": "..."}}
 
 Files are written atomically (``repana.io.atomic_torch_save``): a crash mid-write leaves the previous
 file intact and never a partial file under the final name. Loading a truncated or corrupt file, one
 of another format version, or one whose weights do not fit its architecture raises
 :class:`repana.errors.CheckpointError` naming the problem.
+
+Each checkpoint proves itself: ``checksum`` is a SHA-256 over every other entry (tensors by dtype,
+shape and raw bytes, in sorted key order; numbers and strings by their repr), verified on load, so a
+flipped byte anywhere in the weights, optimizer state, RNG states or config is a "checksum mismatch"
+error instead of a silently different network; the weights must also be finite. Checkpoints written
+before checksums existed still load, with a warning that they could not be verified.
 """
 
 from __future__ import annotations
 
-import pickle
+import hashlib
 import random
-import zipfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +42,58 @@ FORMAT = "repana-checkpoint"
 FORMAT_VERSION = 1
 _REQUIRED = ("format", "format_version", "repana_version", "model_config", "algorithm", "config",
              "state_dict", "optimizer", "step", "rng", "metrics")
+CHECKSUM_ALGORITHM = "sha256"
+
+
+# ----- integrity -----
+
+def _feed(hasher, obj: Any) -> None:
+    """Feed ``obj`` to ``hasher`` in a canonical form: dict keys sorted (by repr), tensors as dtype,
+    shape and raw bytes, everything else by type name and repr."""
+    if isinstance(obj, torch.Tensor):
+        tensor = obj.detach().cpu().contiguous()
+        hasher.update(f"T{tensor.dtype}{tuple(tensor.shape)}:".encode())
+        hasher.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        hasher.update(f"D{len(obj)}:".encode())
+        for key in sorted(obj, key=repr):
+            _feed(hasher, key)
+            _feed(hasher, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        hasher.update(f"{type(obj).__name__[0]}{len(obj)}:".encode())
+        for item in obj:
+            _feed(hasher, item)
+    else:
+        hasher.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def payload_checksum(payload: dict) -> str:
+    """SHA-256 (hex) of every entry of a checkpoint payload except ``checksum`` itself."""
+    hasher = hashlib.sha256()
+    _feed(hasher, {k: v for k, v in payload.items() if k != "checksum"})
+    return hasher.hexdigest()
+
+
+def _verify(payload: dict, path: Path) -> bool:
+    """CheckpointError on a checksum mismatch or non-finite weights; False when there is no checksum."""
+    stored = payload.get("checksum")
+    verified = False
+    if stored is not None:
+        if not isinstance(stored, dict) or stored.get("algorithm") != CHECKSUM_ALGORITHM:
+            raise CheckpointError(f"checkpoint {path}: checksum entry {stored!r} is unreadable; the file is corrupt")
+        if payload_checksum(payload) != stored.get("hex"):
+            raise CheckpointError(f"checkpoint {path}: checksum mismatch: the file is corrupt (its tensors or "
+                                  "config changed after it was written); use another checkpoint of the run")
+        verified = True
+    state = payload["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path}: its state_dict is not a dict; the file is corrupt")
+    bad = [name for name, value in state.items()
+           if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise CheckpointError(f"checkpoint {path} holds non-finite weights (NaN or inf) in {', '.join(bad[:5])}: "
+                              "the run diverged or the file is corrupt")
+    return verified
 
 
 # ----- RNG states as tensors / primitives (weights_only-safe) -----
@@ -85,6 +144,8 @@ class Checkpoint:
     metrics: dict = field(default_factory=dict)
     repana_version: str = __version__
     path: Path | None = None
+    runtime: dict = field(default_factory=dict)   # threads, torch version, deterministic flags
+    verified: bool = False                         # the checksum was present and matched
 
     def model(self, device: str | torch.device | None = None) -> torch.nn.Module:
         """The network of this checkpoint, weights loaded, in eval mode, on ``device``."""
@@ -130,11 +191,13 @@ def load_weights(model: torch.nn.Module, state_dict: dict, where: str = "checkpo
 
 def save_checkpoint(path: str | Path, *, model: torch.nn.Module, model_config: dict, algorithm: str,
                     config: dict, step: int, optimizer: torch.optim.Optimizer | None = None,
-                    rng: dict | None = None, metrics: dict | None = None) -> Path:
+                    rng: dict | None = None, metrics: dict | None = None, runtime: dict | None = None) -> Path:
     """Write a checkpoint atomically to ``path``; returns the path.
 
     ``rng``: from :func:`capture_rng_state` (captured now when omitted). ``metrics``: flat dict of
-    numbers. ``config``: the resolved TrainConfig as a dict.
+    numbers. ``config``: the resolved TrainConfig as a dict. ``runtime``: what the results depend on
+    beyond the config (:func:`runtime_record`, taken now when omitted). A checksum of everything is
+    stored with it.
     """
     payload = {
         "format": FORMAT,
@@ -148,10 +211,21 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, model_config: d
         "step": int(step),
         "rng": rng if rng is not None else capture_rng_state(),
         "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+        "runtime": dict(runtime) if runtime is not None else runtime_record(),
     }
+    payload["checksum"] = {"algorithm": CHECKSUM_ALGORITHM, "hex": payload_checksum(payload)}
     path = Path(path)
     atomic_torch_save(payload, path)
     return path
+
+
+def runtime_record(threads: int | None = None) -> dict:
+    """What a run's numbers depend on beyond its config: torch's intra-op threads (floating-point sums
+    are split differently per thread count), the torch version and its deterministic flags."""
+    return {"threads": int(threads if threads is not None else torch.get_num_threads()),
+            "torch_version": str(torch.__version__),
+            "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled()),
+            "cudnn_deterministic": bool(torch.backends.cudnn.deterministic)}
 
 
 def _to_cpu(obj: Any) -> Any:
@@ -164,22 +238,20 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
-def load_checkpoint(path: str | Path, expected_model_config: dict | None = None) -> Checkpoint:
+def load_checkpoint(path: str | Path, expected_model_config: dict | None = None,
+                    unsafe_pickle: bool = False) -> Checkpoint:
     """Read and check a checkpoint (CPU tensors).
 
-    Raises CheckpointError when the file is missing, truncated or corrupt, not a repana checkpoint,
-    of another format version, or (with ``expected_model_config``) of another architecture.
+    Raises CheckpointError when the file is missing, not a torch file, truncated or corrupt, holds
+    pickled objects that safe loading refuses (``unsafe_pickle=True`` loads a trusted one with full
+    pickle), is not a repana checkpoint, has another format version, fails its checksum, holds
+    non-finite weights, or (with ``expected_model_config``) is of another architecture. A checkpoint
+    without a checksum (written before repana had them) loads with a warning.
     """
+    from repana.data.safe_pickle import torch_load
+
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
-            KeyError, IndexError, OSError) as error:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read "
-                              f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})"
-                              ) from None
+    payload = torch_load(path, unsafe_pickle=unsafe_pickle, what="checkpoint", error_class=CheckpointError)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a repana checkpoint (no '{FORMAT}' format tag)")
     if payload.get("format_version") != FORMAT_VERSION:
@@ -189,6 +261,10 @@ def load_checkpoint(path: str | Path, expected_model_config: dict | None = None)
     missing = [k for k in _REQUIRED if k not in payload]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks the entries {missing}; it is corrupt")
+    verified = _verify(payload, path)
+    if not verified:
+        warnings.warn(f"checkpoint {path} has no checksum (written by repana {payload['repana_version']} "
+                      "before checkpoints carried one): loaded without an integrity check", stacklevel=2)
     if expected_model_config is not None and dict(expected_model_config) != payload["model_config"]:
         differ = sorted(k for k in set(expected_model_config) | set(payload["model_config"])
                         if expected_model_config.get(k) != payload["model_config"].get(k))
@@ -199,4 +275,5 @@ def load_checkpoint(path: str | Path, expected_model_config: dict | None = None)
     return Checkpoint(model_config=payload["model_config"], algorithm=payload["algorithm"],
                       config=payload["config"], state_dict=payload["state_dict"], step=int(payload["step"]),
                       optimizer_state=payload["optimizer"], rng=payload["rng"], metrics=payload["metrics"],
-                      repana_version=payload["repana_version"], path=path)
+                      repana_version=payload["repana_version"], path=path,
+                      runtime=dict(payload.get("runtime") or {}), verified=verified)

@@ -22,6 +22,7 @@ The conventions that silently change results are explicit fields and are written
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import typing
 from dataclasses import dataclass, field, fields
@@ -32,6 +33,14 @@ from typing import Any, Iterable, Mapping
 from repana.errors import ConfigError
 
 DATASETS = ("glyphs", "omniglot", "miniimagenet")
+# Split names each dataset knows ("" = the dataset's default: glyphs "default", omniglot "auto" (the
+# paper's "maml" split on the full archives, "subset" on the shared small ones), miniimagenet "ravi").
+# Kept in step with repana.data (omniglot.SPLITS, glyphs, miniimagenet); tests check that.
+DATASET_SPLITS: dict[str, tuple[str, ...]] = {
+    "glyphs": ("", "default"),
+    "omniglot": ("", "auto", "maml", "vinyals", "background-evaluation", "alphabets", "subset"),
+    "miniimagenet": ("", "ravi"),
+}
 # Algorithms with an inner loop in training (need >= 1 inner step); the others have none:
 # multitask (query loss of the unadapted net), nil / nil_training (cosine classifier on support
 # features), pretrain / multiclass (one classifier over all training classes).
@@ -156,6 +165,10 @@ class TrainConfig:
         if bad_steps:
             raise ConfigError(f"save_steps {bad_steps} lie outside 0..iterations ({self.iterations}); "
                               "0 saves the initial network")
+        if self.split not in DATASET_SPLITS[self.dataset]:
+            raise ConfigError(f"split = {self.split!r} is not a split of {self.dataset!r}; it has "
+                              + ", ".join(repr(s) for s in DATASET_SPLITS[self.dataset] if s)
+                              + " ('' = the dataset's default)")
         if self.dataset == "omniglot" and self.image_size != 28:
             raise ConfigError(f"image_size = {self.image_size}: Omniglot images are 28x28 in repana")
         return self
@@ -206,9 +219,27 @@ def _check_keys(keys: Iterable[str], source: str) -> None:
 
 
 def from_dict(values: Mapping[str, Any], source: str = "config") -> TrainConfig:
-    """A validated TrainConfig from a flat mapping (unknown keys -> ConfigError)."""
+    """A validated TrainConfig from a flat mapping (unknown keys -> ConfigError); a relative
+    ``data_root`` becomes absolute (against the current directory)."""
     _check_keys(values, source)
+    values = _single_split_compatibility(values)
+    # a relative data root is resolved now, against the current directory (where the run trains), so a
+    # run's config.toml and checkpoints work from any directory later (repana evaluate ...)
+    if isinstance(values.get("data_root"), str) and values["data_root"]:
+        values = {**values, "data_root": os.path.abspath(os.path.expanduser(values["data_root"]))}
     return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()}).validate()
+
+
+def _single_split_compatibility(values: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Run configs written by repana 0.1.0's ``reproduce`` on glyphs carry the Omniglot preset's split
+    (``"maml"``); glyphs and MiniImageNet have one split, so another dataset's split name there can
+    only mean that one: it reads as ``""`` (any other unknown name stays an error)."""
+    dataset, split = values.get("dataset"), values.get("split")
+    if dataset in ("glyphs", "miniimagenet") and isinstance(split, str) and split not in DATASET_SPLITS[dataset]:
+        foreign = {s for name, splits in DATASET_SPLITS.items() if name != dataset for s in splits}
+        if split in foreign:
+            return {**values, "split": ""}
+    return values
 
 
 def _flatten(table: Mapping[str, Any], source: str) -> dict:
@@ -279,10 +310,16 @@ def load_config(preset: str | None = None, path: str | Path | None = None,
     elif path is not None:
         values = load_toml(path)
         _check_keys(values, str(path))
-    items = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
+    items = list(overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides))
+    base_dataset = values.get("dataset", TrainConfig.dataset)
     for key, value in items:
         _check_keys([key], "overrides")
         values[key] = value
+    # a preset's or file's split names a split of its own dataset: when the overrides switch to another
+    # dataset without naming a split, that dataset's default split applies
+    overridden = dict(items)
+    if "dataset" in overridden and overridden["dataset"] != base_dataset and "split" not in overridden:
+        values["split"] = ""
     return from_dict(values, source=str(path or (f"preset {preset}" if preset else "config")))
 
 

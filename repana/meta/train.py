@@ -19,6 +19,7 @@ import csv
 import math
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from repana.errors import CheckpointError, ConfigError
-from repana.io import atomic_write_bytes, atomic_write_text
+from repana.io import atomic_write_bytes, atomic_write_text, remove_stale_temp_files
 from repana.meta.checkpoint import (Checkpoint, capture_rng_state, load_checkpoint, load_weights,
                                     restore_rng_state, save_checkpoint)
 from repana.meta.config import TrainConfig, from_dict, load_toml, to_toml
@@ -39,6 +40,7 @@ METRICS_COLUMNS = ("step", "split", "loss", "accuracy", "elapsed_s")
 RESUMABLE_CHANGES = frozenset({"iterations", "checkpoint_every", "keep_checkpoints", "save_steps",
                                "log_every", "val_every", "data_root", "threads"})
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+ALLOW_THREAD_CHANGE_ENV = "REPANA_ALLOW_THREAD_CHANGE"
 
 
 class StopTraining(Exception):
@@ -58,6 +60,7 @@ class RunSummary:
     val_ci95: float | None
     elapsed_s: float                            # training time in seconds, across resumes
     checkpoints: list[Path] = field(default_factory=list)
+    already_complete: bool = False              # resumed a run that had reached its iterations
 
 
 # ----- determinism helpers -----
@@ -222,12 +225,42 @@ def find_resume_checkpoint(run_dir: Path) -> Checkpoint | None:
     for path in candidates:
         if path.exists():
             try:
-                return load_checkpoint(path)
+                found = load_checkpoint(path)
             except CheckpointError as error:
                 errors.append(str(error))
+                continue
+            if errors:
+                print(f"repana: skipping unreadable checkpoints ({'; '.join(errors)}); resuming from {path} "
+                      f"(step {found.step}) instead", file=sys.stderr, flush=True)
+            return found
     if errors:
         raise CheckpointError(f"no readable checkpoint in {folder}: " + "; ".join(errors))
     return None
+
+
+def _check_resume_threads(checkpoint: Checkpoint, threads: int, allow_change: bool) -> None:
+    """ConfigError when a run would continue with another torch thread count than it was trained with
+    (floating-point sums split per thread: the parameters would no longer be bit-identical)."""
+    saved = checkpoint.runtime.get("threads")
+    if saved is None or int(saved) == threads or allow_change:
+        return
+    raise ConfigError(
+        f"{checkpoint.path} was trained with {saved} torch threads, this process would continue with {threads}: "
+        f"results are bit-identical to an uninterrupted run only at the same thread count. Pass "
+        f"--set threads={saved} (threads={saved}) to continue exactly, or set {ALLOW_THREAD_CHANGE_ENV}=1 "
+        f"(train(..., allow_thread_change=True)) to continue with {threads} threads anyway")
+
+
+def _last_train_row(path: Path) -> dict:
+    """The last ``train`` row of a metrics.csv as floats (empty when there is none)."""
+    if not path.exists():
+        return {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("split") == "train"]
+    try:
+        return {"loss": float(rows[-1]["loss"] or "nan"), "accuracy": float(rows[-1]["accuracy"] or "nan")}
+    except (IndexError, KeyError, ValueError):
+        return {}
 
 
 def _check_resume_config(saved: TrainConfig, given: TrainConfig, run_dir: Path) -> None:
@@ -257,7 +290,7 @@ def _mean(values: list[float]) -> float:
 def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, device: str | torch.device = "cpu",
           data: Mapping | None = None, algorithm=None,
           callback: Callable[[int, dict], None] | None = None, show_progress: bool | None = None,
-          dist=None, loggers: Sequence = ()) -> RunSummary:
+          dist=None, loggers: Sequence = (), allow_thread_change: bool | None = None) -> RunSummary:
     """Meta-train ``config`` in ``run_dir``; with ``resume`` continue from its newest checkpoint.
 
     ``data``: ``{"train", "val"}`` datasets (loaded from ``config`` when None). ``algorithm``: an
@@ -267,7 +300,9 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, device
     ``dist``: a :class:`repana.meta.distributed.DistributedContext` (episodes split across ranks,
     only rank 0 writes). ``loggers``: more sinks of the metrics.csv rows, with MetricsLog's
     ``reset(keep_through_step)`` and ``append(step, split, loss, accuracy, elapsed)`` (e.g.
-    :class:`repana.tensorboard.TensorBoardLog`). Returns a :class:`RunSummary`.
+    :class:`repana.tensorboard.TensorBoardLog`). ``allow_thread_change``: resume with another torch
+    thread count than the run's checkpoint records (default: ``$REPANA_ALLOW_THREAD_CHANGE`` = 1; else a
+    ConfigError, as results are bit-identical only at the same count). Returns a :class:`RunSummary`.
     """
     from repana.models import build_model
     from repana.meta.evaluate import evaluate
@@ -281,9 +316,15 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, device
 
     resume_from: Checkpoint | None = None
     if resume:
+        if writer:  # temporary files of writes a kill interrupted (only repana's, only older than us)
+            for folder in (run_dir, ckpt_dir):
+                remove_stale_temp_files(folder)
         resume_from = find_resume_checkpoint(run_dir)
         if resume_from is not None:
             _check_resume_config(resume_from.train_config(), config, run_dir)
+            if allow_thread_change is None:
+                allow_thread_change = os.environ.get(ALLOW_THREAD_CHANGE_ENV, "") not in ("", "0")
+            _check_resume_threads(resume_from, config.threads or torch.get_num_threads(), allow_thread_change)
     elif ckpt_dir.exists() and list_step_checkpoints(ckpt_dir) or (ckpt_dir / "latest.pt").exists():
         raise ConfigError(f"run folder {run_dir} already holds checkpoints: pass resume=True "
                           "(--resume) to continue it, or choose another output folder")
@@ -311,6 +352,17 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, device
         restore_rng_state(resume_from.rng)
         start = resume_from.step
         elapsed_before = float(resume_from.metrics.get("elapsed_s", 0.0))
+        if start >= config.iterations:
+            last_row = _last_train_row(run_dir / "metrics.csv")
+            print(f"repana: run {run_dir} is already complete (step {start} of {config.iterations}); nothing to "
+                  "train (raise iterations to extend it)", file=sys.stderr, flush=True)
+            return RunSummary(run_dir=run_dir, steps=start, resumed_from=start,
+                              train_loss=last_row.get("loss", float(resume_from.metrics.get("train_loss", "nan"))),
+                              train_accuracy=last_row.get("accuracy",
+                                                          float(resume_from.metrics.get("train_accuracy", "nan"))),
+                              val_accuracy=resume_from.metrics.get("val_accuracy"),
+                              val_ci95=resume_from.metrics.get("val_ci95"), elapsed_s=elapsed_before,
+                              already_complete=True)
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.toml", to_toml(config))
