@@ -200,7 +200,8 @@ def test_evaluate_says_when_the_runs_relative_data_root_is_not_found_here(tmp_pa
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     assert main(["evaluate", str(path)]) == 1
-    _one_line_error(capsys, "the run's data root 'shared/data' is not found from", "recorded relative",
+    # a relative root recorded by an older run is read relative to the current folder, and named when absent
+    _one_line_error(capsys, f"the run's data root '{elsewhere / 'shared' / 'data'}' is not found from",
                     "pass --data-root DIR (the folder holding omniglot/)")
 
 
