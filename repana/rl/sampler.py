@@ -51,9 +51,9 @@ def sample_actions(mean: torch.Tensor, log_std: torch.Tensor, generator: torch.G
 
 
 def task_params(params: dict, index: torch.Tensor) -> dict:
-    """Per-environment parameters: rows ``index`` of per-task (3-D / 2-D log-std) tensors."""
-    return {n: (p[index] if p.dim() == 3 or (n == "log_std" and p.dim() == 2) else p)
-            for n, p in params.items()}
+    """Per-environment parameters: rows ``index`` of per-task parameters (every tensor of an adapted
+    dict has the leading task dimension)."""
+    return {n: p[index] for n, p in params.items()}
 
 
 def is_per_task(params: dict) -> bool:
