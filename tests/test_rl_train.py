@@ -175,3 +175,10 @@ def test_async_workers_give_the_same_rollouts_as_in_process(mujoco_available):
     assert torch.equal(out["sync"].rewards, out["async"].rewards)
     # trajectories differ (seeded resets and action noise), tasks change the reward
     assert not torch.equal(out["sync"].rewards[0, 0], out["sync"].rewards[0, 1])
+
+
+def test_supervised_loader_refuses_an_rl_checkpoint(tmp_path):
+    from repana.meta.checkpoint import load_checkpoint
+    train_rl(TINY_NAV, tmp_path / "run", iterations=1)
+    with pytest.raises(CheckpointError, match="not a repana checkpoint"):
+        load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
