@@ -190,3 +190,14 @@ def test_supervised_loader_refuses_an_rl_checkpoint(tmp_path):
     train_rl(TINY_NAV, tmp_path / "run", iterations=1)
     with pytest.raises(CheckpointError, match="not a repana checkpoint"):
         load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+
+
+def test_module_entry_point_reports_errors_in_one_line(tmp_path, capsys):
+    from repana.rl.__main__ import main
+    path = tmp_path / "supervised.pt"
+    torch.save({"format": "repana-checkpoint"}, path)
+    assert main(["evaluate", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not an RL checkpoint" in err
+    assert main(["train", "--preset", "rl-ant", "--out", str(tmp_path / "x")]) == 1
+    assert "neither an RL preset (rl-2dnav" in capsys.readouterr().err
