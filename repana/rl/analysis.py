@@ -1,0 +1,87 @@
+"""The policy's layer similarity before vs after adaptation, on the states of post-adaptation rollouts.
+
+For each held-out task the policy adapts (one inner step), rolls out, and its hidden layers are read
+twice on those states: with the meta-learned parameters and with the adapted ones. SVCCA and CKA
+compare the two. Plain mean CCA over all 100 units is misleading here: the input is 2-D (17-D for
+HalfCheetah), so layer1's pre-activations span 2 directions and its ReLU outputs a low-dimensional
+manifold; most of the 100 canonical directions are near-null (dead or collinear units) and their
+coefficients are numerical noise or dropped, so the mean says more about the rank cut-off than about
+the representation. SVCCA keeps the directions holding 99% of the variance first; CKA weighs
+directions by their variance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from repana.compare import compare_activations
+from repana.rl.checkpoint import load_policy
+from repana.rl.evaluate import EVAL_SEED, adapted_rollouts
+from repana.rl.tasks import draw_tasks
+
+
+def policy_similarity(checkpoint, n_tasks: int = 5, measures=("svcca", "cka"), seed: int = EVAL_SEED,
+                      max_datapoints: int = 2000) -> pd.DataFrame:
+    """Tidy DataFrame, one row per (task, layer, measure): ``task, layer, measure, value,
+    n_datapoints, n_features, algorithm, env, adapt_log_std``. ``checkpoint``: a path or a loaded
+    RL checkpoint dict. Layers: ``layer1``, ``layer2`` (hidden, post-ReLU) and ``mu`` (action mean)."""
+    policy, config, _ = load_policy(checkpoint)
+    tasks = draw_tasks(config.env, n_tasks, np.random.default_rng(seed))
+    generator = torch.Generator().manual_seed(seed)
+    _, adapted, after = adapted_rollouts(policy, config, tasks, generator)
+    rng = np.random.default_rng(seed)
+    rows = []
+    with torch.no_grad():
+        for t in range(n_tasks):
+            states = after.observations[t][after.mask[t] > 0]
+            if len(states) > max_datapoints:
+                states = states[torch.from_numpy(rng.choice(len(states), max_datapoints, replace=False))]
+            task_params = {n: p[t] for n, p in adapted.items()}  # every adapted tensor is (n_tasks, ...)
+            before_acts = policy.hidden(states)
+            after_acts = policy.hidden(states, task_params)
+            before_acts["mu"] = policy(states)[0]
+            after_acts["mu"] = policy(states, task_params)[0]
+            for layer in before_acts:
+                frame = compare_activations({layer: before_acts[layer].double()},
+                                            {layer: after_acts[layer].double()}, measures=list(measures))
+                for _, row in frame.iterrows():
+                    rows.append({"task": t, "layer": layer, "measure": row["measure"], "value": row["value"],
+                                 "n_datapoints": int(row["n_datapoints"]),
+                                 "n_features": int(row["n_features_a"])})
+    out = pd.DataFrame(rows)
+    out["algorithm"], out["env"], out["adapt_log_std"] = config.algorithm, config.env, config.adapt_log_std
+    return out
+
+
+# Raghu et al. 2020, Table 2 (RL rows): average return after adaptation, mean and std over 3 seeds.
+PAPER_TABLE2 = {
+    ("2d-navigation", "maml"): (-20.3, 3.2), ("2d-navigation", "anil"): (-20.1, 2.3),
+    ("halfcheetah-dir", "maml"): (170.4, 21.0), ("halfcheetah-dir", "anil"): (363.2, 14.8),
+    ("halfcheetah-vel", "maml"): (-139.0, 18.9), ("halfcheetah-vel", "anil"): (-120.9, 6.3),
+}
+
+
+def rl_table2(checkpoints, n_tasks: int = 40, seed: int = EVAL_SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The RL rows of Table 2 from trained checkpoints (any envs, algorithms, seeds).
+
+    Returns ``(per_run, table)``: ``per_run`` one row per checkpoint (env, algorithm, seed, iteration,
+    return_before, return_after and their 95% CIs over held-out tasks); ``table`` one row per
+    (env, algorithm): ``n_seeds``, mean and std over seeds of the returns before / after adaptation,
+    and the paper's ``paper_mean`` / ``paper_std``.
+    """
+    from repana.rl.evaluate import evaluate_rl
+    rows = []
+    for path in checkpoints:
+        _, summary = evaluate_rl(path, n_tasks=n_tasks, seed=seed)
+        rows.append({"checkpoint": str(path), **summary})
+    per_run = pd.DataFrame(rows)
+    grouped = per_run.groupby(["env", "algorithm"], sort=False)
+    table = grouped.agg(n_seeds=("seed", "nunique"), iterations=("iteration", "max"),
+                        return_before_mean=("return_before", "mean"), return_before_std=("return_before", "std"),
+                        return_after_mean=("return_after", "mean"), return_after_std=("return_after", "std"),
+                        ).reset_index()
+    table["paper_mean"] = [PAPER_TABLE2.get((e, a), (np.nan, np.nan))[0] for e, a in zip(table.env, table.algorithm)]
+    table["paper_std"] = [PAPER_TABLE2.get((e, a), (np.nan, np.nan))[1] for e, a in zip(table.env, table.algorithm)]
+    return per_run, table

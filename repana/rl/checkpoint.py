@@ -1,0 +1,86 @@
+"""RL checkpoints: one ``torch.save``d dict of tensors and primitives (loads with weights_only=True)::
+
+    {"format": "repana-rl-checkpoint", "format_version": 1, "repana_version": "0.1.0",
+     "config": {...RLConfig...}, "policy_config": {...GaussianMLPPolicy kwargs...},
+     "state_dict": {...}, "iteration": 120,                    # completed meta-updates
+     "rng": {"tasks": "<json of the numpy bit generator state>", "actions": ByteTensor},
+     "metrics": [{"iteration": 0, "return_before": ..., ...}, ...]}
+
+Written atomically (``repana.io.atomic_torch_save``). A file of another kind (a supervised repana
+checkpoint, anything else) raises :class:`repana.errors.CheckpointError` naming what it is.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from repana import __version__
+from repana.errors import CheckpointError
+from repana.io import atomic_torch_save
+
+FORMAT = "repana-rl-checkpoint"
+FORMAT_VERSION = 1
+_REQUIRED = ("format", "format_version", "config", "policy_config", "state_dict", "iteration", "rng",
+             "metrics")
+
+
+def save_rl_checkpoint(path, *, config: dict, policy_config: dict, state_dict: dict, iteration: int,
+                       rng: dict, metrics: list) -> None:
+    atomic_torch_save({"format": FORMAT, "format_version": FORMAT_VERSION, "repana_version": __version__,
+                       "config": config, "policy_config": policy_config,
+                       "state_dict": {k: v.detach().clone() for k, v in state_dict.items()},
+                       "iteration": int(iteration), "rng": rng, "metrics": list(metrics)}, path)
+
+
+def _read(path) -> object:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt): {err}") from err
+
+
+def is_rl_checkpoint(path) -> bool:
+    """True when ``path`` is a readable repana RL checkpoint (no exception for other files)."""
+    try:
+        data = _read(path)
+    except CheckpointError:
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+def load_rl_checkpoint(path) -> dict:
+    """The checkpoint dict, validated; CheckpointError for a supervised or foreign checkpoint."""
+    data = _read(path)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        kind = data.get("format") if isinstance(data, dict) else type(data).__name__
+        hint = " (a supervised checkpoint: use repana evaluate / analyze on it)" \
+            if kind == "repana-checkpoint" else ""
+        raise CheckpointError(f"{path} is not an RL checkpoint: its format is {kind!r}{hint}")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has RL checkpoint format version {data.get('format_version')}, "
+                              f"this repana reads {FORMAT_VERSION}")
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise CheckpointError(f"{path} lacks the RL checkpoint fields {missing}")
+    return data
+
+
+def load_policy(path_or_checkpoint):
+    """``(policy, config: RLConfig, checkpoint dict)`` with the checkpoint's weights and dtype."""
+    from repana.rl.config import RLConfig
+    from repana.rl.policy import GaussianMLPPolicy
+    data = path_or_checkpoint if isinstance(path_or_checkpoint, dict) else load_rl_checkpoint(path_or_checkpoint)
+    config = RLConfig.from_dict(dict(data["config"]))
+    policy = GaussianMLPPolicy(**data["policy_config"]).to(getattr(torch, config.dtype))
+    try:
+        policy.load_state_dict(data["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(f"the RL checkpoint's weights do not fit its policy config: {err}") from err
+    return policy, config, data

@@ -1,0 +1,167 @@
+"""Meta-training of an RL policy: run folder, metrics CSV, progress bar, atomic checkpoints, exact resume.
+
+Run folder::
+
+    config.toml                 the resolved RLConfig
+    metrics.csv                 one row per meta-update (returns before / after adaptation, losses, KL...)
+    checkpoints/latest.pt       the newest checkpoint (every ``checkpoint_every`` updates and the last)
+
+Resuming reads ``latest.pt`` (policy, iteration, task-sampler and action-noise generator states,
+metrics) and continues: the result is bitwise the same as an uninterrupted run. A NaN return or loss,
+or a log-std beyond ``max_abs_log_std``, stops training with :class:`PolicyDivergedError` before
+anything of that update is saved, so ``latest.pt`` stays the last good state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from repana.errors import ConfigError, RepanaError
+from repana.io import atomic_save_csv, atomic_write_text
+from repana.progress import progress
+from repana.rl.checkpoint import load_rl_checkpoint, save_rl_checkpoint
+from repana.rl.config import RLConfig, resolve_config
+from repana.rl.envs import action_size, observation_size
+from repana.rl.metalearner import MetaLearner
+from repana.rl.policy import GaussianMLPPolicy
+from repana.rl.returns import advantages
+from repana.rl.sampler import make_sampler
+from repana.rl.tasks import TaskSampler
+
+
+class PolicyDivergedError(RepanaError):
+    """Training produced NaN returns / losses or an exploding log-std."""
+
+
+def build_policy(config: RLConfig) -> GaussianMLPPolicy:
+    torch.manual_seed(config.seed)
+    policy = GaussianMLPPolicy(observation_size(config.env), action_size(config.env),
+                               hidden_sizes=config.hidden_sizes, init_std=config.init_std)
+    return policy.to(getattr(torch, config.dtype))
+
+
+def build_learner(policy, config: RLConfig) -> MetaLearner:
+    return MetaLearner(policy, config.algorithm, fast_lr=config.fast_lr, num_steps=config.num_steps,
+                       adapt_log_std=config.adapt_log_std)
+
+
+def detached(params: dict) -> dict:
+    return {n: p.detach() for n, p in params.items()}
+
+
+def rollouts_with_advantages(sampler, policy, params, tasks, config: RLConfig, generator):
+    episodes = sampler.sample(policy, detached(params), tasks, config.fast_batch_size, generator)
+    episodes.returns, episodes.advantages = advantages(episodes.observations, episodes.rewards,
+                                                       episodes.mask, config.gamma, config.gae_lambda)
+    return episodes
+
+
+def meta_iteration(learner: MetaLearner, sampler, tasks: torch.Tensor, config: RLConfig,
+                   generator: torch.Generator) -> dict:
+    """Sample before adaptation, adapt, sample after, one TRPO meta-update; returns the metrics."""
+    policy = learner.policy
+    train = rollouts_with_advantages(sampler, policy, policy.params(), tasks, config, generator)
+    adapted = learner.adapt(policy.params(), train, first_order=True)
+    valid = rollouts_with_advantages(sampler, policy, adapted, tasks, config, generator)
+    log = learner.step(train, valid, max_kl=config.max_kl, cg_iters=config.cg_iters,
+                       cg_damping=config.cg_damping, ls_max_steps=config.ls_max_steps,
+                       ls_backtrack_ratio=config.ls_backtrack_ratio)
+    return {"return_before": float(train.total_rewards().mean()),
+            "return_after": float(valid.total_rewards().mean()),
+            **log, "log_std_max": float(policy.log_std.detach().abs().max()),
+            "env_steps": train.n_steps + valid.n_steps}
+
+
+def check_healthy(metrics: dict, config: RLConfig, iteration: int, run_dir: Path) -> None:
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise PolicyDivergedError(f"meta-update {iteration} gave non-finite {', '.join(bad)}; stopped, "
+                                  f"{run_dir / 'checkpoints' / 'latest.pt'} holds the last good policy")
+    if metrics["log_std_max"] > config.max_abs_log_std:
+        raise PolicyDivergedError(
+            f"meta-update {iteration}: |log_std| reached {metrics['log_std_max']:.3g} > max_abs_log_std="
+            f"{config.max_abs_log_std}; stopped, {run_dir / 'checkpoints' / 'latest.pt'} holds the last "
+            "good policy (lower max_kl or fast_lr)")
+
+
+def _to_toml(config: RLConfig) -> str:
+    import tomli_w
+    return tomli_w.dumps(config.to_dict())
+
+
+def train_rl(config_or_preset, run_dir, resume: bool = True, progress_bar: bool | None = None,
+             callback=None, **overrides) -> dict:
+    """Meta-train (or resume) a policy in ``run_dir``; returns the last metrics row.
+
+    ``config_or_preset``: an RLConfig, a dict, a preset name (``rl-2dnav``...) or a TOML path;
+    ``overrides`` replace config fields (``iterations=50, algorithm="anil"``). With ``resume`` a run
+    folder holding ``checkpoints/latest.pt`` continues from it (its config must match except for
+    ``iterations`` and ``checkpoint_every``); without, such a folder is refused.
+    ``callback(iteration, metrics)`` runs after each meta-update (tests use it to interrupt).
+    """
+    config = resolve_config(config_or_preset)
+    if overrides:
+        config = config.replace(**overrides)
+    run_dir = Path(run_dir)
+    latest = run_dir / "checkpoints" / "latest.pt"
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+
+    policy = build_policy(config)
+    learner = build_learner(policy, config)
+    tasks = TaskSampler(config.env, config.seed)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    rows: list[dict] = []
+    start = 0
+    if latest.exists():
+        if not resume:
+            raise ConfigError(f"{run_dir} already holds an RL run; pass resume=True or use a new folder")
+        data = load_rl_checkpoint(latest)
+        saved = dict(data["config"])
+        changed = sorted(k for k, v in config.to_dict().items()
+                         if saved.get(k) != v and k not in ("iterations", "checkpoint_every", "torch_threads"))
+        if changed:
+            raise ConfigError(f"cannot resume {run_dir}: the config differs in {changed}; use a new run folder")
+        policy.load_state_dict(data["state_dict"])
+        tasks.load_state_dict(json.loads(data["rng"]["tasks"]))
+        generator.set_state(data["rng"]["actions"])
+        rows = [dict(r) for r in data["metrics"]]
+        start = int(data["iteration"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.toml", _to_toml(config))
+
+    def checkpoint(iteration: int) -> None:
+        save_rl_checkpoint(latest, config=config.to_dict(), policy_config=policy.config,
+                           state_dict=policy.state_dict(), iteration=iteration,
+                           rng={"tasks": json.dumps(tasks.state_dict()), "actions": generator.get_state()},
+                           metrics=rows)
+        atomic_save_csv(pd.DataFrame(rows), run_dir / "metrics.csv")
+
+    elapsed_before = rows[-1]["elapsed_s"] if rows else 0.0
+    began = time.perf_counter()
+    sampler = make_sampler(config.env, config.horizon, n_envs=config.n_envs, mode=config.vector_mode)
+    bar = progress(range(start, config.iterations), desc=f"{config.algorithm} {config.env}",
+                   total=config.iterations, initial=start, enabled=progress_bar, unit="update")
+    try:
+        for iteration in bar:
+            metrics = meta_iteration(learner, sampler, tasks.sample(config.meta_batch_size), config, generator)
+            check_healthy(metrics, config, iteration, run_dir)
+            metrics = {"iteration": iteration, **metrics,
+                       "elapsed_s": elapsed_before + time.perf_counter() - began}
+            rows.append(metrics)
+            bar.set_postfix(before=f"{metrics['return_before']:.1f}", after=f"{metrics['return_after']:.1f}")
+            done = iteration + 1
+            if done % config.checkpoint_every == 0 or done == config.iterations:
+                checkpoint(done)
+            if callback is not None:
+                callback(iteration, metrics)
+    finally:
+        sampler.close()
+        bar.close()
+    return rows[-1] if rows else {}

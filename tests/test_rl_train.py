@@ -1,0 +1,203 @@
+"""RL training: seeded determinism, exact resume, smoke runs, evaluation, similarity, bad input."""
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from repana.errors import CheckpointError, ConfigError
+from repana.rl import train as rl_train
+from repana.rl.checkpoint import is_rl_checkpoint, load_rl_checkpoint
+from repana.rl.config import RLConfig, load_preset
+from repana.rl.train import PolicyDivergedError, train_rl
+
+TINY_NAV = dict(env="2d-navigation", meta_batch_size=3, fast_batch_size=4, horizon=20,
+                hidden_sizes=[8, 8], cg_iters=3, dtype="float64", checkpoint_every=1)
+
+
+def _state(run_dir):
+    return load_rl_checkpoint(run_dir / "checkpoints" / "latest.pt")
+
+
+def _without_time(rows):
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]
+
+
+def test_presets_load():
+    nav = load_preset("rl-2dnav")
+    assert (nav.meta_batch_size, nav.fast_batch_size, nav.horizon, nav.fast_lr) == (20, 20, 100, 0.1)
+    assert (nav.max_kl, nav.cg_iters, nav.cg_damping, nav.ls_max_steps, nav.ls_backtrack_ratio) == \
+        (0.01, 10, 1e-5, 15, 0.8)
+    assert nav.hidden_sizes == [100, 100] and nav.gamma == 0.99 and nav.gae_lambda == 1.0
+    for name, env in (("rl-halfcheetah-dir", "halfcheetah-dir"), ("rl-halfcheetah-vel", "halfcheetah-vel")):
+        cfg = load_preset(name)
+        assert (cfg.env, cfg.meta_batch_size, cfg.horizon) == (env, 40, 200)
+    with pytest.raises(ConfigError, match="unknown RL preset"):
+        load_preset("rl-ant")
+    with pytest.raises(ConfigError, match="unknown RL config keys"):
+        RLConfig.from_dict({"learning_rate": 1})
+    with pytest.raises(ConfigError, match="unknown RL environment"):
+        RLConfig(env="pong")
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "anil"])
+def test_seeded_runs_are_identical(tmp_path, algorithm):
+    a = train_rl(TINY_NAV, tmp_path / "a", algorithm=algorithm, iterations=2)
+    b = train_rl(TINY_NAV, tmp_path / "b", algorithm=algorithm, iterations=2)
+    sa, sb = _state(tmp_path / "a"), _state(tmp_path / "b")
+    assert _without_time(sa["metrics"]) == _without_time(sb["metrics"])
+    for name in sa["state_dict"]:
+        assert torch.equal(sa["state_dict"][name], sb["state_dict"][name])
+    c = train_rl(TINY_NAV, tmp_path / "c", algorithm=algorithm, iterations=2, seed=1)
+    assert c["return_before"] != a["return_before"]
+
+
+def test_resume_is_exact(tmp_path):
+    train_rl(TINY_NAV, tmp_path / "full", iterations=4)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(iteration, metrics):
+        if iteration == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_rl(TINY_NAV, tmp_path / "cut", iterations=4, callback=interrupt)
+    assert _state(tmp_path / "cut")["iteration"] == 2
+    train_rl(TINY_NAV, tmp_path / "cut", iterations=4)
+    full, cut = _state(tmp_path / "full"), _state(tmp_path / "cut")
+    assert cut["iteration"] == 4
+    assert _without_time(full["metrics"]) == _without_time(cut["metrics"])
+    for name in full["state_dict"]:
+        assert torch.equal(full["state_dict"][name], cut["state_dict"][name])
+    csv = pd.read_csv(tmp_path / "cut" / "metrics.csv")
+    assert csv["iteration"].tolist() == [0, 1, 2, 3]
+    with pytest.raises(ConfigError, match="already holds an RL run"):
+        train_rl(TINY_NAV, tmp_path / "cut", iterations=5, resume=False)
+    with pytest.raises(ConfigError, match=r"differs in \['fast_lr'\]"):
+        train_rl(TINY_NAV, tmp_path / "cut", iterations=5, fast_lr=0.2)
+
+
+def test_navigation_smoke_three_iterations(tmp_path):
+    config = dict(TINY_NAV, dtype="float32", hidden_sizes=[100, 100], cg_iters=10)
+    last = train_rl(config, tmp_path / "run", iterations=3, algorithm="maml")
+    frame = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert len(frame) == 3 and frame[["return_before", "return_after"]].notna().all().all()
+    assert -200 < last["return_before"] < 0 and last["env_steps"] == 2 * 3 * 4 * 20
+    assert (tmp_path / "run" / "config.toml").read_text().count("2d-navigation") == 1
+    assert is_rl_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    real = rl_train.meta_iteration
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        metrics = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            metrics["return_after"] = math.nan
+        return metrics
+
+    monkeypatch.setattr(rl_train, "meta_iteration", flaky)
+    with pytest.raises(PolicyDivergedError, match="non-finite return_after.*latest.pt holds the last good"):
+        train_rl(TINY_NAV, tmp_path / "run", iterations=5)
+    state = _state(tmp_path / "run")
+    assert state["iteration"] == 2 and len(state["metrics"]) == 2
+    monkeypatch.setattr(rl_train, "meta_iteration", real)
+    with pytest.raises(PolicyDivergedError, match="log_std"):
+        train_rl(TINY_NAV, tmp_path / "std", iterations=2, max_abs_log_std=1e-9)
+    assert not (tmp_path / "std" / "checkpoints" / "latest.pt").exists()
+
+
+def test_non_rl_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "supervised.pt"
+    torch.save({"format": "repana-checkpoint", "format_version": 1, "state_dict": {}}, path)
+    assert not is_rl_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not an RL checkpoint.*'repana-checkpoint'.*supervised"):
+        load_rl_checkpoint(path)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_rl_checkpoint(junk)
+    from repana.rl.evaluate import evaluate_rl
+    with pytest.raises(CheckpointError):
+        evaluate_rl(path)
+
+
+def test_evaluate_and_policy_similarity(tmp_path):
+    train_rl(TINY_NAV, tmp_path / "anil", iterations=1, algorithm="anil", dtype="float64")
+    from repana.rl.analysis import policy_similarity
+    from repana.rl.evaluate import evaluate_rl
+    ckpt = tmp_path / "anil" / "checkpoints" / "latest.pt"
+    frame, summary = evaluate_rl(ckpt, n_tasks=6, n_trajectories=4)
+    assert len(frame) == 6 and summary["n_tasks"] == 6 and summary["algorithm"] == "anil"
+    assert summary["return_after"] == pytest.approx(frame["return_after"].mean())
+    assert summary["return_after_ci95"] > 0
+    again, _ = evaluate_rl(ckpt, n_tasks=6, n_trajectories=4)
+    pd.testing.assert_frame_equal(frame, again)
+    sim = policy_similarity(ckpt, n_tasks=2, measures=("svcca", "cka"))
+    body = sim[sim.layer.isin(["layer1", "layer2"])]
+    assert len(body) == 2 * 2 * 2 and body["value"].to_numpy() == pytest.approx(1.0, abs=1e-9)
+    assert set(sim.layer) == {"layer1", "layer2", "mu"} and (sim.algorithm == "anil").all()
+    from repana.rl.analysis import rl_table2
+    train_rl(TINY_NAV, tmp_path / "anil1", iterations=1, algorithm="anil", dtype="float64", seed=1)
+    per_run, table = rl_table2([ckpt, tmp_path / "anil1" / "checkpoints" / "latest.pt"], n_tasks=4)
+    assert len(per_run) == 2 and per_run["seed"].tolist() == [0, 1]
+    row = table.iloc[0]
+    assert (row.env, row.algorithm, row.n_seeds, row.paper_mean, row.paper_std) == \
+        ("2d-navigation", "anil", 2, -20.1, 2.3)
+    assert row.return_after_mean == pytest.approx(per_run["return_after"].mean())
+
+
+@pytest.fixture
+def mujoco_available():
+    pytest.importorskip("mujoco", reason="MuJoCo missing: pip install repana[rl] to run HalfCheetah tests")
+
+
+@pytest.mark.parametrize("env", ["halfcheetah-dir", "halfcheetah-vel"])
+def test_halfcheetah_smoke_three_iterations(tmp_path, mujoco_available, env):
+    config = dict(env=env, meta_batch_size=2, fast_batch_size=2, horizon=15, hidden_sizes=[16, 16],
+                  cg_iters=3, n_envs=3, vector_mode="sync", checkpoint_every=1)
+    last = train_rl(config, tmp_path / "run", iterations=3, algorithm="anil")
+    assert last["iteration"] == 2 and last["env_steps"] == 2 * 2 * 2 * 15
+    assert math.isfinite(last["return_after"])
+    assert load_rl_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["iteration"] == 3
+
+
+def test_async_workers_give_the_same_rollouts_as_in_process(mujoco_available):
+    from repana.rl.policy import GaussianMLPPolicy
+    from repana.rl.sampler import HalfCheetahSampler
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(17, 6, hidden_sizes=(8,)).double()
+    params = {n: p.detach() for n, p in policy.params().items()}
+    tasks = torch.tensor([[0.5], [1.5]], dtype=torch.float64)
+    out = {}
+    for mode in ("sync", "async"):
+        with HalfCheetahSampler("halfcheetah-vel", horizon=10, n_envs=2, mode=mode) as sampler:
+            out[mode] = sampler.sample(policy, params, tasks, 3, torch.Generator().manual_seed(5))
+    assert out["sync"].rewards.shape == (2, 3, 10)
+    assert torch.equal(out["sync"].observations, out["async"].observations)
+    assert torch.equal(out["sync"].rewards, out["async"].rewards)
+    # trajectories differ (seeded resets and action noise), tasks change the reward
+    assert not torch.equal(out["sync"].rewards[0, 0], out["sync"].rewards[0, 1])
+
+
+def test_supervised_loader_refuses_an_rl_checkpoint(tmp_path):
+    from repana.meta.checkpoint import load_checkpoint
+    train_rl(TINY_NAV, tmp_path / "run", iterations=1)
+    with pytest.raises(CheckpointError, match="not a repana checkpoint"):
+        load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+
+
+def test_module_entry_point_reports_errors_in_one_line(tmp_path, capsys):
+    from repana.rl.__main__ import main
+    path = tmp_path / "supervised.pt"
+    torch.save({"format": "repana-checkpoint"}, path)
+    assert main(["evaluate", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not an RL checkpoint" in err
+    assert main(["train", "--preset", "rl-ant", "--out", str(tmp_path / "x")]) == 1
+    assert "neither an RL preset (rl-2dnav" in capsys.readouterr().err
