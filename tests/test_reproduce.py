@@ -62,8 +62,8 @@ def test_training_plan_quick_and_paper():
         "maml": "maml", "anil": "anil", "multiclass": "pretrain", "multitask": "multitask", "nil": "nil"}
     maml = by_network["maml"]
     # Figure 3's stages: 1/6, 1/3 and 1/2 of training (10k, 20k, 30k of 60k) and the final network
-    assert maml.save_steps == [250, 500, 750, 1500] and maml.iterations == 1500
-    assert maml.val_every == 100 and by_network["anil"].val_every == 100 and by_network["nil"].val_every == 0
+    assert maml.save_steps == [500, 1000, 1500, 3000] and maml.iterations == 3000
+    assert maml.val_every == 200 and by_network["anil"].val_every == 200 and by_network["nil"].val_every == 0
     paper = {job.network: job.config for job in training_plan("paper", "omniglot")}
     assert paper["maml"].iterations == 60000 and paper["maml"].hidden == 64
     assert {10000, 20000, 30000, 60000} <= set(paper["maml"].save_steps)
@@ -128,9 +128,9 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs):
     assert (anil_inner["mean"] > 1 - 1e-6).all()  # ANIL's body never changes in the inner loop
     assert any("5way-1shot/maml/seed1" in m and "iterations" in m for m in messages)
     speed = pd.read_csv(tables / "maml_anil_nil_speed.csv").query("seed == 0")
-    # the run's own steps (1 / 1 here) and the paper's 5 training / 10 test steps of its 1.7x and 4.1x
+    # the run's own steps (1 in training, the preset's 3 at test) and the paper's 5 training / 10 test steps of its 1.7x and 4.1x
     assert set(zip(speed["steps_of"], speed["phase"], speed["inner_steps"])) == {
-        ("this run", "train", 1), ("this run", "inference", 1), ("paper", "train", 5), ("paper", "inference", 10),
+        ("this run", "train", 1), ("this run", "inference", 3), ("paper", "train", 5), ("paper", "inference", 10),
         ("this run", "training_run", 1)}
     assert "with 5 training / 10 test steps" in text
 
