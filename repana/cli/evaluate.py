@@ -122,7 +122,8 @@ def run_evaluate_rl(args: argparse.Namespace) -> int:
         (f"--split {args.split}", args.split != "test"), ("--data-root", args.data_root),
         (f"--device {args.device}", args.device != "cpu")) if value]
     if given:
-        raise InputError(f"{', '.join(given)} only apply to supervised checkpoints; {args.checkpoint} is an RL "
+        raise InputError(f"{', '.join(given)} only {'applies' if len(given) == 1 else 'apply'} "
+                         f"to supervised checkpoints; {args.checkpoint} is an RL "
                          "checkpoint (evaluated with one adaptation step on held-out tasks: --episodes N tasks, "
                          "--seed, --csv)")
     from repana.io import atomic_save_csv

@@ -123,7 +123,8 @@ def _check_rl_flags(args: argparse.Namespace, what: str) -> None:
     if args.device != "cpu":
         given.append(f"--device {args.device}")
     if given:
-        raise InputError(f"{', '.join(given)} only apply to supervised training, not to {what} (RL trains on "
+        raise InputError(f"{', '.join(given)} only {'applies' if len(given) == 1 else 'apply'} "
+                         f"to supervised training, not to {what} (RL trains on "
                          "the CPU, checkpoints every checkpoint_every updates: --set checkpoint_every=N)")
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         raise InputError(f"{what} does not run under torchrun; start it as a single process")
