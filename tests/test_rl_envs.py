@@ -61,7 +61,7 @@ def test_unknown_environment_is_refused():
 def test_missing_mujoco_names_the_extra(monkeypatch):
     import sys
     monkeypatch.setitem(sys.modules, "mujoco", None)  # import mujoco -> ImportError
-    with pytest.raises(ConfigError, match=r"pip install repana\[rl\]"):
+    with pytest.raises(ConfigError, match=r"pip install 'repana\[rl\]'"):
         import_gymnasium()
 
 

@@ -188,16 +188,25 @@ def test_async_workers_give_the_same_rollouts_as_in_process(mujoco_available):
 def test_supervised_loader_refuses_an_rl_checkpoint(tmp_path):
     from repana.meta.checkpoint import load_checkpoint
     train_rl(TINY_NAV, tmp_path / "run", iterations=1)
-    with pytest.raises(CheckpointError, match="not a repana checkpoint"):
+    with pytest.raises(CheckpointError, match="is an RL checkpoint .*`repana evaluate` takes it"):
         load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
 
 
-def test_module_entry_point_reports_errors_in_one_line(tmp_path, capsys):
+def test_cli_reports_rl_errors_in_one_line(tmp_path, capsys):
+    from repana.cli import main
+    path = tmp_path / "supervised.pt"
+    torch.save({"format": "repana-checkpoint"}, path)
+    assert main(["evaluate", str(path)]) == 1   # not an RL checkpoint: the supervised loader reports it
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("repana evaluate: error:") and "Traceback" not in err
+    assert main(["train", "--preset", "rl-ant", "--out", str(tmp_path / "x")]) == 1
+    assert "unknown RL preset 'rl-ant'; choose one of rl-2dnav" in capsys.readouterr().err
+
+
+def test_module_similarity_entry_reports_a_supervised_checkpoint(tmp_path, capsys):
     from repana.rl.__main__ import main
     path = tmp_path / "supervised.pt"
     torch.save({"format": "repana-checkpoint"}, path)
-    assert main(["evaluate", str(path)]) == 1
+    assert main(["similarity", str(path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "not an RL checkpoint" in err
-    assert main(["train", "--preset", "rl-ant", "--out", str(tmp_path / "x")]) == 1
-    assert "neither an RL preset (rl-2dnav" in capsys.readouterr().err

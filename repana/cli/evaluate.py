@@ -1,5 +1,8 @@
 """``repana evaluate`` (accuracy ± 95% CI over fixed test episodes) and ``repana predict`` (one episode
-given as image files: support subfolders per label, query images) for a checkpoint."""
+given as image files: support subfolders per label, query images) for a checkpoint.
+
+``repana evaluate`` on an RL checkpoint (:func:`repana.rl.checkpoint.is_rl_checkpoint`) reports the
+policy's returns before / after one adaptation step on held-out tasks (:func:`repana.rl.evaluate.evaluate_rl`)."""
 
 from __future__ import annotations
 
@@ -15,11 +18,14 @@ def register(subparsers) -> None:
     ev = subparsers.add_parser(
         "evaluate", help="few-shot accuracy ± 95%% CI of a checkpoint on fixed test episodes",
         description="Adapt a checkpoint on each of N fixed test episodes and report the mean query "
-                    "accuracy with its 95% confidence interval over episodes (1.96 * std / sqrt(N)).",
+                    "accuracy with its 95% confidence interval over episodes (1.96 * std / sqrt(N)). "
+                    "On an RL checkpoint: the returns before / after one adaptation step on N held-out "
+                    "tasks (default 40), mean ± 95% t-interval over tasks.",
         epilog="example:\n  repana evaluate runs/quick/checkpoints/latest.pt --episodes 600 --method nil",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ev.add_argument("checkpoint", type=Path)
-    ev.add_argument("--episodes", type=int, default=None, help="test episodes (default: the run's test_episodes, 600)")
+    ev.add_argument("--episodes", type=int, default=None,
+                    help="test episodes (default: the run's test_episodes, 600); RL: held-out tasks (default 40)")
     ev.add_argument("--method", choices=("adapt", "nil"), default=None,
                     help="adapt: fine-tune on the support set; nil: no head, cosine similarity to the support "
                          "features (default: the run's eval_method)")
@@ -32,10 +38,12 @@ def register(subparsers) -> None:
     ev.add_argument("--lr", type=float, default=None,
                     help="inner learning rate for a mean loss (default: the run's, converted)")
     ev.add_argument("--split", default="test", choices=("train", "val", "test"))
-    ev.add_argument("--seed", type=int, default=0, help="seed of the fixed episodes (same seed, same tasks)")
+    ev.add_argument("--seed", type=int, default=None,
+                    help="seed of the fixed episodes (same seed, same tasks; default 0, RL: 2**20)")
     ev.add_argument("--data-root", default=None, metavar="DIR",
                     help="folder holding the datasets (default: the run's, else REPANA_DATA_ROOT)")
-    ev.add_argument("--csv", type=Path, default=None, metavar="FILE", help="write per-episode accuracies here")
+    ev.add_argument("--csv", type=Path, default=None, metavar="FILE",
+                    help="write per-episode accuracies (RL: per-task returns) here")
     ev.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     ev.set_defaults(func=run_evaluate)
 
@@ -96,13 +104,64 @@ def trainable_names(model, config, adapt_layers: list[str] | str | None, freeze:
 
 # ----- evaluate -----
 
+def _refuse_rl_checkpoint(path: Path, command: str) -> None:
+    """One line when ``path`` is an RL checkpoint given to a command that takes supervised ones."""
+    from repana.rl.checkpoint import is_rl_checkpoint
+
+    if is_rl_checkpoint(path):
+        raise InputError(f"{path} is an RL checkpoint (a meta-trained policy); repana {command} takes supervised "
+                         "checkpoints: use `repana evaluate` on it (returns before / after adaptation), "
+                         "`repana train --out RUN --resume` to continue its run")
+
+
+def run_evaluate_rl(args: argparse.Namespace) -> int:
+    """Returns before / after adaptation of an RL checkpoint on held-out tasks."""
+    given = [flag for flag, value in (
+        ("--method", args.method), ("--adapt", args.adapt_layers is not None), ("--freeze", args.freeze),
+        ("--steps", args.steps is not None), ("--lr", args.lr is not None),
+        (f"--split {args.split}", args.split != "test"), ("--data-root", args.data_root),
+        (f"--device {args.device}", args.device != "cpu")) if value]
+    if given:
+        raise InputError(f"{', '.join(given)} only {'applies' if len(given) == 1 else 'apply'} "
+                         f"to supervised checkpoints; {args.checkpoint} is an RL "
+                         "checkpoint (evaluated with one adaptation step on held-out tasks: --episodes N tasks, "
+                         "--seed, --csv)")
+    from repana.io import atomic_save_csv
+    from repana.rl.evaluate import EVAL_SEED, evaluate_rl
+
+    n_tasks = 40 if args.episodes is None else args.episodes
+    seed = EVAL_SEED if args.seed is None else args.seed
+    frame, summary = evaluate_rl(args.checkpoint, n_tasks=n_tasks, seed=seed)
+
+    def pm(name: str) -> str:
+        half = summary[f"{name}_ci95"]
+        return f"{summary[name]:.2f}" + ("" if half != half else f" ± {half:.2f}")
+
+    print(f"{args.checkpoint}: {summary['algorithm']} {summary['env']} iteration {summary['iteration']}, one "
+          f"adaptation step on {n_tasks} held-out tasks (seed {seed}): return before adaptation "
+          f"{pm('return_before')}, after {pm('return_after')}, improvement {pm('improvement')} "
+          "(mean ± 95% CI over tasks)")
+    if args.csv is not None:
+        frame.insert(0, "checkpoint", str(args.checkpoint))
+        frame.insert(1, "algorithm", summary["algorithm"])
+        frame.insert(2, "env", summary["env"])
+        frame.insert(3, "iteration", summary["iteration"])
+        atomic_save_csv(frame, args.csv)
+        print(f"wrote {args.csv}")
+    return 0
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     check_checkpoint_file(args.checkpoint)
-    device = check_device(args.device)
     if args.csv is not None:
         check_output_file(args.csv, "--csv", "episodes.csv")
     if args.episodes is not None and args.episodes < 1:
         raise InputError(f"--episodes {args.episodes} must be at least 1")
+    from repana.rl.checkpoint import is_rl_checkpoint
+
+    if is_rl_checkpoint(args.checkpoint):
+        return run_evaluate_rl(args)
+    device = check_device(args.device)
     import numpy as np
     import pandas as pd
 
@@ -130,7 +189,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     split = load_data(config)[args.split]
     config.check_classes({args.split: split.n_classes})
     episodes = fixed_episodes(split, n_episodes=n_episodes, ways=config.ways, shots=config.shots,
-                              queries=config.queries_test, seed=args.seed)
+                              queries=config.queries_test, seed=0 if args.seed is None else args.seed)
     result = evaluate(model, episodes, method=method, steps=steps, lr=lr, trainable=names,
                       bn_support_query=config.bn_support_query)
     adapted = sorted({n.split(".", 1)[0] for n in names}, key=model.layer_names.index)
@@ -153,6 +212,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     check_checkpoint_file(args.checkpoint)
+    _refuse_rl_checkpoint(args.checkpoint, "predict")
     device = check_device(args.device)
     if args.out is not None:
         check_output_file(args.out, "--out", "predictions.csv")

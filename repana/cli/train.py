@@ -1,27 +1,39 @@
-"""``repana train``: meta-train from a preset or a TOML config, with overrides, resume and torchrun."""
+"""``repana train``: meta-train from a preset or a TOML config, with overrides, resume and torchrun.
+
+The RL presets (``rl-2dnav``, ``rl-halfcheetah-dir``, ``rl-halfcheetah-vel``), a TOML file holding an
+RL config (one that names an ``env``) and ``--out RUN --resume`` on an RL run folder train a policy
+through :func:`repana.rl.train.train_rl`; everything else trains a supervised model."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import tomllib
 from pathlib import Path
 
 from repana.cli.checks import check_device, check_output_dir
-from repana.errors import ConfigError
+from repana.errors import ConfigError, InputError
+
+# mirrors repana.rl.config.PRESETS (that module imports torch; this one must stay light)
+RL_PRESETS = ("rl-2dnav", "rl-halfcheetah-dir", "rl-halfcheetah-vel")
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="meta-train MAML / FOMAML / ANIL / Reptile / baselines",
         description="Meta-train a Conv4 from a preset or TOML config into a run folder (config.toml, "
-                    "metrics.csv, checkpoints/). Under torchrun the meta-batch is split across ranks.",
+                    "metrics.csv, checkpoints/). Under torchrun the meta-batch is split across ranks. "
+                    "The rl-* presets (or a TOML with an RL config) meta-train a Gaussian MLP policy with "
+                    "TRPO instead (docs/rl.md).",
         epilog="examples:\n  repana train --preset quick --out runs/quick\n"
                "  repana train --preset omniglot-subset --set algorithm=anil --set iterations=2000\n"
                "  repana train --out runs/quick --resume\n"
+               "  repana train --preset rl-2dnav --algorithm anil --seed 1 --out runs/nav-anil-s1\n"
                "  torchrun --nproc_per_node 2 -m repana train --preset omniglot-5way-1shot --device cuda",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", help="a bundled preset (see --list-presets)")
-    source.add_argument("--config", type=Path, help="a TOML file with TrainConfig keys")
+    source.add_argument("--config", type=Path, help="a TOML file with TrainConfig (or RLConfig) keys")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one key (value parsed as TOML); repeatable")
     parser.add_argument("--algorithm", help="shortcut for --set algorithm=NAME")
@@ -64,12 +76,103 @@ def resolve_config(args: argparse.Namespace):
     return load_config(preset=args.preset, path=args.config, overrides=overrides)
 
 
+def _read_toml(path: Path) -> dict | None:
+    """The parsed TOML at ``path``, or None when it is missing or unreadable (the caller reports it)."""
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+
+
+def _is_rl_values(values: dict | None) -> bool:
+    return isinstance(values, dict) and "env" in values  # repana.rl.config.is_rl_config_values
+
+
+def is_rl_request(args: argparse.Namespace) -> bool:
+    """True when the arguments ask for RL training: an rl-* preset, a TOML file holding an RL config,
+    or ``--resume`` of an RL run folder without a source."""
+    if args.preset is not None:
+        if args.preset.startswith("rl-") and args.preset not in RL_PRESETS:
+            raise ConfigError(f"unknown RL preset {args.preset!r}; choose one of {', '.join(RL_PRESETS)}")
+        return args.preset in RL_PRESETS
+    if args.config is not None:
+        return args.config.is_file() and _is_rl_values(_read_toml(args.config))
+    if args.resume and args.out is not None:
+        return _is_rl_values(_read_toml(Path(args.out) / "config.toml"))
+    return False
+
+
+def _parse_rl_override(text: str) -> tuple[str, object]:
+    """``"key=value"`` -> (key, value), the value parsed as TOML (a bare word as a string), as the
+    supervised ``--set`` does; unknown keys are reported by RLConfig."""
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r} must look like key=value")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def _check_rl_flags(args: argparse.Namespace, what: str) -> None:
+    """Supervised-only flags given for an RL run: one line naming them."""
+    given = [flag for flag, value in (("--tensorboard", args.tensorboard), ("--save-steps", args.save_steps),
+                                      ("--data-root", args.data_root)) if value]
+    if args.device != "cpu":
+        given.append(f"--device {args.device}")
+    if given:
+        raise InputError(f"{', '.join(given)} only {'applies' if len(given) == 1 else 'apply'} "
+                         f"to supervised training, not to {what} (RL trains on "
+                         "the CPU, checkpoints every checkpoint_every updates: --set checkpoint_every=N)")
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise InputError(f"{what} does not run under torchrun; start it as a single process")
+
+
+def run_rl(args: argparse.Namespace) -> int:
+    """Train (or resume) an RL run through repana.rl.train.train_rl."""
+    what = f"the RL preset {args.preset}" if args.preset else (
+        f"the RL config {args.config}" if args.config else f"the RL run {args.out}")
+    _check_rl_flags(args, what)
+    overrides = dict(_parse_rl_override(text) for text in args.overrides)
+    for key, value in (("algorithm", args.algorithm), ("iterations", args.iterations), ("seed", args.seed)):
+        if value is not None:
+            overrides[key] = value
+    from repana.rl.config import RLConfig, resolve_config
+    from repana.rl.envs import import_gymnasium
+
+    if args.preset is not None or args.config is not None:
+        config = resolve_config(args.preset if args.preset is not None else str(args.config))
+        name = args.preset if args.preset is not None else args.config.stem
+    else:
+        config = RLConfig.from_dict(_read_toml(Path(args.out) / "config.toml"))
+        name = Path(args.out).name
+    config = config.replace(**overrides)
+    if config.env.startswith("halfcheetah"):
+        import_gymnasium()  # one line naming the extra, before any file is written
+    run_dir = args.out if args.out is not None else Path("runs") / name
+    check_output_dir(run_dir, "--out")
+    if (Path(run_dir) / "checkpoints" / "latest.pt").exists() and not args.resume:
+        raise InputError(f"{run_dir} already holds an RL run; add --resume to continue it or choose another --out")
+    from repana.rl.train import train_rl
+
+    last = train_rl(config, run_dir, resume=args.resume)
+    print(f"{config.algorithm} {config.env}: {last.get('iteration', -1) + 1} meta-updates in "
+          f"{last.get('elapsed_s', 0.0):.1f} s, last update's return before adaptation "
+          f"{last.get('return_before', float('nan')):.2f}, after {last.get('return_after', float('nan')):.2f}; "
+          f"run folder {run_dir}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from repana.meta.config import list_presets
 
     if args.list_presets:
-        print("\n".join(list_presets()))
+        print("\n".join(list_presets() + list(RL_PRESETS)))
         return 0
+    if is_rl_request(args):
+        return run_rl(args)
     check_device(args.device)
     loggers = []
     if args.tensorboard:

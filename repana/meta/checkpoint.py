@@ -252,6 +252,10 @@ def load_checkpoint(path: str | Path, expected_model_config: dict | None = None,
 
     path = Path(path)
     payload = torch_load(path, unsafe_pickle=unsafe_pickle, what="checkpoint", error_class=CheckpointError)
+    if isinstance(payload, dict) and payload.get("format") == "repana-rl-checkpoint":
+        raise CheckpointError(f"{path} is an RL checkpoint (a meta-trained policy), not a repana checkpoint of "
+                              "a supervised model: `repana evaluate` takes it (returns before / after "
+                              "adaptation), `repana train --out RUN --resume` continues its run")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a repana checkpoint (no '{FORMAT}' format tag)")
     if payload.get("format_version") != FORMAT_VERSION:

@@ -84,6 +84,11 @@ class RLConfig:
         return RLConfig.from_dict({**self.to_dict(), **changes})
 
 
+def is_rl_config_values(values: dict) -> bool:
+    """True when a parsed TOML mapping is an RL config: it names an ``env`` (no supervised key does)."""
+    return isinstance(values, dict) and "env" in values
+
+
 def load_preset(name: str) -> RLConfig:
     """The config of ``rl-2dnav``, ``rl-halfcheetah-dir`` or ``rl-halfcheetah-vel``."""
     if name not in PRESETS:

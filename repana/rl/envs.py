@@ -20,7 +20,7 @@ from repana.errors import ConfigError
 
 ENVIRONMENTS = ("2d-navigation", "halfcheetah-dir", "halfcheetah-vel")
 HALFCHEETAH_CTRL_COST = 0.05
-MISSING_MUJOCO = "HalfCheetah needs gymnasium with MuJoCo: pip install repana[rl]  (gymnasium[mujoco], mujoco)"
+MISSING_MUJOCO = "HalfCheetah needs gymnasium with MuJoCo: pip install 'repana[rl]'  (gymnasium[mujoco], mujoco)"
 
 
 def check_environment(name: str) -> str:

@@ -1,0 +1,148 @@
+"""``repana train`` / ``repana evaluate`` on the RL side (repana.rl), and their bad-input lines."""
+
+from __future__ import annotations
+
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from repana.cli import main
+from repana.rl.checkpoint import load_rl_checkpoint
+
+TINY = ["--set", "meta_batch_size=2", "--set", "fast_batch_size=2", "--set", "horizon=10",
+        "--set", "hidden_sizes=[8, 8]", "--set", "checkpoint_every=1", "--set", 'dtype="float64"']
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.count("\n") == 0, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def nav_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli-rl") / "nav"
+    assert main(["train", "--preset", "rl-2dnav", "--out", str(run), "--iterations", "2", *TINY]) == 0
+    return run
+
+
+def test_train_writes_an_rl_run_folder(nav_run):
+    data = load_rl_checkpoint(nav_run / "checkpoints" / "latest.pt")
+    assert data["iteration"] == 2 and data["config"]["meta_batch_size"] == 2
+    assert data["config"]["hidden_sizes"] == [8, 8] and data["config"]["dtype"] == "float64"
+    metrics = pd.read_csv(nav_run / "metrics.csv")
+    assert list(metrics["iteration"]) == [0, 1]
+    assert (metrics["return_before"] < 0).all() and (metrics["return_after"] < 0).all()
+    assert 'env = "2d-navigation"' in (nav_run / "config.toml").read_text()
+
+
+def test_resume_through_the_cli_is_exact(tmp_path, capsys):
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert main(["train", "--preset", "rl-2dnav", "--out", str(full), "--iterations", "3", "--seed", "4",
+                 "--algorithm", "anil", *TINY]) == 0
+    assert main(["train", "--preset", "rl-2dnav", "--out", str(split), "--iterations", "2", "--seed", "4",
+                 "--algorithm", "anil", *TINY]) == 0
+    # without a source: the run folder's own config, iterations raised
+    assert main(["train", "--out", str(split), "--resume", "--iterations", "3"]) == 0
+    assert "anil 2d-navigation: 3 meta-updates" in capsys.readouterr().out
+    a = load_rl_checkpoint(full / "checkpoints" / "latest.pt")
+    b = load_rl_checkpoint(split / "checkpoints" / "latest.pt")
+    assert a["iteration"] == b["iteration"] == 3 and a["config"]["algorithm"] == "anil"
+    for name in a["state_dict"]:
+        assert torch.equal(a["state_dict"][name], b["state_dict"][name]), name
+    drop = ("elapsed_s",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in a["metrics"]] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in b["metrics"]]
+
+
+def test_train_from_an_rl_toml_config(tmp_path, capsys):
+    config = tmp_path / "nav.toml"
+    config.write_text('env = "2d-navigation"\nalgorithm = "fomaml"\niterations = 1\nmeta_batch_size = 2\n'
+                      'fast_batch_size = 2\nhorizon = 5\nhidden_sizes = [4, 4]\n')
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 0
+    assert "fomaml 2d-navigation: 1 meta-updates" in capsys.readouterr().out
+    assert load_rl_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["config"]["horizon"] == 5
+
+
+def test_list_presets_names_the_rl_presets(capsys):
+    assert main(["train", "--list-presets"]) == 0
+    names = capsys.readouterr().out.split()
+    assert {"quick", "rl-2dnav", "rl-halfcheetah-dir", "rl-halfcheetah-vel"} <= set(names)
+
+
+def test_evaluate_reports_returns_before_and_after(nav_run, tmp_path, capsys):
+    csv = tmp_path / "tasks.csv"
+    assert main(["evaluate", str(nav_run / "checkpoints" / "latest.pt"), "--episodes", "6", "--seed", "3",
+                 "--csv", str(csv)]) == 0
+    out = capsys.readouterr().out
+    assert "maml 2d-navigation iteration 2" in out and "6 held-out tasks (seed 3)" in out
+    assert "return before adaptation -" in out and "(mean ± 95% CI over tasks)" in out
+    frame = pd.read_csv(csv)
+    assert len(frame) == 6 and list(frame["task"]) == list(range(6))
+    assert (frame["return_before"] < 0).all() and (frame["return_after"] < 0).all()
+    assert frame["return_before"].nunique() == 6
+    assert (frame["env"] == "2d-navigation").all() and (frame["iteration"] == 2).all()
+    # the printed mean is the CSV's
+    assert f"return before adaptation {frame['return_before'].mean():.2f} ±" in out
+
+
+@pytest.mark.parametrize("flags, needles", [
+    (["--tensorboard"], ["--tensorboard only applies to supervised training", "rl-2dnav"]),
+    (["--save-steps", "0", "1", "--data-root", "d"], ["--save-steps, --data-root only apply"]),
+    (["--device", "cuda"], ["--device cuda only applies to supervised training"]),
+    (["--set", "bogus=1"], ["unknown RL config keys ['bogus']"]),
+    (["--algorithm", "reptile"], ["unknown RL algorithm 'reptile'"]),
+])
+def test_train_bad_rl_flags_one_line(tmp_path, capsys, flags, needles):
+    assert main(["train", "--preset", "rl-2dnav", "--out", str(tmp_path / "run"), *flags]) == 1
+    _one_line_error(capsys, *needles)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_unknown_rl_preset_and_existing_run(nav_run, capsys):
+    assert main(["train", "--preset", "rl-ant", "--out", str(nav_run)]) == 1
+    _one_line_error(capsys, "unknown RL preset 'rl-ant'", "rl-2dnav, rl-halfcheetah-dir, rl-halfcheetah-vel")
+    assert main(["train", "--preset", "rl-2dnav", "--out", str(nav_run), *TINY]) == 1
+    _one_line_error(capsys, "already holds an RL run; add --resume")
+
+
+def test_missing_mujoco_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mujoco", None)   # import mujoco raises ImportError
+    assert main(["train", "--preset", "rl-halfcheetah-vel", "--out", str(tmp_path / "hc")]) == 1
+    _one_line_error(capsys, "pip install 'repana[rl]'")
+    assert not (tmp_path / "hc").exists()
+
+
+@pytest.mark.parametrize("flags, needles", [
+    (["--freeze", "conv1"], ["--freeze only applies to supervised checkpoints"]),
+    (["--method", "nil", "--adapt", "head"], ["--method, --adapt only apply"]),
+    (["--steps", "3", "--split", "val"], ["--steps, --split val only apply"]),
+])
+def test_evaluate_supervised_flags_on_an_rl_checkpoint(nav_run, capsys, flags, needles):
+    assert main(["evaluate", str(nav_run / "checkpoints" / "latest.pt"), *flags]) == 1
+    _one_line_error(capsys, "is an RL checkpoint", *needles)
+
+
+def test_supervised_commands_name_the_rl_commands(nav_run, tmp_path, capsys):
+    checkpoint = str(nav_run / "checkpoints" / "latest.pt")
+    assert main(["predict", checkpoint, "--support", str(tmp_path), "--query", str(tmp_path)]) == 1
+    _one_line_error(capsys, "is an RL checkpoint", "repana evaluate", "repana train --out RUN --resume")
+    assert main(["analyze", "maml_anil_similarity", "--checkpoint", checkpoint, "--checkpoint", checkpoint,
+                 "--out", str(tmp_path / "a")]) == 1
+    _one_line_error(capsys, "is an RL checkpoint", "repana evaluate")
+
+
+def test_halfcheetah_smoke_through_the_cli(tmp_path, capsys):
+    pytest.importorskip("mujoco", reason="MuJoCo missing: pip install 'repana[rl]'")
+    pytest.importorskip("gymnasium", reason="gymnasium missing: pip install 'repana[rl]'")
+    run = tmp_path / "hc"
+    assert main(["train", "--preset", "rl-halfcheetah-dir", "--out", str(run), "--iterations", "1",
+                 "--set", "meta_batch_size=2", "--set", "fast_batch_size=1", "--set", "horizon=5",
+                 "--set", "n_envs=1", "--set", 'vector_mode="sync"', "--set", "hidden_sizes=[8, 8]"]) == 0
+    assert "maml halfcheetah-dir: 1 meta-updates" in capsys.readouterr().out
+    assert main(["evaluate", str(run / "checkpoints" / "latest.pt"), "--episodes", "2"]) == 0
+    assert "halfcheetah-dir iteration 1, one adaptation step on 2 held-out tasks" in capsys.readouterr().out
