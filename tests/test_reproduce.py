@@ -67,7 +67,7 @@ def test_training_plan_quick_and_paper():
     maml = by_network["maml"]
     # Figure 3's stages: 1/6, 1/3 and 1/2 of training (10k, 20k, 30k of 60k) and the final network
     assert maml.save_steps == [500, 1000, 1500, 3000] and maml.iterations == 3000
-    assert maml.val_every == 200 and by_network["anil"].val_every == 200 and by_network["nil"].val_every == 0
+    assert maml.val_every == 200 and by_network["anil"].val_every == 333 and by_network["nil"].val_every == 66
     paper = {job.network: job.config for job in training_plan("paper", "omniglot")}
     assert paper["maml"].iterations == 60000 and paper["maml"].hidden == 64
     assert {10000, 20000, 30000, 60000} <= set(paper["maml"].save_steps)
@@ -127,7 +127,8 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs):
     pairs = pd.read_csv(tables / "seed_pair_similarity.csv")
     assert set(pairs["pair"]) == {"MAML-MAML", "ANIL-ANIL", "ANIL-MAML"} and len(set(pairs["model_b"])) == 3
     curves = pd.read_csv(tables / "learning_curves.csv")
-    assert set(curves["algorithm"]) == {"maml", "anil"} and set(curves["seed"]) == {0, 1}
+    assert set(curves["algorithm"]) == {"maml", "anil", "multiclass", "multitask", "nil_training"}
+    assert set(curves["seed"]) == {0, 1}
     anil_inner = pd.read_csv(tables / "inner_loop_similarity_summary.csv").query("label == 'ANIL' and layer != 'head'")
     assert (anil_inner["mean"] > 1 - 1e-6).all()  # ANIL's body never changes in the inner loop
     assert any("5way-1shot/maml/seed1" in m and "iterations" in m for m in messages)

@@ -132,7 +132,7 @@ def write_report(out: str | Path, sections: list, context: dict) -> Path:
               + "\n".join(f"- {f'[{setting}] ' if setting else ''}{finding}" for setting, finding in findings) + "\n\n")
     if context["preset"] == "quick":
         header += ("## Reading a quick-preset report\n\n"
-                   "- The networks train for minutes (MAML and ANIL 3000 meta-iterations of 4 tasks, the baselines "
+                   "- The networks train for minutes (MAML 3000 and ANIL 5000 meta-iterations of 4 tasks, the baselines "
                    "1000-1500) instead of the paper's 60000 of 32, on Conv4 with 32 filters, so differences that depend "
                    "on how well each network is trained (MAML vs ANIL accuracy, the regimes ranking) can differ from "
                    "the paper's; the learning curves show where training stood.\n"
