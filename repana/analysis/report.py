@@ -132,8 +132,8 @@ def write_report(out: str | Path, sections: list, context: dict) -> Path:
               + "\n".join(f"- {f'[{setting}] ' if setting else ''}{finding}" for setting, finding in findings) + "\n\n")
     if context["preset"] == "quick":
         header += ("## Reading a quick-preset report\n\n"
-                   "- The networks train for minutes (MAML 3000 and ANIL 5000 meta-iterations of 4 tasks, the baselines "
-                   "1000-3000) instead of the paper's 60000 of 32, on Conv4 with 32 filters, so differences that depend "
+                   "- The networks train for minutes (MAML 3000, ANIL 5000, multiclass 4500, multitask and NIL 1000 meta-iterations of 4 tasks "
+                   "each) instead of the paper's 60000 of 32, on Conv4 with 32 filters, so differences that depend "
                    "on how well each network is trained (MAML vs ANIL accuracy, the regimes ranking) can differ from "
                    "the paper's; the learning curves show where training stood.\n"
                    "- Test-time adaptation uses each run's own inner steps (3 on Omniglot, as in the paper); the "
