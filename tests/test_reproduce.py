@@ -205,3 +205,24 @@ def test_miniimagenet_fixture_end_to_end(tmp_path, monkeypatch):
     freezing = pd.read_csv(out / "tables" / "miniimagenet-5way-1shot" / "freezing.csv")
     assert len(freezing) == 5 and freezing["accuracy"].between(0, 1).all()
     assert (out / "runs" / "5way-1shot" / "maml" / "seed0" / "config.toml").read_text().count('"miniimagenet"') == 1
+
+
+def test_learning_curves_pair_runs_validated_at_different_iterations():
+    """MAML validated every 200 iterations, ANIL every 333: ANIL's curve is interpolated at MAML's steps."""
+    from repana.analysis.learning_curves import flattening, paired_curves
+
+    maml = pd.DataFrame({"step": [200, 400, 600], "algorithm": "maml", "mean": [0.5, 0.6, 0.7], "std": [0.01] * 3})
+    anil = pd.DataFrame({"step": [333, 666], "algorithm": "anil", "mean": [0.6, 0.9], "std": [0.02, 0.04]})
+    cells = paired_curves(pd.concat([maml, anil]))
+    assert list(cells) == [400, 600]                      # 200 lies before ANIL's first validation
+    assert cells[400]["ANIL"][0] == pytest.approx(100 * (0.6 + 0.3 * 67 / 333))
+    assert cells[600]["MAML"] == pytest.approx((70.0, 1.0))
+    assert cells[400]["ANIL"][1] == pytest.approx(100 * (0.02 + 0.02 * 67 / 333))
+    # a straight rising line has not flattened; a noisy plateau has
+    steps = list(range(100, 1600, 100))
+    curves = pd.concat([pd.DataFrame({"algorithm": "up", "step": steps, "val_accuracy": [0.5 + s / 3000 for s in steps]}),
+                        pd.DataFrame({"algorithm": "flat", "step": steps,
+                                      "val_accuracy": [0.8 + 0.02 * (-1) ** i for i in range(len(steps))]})])
+    flat = flattening(curves).set_index("algorithm")
+    assert not flat.loc["up", "flattened"] and flat.loc["up", "rise"] == pytest.approx(0.4 / 3, abs=1e-9)
+    assert flat.loc["flat", "flattened"]

@@ -77,6 +77,24 @@ def flattening(curves: pd.DataFrame, flat_gain: float = FLAT_GAIN) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+def paired_curves(stats: pd.DataFrame) -> dict[int, dict[str, tuple[float, float]]]:
+    """{iteration: {"MAML": (percent, std), "ANIL": (percent, std)}} at MAML's validation iterations within
+    ANIL's range; ANIL's curve (mean and std over seeds) is interpolated linearly when the two runs were
+    validated at different iterations (they may train for different numbers of iterations)."""
+    curves = {name: stats[stats["algorithm"] == name].sort_values("step") for name in ("maml", "anil")}
+    anil = curves["anil"]
+    cells = {}
+    for _, row in curves["maml"].iterrows():
+        step = row["step"]
+        if not anil["step"].min() <= step <= anil["step"].max():
+            continue
+        anil_mean = float(np.interp(step, anil["step"], anil["mean"]))
+        anil_std = float(np.interp(step, anil["step"], anil["std"].fillna(0.0)))
+        cells[int(step)] = {"MAML": (100 * row["mean"], 100 * np.nan_to_num(row["std"])),
+                            "ANIL": (100 * anil_mean, 100 * anil_std)}
+    return cells
+
+
 def figures(tables, context) -> dict:
     from repana.plots import paper as plots
 
@@ -96,12 +114,12 @@ def report(tables, context) -> Section:
                            "change the numbers"))
                 for _, row in flat.iterrows()]
     stats = curves.groupby(["step", "algorithm"])["val_accuracy"].agg(["mean", "std"]).reset_index()
-    both = stats.pivot(index="step", columns="algorithm")
     if {"maml", "anil"} <= set(curves["algorithm"]):
-        cells = {int(step): {name.upper(): (100 * row[("mean", name)], 100 * np.nan_to_num(row[("std", name)]))
-                             for name in ("maml", "anil")}
-                 for step, row in both.iterrows() if np.isfinite(row[("mean", "maml")]) and np.isfinite(row[("mean", "anil")])}
-        if cells:
+        cells = paired_curves(stats)
+        if not cells:
+            findings.append(Finding("Figure 5: not judged (the MAML and ANIL runs were validated at no common "
+                                    "iterations)"))
+        else:
             verdict, reason = paper_values.verdict_learning_curves(cells)
             findings.append(Finding(reason, AGREES if verdict == paper_values.AGREES else DISAGREES))
     view = stats.assign(mean=lambda f: (100 * f["mean"]).round(1), std=lambda f: (100 * f["std"]).round(1))
