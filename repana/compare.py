@@ -25,7 +25,6 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import math
-import pickletools
 import sys
 import warnings
 from pathlib import Path
@@ -445,48 +444,16 @@ def import_factory(spec: str):
     return target
 
 
-def _is_pickle_stream(path: Path) -> bool:
-    """True when the file parses as a complete pickle (read with pickletools: nothing is unpickled)."""
-    try:
-        with open(path, "rb") as handle:
-            for opcode, _, _ in pickletools.genops(handle):
-                if opcode.name == "STOP":
-                    return True
-    except Exception:  # any parse failure: not a pickle
-        return False
-    return False
-
-
 def torch_load(path: str | Path, unsafe_pickle: bool = False, what: str = "weights"):
-    """``torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)`` with one-line errors.
+    """``torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)`` with one-line errors
+    (:func:`repana.data.safe_pickle.torch_load`, raising InputError): only a ``torch.save`` file whose
+    pickled objects ``weights_only`` loading refuses suggests ``--unsafe-pickle`` (a pickle can run code:
+    only for files you trust); plain pickles, empty, truncated and random files are named as such."""
+    from repana.data.safe_pickle import torch_load as load
 
-    Only a ``torch.save`` file whose pickled objects ``weights_only`` loading refuses suggests
-    ``--unsafe-pickle`` (a pickle can run code: only for files you trust); plain pickles (which ``torch.load``
-    cannot read either way), empty, truncated and random files are named as such.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} file {str(path)!r} " + ("is a folder, not a file" if path.is_dir()
-                                                           else "does not exist"))
-    try:
-        with warnings.catch_warnings():  # a plain pickle's protocol: the error below says what to do
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
-    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError... for refused or bad files
-        text = str(error)
-        if not unsafe_pickle and "Unsupported global" in text:  # a torch.save file with arbitrary objects
-            global_line = next(line.strip() for line in text.splitlines() if "Unsupported global" in line)
-            detail = global_line.split(". ")[0].replace("WeightsUnpickler error: ", "")
-            raise InputError(f"{what} file {str(path)!r} holds pickled Python objects that weights-only loading "
-                             f"refuses ({detail}). If you trust the file, pass --unsafe-pickle (unpickling can "
-                             f"run code)") from None
-        if _is_pickle_stream(path):  # torch.load reads torch.save files only, whatever weights_only says
-            raise InputError(f"{what} file {str(path)!r} is a plain Python pickle, not a file written by torch.save; "
-                             f"save it with torch.save(model.state_dict(), path)") from None
-        if path.stat().st_size == 0:
-            raise InputError(f"{what} file {str(path)!r} is empty") from None
-        raise InputError(f"cannot read {what} {str(path)!r}: not a file written by torch.save (or it is truncated "
-                         f"or corrupt)") from None
+    with warnings.catch_warnings():  # a plain pickle's protocol: the error says what to do
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        return load(path, unsafe_pickle=unsafe_pickle, what=f"{what} file", error_class=InputError)
 
 
 def model_from_factory(factory: str | Callable, weights: str | Path | None = None,

@@ -74,6 +74,20 @@ TORCH_LEGACY_PREFIX = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 UNSAFE_OPTION = "--unsafe-pickle"
 
 
+def is_pickle_stream(path: str | os.PathLike) -> bool:
+    """True when the file parses as a complete pickle (read with pickletools: nothing is unpickled)."""
+    import pickletools
+
+    try:
+        with open(path, "rb") as handle:
+            for opcode, _, _ in pickletools.genops(handle):
+                if opcode.name == "STOP":
+                    return True
+    except Exception:  # any parse failure: not a pickle
+        return False
+    return False
+
+
 def looks_like_torch_file(path: str | os.PathLike) -> bool:
     """True when ``path`` is a zip archive (``torch.save``'s format) or a legacy torch pickle."""
     import zipfile
@@ -125,8 +139,14 @@ def torch_load(path: str | os.PathLike, *, unsafe_pickle: bool = False, what: st
         message = str(error)
         size = path.stat().st_size
         if not looks_like_torch_file(path):
+            if size == 0:
+                raise error_class(f"{what} {path} is empty: not a torch checkpoint (truncated or corrupt)") from None
+            if is_pickle_stream(path):  # torch.load reads torch.save files only, whatever weights_only says
+                raise error_class(f"{what} {path} is a plain Python pickle, not a file written by torch.save; "
+                                  "save it with torch.save(model.state_dict(), path)") from None
             raise error_class(f"{what} {path} is not a torch checkpoint (truncated or corrupt): {size} bytes "
-                              "that are neither a torch zip archive nor a legacy torch file") from None
+                              "that are not a file written by torch.save (neither a torch zip archive nor a "
+                              "legacy torch file)") from None
         refusal = None if unsafe_pickle else _weights_only_refusal(message)
         if refusal is not None:
             raise error_class(f"{what} {path} holds pickled Python objects that safe loading (torch.load "
