@@ -91,3 +91,16 @@ def test_halfcheetah_reward_matches_gymnasium_info(mujoco_available, kind, value
         assert not terminated and not truncated
         x_before = info["x_position"]
     env.close()
+
+
+def test_halfcheetah_build_is_quiet_and_other_mujoco_warnings_reach_python(mujoco_available, capfd):
+    import mujoco
+
+    from repana.rl.envs import _forward_mujoco_warning, make_halfcheetah
+
+    env = make_halfcheetah("dir")
+    env.close()
+    assert "settotalmass" not in capfd.readouterr().err  # gymnasium's XML deprecation, once per sub-env
+    assert mujoco.get_mju_user_warning() is None          # the user's handler (none) is restored
+    with pytest.warns(RuntimeWarning, match="MuJoCo: something else"):
+        _forward_mujoco_warning("something else")

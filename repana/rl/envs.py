@@ -107,11 +107,33 @@ def _wrapper_class():
     return HalfCheetahTask
 
 
+# MuJoCo >= 3.3 warns, from C straight to stderr, once per model built from gymnasium's half_cheetah.xml
+# (it uses the deprecated ``settotalmass``): one line per sub-environment, about the installed
+# gymnasium's file, not about anything a repana user can change.
+_KNOWN_MODEL_WARNINGS = ("compiler attribute 'settotalmass' is deprecated",)
+
+
+def _forward_mujoco_warning(message: str) -> None:
+    if not message.startswith(_KNOWN_MODEL_WARNINGS):
+        import warnings
+        warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+
+
 def make_halfcheetah(kind: str, horizon: int = 200, task_value: float = 1.0):
-    """One HalfCheetah-v5 task environment (control cost weight 0.05, time limit ``horizon``)."""
+    """One HalfCheetah-v5 task environment (control cost weight 0.05, time limit ``horizon``).
+
+    While the model compiles, MuJoCo's warnings go to Python's ``warnings`` (RuntimeWarning) instead
+    of stderr, except the known deprecation of gymnasium's own XML (:data:`_KNOWN_MODEL_WARNINGS`)."""
     gymnasium = import_gymnasium()
-    env = gymnasium.make("HalfCheetah-v5", ctrl_cost_weight=HALFCHEETAH_CTRL_COST,
-                         max_episode_steps=horizon)
+    import mujoco
+
+    previous = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(_forward_mujoco_warning)
+    try:
+        env = gymnasium.make("HalfCheetah-v5", ctrl_cost_weight=HALFCHEETAH_CTRL_COST,
+                             max_episode_steps=horizon)
+    finally:
+        mujoco.set_mju_user_warning(previous)
     return _wrapper_class()(env, kind, task_value)
 
 
