@@ -1,0 +1,183 @@
+"""One Conv4 episode without a graph (evaluation): first-order inner steps with a hand-derived backward.
+
+Evaluation needs no meta-gradient, so its inner steps are first order and the adapted parameters are
+private copies updated in place. This module runs them on a :class:`repana.models.Conv4` with batch
+statistics (``bn_stats="batch"``) without autograd: each step is one forward that keeps what its
+backward needs (each block's input, conv output, batch-norm statistics, pooling indices and ReLU output)
+and a backward written out with the same ATen kernels autograd would call (``convolution_backward``,
+``native_batch_norm_backward``, ``max_pool2d_with_indices_backward``, ``threshold_backward``; the
+cross-entropy through ``_log_softmax_backward_data``), so the values are autograd's to rounding. What
+this saves over autograd (or a clone-and-adapt loop): the graph and the engine's bookkeeping at every
+step (about 25 nodes), the module and ``functional_call`` dispatch, the gradient of conv1's input, and the
+weights' layout conversions (see :func:`_prepare`).
+
+Layout (CPU float32): conv weights in channels-last memory, which is what oneDNN computes with (an NCHW
+weight is reordered at every forward and backward); a one-channel conv1 runs on images and a weight
+padded with an all-zero second channel once per episode (see :func:`repana.models._one_channel_conv3x3`:
+exact zeros, a true channels-last input). float64 and other devices run the same ops on the tensors as
+they are.
+
+Measured (``python benchmarks/meta_train.py --single-episode --threads 1``, 5-way 1-shot, 15 queries
+per class, 10 steps): see the README of :mod:`benchmarks` and the module doc of the benchmark. The path
+is chosen in :func:`repana.meta.inner.choose_path` (evaluation on CPU, one task at a time).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from repana.meta.adapt import first_trainable_layer, mean_loss_lr, resolve_trainable
+from repana.models import is_conv4
+
+aten = torch.ops.aten
+Params = dict[str, torch.Tensor]
+
+
+def can_run_conv4_episode(model: torch.nn.Module) -> bool:
+    """Whether this module's path applies: a Conv4 with batch statistics."""
+    return is_conv4(model) and model.bn_stats == "batch"
+
+
+def _prepare(model: torch.nn.Module, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> tuple[Params, bool]:
+    """Private copies of ``params`` laid out for this module's ops on inputs like ``x``, and whether conv1
+    runs on two-channel (zero-padded) images (CPU float32 one-channel nets)."""
+    cpu32 = x.device.type == "cpu" and x.dtype == torch.float32
+    two_channel = cpu32 and model.conv1.conv.in_channels == 1
+    prepared = {}
+    for name, p in params.items():
+        p = p.detach()
+        if name == "conv1.conv.weight" and two_channel:
+            p = F.pad(p, (0, 0, 0, 0, 0, 1))
+        prepared[name] = p.clone(memory_format=torch.channels_last) if cpu32 and p.dim() == 4 else p.clone()
+    return prepared, two_channel
+
+
+def _network_input(x: torch.Tensor, two_channel: bool) -> torch.Tensor:
+    """Images ``(n, C, H, W)`` as conv1 takes them (see :func:`_prepare`)."""
+    if not two_channel:
+        return x
+    return F.pad(x, (0, 0, 0, 0, 0, 1)).contiguous(memory_format=torch.channels_last)
+
+
+def _blocks(model: torch.nn.Module, start: int):
+    return [(i, name, getattr(model, name)) for i, name in enumerate(model.layer_names[:-1]) if i >= start]
+
+
+def _head_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], h: torch.Tensor,
+                 start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(n, C)`` and the head's input: ``h`` is conv4's map, or the features when ``start`` is the head."""
+    features = h if start == len(model.layer_names) - 1 else model.head_features(h)
+    return torch.addmm(params["head.bias"], features, params["head.weight"].t()), features
+
+
+def forward_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], h: torch.Tensor,
+                   start: int = 0) -> torch.Tensor:
+    """Conv4 logits ``(n, C)`` of ``h`` (the input of layer ``start``: images as :func:`_network_input` gives
+    them when ``start == 0``) with batch statistics, no graph (call under ``torch.no_grad``)."""
+    for _, layer, block in _blocks(model, start):
+        h = F.conv2d(h, params[f"{layer}.conv.weight"], params[f"{layer}.conv.bias"], block.conv.stride, 1)
+        h = F.batch_norm(h, None, None, params[f"{layer}.bn.weight"], params[f"{layer}.bn.bias"], True, 0.0,
+                         block.bn.eps)
+        h = torch.relu_(F.max_pool2d(h, 2) if block.pooling == "max" else h)  # relu after the pool: see rectify_and_pool
+    return _head_logits(model, params, h, start)[0]
+
+
+def support_gradients(model: torch.nn.Module, params: Mapping[str, torch.Tensor], h: torch.Tensor,
+                      labels: torch.Tensor, names: set[str], start: int = 0) -> Params:
+    """Gradients of the mean cross-entropy of the Conv4 logits of ``h`` (the input of layer ``start``,
+    ``(n, C, H, W)``) w.r.t. the parameters in ``names`` (all in layers ``>= start``): one forward and a
+    hand-derived backward, no graph. ``labels`` int64 ``(n,)``. Returns ``{name: gradient}``."""
+    saved = []
+    for i, layer, block in _blocks(model, start):
+        z = F.conv2d(h, params[f"{layer}.conv.weight"], params[f"{layer}.conv.bias"], block.conv.stride, 1)
+        y, mean, invstd = torch.native_batch_norm(z, params[f"{layer}.bn.weight"], params[f"{layer}.bn.bias"],
+                                                  None, None, True, 0.0, block.bn.eps)
+        indices, pool_input = None, None
+        if block.pooling == "max":  # relu after the pool, as rectify_and_pool (the pooled map is this step's own)
+            pool_input = y
+            y, indices = aten.max_pool2d_with_indices(y, [2, 2], [2, 2])
+        activation = torch.relu_(y)  # in place: batch norm's backward reads its input z, not its output
+        saved.append((i, layer, block, h, z, mean, invstd, indices, pool_input, activation))
+        h = activation
+    logits, features = _head_logits(model, params, h, start)
+    log_probs = torch.log_softmax(logits, 1)
+    # d mean(nll) / d log_probs, then through log_softmax: the kernels autograd runs for F.cross_entropy
+    grad_log_probs = F.one_hot(labels, logits.shape[1]).to(logits.dtype).mul_(-1.0 / labels.shape[0])
+    grad_logits = torch._log_softmax_backward_data(grad_log_probs, log_probs, 1, log_probs.dtype)
+    grads = {"head.weight": grad_logits.t().mm(features), "head.bias": grad_logits.sum(0)}
+    if not saved:
+        return {n: grads[n] for n in names}
+    grad_features = grad_logits.mm(params["head.weight"])
+    if model.head_input == "spatial_mean":
+        grad = (grad_features / (h.shape[2] * h.shape[3]))[:, :, None, None].expand(h.shape)
+    else:
+        grad = grad_features.view(h.shape)
+    grad = grad.contiguous(memory_format=torch.channels_last if h.is_contiguous(memory_format=torch.channels_last)
+                           else torch.contiguous_format)
+    for i, layer, block, h_in, z, mean, invstd, indices, pool_input, activation in reversed(saved):
+        grad = aten.threshold_backward(grad, activation, 0)
+        if indices is not None:
+            grad = aten.max_pool2d_with_indices_backward(grad, pool_input, [2, 2], [2, 2], [0, 0], [1, 1], False,
+                                                         indices)
+        gamma = params[f"{layer}.bn.weight"]
+        grad, grads[f"{layer}.bn.weight"], grads[f"{layer}.bn.bias"] = aten.native_batch_norm_backward(
+            grad, z, gamma, None, None, mean, invstd, True, block.bn.eps,
+            [True, f"{layer}.bn.weight" in names, f"{layer}.bn.bias" in names])
+        weight = params[f"{layer}.conv.weight"]
+        grad, grads[f"{layer}.conv.weight"], grads[f"{layer}.conv.bias"] = aten.convolution_backward(
+            grad, h_in, weight, [weight.shape[0]], list(block.conv.stride), [1, 1], [1, 1], False, [0, 0], 1,
+            [i > start, f"{layer}.conv.weight" in names, f"{layer}.conv.bias" in names])
+    return {n: grads[n] for n in names}
+
+
+def _adapted(model, params, support_x, support_y, steps, lr, names) -> tuple[Params, bool]:
+    """Prepared parameters (see :func:`_prepare`) after ``steps`` first-order steps, and the two-channel flag."""
+    prepared, two_channel = _prepare(model, params, support_x)
+    start = first_trainable_layer(model, names)
+    order = [n for n in prepared if n in set(names)]
+    if not order:
+        return prepared, two_channel
+    with torch.no_grad():
+        if start > 0:  # frozen bottom layers: run once (exact with batch statistics)
+            h = functional_call(model, dict(params), (support_x,), {"stop": start})
+        else:
+            h = _network_input(support_x, two_channel)
+        leaves = [prepared[n] for n in order]
+        for _ in range(steps):
+            grads = support_gradients(model, prepared, h, support_y, set(order), start)
+            torch._foreach_add_(leaves, [grads[n] for n in order], alpha=-lr)
+    return prepared, two_channel
+
+
+def conv4_episode_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
+                               support_y: torch.Tensor, query_x: torch.Tensor, steps: int, lr: float, trainable=None,
+                               loss_reduction: str = "mean", bn_together: bool = False) -> torch.Tensor:
+    """Query logits ``(n_query, C)`` (no graph) of one episode after ``steps`` first-order steps of size
+    ``lr`` on the ``trainable`` parameters of a Conv4 with batch statistics: the evaluation fast path.
+
+    ``support_x (n_s, C, H, W)``, ``support_y (n_s,)`` int64, ``query_x (n_q, C, H, W)``. Equal to
+    :func:`repana.meta.adapt.adapt` (first order) + a forward of the query set, to rounding.
+    """
+    names = resolve_trainable(params, trainable)
+    lr = mean_loss_lr(lr, loss_reduction, support_y)
+    prepared, two_channel = _adapted(model, params, support_x, support_y, steps, lr, names)
+    inputs = torch.cat([support_x, query_x]) if bn_together else query_x
+    with torch.no_grad():
+        logits = forward_logits(model, prepared, _network_input(inputs, two_channel))
+    return logits[support_x.shape[0]:] if bn_together else logits
+
+
+def adapt_conv4_episode(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
+                        support_y: torch.Tensor, steps: int, lr: float, trainable=None,
+                        loss_reduction: str = "mean") -> Params:
+    """The adapted parameters (detached, the model's shapes) of :func:`conv4_episode_query_logits`."""
+    names = resolve_trainable(params, trainable)
+    lr = mean_loss_lr(lr, loss_reduction, support_y)
+    prepared, two_channel = _adapted(model, params, support_x, support_y, steps, lr, names)
+    if two_channel:
+        prepared["conv1.conv.weight"] = prepared["conv1.conv.weight"][:, :1]
+    return {n: prepared[n].contiguous() if n in names else params[n].detach() for n in params}
