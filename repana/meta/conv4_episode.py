@@ -24,7 +24,6 @@ is chosen in :func:`repana.meta.inner.choose_path` (evaluation on CPU, one task 
 
 from __future__ import annotations
 
-import functools
 from typing import Mapping
 
 import torch
@@ -64,79 +63,9 @@ def _network_input(x: torch.Tensor, two_channel: bool) -> torch.Tensor:
     return F.pad(x, (0, 0, 0, 0, 0, 1)).contiguous(memory_format=torch.channels_last)
 
 
-# Small convolutions as matrix products. oneDNN spends a fixed ~30 us per forward and ~80 us per backward
-# call (primitive lookup, reorders) however small the problem: on one thread, Conv4-64's conv4 on 5 support
-# maps of 4x4 (0.7 M multiply-adds) measured 45 / 118 us forward / backward against 28 / 51 us as an
-# im2col matrix product, Conv4-32's conv3 33 / 87 against 28 / 56 us; from ~3 M multiply-adds on,
-# oneDNN is as fast or faster. The patches gather from the zero-padded channels-last map, ordered
-# (kernel row, kernel column, input channel): the memory order of a channels-last weight, so the weight
-# is a (C_out, 9 C_in) matrix without a copy.
-GEMM_CONV_MAX_MACS = 1_000_000
-
-
-@functools.lru_cache(maxsize=64)
-def _patch_index(height: int, width: int, stride: int, device: str) -> tuple[torch.Tensor, int, int]:
-    """Flat indices into a ``(height + 2) x (width + 2)`` zero-padded map of every 3x3 patch of a conv with
-    padding 1 and ``stride``, output-pixel major then kernel row, kernel column: ``(H' * W' * 9,)``
-    int64, and the output side ``H'``, ``W'``."""
-    out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
-    rows = torch.arange(out_h, device=device)[:, None, None, None] * stride + torch.arange(3, device=device)[:, None]
-    cols = torch.arange(out_w, device=device)[None, :, None, None] * stride + torch.arange(3, device=device)
-    return (rows * (width + 2) + cols).reshape(-1), out_h, out_w
-
-
-def _uses_gemm_conv(h: torch.Tensor, weight: torch.Tensor, stride: int) -> bool:
-    out_pixels = ((h.shape[2] - 1) // stride + 1) * ((h.shape[3] - 1) // stride + 1)
-    return h.shape[0] * out_pixels * weight[0].numel() * weight.shape[0] <= GEMM_CONV_MAX_MACS
-
-
-def _weight_matrix(weight: torch.Tensor) -> torch.Tensor:
-    """``(C_out, C_in, 3, 3)`` -> ``(C_out, 9 C_in)`` in (kernel row, kernel column, channel) order."""
-    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
-
-
-def _gemm_conv(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-               stride: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """3x3 conv, padding 1, of ``h (n, C_in, H, W)`` as one matrix product: the output ``(n, C_out, H', W')``
-    (channels-last memory) and the patches ``(n H' W', 9 C_in)`` its backward reuses."""
-    n, channels, height, width = h.shape
-    index, out_h, out_w = _patch_index(height, width, stride, str(h.device))
-    padded = F.pad(h.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1)).reshape(n, -1, channels)
-    patches = padded.index_select(1, index).reshape(n * out_h * out_w, 9 * channels)
-    out = torch.addmm(bias, patches, _weight_matrix(weight).t())
-    return out.view(n, out_h, out_w, -1).permute(0, 3, 1, 2), patches
-
-
-def _gemm_conv_backward(grad: torch.Tensor, patches: torch.Tensor, h: torch.Tensor, weight: torch.Tensor,
-                        stride: int, output_mask: list[bool]):
-    """Gradients ``(input, weight, bias)`` of :func:`_gemm_conv` for the output gradient ``grad``
-    (None where ``output_mask`` is False): the input's by scattering the patches' gradients back."""
-    n, channels, height, width = h.shape
-    grad_rows = grad.permute(0, 2, 3, 1).reshape(-1, grad.shape[1])        # (n H' W', C_out)
-    grad_weight = grad_bias = grad_input = None
-    if output_mask[1]:
-        grad_weight = grad_rows.t().mm(patches).view(weight.shape[0], 3, 3, channels).permute(0, 3, 1, 2)
-    if output_mask[2]:
-        grad_bias = grad_rows.sum(0)
-    if output_mask[0]:
-        index = _patch_index(height, width, stride, str(h.device))[0]
-        grad_patches = grad_rows.mm(_weight_matrix(weight)).view(n, -1, channels)
-        padded = grad.new_zeros(n, (height + 2) * (width + 2), channels).index_add_(1, index, grad_patches)
-        grad_input = padded.view(n, height + 2, width + 2, channels)[:, 1:-1, 1:-1].permute(0, 3, 1, 2)
-        grad_input = grad_input.contiguous(memory_format=_memory_format(h))
-    return grad_input, grad_weight, grad_bias
-
-
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
     return (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
             else torch.contiguous_format)
-
-
-def _conv(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int):
-    """A block's conv (3x3, padding 1): output and the patches when it runs as a matrix product (else None)."""
-    if _uses_gemm_conv(h, weight, stride):
-        return _gemm_conv(h, weight, bias, stride)
-    return F.conv2d(h, weight, bias, stride, 1), None
 
 
 def _blocks(model: torch.nn.Module, start: int):
@@ -155,7 +84,7 @@ def forward_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], h
     """Conv4 logits ``(n, C)`` of ``h`` (the input of layer ``start``: images as :func:`_network_input` gives
     them when ``start == 0``) with batch statistics, no graph (call under ``torch.no_grad``)."""
     for _, layer, block in _blocks(model, start):
-        h = _conv(h, params[f"{layer}.conv.weight"], params[f"{layer}.conv.bias"], block.conv.stride[0])[0]
+        h = F.conv2d(h, params[f"{layer}.conv.weight"], params[f"{layer}.conv.bias"], block.conv.stride, 1)
         h = F.batch_norm(h, None, None, params[f"{layer}.bn.weight"], params[f"{layer}.bn.bias"], True, 0.0,
                          block.bn.eps)
         h = torch.relu_(F.max_pool2d(h, 2) if block.pooling == "max" else h)  # relu after the pool: see rectify_and_pool
@@ -169,7 +98,7 @@ def support_gradients(model: torch.nn.Module, params: Mapping[str, torch.Tensor]
     hand-derived backward, no graph. ``labels`` int64 ``(n,)``. Returns ``{name: gradient}``."""
     saved = []
     for i, layer, block in _blocks(model, start):
-        z, patches = _conv(h, params[f"{layer}.conv.weight"], params[f"{layer}.conv.bias"], block.conv.stride[0])
+        z = F.conv2d(h, params[f"{layer}.conv.weight"], params[f"{layer}.conv.bias"], block.conv.stride, 1)
         y, mean, invstd = torch.native_batch_norm(z, params[f"{layer}.bn.weight"], params[f"{layer}.bn.bias"],
                                                   None, None, True, 0.0, block.bn.eps)
         indices, pool_input = None, None
@@ -177,7 +106,7 @@ def support_gradients(model: torch.nn.Module, params: Mapping[str, torch.Tensor]
             pool_input = y
             y, indices = aten.max_pool2d_with_indices(y, [2, 2], [2, 2])
         activation = torch.relu_(y)  # in place: batch norm's backward reads its input z, not its output
-        saved.append((i, layer, block, h, z, patches, mean, invstd, indices, pool_input, activation))
+        saved.append((i, layer, block, h, z, mean, invstd, indices, pool_input, activation))
         h = activation
     logits, features = _head_logits(model, params, h, start)
     log_probs = torch.log_softmax(logits, 1)
@@ -193,7 +122,7 @@ def support_gradients(model: torch.nn.Module, params: Mapping[str, torch.Tensor]
     else:
         grad = grad_features.view(h.shape)
     grad = grad.contiguous(memory_format=_memory_format(h))
-    for i, layer, block, h_in, z, patches, mean, invstd, indices, pool_input, activation in reversed(saved):
+    for i, layer, block, h_in, z, mean, invstd, indices, pool_input, activation in reversed(saved):
         grad = aten.threshold_backward(grad, activation, 0)
         if indices is not None:
             grad = aten.max_pool2d_with_indices_backward(grad, pool_input, [2, 2], [2, 2], [0, 0], [1, 1], False,
@@ -202,14 +131,10 @@ def support_gradients(model: torch.nn.Module, params: Mapping[str, torch.Tensor]
         grad, grads[f"{layer}.bn.weight"], grads[f"{layer}.bn.bias"] = aten.native_batch_norm_backward(
             grad, z, gamma, None, None, mean, invstd, True, block.bn.eps,
             [True, f"{layer}.bn.weight" in names, f"{layer}.bn.bias" in names])
-        weight, stride = params[f"{layer}.conv.weight"], block.conv.stride[0]
-        mask = [i > start, f"{layer}.conv.weight" in names, f"{layer}.conv.bias" in names]
-        if patches is not None:
-            grad, grads[f"{layer}.conv.weight"], grads[f"{layer}.conv.bias"] = _gemm_conv_backward(
-                grad, patches, h_in, weight, stride, mask)
-        else:
-            grad, grads[f"{layer}.conv.weight"], grads[f"{layer}.conv.bias"] = aten.convolution_backward(
-                grad, h_in, weight, [weight.shape[0]], [stride, stride], [1, 1], [1, 1], False, [0, 0], 1, mask)
+        weight = params[f"{layer}.conv.weight"]
+        grad, grads[f"{layer}.conv.weight"], grads[f"{layer}.conv.bias"] = aten.convolution_backward(
+            grad, h_in, weight, [weight.shape[0]], list(block.conv.stride), [1, 1], [1, 1], False, [0, 0], 1,
+            [i > start, f"{layer}.conv.weight" in names, f"{layer}.conv.bias" in names])
     return {n: grads[n] for n in names}
 
 
