@@ -24,7 +24,7 @@ is chosen in :func:`repana.meta.inner.choose_path` (evaluation on CPU, one task 
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Collection, Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -68,8 +68,34 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
             else torch.contiguous_format)
 
 
-def _blocks(model: torch.nn.Module, start: int):
-    return [(i, name, getattr(model, name)) for i, name in enumerate(model.layer_names[:-1]) if i >= start]
+class _Block(NamedTuple):
+    """What one block's forward and backward need, looked up once per episode."""
+
+    index: int
+    weight: str        # parameter names
+    bias: str
+    gamma: str
+    beta: str
+    stride: list[int]
+    eps: float
+    max_pool: bool
+    bn_mask: list[bool]      # which of (input, gamma, beta) gradients batch norm's backward returns
+    conv_mask: list[bool]    # which of (input, weight, bias) gradients the conv's backward returns
+
+
+def _blocks(model: torch.nn.Module, start: int, names: Collection[str] = ()) -> list[_Block]:
+    """The conv blocks from layer ``start`` on; gradients asked for the parameters in ``names``."""
+    blocks = []
+    for i, layer in enumerate(model.layer_names[:-1]):
+        if i < start:
+            continue
+        module = getattr(model, layer)
+        weight, bias, gamma, beta = (f"{layer}.conv.weight", f"{layer}.conv.bias", f"{layer}.bn.weight",
+                                     f"{layer}.bn.bias")
+        blocks.append(_Block(i, weight, bias, gamma, beta, list(module.conv.stride), module.bn.eps,
+                             module.pooling == "max", [True, gamma in names, beta in names],
+                             [i > start, weight in names, bias in names]))
+    return blocks
 
 
 def _head_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], h: torch.Tensor,
@@ -83,36 +109,45 @@ def forward_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], h
                    start: int = 0) -> torch.Tensor:
     """Conv4 logits ``(n, C)`` of ``h`` (the input of layer ``start``: images as :func:`_network_input` gives
     them when ``start == 0``) with batch statistics, no graph (call under ``torch.no_grad``)."""
-    for _, layer, block in _blocks(model, start):
-        h = F.conv2d(h, params[f"{layer}.conv.weight"], params[f"{layer}.conv.bias"], block.conv.stride, 1)
-        h = F.batch_norm(h, None, None, params[f"{layer}.bn.weight"], params[f"{layer}.bn.bias"], True, 0.0,
-                         block.bn.eps)
-        h = torch.relu_(F.max_pool2d(h, 2) if block.pooling == "max" else h)  # relu after the pool: see rectify_and_pool
+    for block in _blocks(model, start):
+        h = F.conv2d(h, params[block.weight], params[block.bias], block.stride, 1)
+        h = F.batch_norm(h, None, None, params[block.gamma], params[block.beta], True, 0.0, block.eps)
+        h = torch.relu_(F.max_pool2d(h, 2) if block.max_pool else h)  # relu after the pool: see rectify_and_pool
     return _head_logits(model, params, h, start)[0]
 
 
+def loss_gradient_target(labels: torch.Tensor, n_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """``d mean(nll) / d log_probs`` for int64 ``labels (n,)``: ``-onehot / n``, ``(n, n_classes)``."""
+    return F.one_hot(labels, n_classes).to(dtype).mul_(-1.0 / labels.shape[0])
+
+
 def support_gradients(model: torch.nn.Module, params: Mapping[str, torch.Tensor], h: torch.Tensor,
-                      labels: torch.Tensor, names: set[str], start: int = 0) -> Params:
+                      labels: torch.Tensor, names: Collection[str], start: int = 0,
+                      blocks: list[_Block] | None = None, target: torch.Tensor | None = None) -> Params:
     """Gradients of the mean cross-entropy of the Conv4 logits of ``h`` (the input of layer ``start``,
     ``(n, C, H, W)``) w.r.t. the parameters in ``names`` (all in layers ``>= start``): one forward and a
-    hand-derived backward, no graph. ``labels`` int64 ``(n,)``. Returns ``{name: gradient}``."""
+    hand-derived backward, no graph. ``labels`` int64 ``(n,)``; ``blocks`` (``_blocks(model, start,
+    names)``) and ``target`` (:func:`loss_gradient_target`) may be given, computed once per episode.
+    Returns ``{name: gradient}``."""
+    blocks = _blocks(model, start, names) if blocks is None else blocks
     saved = []
-    for i, layer, block in _blocks(model, start):
-        z = F.conv2d(h, params[f"{layer}.conv.weight"], params[f"{layer}.conv.bias"], block.conv.stride, 1)
-        y, mean, invstd = torch.native_batch_norm(z, params[f"{layer}.bn.weight"], params[f"{layer}.bn.bias"],
-                                                  None, None, True, 0.0, block.bn.eps)
-        indices, pool_input = None, None
-        if block.pooling == "max":  # relu after the pool, as rectify_and_pool (the pooled map is this step's own)
+    for block in blocks:
+        z = F.conv2d(h, params[block.weight], params[block.bias], block.stride, 1)
+        y, mean, invstd = torch.native_batch_norm(z, params[block.gamma], params[block.beta], None, None, True, 0.0,
+                                                  block.eps)
+        indices = pool_input = None
+        if block.max_pool:  # relu after the pool, as rectify_and_pool (the pooled map is this step's own)
             pool_input = y
             y, indices = aten.max_pool2d_with_indices(y, [2, 2], [2, 2])
         activation = torch.relu_(y)  # in place: batch norm's backward reads its input z, not its output
-        saved.append((i, layer, block, h, z, mean, invstd, indices, pool_input, activation))
+        saved.append((block, h, z, mean, invstd, indices, pool_input, activation))
         h = activation
     logits, features = _head_logits(model, params, h, start)
     log_probs = torch.log_softmax(logits, 1)
-    # d mean(nll) / d log_probs, then through log_softmax: the kernels autograd runs for F.cross_entropy
-    grad_log_probs = F.one_hot(labels, logits.shape[1]).to(logits.dtype).mul_(-1.0 / labels.shape[0])
-    grad_logits = torch._log_softmax_backward_data(grad_log_probs, log_probs, 1, log_probs.dtype)
+    if target is None:
+        target = loss_gradient_target(labels, logits.shape[1], logits.dtype)
+    # through log_softmax, then the head: the kernels autograd runs for F.cross_entropy and F.linear
+    grad_logits = torch._log_softmax_backward_data(target, log_probs, 1, log_probs.dtype)
     grads = {"head.weight": grad_logits.t().mm(features), "head.bias": grad_logits.sum(0)}
     if not saved:
         return {n: grads[n] for n in names}
@@ -122,19 +157,16 @@ def support_gradients(model: torch.nn.Module, params: Mapping[str, torch.Tensor]
     else:
         grad = grad_features.view(h.shape)
     grad = grad.contiguous(memory_format=_memory_format(h))
-    for i, layer, block, h_in, z, mean, invstd, indices, pool_input, activation in reversed(saved):
+    for block, h_in, z, mean, invstd, indices, pool_input, activation in reversed(saved):
         grad = aten.threshold_backward(grad, activation, 0)
         if indices is not None:
             grad = aten.max_pool2d_with_indices_backward(grad, pool_input, [2, 2], [2, 2], [0, 0], [1, 1], False,
                                                          indices)
-        gamma = params[f"{layer}.bn.weight"]
-        grad, grads[f"{layer}.bn.weight"], grads[f"{layer}.bn.bias"] = aten.native_batch_norm_backward(
-            grad, z, gamma, None, None, mean, invstd, True, block.bn.eps,
-            [True, f"{layer}.bn.weight" in names, f"{layer}.bn.bias" in names])
-        weight = params[f"{layer}.conv.weight"]
-        grad, grads[f"{layer}.conv.weight"], grads[f"{layer}.conv.bias"] = aten.convolution_backward(
-            grad, h_in, weight, [weight.shape[0]], list(block.conv.stride), [1, 1], [1, 1], False, [0, 0], 1,
-            [i > start, f"{layer}.conv.weight" in names, f"{layer}.conv.bias" in names])
+        grad, grads[block.gamma], grads[block.beta] = aten.native_batch_norm_backward(
+            grad, z, params[block.gamma], None, None, mean, invstd, True, block.eps, block.bn_mask)
+        weight = params[block.weight]
+        grad, grads[block.weight], grads[block.bias] = aten.convolution_backward(
+            grad, h_in, weight, [weight.shape[0]], block.stride, [1, 1], [1, 1], False, [0, 0], 1, block.conv_mask)
     return {n: grads[n] for n in names}
 
 
@@ -151,8 +183,10 @@ def _adapted(model, params, support_x, support_y, steps, lr, names) -> tuple[Par
         else:
             h = _network_input(support_x, two_channel)
         leaves = [prepared[n] for n in order]
+        blocks = _blocks(model, start, order)
+        target = loss_gradient_target(support_y, prepared["head.weight"].shape[0], prepared["head.weight"].dtype)
         for _ in range(steps):
-            grads = support_gradients(model, prepared, h, support_y, set(order), start)
+            grads = support_gradients(model, prepared, h, support_y, order, start, blocks, target)
             torch._foreach_add_(leaves, [grads[n] for n in order], alpha=-lr)
     return prepared, two_channel
 
