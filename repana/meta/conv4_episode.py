@@ -57,10 +57,13 @@ def _prepare(model: torch.nn.Module, params: Mapping[str, torch.Tensor], x: torc
 
 
 def _network_input(x: torch.Tensor, two_channel: bool) -> torch.Tensor:
-    """Images ``(n, C, H, W)`` as conv1 takes them (see :func:`_prepare`)."""
-    if not two_channel:
-        return x
-    return F.pad(x, (0, 0, 0, 0, 0, 1)).contiguous(memory_format=torch.channels_last)
+    """Images ``(n, C, H, W)`` as conv1 takes them (see :func:`_prepare`): channels-last on CPU float32
+    (converted once, not by oneDNN at every step)."""
+    if two_channel:
+        x = F.pad(x, (0, 0, 0, 0, 0, 1))
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
