@@ -22,13 +22,17 @@ best of ``--repeats`` interleaved runs (``--eval-repeats`` for the short evaluat
     python benchmarks/meta_train.py --threads 1  # on a shared CPU, avoids OpenMP spinning
     python benchmarks/meta_train.py --device cuda  # on a GPU (timings synchronised with the device)
     python benchmarks/meta_train.py --setting miniimagenet  # Conv4-32 (max-pool), 3x84x84, meta-batch 4
-    python benchmarks/meta_train.py --single-episode  # only the one-episode evaluation case (~1 min)
+    python benchmarks/meta_train.py --single-episode  # only the one-episode evaluation, five networks (~2 min)
 
 One episode per call (``predict``, 10 steps) is timed against a clone-and-adapt loop written out here:
 ``copy.deepcopy`` of the model, 10 SGD steps with ``torch.autograd.grad``, the query forward under
-``no_grad`` (learn2learn's ``clone()``/``adapt()`` at test time, without the graph it keeps).
-Measured (1 thread, 2 shared cores at load ~10, best of 40 interleaved runs, 5 runs): MAML 1.24-1.51x,
-ANIL 2.3-5.8x on the Omniglot stride network; max-pool nets about 1.0x for MAML (FLOP-bound).
+``no_grad`` (learn2learn's ``clone()``/``adapt()`` at test time, without the graph it keeps), on five
+networks (``EPISODE_NETWORKS``: Omniglot Conv4-64 stride-2 with a flattened or a spatial-mean head, the
+quick preset's Conv4-32 stride-2 spatial-mean, Conv4-64 max-pool, MiniImageNet's Conv4-32 on 84x84),
+each pair interleaved, the median of ``--episode-repeats`` calls. Two runs (1 thread, 2 shared cores at
+load ~6), MAML / ANIL: stride nets 1.31-1.45x / 2.0-3.8x, max-pool Conv4-64 1.19-1.22x / 1.8-1.9x,
+MiniImageNet 1.05x / 1.6x (its time is in the conv, batch-norm and pooling kernels the loop runs too,
+see repana.meta.conv4_episode).
 
 ``--setting miniimagenet`` times MiniImageNet's network and sizes instead (5-way 1-shot, 15 queries,
 meta-batch 4 as in the paper, random pixels).

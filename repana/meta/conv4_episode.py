@@ -4,22 +4,33 @@ Evaluation needs no meta-gradient, so its inner steps are first order and the ad
 private copies updated in place. This module runs them on a :class:`repana.models.Conv4` with batch
 statistics (``bn_stats="batch"``) without autograd: each step is one forward that keeps what its
 backward needs (each block's input, conv output, batch-norm statistics, pooling indices and ReLU output)
-and a backward written out with the same ATen kernels autograd would call (``convolution_backward``,
-``native_batch_norm_backward``, ``max_pool2d_with_indices_backward``, ``threshold_backward``; the
-cross-entropy through ``_log_softmax_backward_data``), so the values are autograd's to rounding. What
-this saves over autograd (or a clone-and-adapt loop): the graph and the engine's bookkeeping at every
-step (about 25 nodes), the module and ``functional_call`` dispatch, the gradient of conv1's input, and the
-weights' layout conversions (see :func:`_prepare`).
+and a backward written out with the ATen kernels autograd calls for the same ops
+(``convolution_backward``, ``native_batch_norm_backward``, ``max_pool2d_with_indices_backward``,
+``threshold_backward``; the cross-entropy through ``_log_softmax_backward_data``), on the same tensors in
+the same layouts. So the logits and adapted parameters are bit-identical to the autograd version of this
+path that repana ran before (checked on the benchmark's networks and on a trained checkpoint), and equal
+to :func:`repana.meta.adapt.adapt` + a query forward to rounding (float64 tests, 1e-10). What it saves
+over autograd or a clone-and-adapt loop: the graph and the engine's bookkeeping at every step (about 25
+nodes), module and ``functional_call`` dispatch, the gradient of conv1's input, per-step lookups, and
+layout conversions (below).
 
 Layout (CPU float32): conv weights in channels-last memory, which is what oneDNN computes with (an NCHW
-weight is reordered at every forward and backward); a one-channel conv1 runs on images and a weight
-padded with an all-zero second channel once per episode (see :func:`repana.models._one_channel_conv3x3`:
-exact zeros, a true channels-last input). float64 and other devices run the same ops on the tensors as
-they are.
+weight is reordered at every forward and backward); images converted to channels-last once per episode,
+a one-channel conv1 on images and a weight padded with an all-zero second channel (see
+:func:`repana.models._one_channel_conv3x3`: exact zeros, a true channels-last input). float64 and other
+devices run the same ops on the tensors as they are.
 
-Measured (``python benchmarks/meta_train.py --single-episode --threads 1``, 5-way 1-shot, 15 queries
-per class, 10 steps): see the README of :mod:`benchmarks` and the module doc of the benchmark. The path
-is chosen in :func:`repana.meta.inner.choose_path` (evaluation on CPU, one task at a time).
+What is left is the kernels a clone-and-adapt loop runs too, on the same shapes: the networks where they
+dominate gain little. Profiled (one thread, 10 steps, 5-way 1-shot, 15 queries per class), conv, batch-norm
+and max-pool kernels take ~90% of a MiniImageNet Conv4-32 episode in both (the loop's remaining 8% of
+autograd, dispatch and copies is 3% here), so ~1.05x is the ceiling there without changing the
+arithmetic; ~85% of the max-pool Omniglot Conv4-64's. The stride-2 Omniglot nets have small maps, where
+fixed per-call costs weigh more (oneDNN spends ~50 us per conv forward and ~150 us per conv backward call
+even on tiny maps). Convolutions as im2col matrix products for the smallest maps were 3-10% faster on
+the stride nets but rounded differently (logits moved by 1e-3 on a trained checkpoint, through 10 steps
+at lr 2.0), so they are not used. Measured speed-ups: ``python benchmarks/meta_train.py --single-episode
+--threads 1`` and docs/meta.md. The path is chosen in :func:`repana.meta.inner.choose_path` (evaluation on
+CPU, one task at a time).
 """
 
 from __future__ import annotations
