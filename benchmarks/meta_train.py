@@ -22,13 +22,17 @@ best of ``--repeats`` interleaved runs (``--eval-repeats`` for the short evaluat
     python benchmarks/meta_train.py --threads 1  # on a shared CPU, avoids OpenMP spinning
     python benchmarks/meta_train.py --device cuda  # on a GPU (timings synchronised with the device)
     python benchmarks/meta_train.py --setting miniimagenet  # Conv4-32 (max-pool), 3x84x84, meta-batch 4
-    python benchmarks/meta_train.py --single-episode  # only the one-episode evaluation case (~1 min)
+    python benchmarks/meta_train.py --single-episode  # only the one-episode evaluation, five networks (~2 min)
 
 One episode per call (``predict``, 10 steps) is timed against a clone-and-adapt loop written out here:
 ``copy.deepcopy`` of the model, 10 SGD steps with ``torch.autograd.grad``, the query forward under
-``no_grad`` (learn2learn's ``clone()``/``adapt()`` at test time, without the graph it keeps).
-Measured (1 thread, 2 shared cores at load ~10, best of 40 interleaved runs, 5 runs): MAML 1.24-1.51x,
-ANIL 2.3-5.8x on the Omniglot stride network; max-pool nets about 1.0x for MAML (FLOP-bound).
+``no_grad`` (learn2learn's ``clone()``/``adapt()`` at test time, without the graph it keeps), on five
+networks (``EPISODE_NETWORKS``: Omniglot Conv4-64 stride-2 with a flattened or a spatial-mean head, the
+quick preset's Conv4-32 stride-2 spatial-mean, Conv4-64 max-pool, MiniImageNet's Conv4-32 on 84x84),
+each pair interleaved, the median of ``--episode-repeats`` calls. Two runs (1 thread, 2 shared cores at
+load ~6), MAML / ANIL: stride nets 1.31-1.45x / 2.0-3.8x, max-pool Conv4-64 1.19-1.22x / 1.8-1.9x,
+MiniImageNet 1.05x / 1.6x (its time is in the conv, batch-norm and pooling kernels the loop runs too,
+see repana.meta.conv4_episode).
 
 ``--setting miniimagenet`` times MiniImageNet's network and sizes instead (5-way 1-shot, 15 queries,
 meta-batch 4 as in the paper, random pixels).
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -183,36 +188,69 @@ def evaluation_flop_ratio(model: Conv4, steps: int) -> float:
     return maml / anil
 
 
-def seconds_pair(baseline, candidate, repeats: int, device: torch.device) -> tuple[float, float]:
-    """Best-of-``repeats`` seconds of two functions, runs interleaved so that load changes on a
-    shared machine hit both alike; on CUDA the device is synchronised before reading the clock."""
+def seconds_pair(baseline, candidate, repeats: int, device: torch.device,
+                 statistic=min) -> tuple[float, float]:
+    """``statistic`` (default: the best) of ``repeats`` timings of two functions, runs interleaved so that
+    load changes on a shared machine hit both alike; on CUDA the device is synchronised before reading
+    the clock."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    best = [float("inf"), float("inf")]
+    times = [[], []]
     for _ in range(repeats):
         for i, fn in enumerate((baseline, candidate)):
             sync()
             start = time.perf_counter()
             fn()
             sync()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best[0], best[1]
+            times[i].append(time.perf_counter() - start)
+    return statistic(times[0]), statistic(times[1])
 
 
-def single_episode_ratios(model, setting: Setting, device: torch.device, repeats: int) -> dict[str, float]:
-    """Seconds per call of one 10-step episode, ``predict()`` vs :func:`clone_and_adapt_episode`,
-    interleaved (best of ``repeats``), for MAML (every parameter) and ANIL (the head); prints the rows
-    and returns the speed-ups."""
-    one = make_batch(setting, 1, 3, device)
-    episode = (one.support_x[0], one.support_y[0], one.query_x[0])
+@dataclass(frozen=True)
+class EpisodeNetwork:
+    """A network of the single-episode comparison."""
+
+    label: str
+    setting: str       # a key of SETTINGS (image size and channels)
+    pooling: str
+    hidden: int
+    head_input: str
+
+    def build(self, device: torch.device) -> Conv4:
+        setting = SETTINGS[self.setting]
+        torch.manual_seed(0)
+        return Conv4(in_channels=setting.channels, n_classes=WAYS, hidden=self.hidden, image_size=setting.size,
+                     pooling=self.pooling, head_input=self.head_input).to(device)
+
+
+EPISODE_NETWORKS = (
+    EpisodeNetwork("Omniglot Conv4-64 stride, flatten", "omniglot", "stride", 64, "flatten"),  # the rest of this benchmark
+    EpisodeNetwork("Omniglot Conv4-64 stride, mean", "omniglot", "stride", 64, "spatial_mean"),  # the Omniglot presets
+    EpisodeNetwork("Omniglot Conv4-32 stride, mean", "omniglot", "stride", 32, "spatial_mean"),  # reproduce's quick preset
+    EpisodeNetwork("Omniglot Conv4-64 max-pool", "omniglot", "max", 64, "flatten"),
+    EpisodeNetwork("MiniImageNet Conv4-32 84x84", "miniimagenet", "max", 32, "flatten"),
+)
+
+
+def single_episode_ratios(device: torch.device, repeats: int,
+                          networks=EPISODE_NETWORKS) -> dict[tuple[str, str], float]:
+    """Seconds per call of one 10-step episode, ``predict()`` vs :func:`clone_and_adapt_episode` on the
+    same network, interleaved (median of ``repeats``), for MAML (every parameter) and ANIL (the head) on
+    each network of ``networks``; prints the rows and returns the speed-ups by (network label, algorithm)."""
     ratios = {}
-    for name, trainable in (("maml", None), ("anil", "head")):
-        head_only = trainable == "head"
-        loop_s, ours_s = seconds_pair(lambda: clone_and_adapt_episode(model, *episode, 10, head_only),
-                                      lambda: predict(model, *episode, steps=10, lr=INNER_LR, trainable=trainable),
-                                      repeats, device)
-        ratios[name] = loop_s / ours_s
-        print(f"{f'one episode {name}, 10 steps':<28}{loop_s:>10.4f}{ours_s:>10.4f}{loop_s / ours_s:>9.2f}x"
-              "   (predict() vs deep-copy + autograd.grad clone-and-adapt)")
+    print(f"{'one episode, 10 steps':<42}{'loop s':>10}{'repana s':>10}{'speed-up':>10}"
+          f"   (median of {repeats} interleaved calls: predict() vs deep-copy + autograd.grad clone-and-adapt)")
+    for network in networks:
+        model = network.build(device)
+        one = make_batch(SETTINGS[network.setting], 1, 3, device)
+        episode = (one.support_x[0], one.support_y[0], one.query_x[0])
+        for name, trainable in (("maml", None), ("anil", "head")):
+            head_only = trainable == "head"
+            loop = lambda: clone_and_adapt_episode(model, *episode, 10, head_only)  # noqa: E731
+            ours = lambda: predict(model, *episode, steps=10, lr=INNER_LR, trainable=trainable)  # noqa: E731
+            seconds_pair(loop, ours, 2, device)  # warm-up: this network's kernels, outside the timed runs
+            loop_s, ours_s = seconds_pair(loop, ours, repeats, device, statistic=statistics.median)
+            ratios[network.label, name] = loop_s / ours_s
+            print(f"{f'{network.label} {name}':<42}{loop_s:>10.4f}{ours_s:>10.4f}{loop_s / ours_s:>9.2f}x")
     return ratios
 
 
@@ -235,7 +273,10 @@ def main() -> None:
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="let cuDNN time its convolution algorithms (torch.backends.cudnn.benchmark)")
     parser.add_argument("--single-episode", action="store_true",
-                        help="time only one-episode evaluation (predict vs clone-and-adapt), MAML and ANIL")
+                        help="time only one-episode evaluation (predict vs clone-and-adapt), MAML and ANIL, on "
+                             "every network of EPISODE_NETWORKS (Omniglot stride and max-pool, MiniImageNet)")
+    parser.add_argument("--episode-repeats", type=int, default=40,
+                        help="interleaved calls per single-episode case; the median is kept (default 40)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -250,13 +291,17 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
     eval_repeats = 1 if args.quick else max(args.repeats, args.eval_repeats)
     eval_tasks = 4 if args.quick else 16
-    single_repeats = 5 if args.quick else 6 * eval_repeats
+    single_repeats = 5 if args.quick else args.episode_repeats
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"CPU, {torch.get_num_threads()} torch threads, freed memory {'retained' if retained else 'returned'}")
+    if args.single_episode:
+        print(f"One episode: {WAYS}-way {SHOTS}-shot, {QUERIES} queries/class; {where}, torch {torch.__version__}")
+        single_episode_ratios(device, single_repeats)
+        return
     torch.manual_seed(0)
     model = Conv4(in_channels=setting.channels, n_classes=WAYS, hidden=setting.hidden, image_size=setting.size,
                   pooling=pooling).to(device)
     batch, eval_batch = make_batch(setting, tasks, 0, device), make_batch(setting, eval_tasks, 1, device)
-    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
-             else f"CPU, {torch.get_num_threads()} torch threads, freed memory {'retained' if retained else 'returned'}")
     print(f"{setting.name}: Conv4-{setting.hidden} ({pooling}), {setting.channels}x{setting.size}x{setting.size}, "
           f"{WAYS}-way {SHOTS}-shot, {QUERIES} queries/class, meta-batch {tasks}; {where}, torch {torch.__version__}")
     print(f"{'case':<28}{'loop s':>10}{'repana s':>10}{'speed-up':>10}")
@@ -265,9 +310,6 @@ def main() -> None:
         (loop_first_order if first_order else loop_second_order)(model, warm, 1, False)
         get_algorithm("fomaml" if first_order else "maml", inner_steps=1).meta_gradients(model, warm)
     evaluate(model, warm, steps=1, show_progress=False)
-    if args.single_episode:
-        single_episode_ratios(model, setting, device, 40 if not args.quick else 5)
-        return
     cases = [(name, steps) for steps in (1, 5) for name in ("maml", "fomaml", "anil")]
     for name, steps in cases:
         algo = get_algorithm(name, inner_steps=steps, inner_lr=INNER_LR)
@@ -292,7 +334,7 @@ def main() -> None:
                                       evaluate_fn(trainable), eval_repeats, device)
         loop_s, ours_s = loop_s / eval_tasks, ours_s / eval_tasks
         print(f"{f'eval/episode {name}, 10 steps':<28}{loop_s:>10.4f}{ours_s:>10.4f}{loop_s / ours_s:>9.2f}x")
-    single_episode_ratios(model, setting, device, single_repeats)
+    single_episode_ratios(device, single_repeats, [n for n in EPISODE_NETWORKS if n.setting == args.setting])
     # The ANIL/MAML ratios come from their own interleaved pairs (a load change on a shared machine
     # between two separately timed cases would otherwise move the ratio).
     maml5, anil5 = (get_algorithm(name, inner_steps=5, inner_lr=INNER_LR) for name in ("maml", "anil"))

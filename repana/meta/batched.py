@@ -9,8 +9,8 @@ sum of the tasks' support losses returns every task's own inner gradient (first-
 evaluation, write the cross-entropy gradient out instead: no autograd pass per step). No ``torch.func.vmap`` is used
 (its batch-norm batching rule gives wrong second-order gradients, functorch issue 534).
 
-When conv layers adapt, tasks are folded into channels (see the layout note further down), and
-evaluation runs one episode at a time without a graph in plain functional ops (the last section). Both
+When conv layers adapt, tasks are folded into channels (see the layout note further down); evaluation of
+one episode at a time without a graph is :mod:`repana.meta.conv4_episode`. Both
 know Conv4's blocks (``conv{i}.conv``, ``conv{i}.bn``) and sit behind an explicit check
 (:func:`repana.models.is_conv4`); every other backbone, and ``fold=False`` in training, takes the
 generic per-episode loop of :func:`repana.meta.adapt.adapt`. The head-only path works for any backbone
@@ -324,110 +324,3 @@ def folded_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tenso
             logits = torch.stack([functional_call(model, {n: p[t] for n, p in adapted.items()}, (inputs[t],))
                                   for t in range(inputs.shape[0])])
     return logits[:, support_x.shape[1]:] if bn_together else logits
-
-
-# ----- one episode at a time without a graph (evaluation): Conv4 in plain functional ops -------------
-#
-# Evaluation needs no meta-gradient, so its steps are first order and the adapted tensors can be updated
-# in place. This path runs Conv4 as plain functional ops on parameter clones prepared once per episode:
-# conv weights in channels-last memory (CPU float32: oneDNN otherwise reorders each 64x64x3x3 weight
-# at every forward and backward, ~100 copies per 10-step episode), the one-channel conv1 weight and
-# the images padded to two channels once (not at every step, see repana.models.Conv3x3), no
-# functional_call, one foreach update per step. Measured on one thread (benchmarks/meta_train.py
-# --single-episode; 2 shared cores at load ~10, so best of 40 interleaved runs): Omniglot stride
-# Conv4-64, 5-way 1-shot, 10 steps, one episode: 1.24-1.51x a clone-and-adapt loop on the module (5
-# runs), where adapt() + functional_call ran at 0.9x. Max-pool nets (Omniglot max-pool, MiniImageNet
-# Conv4-32) are bound by conv FLOPs: about 1.0x the loop (0.85-1.09x), still ahead of adapt() (~0.85x).
-# Several tasks with small maps still fold (16 stride tasks: folded 1.3-1.45x faster than this path).
-
-def _prepare_conv4(model: torch.nn.Module, params: Mapping[str, torch.Tensor],
-                   x: torch.Tensor) -> tuple[dict[str, torch.Tensor], bool]:
-    """Clones of ``params`` laid out for :func:`_conv4_forward` on inputs like ``x``, and whether conv1
-    runs on two-channel (zero-padded) images."""
-    cpu32 = x.device.type == "cpu" and x.dtype == torch.float32
-    two_channel = cpu32 and model.conv1.conv.in_channels == 1
-    prepared = {}
-    for name, p in params.items():
-        p = p.detach()
-        if name == "conv1.conv.weight" and two_channel:
-            p = F.pad(p, (0, 0, 0, 0, 0, 1))
-        prepared[name] = (p.clone(memory_format=torch.channels_last) if cpu32 and p.dim() == 4 else p.clone())
-    return prepared, two_channel
-
-
-def _conv4_input(x: torch.Tensor, two_channel: bool) -> torch.Tensor:
-    if not two_channel:
-        return x
-    return F.pad(x, (0, 0, 0, 0, 0, 1)).contiguous(memory_format=torch.channels_last)
-
-
-def _conv4_forward(model: torch.nn.Module, params: Mapping[str, torch.Tensor], h: torch.Tensor,
-                   start: int = 0) -> torch.Tensor:
-    """Conv4 logits ``(n, C)`` of ``h`` (the input of layer ``start``, ``(n, C_in, H, W)``) with batch
-    statistics, in plain functional ops (hooks do not fire)."""
-    for layer in model.layer_names[start:-1]:
-        block = getattr(model, layer)
-        h = F.conv2d(h, params[f"{layer}.conv.weight"], params[f"{layer}.conv.bias"], stride=block.conv.stride,
-                     padding=block.conv.padding)
-        h = F.batch_norm(h, None, None, params[f"{layer}.bn.weight"], params[f"{layer}.bn.bias"], training=True,
-                         eps=block.bn.eps)
-        h = rectify_and_pool(h, block.pooling)
-    features = model.head_features(h) if start < len(model.layer_names) - 1 else h
-    return F.linear(features, params["head.weight"], params["head.bias"])
-
-
-def can_run_conv4_episode(model: torch.nn.Module) -> bool:
-    """Whether :func:`conv4_episode_query_logits` applies: a Conv4 with batch statistics."""
-    return is_conv4(model) and model.bn_stats == "batch"
-
-
-def _adapt_conv4_episode(model, params, support_x, support_y, steps, lr, names):
-    """Prepared adapted parameters (see :func:`_prepare_conv4`) and the two-channel flag."""
-    from repana.meta.adapt import first_trainable_layer
-
-    prepared, two_channel = _prepare_conv4(model, params, support_x)
-    start = first_trainable_layer(model, names)
-    with torch.no_grad():  # frozen bottom layers: run once (exact with batch statistics)
-        h = _conv4_input(support_x, two_channel)
-        if start > 0:
-            h = functional_call(model, dict(params), (support_x,), {"stop": start})
-    leaves = [prepared[n].requires_grad_(True) for n in names]
-    with torch.enable_grad():
-        for _ in range(steps):
-            loss = F.cross_entropy(_conv4_forward(model, prepared, h, start), support_y)
-            grads = torch.autograd.grad(loss, leaves)
-            with torch.no_grad():
-                torch._foreach_add_(leaves, list(grads), alpha=-lr)
-    for leaf in leaves:
-        leaf.requires_grad_(False)
-    return prepared, two_channel
-
-
-def conv4_episode_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
-                               support_y: torch.Tensor, query_x: torch.Tensor, steps: int, lr: float, trainable=None,
-                               loss_reduction: str = "mean", bn_together: bool = False) -> torch.Tensor:
-    """Query logits ``(n_query, C)`` (no graph) of one episode after ``steps`` first-order steps of size
-    ``lr`` on the ``trainable`` parameters of a Conv4 with batch statistics: the evaluation fast path.
-
-    ``support_x (n_s, C, H, W)``, ``support_y (n_s,)`` int64, ``query_x (n_q, C, H, W)``. Equal to
-    :func:`repana.meta.adapt.adapt` (first order) + a forward of the query set, to rounding.
-    """
-    names = resolve_trainable(params, trainable)
-    lr = mean_loss_lr(lr, loss_reduction, support_y)
-    prepared, two_channel = _adapt_conv4_episode(model, params, support_x, support_y, steps, lr, names)
-    inputs = torch.cat([support_x, query_x]) if bn_together else query_x
-    with torch.no_grad():
-        logits = _conv4_forward(model, prepared, _conv4_input(inputs, two_channel))
-    return logits[support_x.shape[0]:] if bn_together else logits
-
-
-def adapt_conv4_episode(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
-                        support_y: torch.Tensor, steps: int, lr: float, trainable=None,
-                        loss_reduction: str = "mean") -> dict[str, torch.Tensor]:
-    """The adapted parameters (detached, the model's shapes) of :func:`conv4_episode_query_logits`."""
-    names = resolve_trainable(params, trainable)
-    lr = mean_loss_lr(lr, loss_reduction, support_y)
-    prepared, two_channel = _adapt_conv4_episode(model, params, support_x, support_y, steps, lr, names)
-    if two_channel:
-        prepared["conv1.conv.weight"] = prepared["conv1.conv.weight"][:, :1]
-    return {n: prepared[n].contiguous() if n in names else params[n].detach() for n in params}

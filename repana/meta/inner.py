@@ -12,8 +12,8 @@ head_only      only the head adapts (ANIL, test time of the non-episodic algorit
                declaring ``layer_names``: body features once, all tasks' heads adapt together
 per_episode    one task at a time with :func:`repana.meta.adapt.adapt` (frozen bottom layers run once):
                any backbone; Conv4 with frozen bottom layers (folding would recompute them every step)
-conv4_episode  no graph needed (evaluation), CPU, a Conv4 with batch statistics: one task at a time in
-               plain functional ops (:func:`repana.meta.batched.conv4_episode_query_logits`)
+conv4_episode  no graph needed (evaluation), CPU, a Conv4 with batch statistics: one task at a time, no
+               autograd, a hand-derived backward (:mod:`repana.meta.conv4_episode`)
 folded         a Conv4 with batch statistics, tasks folded into channels (:mod:`repana.meta.batched`):
                on CUDA (training: the whole meta-batch; evaluation: groups bounded by ``FOLD_BYTES``),
                with ``fold=True``, and on CPU where it pays (:func:`repana.meta.batched.cpu_fold_pays`)
@@ -48,9 +48,9 @@ from torch.func import functional_call
 from repana.errors import InputError
 from repana.meta.adapt import (Trainable, adapt, first_trainable_layer, mean_loss_lr, normalise_loss_reduction,
                                resolve_trainable)
-from repana.meta.batched import (TRAIN_FOLD_BYTES, adapt_conv4_episode, can_batch_head_only, can_fold,
-                                 can_run_conv4_episode, conv4_episode_query_logits, cpu_fold_pays, fold_group_size,
+from repana.meta.batched import (TRAIN_FOLD_BYTES, can_batch_head_only, can_fold, cpu_fold_pays, fold_group_size,
                                  folded_query_logits, forward_tasks, graph_needed, head_only_query_logits)
+from repana.meta.conv4_episode import adapt_conv4_episode, can_run_conv4_episode, conv4_episode_query_logits
 
 Params = dict[str, torch.Tensor]
 PATHS = ("unadapted", "head_only", "per_episode", "conv4_episode", "folded")

@@ -1,0 +1,235 @@
+"""One Conv4 episode without a graph (evaluation): first-order inner steps with a hand-derived backward.
+
+Evaluation needs no meta-gradient, so its inner steps are first order and the adapted parameters are
+private copies updated in place. This module runs them on a :class:`repana.models.Conv4` with batch
+statistics (``bn_stats="batch"``) without autograd: each step is one forward that keeps what its
+backward needs (each block's input, conv output, batch-norm statistics, pooling indices and ReLU output)
+and a backward written out with the ATen kernels autograd calls for the same ops
+(``convolution_backward``, ``native_batch_norm_backward``, ``max_pool2d_with_indices_backward``,
+``threshold_backward``; the cross-entropy through ``_log_softmax_backward_data``), on the same tensors in
+the same layouts. So the logits and adapted parameters are bit-identical to the autograd version of this
+path that repana ran before (checked on the benchmark's networks and on a trained checkpoint), and equal
+to :func:`repana.meta.adapt.adapt` + a query forward to rounding (float64 tests, 1e-10). What it saves
+over autograd or a clone-and-adapt loop: the graph and the engine's bookkeeping at every step (about 25
+nodes), module and ``functional_call`` dispatch, the gradient of conv1's input, per-step lookups, and
+layout conversions (below).
+
+Layout (CPU float32): conv weights in channels-last memory, which is what oneDNN computes with (an NCHW
+weight is reordered at every forward and backward); images converted to channels-last once per episode,
+a one-channel conv1 on images and a weight padded with an all-zero second channel (see
+:func:`repana.models._one_channel_conv3x3`: exact zeros, a true channels-last input). float64 and other
+devices run the same ops on the tensors as they are.
+
+What is left is the kernels a clone-and-adapt loop runs too, on the same shapes: the networks where they
+dominate gain little. Profiled (one thread, 10 steps, 5-way 1-shot, 15 queries per class), conv, batch-norm
+and max-pool kernels take ~90% of a MiniImageNet Conv4-32 episode in both (the loop's remaining 8% of
+autograd, dispatch and copies is 3% here), so ~1.05x is the ceiling there without changing the
+arithmetic; ~85% of the max-pool Omniglot Conv4-64's. The stride-2 Omniglot nets have small maps, where
+fixed per-call costs weigh more (oneDNN spends ~50 us per conv forward and ~150 us per conv backward call
+even on tiny maps). Convolutions as im2col matrix products for the smallest maps were 3-10% faster on
+the stride nets but rounded differently (logits moved by 1e-3 on a trained checkpoint, through 10 steps
+at lr 2.0), so they are not used. Measured speed-ups: ``python benchmarks/meta_train.py --single-episode
+--threads 1`` and docs/meta.md. The path is chosen in :func:`repana.meta.inner.choose_path` (evaluation on
+CPU, one task at a time).
+"""
+
+from __future__ import annotations
+
+from typing import Collection, Mapping, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from repana.meta.adapt import first_trainable_layer, mean_loss_lr, resolve_trainable
+from repana.models import is_conv4
+
+aten = torch.ops.aten
+Params = dict[str, torch.Tensor]
+
+
+def can_run_conv4_episode(model: torch.nn.Module) -> bool:
+    """Whether this module's path applies: a Conv4 with batch statistics."""
+    return is_conv4(model) and model.bn_stats == "batch"
+
+
+def _prepare(model: torch.nn.Module, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> tuple[Params, bool]:
+    """Private copies of ``params`` laid out for this module's ops on inputs like ``x``, and whether conv1
+    runs on two-channel (zero-padded) images (CPU float32 one-channel nets)."""
+    cpu32 = x.device.type == "cpu" and x.dtype == torch.float32
+    two_channel = cpu32 and model.conv1.conv.in_channels == 1
+    prepared = {}
+    for name, p in params.items():
+        p = p.detach()
+        if name == "conv1.conv.weight" and two_channel:
+            p = F.pad(p, (0, 0, 0, 0, 0, 1))
+        prepared[name] = p.clone(memory_format=torch.channels_last) if cpu32 and p.dim() == 4 else p.clone()
+    return prepared, two_channel
+
+
+def _network_input(x: torch.Tensor, two_channel: bool) -> torch.Tensor:
+    """Images ``(n, C, H, W)`` as conv1 takes them (see :func:`_prepare`): channels-last on CPU float32
+    (converted once, not by oneDNN at every step)."""
+    if two_channel:
+        x = F.pad(x, (0, 0, 0, 0, 0, 1))
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            else torch.contiguous_format)
+
+
+class _Block(NamedTuple):
+    """What one block's forward and backward need, looked up once per episode."""
+
+    index: int
+    weight: str        # parameter names
+    bias: str
+    gamma: str
+    beta: str
+    stride: list[int]
+    eps: float
+    max_pool: bool
+    bn_mask: list[bool]      # which of (input, gamma, beta) gradients batch norm's backward returns
+    conv_mask: list[bool]    # which of (input, weight, bias) gradients the conv's backward returns
+
+
+def _blocks(model: torch.nn.Module, start: int, names: Collection[str] = ()) -> list[_Block]:
+    """The conv blocks from layer ``start`` on; gradients asked for the parameters in ``names``."""
+    blocks = []
+    for i, layer in enumerate(model.layer_names[:-1]):
+        if i < start:
+            continue
+        module = getattr(model, layer)
+        weight, bias, gamma, beta = (f"{layer}.conv.weight", f"{layer}.conv.bias", f"{layer}.bn.weight",
+                                     f"{layer}.bn.bias")
+        blocks.append(_Block(i, weight, bias, gamma, beta, list(module.conv.stride), module.bn.eps,
+                             module.pooling == "max", [True, gamma in names, beta in names],
+                             [i > start, weight in names, bias in names]))
+    return blocks
+
+
+def _head_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], h: torch.Tensor,
+                 start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(n, C)`` and the head's input: ``h`` is conv4's map, or the features when ``start`` is the head."""
+    features = h if start == len(model.layer_names) - 1 else model.head_features(h)
+    return torch.addmm(params["head.bias"], features, params["head.weight"].t()), features
+
+
+def forward_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], h: torch.Tensor,
+                   start: int = 0) -> torch.Tensor:
+    """Conv4 logits ``(n, C)`` of ``h`` (the input of layer ``start``: images as :func:`_network_input` gives
+    them when ``start == 0``) with batch statistics, no graph (call under ``torch.no_grad``)."""
+    for block in _blocks(model, start):
+        h = F.conv2d(h, params[block.weight], params[block.bias], block.stride, 1)
+        h = F.batch_norm(h, None, None, params[block.gamma], params[block.beta], True, 0.0, block.eps)
+        h = torch.relu_(F.max_pool2d(h, 2) if block.max_pool else h)  # relu after the pool: see rectify_and_pool
+    return _head_logits(model, params, h, start)[0]
+
+
+def loss_gradient_target(labels: torch.Tensor, n_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """``d mean(nll) / d log_probs`` for int64 ``labels (n,)``: ``-onehot / n``, ``(n, n_classes)``."""
+    return F.one_hot(labels, n_classes).to(dtype).mul_(-1.0 / labels.shape[0])
+
+
+def support_gradients(model: torch.nn.Module, params: Mapping[str, torch.Tensor], h: torch.Tensor,
+                      labels: torch.Tensor, names: Collection[str], start: int = 0,
+                      blocks: list[_Block] | None = None, target: torch.Tensor | None = None) -> Params:
+    """Gradients of the mean cross-entropy of the Conv4 logits of ``h`` (the input of layer ``start``,
+    ``(n, C, H, W)``) w.r.t. the parameters in ``names`` (all in layers ``>= start``): one forward and a
+    hand-derived backward, no graph. ``labels`` int64 ``(n,)``; ``blocks`` (``_blocks(model, start,
+    names)``) and ``target`` (:func:`loss_gradient_target`) may be given, computed once per episode.
+    Returns ``{name: gradient}``."""
+    blocks = _blocks(model, start, names) if blocks is None else blocks
+    saved = []
+    for block in blocks:
+        z = F.conv2d(h, params[block.weight], params[block.bias], block.stride, 1)
+        y, mean, invstd = torch.native_batch_norm(z, params[block.gamma], params[block.beta], None, None, True, 0.0,
+                                                  block.eps)
+        indices = pool_input = None
+        if block.max_pool:  # relu after the pool, as rectify_and_pool (the pooled map is this step's own)
+            pool_input = y
+            y, indices = aten.max_pool2d_with_indices(y, [2, 2], [2, 2])
+        activation = torch.relu_(y)  # in place: batch norm's backward reads its input z, not its output
+        saved.append((block, h, z, mean, invstd, indices, pool_input, activation))
+        h = activation
+    logits, features = _head_logits(model, params, h, start)
+    log_probs = torch.log_softmax(logits, 1)
+    if target is None:
+        target = loss_gradient_target(labels, logits.shape[1], logits.dtype)
+    # through log_softmax, then the head: the kernels autograd runs for F.cross_entropy and F.linear
+    grad_logits = torch._log_softmax_backward_data(target, log_probs, 1, log_probs.dtype)
+    grads = {"head.weight": grad_logits.t().mm(features), "head.bias": grad_logits.sum(0)}
+    if not saved:
+        return {n: grads[n] for n in names}
+    grad_features = grad_logits.mm(params["head.weight"])
+    if model.head_input == "spatial_mean":
+        grad = (grad_features / (h.shape[2] * h.shape[3]))[:, :, None, None].expand(h.shape)
+    else:
+        grad = grad_features.view(h.shape)
+    grad = grad.contiguous(memory_format=_memory_format(h))
+    for block, h_in, z, mean, invstd, indices, pool_input, activation in reversed(saved):
+        grad = aten.threshold_backward(grad, activation, 0)
+        if indices is not None:
+            grad = aten.max_pool2d_with_indices_backward(grad, pool_input, [2, 2], [2, 2], [0, 0], [1, 1], False,
+                                                         indices)
+        grad, grads[block.gamma], grads[block.beta] = aten.native_batch_norm_backward(
+            grad, z, params[block.gamma], None, None, mean, invstd, True, block.eps, block.bn_mask)
+        weight = params[block.weight]
+        grad, grads[block.weight], grads[block.bias] = aten.convolution_backward(
+            grad, h_in, weight, [weight.shape[0]], block.stride, [1, 1], [1, 1], False, [0, 0], 1, block.conv_mask)
+    return {n: grads[n] for n in names}
+
+
+def _adapted(model, params, support_x, support_y, steps, lr, names) -> tuple[Params, bool]:
+    """Prepared parameters (see :func:`_prepare`) after ``steps`` first-order steps, and the two-channel flag."""
+    prepared, two_channel = _prepare(model, params, support_x)
+    start = first_trainable_layer(model, names)
+    order = [n for n in prepared if n in set(names)]
+    if not order:
+        return prepared, two_channel
+    with torch.no_grad():
+        if start > 0:  # frozen bottom layers: run once (exact with batch statistics)
+            h = functional_call(model, dict(params), (support_x,), {"stop": start})
+        else:
+            h = _network_input(support_x, two_channel)
+        leaves = [prepared[n] for n in order]
+        blocks = _blocks(model, start, order)
+        target = loss_gradient_target(support_y, prepared["head.weight"].shape[0], prepared["head.weight"].dtype)
+        for _ in range(steps):
+            grads = support_gradients(model, prepared, h, support_y, order, start, blocks, target)
+            torch._foreach_add_(leaves, [grads[n] for n in order], alpha=-lr)
+    return prepared, two_channel
+
+
+def conv4_episode_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
+                               support_y: torch.Tensor, query_x: torch.Tensor, steps: int, lr: float, trainable=None,
+                               loss_reduction: str = "mean", bn_together: bool = False) -> torch.Tensor:
+    """Query logits ``(n_query, C)`` (no graph) of one episode after ``steps`` first-order steps of size
+    ``lr`` on the ``trainable`` parameters of a Conv4 with batch statistics: the evaluation fast path.
+
+    ``support_x (n_s, C, H, W)``, ``support_y (n_s,)`` int64, ``query_x (n_q, C, H, W)``. Equal to
+    :func:`repana.meta.adapt.adapt` (first order) + a forward of the query set, to rounding.
+    """
+    names = resolve_trainable(params, trainable)
+    lr = mean_loss_lr(lr, loss_reduction, support_y)
+    prepared, two_channel = _adapted(model, params, support_x, support_y, steps, lr, names)
+    inputs = torch.cat([support_x, query_x]) if bn_together else query_x
+    with torch.no_grad():
+        logits = forward_logits(model, prepared, _network_input(inputs, two_channel))
+    return logits[support_x.shape[0]:] if bn_together else logits
+
+
+def adapt_conv4_episode(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
+                        support_y: torch.Tensor, steps: int, lr: float, trainable=None,
+                        loss_reduction: str = "mean") -> Params:
+    """The adapted parameters (detached, the model's shapes) of :func:`conv4_episode_query_logits`."""
+    names = resolve_trainable(params, trainable)
+    lr = mean_loss_lr(lr, loss_reduction, support_y)
+    prepared, two_channel = _adapted(model, params, support_x, support_y, steps, lr, names)
+    if two_channel:
+        prepared["conv1.conv.weight"] = prepared["conv1.conv.weight"][:, :1]
+    return {n: prepared[n].contiguous() if n in names else params[n].detach() for n in params}
