@@ -118,7 +118,7 @@ def report(tables, context) -> Section:
         findings.append(Finding("MAML vs ANIL: not judged (the checkpoints do not hold both algorithms of one "
                                 "environment)", NO_VERDICT))
     improved = [f"{r.env} {r.algorithm}: {r.return_after - r.return_before:+.1f}" for r in summary.itertuples()]
-    findings.append(Finding("Adaptation improves the return (after - before, mean over seeds): "
+    findings.append(Finding("Change of the return through adaptation (after - before, mean over seeds): "
                             + "; ".join(improved), NO_VERDICT))
     return Section("RL: MAML vs ANIL average return (paper Table 2, RL rows)", body, tuple(findings))
 
