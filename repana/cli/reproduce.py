@@ -82,6 +82,8 @@ def run(args) -> int:
 
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}: train at least 1 seed per network (the paper uses 3)")
+    if args.rl and args.device != "cpu":
+        raise ConfigError(f"--device {args.device}: RL jobs train on the CPU; drop --device with --rl")
     check_device(args.device)
     common = dict(preset=args.preset, dataset=args.dataset, data_root=data_root, out=args.out,
                   analyses_dir=args.analyses, only=only, settings=args.setting, seeds=args.seeds)
@@ -90,8 +92,6 @@ def run(args) -> int:
     if args.rl:
         from repana.analysis.reproduce import parse_rl_envs
 
-        if args.device != "cpu":
-            raise ConfigError(f"--device {args.device}: RL jobs train on the CPU; drop --device with --rl")
         if args.setting:
             raise ConfigError("--setting names few-shot cells of the supervised tables; with --rl choose "
                               "environments with --rl-envs")
