@@ -132,3 +132,30 @@ def test_supervised_and_rl_checkpoints_cross_one_line(tmp_path, rl_checkpoints, 
     (run / "latest.pt").write_bytes(supervised_checkpoint.read_bytes())
     assert main(["train", "--preset", "rl-2dnav", "--out", str(run.parent), "--resume", "--iterations", "1"]) == 1
     _one_line_error(capsys, "is not an RL checkpoint", "a supervised checkpoint")
+
+
+def test_rl_analyses_on_halfcheetah_checkpoints(tmp_path, capsys):
+    pytest.importorskip("mujoco", reason="MuJoCo missing: pip install 'repana[rl]'")
+    pytest.importorskip("gymnasium", reason="gymnasium missing: pip install 'repana[rl]'")
+    tiny = dict(meta_batch_size=2, fast_batch_size=2, horizon=20, hidden_sizes=[8, 8], n_envs=2,
+                vector_mode="sync", iterations=1, cg_iters=2)
+    paths = []
+    for seed, algorithm in enumerate(("maml", "anil")):
+        train_rl("rl-halfcheetah-vel", tmp_path / algorithm, algorithm=algorithm, seed=seed, **tiny)
+        paths += ["--checkpoint", str(tmp_path / algorithm / "checkpoints" / "latest.pt")]
+    assert main(["analyze", "rl_returns", *paths, "--out", str(tmp_path / "r"), "--episodes", "2"]) == 0
+    table = pd.read_csv(tmp_path / "r" / "rl_returns_table2.csv")
+    assert list(table["paper_printed"]) == ["-139.0 ± 18.9", "-120.9 ± 6.3"]
+    from repana.analysis.registry import AnalysisContext
+    from repana.rl.checkpoint import RLCheckpoint
+
+    context = AnalysisContext(networks={"maml": RLCheckpoint.load(paths[1])}, settings={"task_seed": 7, "tasks": 2})
+    section = get_analysis("rl_returns").report(
+        {"rl_returns": pd.read_csv(tmp_path / "r" / "rl_returns.csv"), "rl_returns_table2": table}, context)
+    assert "HalfCheetah returns are **not comparable**" in section.body
+    assert main(["analyze", "rl_policy_similarity", *paths, "--out", str(tmp_path / "s"), "--episodes", "2",
+                 "--measure", "svcca", "--measure", "cka"]) == 0
+    rows = pd.read_csv(tmp_path / "s" / "rl_policy_similarity.csv")
+    assert set(rows["env"]) == {"halfcheetah-vel"} and set(rows["measure"]) == {"svcca", "cka"}
+    anil_hidden = rows.query("algorithm == 'anil' and layer != 'mu'")["value"]
+    assert anil_hidden.to_numpy() == pytest.approx(1.0, abs=1e-6)
