@@ -159,3 +159,16 @@ def test_rl_analyses_on_halfcheetah_checkpoints(tmp_path, capsys):
     assert set(rows["env"]) == {"halfcheetah-vel"} and set(rows["measure"]) == {"svcca", "cka"}
     anil_hidden = rows.query("algorithm == 'anil' and layer != 'mu'")["value"]
     assert anil_hidden.to_numpy() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_context_holds_checkpoints_of_one_kind(rl_checkpoints, supervised_checkpoint):
+    from repana.analysis.registry import AnalysisContext, load_analysis_checkpoint
+    from repana.errors import InputError
+
+    rl, supervised = load_analysis_checkpoint(rl_checkpoints["anil"]), load_analysis_checkpoint(supervised_checkpoint)
+    assert (rl.kind, rl.algorithm, rl.env, rl.iteration) == ("rl", "anil", "2d-navigation", 2)
+    assert supervised.kind == "supervised"
+    context = AnalysisContext(networks={"anil": rl}, settings={})
+    assert context.kind == "rl" and context.rl_checkpoint("anil") is rl and context.steps is None
+    with pytest.raises(InputError, match="either supervised or RL checkpoints, not both"):
+        AnalysisContext(networks={"anil": rl, "maml": supervised}, settings={})
