@@ -198,6 +198,7 @@ def test_rl_reproduction_end_to_end(tmp_path):
     assert "RL: the policy's layer similarity before vs after adaptation -- rl-2d-navigation" in text
     assert "-20.3 ± 3.2" in text and "-20.1 ± 2.3" in text and "ANIL matches MAML in RL" in text
     assert "not comparable" in text and "Why mean CCA is shown but not used" in text
+    assert "Gaussian MLP policy (2 x 8 hidden ReLU units" in text
     assert "4 training runs (anil 2 meta-updates, maml 2 meta-updates" in text
     tables = out / "tables" / "rl-2d-navigation"
     per_run = pd.read_csv(tables / "rl_returns.csv")

@@ -157,9 +157,10 @@ def _write_rl_report(out: Path, sections: list, context: dict, findings: list) -
         runs = facts["runs"].values()
         train_s = [spec.get("train_s", float("nan")) for spec in runs]
         budgets = ", ".join(sorted({f"{spec['algorithm']} {spec['iterations']} meta-updates" for spec in runs}))
-        hidden = " x ".join(str(h) for h in facts["hidden_sizes"])
+        sizes = facts["hidden_sizes"]
+        hidden = (f"{len(sizes)} x {sizes[0]}" if len(set(sizes)) == 1 else " + ".join(map(str, sizes)))
         described.append(
-            f"- **{facts['setting']}**: Gaussian MLP policy ({hidden} ReLU, learned log-std"
+            f"- **{facts['setting']}**: Gaussian MLP policy ({hidden} hidden ReLU units, learned log-std"
             f"{', adapted in the inner loop' if facts['adapt_log_std'] else ', not adapted'}); per meta-update "
             f"{facts['meta_batch_size']} tasks x {facts['fast_batch_size']} trajectories of {facts['horizon']} steps "
             f"before and after one policy-gradient step of lr {facts['fast_lr']:g}, TRPO outer loop; "

@@ -75,7 +75,7 @@ def compute(context) -> dict[str, pd.DataFrame]:
 
 
 def _fmt(mean: float, std: float, n: int) -> str:
-    return f"{mean:.1f} ± {std:.1f}" if n > 1 and np.isfinite(std) else f"{mean:.1f}"
+    return f"{mean:.2f} ± {std:.2f}" if n > 1 and np.isfinite(std) else f"{mean:.2f}"
 
 
 def report(tables, context) -> Section:

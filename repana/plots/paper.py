@@ -312,7 +312,7 @@ def rl_returns_figure(table) -> Figure:
         ax.axhline(0, color="0.6", lw=0.6)
         ax.set_title(env)
         ax.set_ylabel("average return")
-    axes[0].legend(fontsize="small")
+    axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     figure.tight_layout()
     return figure
 
@@ -328,12 +328,15 @@ def rl_similarity_figure(summary) -> Figure:
     axes = np.atleast_1d(figure.subplots(1, len(measures), squeeze=False)[0])
     for ax, measure in zip(axes, measures):
         part = summary[summary["measure"] == measure]
-        for (env, algorithm), group in part.groupby(["env", "algorithm"], sort=False):
+        for index, ((env, algorithm), group) in enumerate(part.groupby(["env", "algorithm"], sort=False)):
             layers = list(group["layer"])
-            _errorbar(ax, np.arange(len(layers)), group["value"], group["value_std"], marker="o",
+            # lines that coincide (every measure near 1) stay visible: later ones dashed, smaller markers
+            _errorbar(ax, np.arange(len(layers)), group["value"], group["value_std"], marker="os^D"[index % 4],
+                      ms=7 - 2 * (index % 3), ls="-" if index == 0 else "--",
                       color=COLORS.get(str(algorithm).lower()), label=f"{str(algorithm).upper()} {env}")
             ax.set_xticks(np.arange(len(layers)), layers)
-        ax.set_title(MEASURE_NAMES.get(measure, measure))
+        title = MEASURE_NAMES.get(measure, measure)
+        ax.set_title(f"{title} (misleading here)" if measure == "cca" else title)
         ax.set_ylim(min(0.0, float(np.nanmin(part["value"])) - 0.05), 1.05)
     axes[0].set_ylabel("similarity before vs after")
     axes[0].legend(fontsize="small")
