@@ -475,6 +475,10 @@ def model_from_factory(factory: str | Callable, weights: str | Path | None = Non
         state = torch_load(Path(weights), unsafe_pickle, "weights")
         if isinstance(state, nn.Module):
             state = state.state_dict()
+        if isinstance(state, dict) and state.get("format") == "repana-rl-checkpoint":
+            raise InputError(f"weights {str(weights)!r} are an RL checkpoint (a meta-trained policy), not the weights "
+                             "of a model built by a factory: compare a policy before vs after adaptation with "
+                             "`repana analyze rl_policy_similarity --checkpoint CKPT --out DIR`")
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         if not isinstance(state, dict):

@@ -352,3 +352,19 @@ def test_docs_paper_md_is_the_rendering_of_the_module():
         "paper_markdown; open('docs/paper.md', 'w').write(paper_markdown())\"")
     for cell in (c for cells in pv.TABLES.values() for c in cells):
         assert cell.printed in doc.read_text(encoding="utf-8")
+
+
+def test_rl_rows_agree_with_their_claim_and_a_deficit_beyond_the_noise_does_not():
+    results = pv.paper_rl_results()
+    assert results["halfcheetah-dir"] == {"MAML": (170.4, 21.0), "ANIL": (363.2, 14.8)}
+    assert results["2d-navigation"] == {"MAML": (-20.3, 3.2), "ANIL": (-20.1, 2.3)}
+    verdict, reason = pv.verdict_anil_matches_maml_rl(results)
+    assert verdict == AGREES and "halfcheetah-dir: ANIL 363.2 vs MAML 170.4 (+192.8, noise 25.7)" in reason
+    # noise = hypot(3, 4) = 5: a deficit of exactly 5 agrees, of 5.2 does not
+    assert pv.verdict_anil_matches_maml_rl({"2d-navigation": {"MAML": (-10.0, 3.0), "ANIL": (-15.0, 4.0)}})[0] == AGREES
+    verdict, reason = pv.verdict_anil_matches_maml_rl({"2d-navigation": {"MAML": (-10.0, 3.0), "ANIL": (-15.2, 4.0)}})
+    assert verdict == pv.DISAGREES and "ANIL -15.2 is 5.2 below MAML -10.0 (noise 5.0)" in reason
+    with pytest.raises(InputError, match="lacks ANIL"):
+        pv.verdict_anil_matches_maml_rl({"2d-navigation": {"MAML": (-10.0, 3.0)}})
+    with pytest.raises(InputError, match="no RL column for environment 'ant'"):
+        pv.rl_cells("ant")

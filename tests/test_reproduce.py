@@ -19,6 +19,8 @@ TINY = {
     "head_needed": "episodes = 4\n",
     "seed_pair_similarity": 'episodes = 2\nmeasures = ["cca", "cka"]\nmin_ratio = 5.0\n',
     "learning_curves": "flat_gain = 0.01\n",
+    "rl_returns": "tasks = 3\ntask_seed = 7\n",
+    "rl_policy_similarity": 'tasks = 2\ntask_seed = 7\nmeasures = ["cca", "svcca", "cka"]\nmax_datapoints = 500\n',
     "convergence": ("inner_steps = [1, 2]\niterations = 2\nmeta_batch_size = 2\neval_every = 2\nepisodes = 2\n"
                     "inner_lr = 0.1\nl2 = 0.1\nhead_hidden = 8\ncost_repeats = 1\n"),
 }
@@ -158,6 +160,83 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs):
         reproduce("quick", "glyphs", out=out, analyses_dir=entries, iterations_scale=0.001, data=glyphs,
                   train_overrides={**SMALL, "hidden": 6}, seeds=2, log=messages.append)
 
+
+
+RL_TINY = {"meta_batch_size": 2, "fast_batch_size": 2, "horizon": 12, "hidden_sizes": [8, 8], "dtype": "float64",
+           "cg_iters": 3}
+
+
+def test_rl_training_plan_quick_and_paper(tmp_path):
+    from repana.analysis.reproduce import rl_training_plan
+
+    quick = rl_training_plan("quick", ["2d-navigation", "halfcheetah-dir"], seeds=3, runs_dir=tmp_path)
+    assert [job.name for job in quick][:4] == ["rl-2d-navigation/maml/seed0", "rl-2d-navigation/maml/seed1",
+                                              "rl-2d-navigation/maml/seed2", "rl-2d-navigation/anil/seed0"]
+    nav = {(job.network, job.seed_index): job.config for job in quick if job.config.env == "2d-navigation"}
+    # 40 meta-updates at the paper's per-update size; maml's base seed 0, anil's 1, + 1000 per seed
+    assert {c.iterations for c in nav.values()} == {40} and nav["maml", 0].meta_batch_size == 20
+    assert nav["maml", 0].fast_batch_size == 20 and nav["maml", 0].horizon == 100
+    assert [nav["maml", k].seed for k in range(3)] == [0, 1000, 2000] and nav["anil", 2].seed == 2001
+    cheetah = next(job.config for job in quick if job.config.env == "halfcheetah-dir")
+    assert (cheetah.iterations, cheetah.meta_batch_size, cheetah.fast_batch_size, cheetah.horizon) == (10, 10, 10, 200)
+    paper = rl_training_plan("paper", ["halfcheetah-vel"], seeds=3)
+    assert len(paper) == 6 and {(j.config.iterations, j.config.meta_batch_size, j.config.fast_batch_size)
+                                for j in paper} == {(500, 40, 20)}
+    with pytest.raises(ConfigError, match="unknown RL environment"):
+        rl_training_plan("quick", ["ant"])
+
+
+def test_rl_reproduction_end_to_end(tmp_path):
+    entries = _tiny_entries(tmp_path / "analyses")
+    out = tmp_path / "out"
+    messages = []
+    report = reproduce("quick", out=out, analyses_dir=entries, rl_envs=["2d-navigation"], iterations_scale=2 / 40,
+                       rl_overrides=RL_TINY, seeds=2, log=messages.append)
+    text = report.read_text()
+    assert text.startswith("# Rapid Learning or Feature Reuse? -- reproduction report, reinforcement learning")
+    assert "RL: MAML vs ANIL average return (paper Table 2, RL rows) -- rl-2d-navigation" in text
+    assert "RL: the policy's layer similarity before vs after adaptation -- rl-2d-navigation" in text
+    assert "-20.3 ± 3.2" in text and "-20.1 ± 2.3" in text and "ANIL matches MAML in RL" in text
+    assert "not comparable" in text and "Why mean CCA is shown but not used" in text
+    assert "Gaussian MLP policy (2 x 8 hidden ReLU units" in text
+    assert "4 training runs (anil 2 meta-updates, maml 2 meta-updates" in text
+    tables = out / "tables" / "rl-2d-navigation"
+    per_run = pd.read_csv(tables / "rl_returns.csv")
+    assert sorted(per_run["label"]) == ["anil/seed0", "anil/seed1", "maml/seed0", "maml/seed1"]
+    assert sorted(per_run["seed"]) == [0, 1, 1000, 1001] and (per_run["n_tasks"] == 3).all()
+    summary = pd.read_csv(tables / "rl_returns_table2.csv")
+    assert list(summary["n_seeds"]) == [2, 2] and list(summary["paper_mean"]) == [-20.3, -20.1]
+    similarity = pd.read_csv(tables / "rl_policy_similarity_layers.csv")
+    anil_hidden = similarity.query("algorithm == 'anil' and layer != 'mu'")
+    assert len(anil_hidden) == 6 and (anil_hidden["value"] > 1 - 1e-9).all()
+    for figure in ("rl_returns", "rl_policy_similarity"):
+        assert (out / "figures" / "rl-2d-navigation" / f"{figure}.png").stat().st_size > 1000
+    # Rerun: nothing is trained or computed again
+    messages.clear()
+    reproduce("quick", out=out, analyses_dir=entries, rl_envs=["2d-navigation"], iterations_scale=2 / 40,
+              rl_overrides=RL_TINY, seeds=2, log=messages.append)
+    assert sum("reusing" in m for m in messages if m.startswith("[train]")) == 4
+    assert not any("rows in" in m for m in messages)
+    with pytest.raises(ConfigError, match="unknown analyses \\['freezing'\\] for a rl reproduction"):
+        reproduce("quick", out=out, analyses_dir=entries, rl_envs=["2d-navigation"], only=["freezing"])
+
+
+def test_rl_plan_and_flags_through_the_cli(tmp_path, capsys):
+    from repana.cli import main
+    from repana.runs import read_plan
+
+    assert main(["reproduce", "--rl", "--rl-envs", "2d-navigation,halfcheetah-vel", "--preset", "paper", "--seeds",
+                 "3", "--out", str(tmp_path / "out"), "--plan", str(tmp_path / "plan")]) == 0
+    jobs = read_plan(tmp_path / "plan")
+    assert len(jobs) == 12 and {job.kind for job in jobs} == {"rl"} and {job.config.iterations for job in jobs} == {500}
+    assert jobs[0].run_dir == (tmp_path / "out" / "runs" / "rl-2d-navigation" / "maml" / "seed0").resolve()
+    for flags, needle in ((["--rl-envs", "2d-navigation"], "--rl-envs only applies with --rl"),
+                          (["--rl", "--device", "cuda"], "RL jobs train on the CPU"),
+                          (["--rl", "--setting", "20way-1shot"], "with --rl choose environments with --rl-envs"),
+                          (["--rl", "--rl-envs", "ant"], "unknown RL environment(s) ['ant']")):
+        assert main(["reproduce", *flags, "--out", str(tmp_path / "x")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert needle in err and err.count("\n") == 0, err
 
 
 def test_unknown_analysis_and_missing_entries_are_clear_errors(tmp_path):

@@ -142,14 +142,6 @@ def test_evaluate_and_policy_similarity(tmp_path):
     body = sim[sim.layer.isin(["layer1", "layer2"])]
     assert len(body) == 2 * 2 * 2 and body["value"].to_numpy() == pytest.approx(1.0, abs=1e-9)
     assert set(sim.layer) == {"layer1", "layer2", "mu"} and (sim.algorithm == "anil").all()
-    from repana.rl.analysis import rl_table2
-    train_rl(TINY_NAV, tmp_path / "anil1", iterations=1, algorithm="anil", dtype="float64", seed=1)
-    per_run, table = rl_table2([ckpt, tmp_path / "anil1" / "checkpoints" / "latest.pt"], n_tasks=4)
-    assert len(per_run) == 2 and per_run["seed"].tolist() == [0, 1]
-    row = table.iloc[0]
-    assert (row.env, row.algorithm, row.n_seeds, row.paper_mean, row.paper_std) == \
-        ("2d-navigation", "anil", 2, -20.1, 2.3)
-    assert row.return_after_mean == pytest.approx(per_run["return_after"].mean())
 
 
 @pytest.fixture
@@ -201,12 +193,3 @@ def test_cli_reports_rl_errors_in_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and err.startswith("repana evaluate: error:") and "Traceback" not in err
     assert main(["train", "--preset", "rl-ant", "--out", str(tmp_path / "x")]) == 1
     assert "unknown RL preset 'rl-ant'; choose one of rl-2dnav" in capsys.readouterr().err
-
-
-def test_module_similarity_entry_reports_a_supervised_checkpoint(tmp_path, capsys):
-    from repana.rl.__main__ import main
-    path = tmp_path / "supervised.pt"
-    torch.save({"format": "repana-checkpoint"}, path)
-    assert main(["similarity", str(path)]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "not an RL checkpoint" in err

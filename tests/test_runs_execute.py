@@ -103,3 +103,34 @@ def test_inline_executor_resumes_reuses_and_isolates_a_failure(tmp_path):
     assert [r.status for r in results] == ["reused", "reused"]
     with pytest.raises(ConfigError, match="pass data= only with executor 'inline'"):
         run_jobs([maml], executor="local", data=data)
+
+
+def test_local_executor_runs_rl_jobs_and_resumes_an_interrupted_one(tmp_path):
+    """RL jobs run through the same executor as supervised ones (`repana train --config` processes): an
+    interrupted run resumes, bitwise equal to the uninterrupted one, and finished runs are reused."""
+    import torch
+
+    from repana.rl.checkpoint import load_rl_checkpoint
+    from repana.rl.config import RLConfig
+    from repana.rl.train import train_rl
+    from repana.runs import expand_rl_jobs
+
+    tiny = RLConfig(meta_batch_size=2, fast_batch_size=2, horizon=10, hidden_sizes=[8, 8], dtype="float64",
+                    iterations=3, checkpoint_every=1)
+    base = {"2d-navigation": {"maml": tiny.replace(algorithm="maml", seed=0),
+                              "anil": tiny.replace(algorithm="anil", seed=1)}}
+    maml, anil = expand_rl_jobs(base, seeds=1, runs_dir=tmp_path / "runs")
+    train_rl(anil.config.replace(iterations=1), anil.run_dir)   # interrupted after 1 of 3 updates
+    lines = []
+    results = run_jobs([maml, anil], executor="local", max_workers=2, log=lines.append)
+    assert [r.status for r in results] == ["trained", "resumed"], lines
+    assert any("resuming from step 1" in line for line in lines)
+    for job in (maml, anil):
+        final = load_rl_checkpoint(job.final_checkpoint)
+        assert final["iteration"] == 3 and len(final["metrics"]) == 3
+    straight = train_rl(anil.config, tmp_path / "straight")
+    resumed = load_rl_checkpoint(anil.final_checkpoint)
+    assert resumed["metrics"][-1]["return_after"] == straight["return_after"]
+    uninterrupted = load_rl_checkpoint(tmp_path / "straight" / "checkpoints" / "latest.pt")["state_dict"]
+    assert all(torch.equal(resumed["state_dict"][k], v) for k, v in uninterrupted.items())
+    assert [r.status for r in run_jobs([maml, anil], executor="local", log=lines.append)] == ["reused", "reused"]

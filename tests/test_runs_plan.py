@@ -197,3 +197,68 @@ def test_error_line_of_a_failed_process():
     assert executors._error_line("Traceback ...\nRuntimeError: boom\n", 1) == "RuntimeError: boom"
     assert executors._error_line("step 3\n", -9) == "killed by SIGKILL"
     assert executors._error_line("", 2) == "exited with status 2 and no output"
+
+
+# ----- RL jobs (repana.rl): the same Job, plan files and command -----
+
+def rl_base_configs():
+    from repana.rl.config import RLConfig
+
+    tiny = RLConfig(meta_batch_size=2, fast_batch_size=2, horizon=10, hidden_sizes=[8, 8], dtype="float64",
+                    iterations=3, checkpoint_every=1)
+    return {"2d-navigation": {"maml": tiny.replace(algorithm="maml", seed=0),
+                              "anil": tiny.replace(algorithm="anil", seed=1)}}
+
+
+def test_rl_jobs_names_seeds_and_plan_files(tmp_path):
+    from repana.rl.config import RLConfig
+    from repana.runs import expand_rl_jobs
+
+    jobs = expand_rl_jobs(rl_base_configs(), seeds=2, runs_dir=tmp_path / "runs")
+    assert [j.name for j in jobs] == ["rl-2d-navigation/maml/seed0", "rl-2d-navigation/maml/seed1",
+                                      "rl-2d-navigation/anil/seed0", "rl-2d-navigation/anil/seed1"]
+    assert [j.config.seed for j in jobs] == [0, 1000, 1, 1001]   # SEED_STRIDE, as for supervised jobs
+    assert {j.kind for j in jobs} == {"rl"} and {j.device for j in jobs} == {"cpu"}
+    assert jobs[1].run_dir == tmp_path / "runs" / "rl-2d-navigation" / "maml" / "seed1"
+    assert jobs[1].final_checkpoint == jobs[1].run_dir / "checkpoints" / "step_000003.pt"
+    assert jobs[0].command(threads=2)[-2:] == ["--set", "torch_threads=2"]
+    path = write_plan(jobs, tmp_path / "plan")
+    again = read_plan(path)
+    assert [(j.name, j.kind, j.config) for j in again] == [(j.name, j.kind, j.config) for j in jobs]
+    assert isinstance(again[0].config, RLConfig)
+    assert json.loads(path.read_text().splitlines()[0])["kind"] == "rl"
+    config_file = again[2].plan_config_path(tmp_path / "plan")
+    from repana.rl.config import resolve_config
+
+    assert resolve_config(str(config_file)) == jobs[2].config
+    commands = [line for line in (tmp_path / "plan" / "commands.sh").read_text().splitlines() if line[:1] != "#"]
+    assert len(commands) == 4 and commands[0].startswith(f"[ -e {again[0].final_checkpoint} ] || repana train --config ")
+    with pytest.raises(ConfigError, match="would share seeds"):
+        expand_rl_jobs({"2d-navigation": {"maml": jobs[0].config, "anil": jobs[0].config.replace(seed=1000)}}, 1)
+    with pytest.raises(ConfigError, match="trains on '2d-navigation', not 'halfcheetah-dir'"):
+        expand_rl_jobs({"halfcheetah-dir": rl_base_configs()["2d-navigation"]}, 1)
+
+
+def test_rl_job_command_goes_through_repana_train(tmp_path, capsys):
+    """The plan's command line trains the RL job (repana train dispatches on the config's kind), writes the
+    final step file the plan tests for, and a rerun is reused; a run with other settings is refused."""
+    import subprocess
+
+    from repana.cli import main
+    from repana.runs import expand_rl_jobs
+
+    job = expand_rl_jobs(rl_base_configs(), seeds=1, runs_dir=tmp_path)[1]
+    executors.write_job_config(job)
+    assert main(job.command(threads=1)[1:]) == 0
+    assert "anil 2d-navigation: 3 meta-updates" in capsys.readouterr().out
+    assert job.final_checkpoint.exists() and (job.run_dir / "checkpoints" / "latest.pt").exists()
+    lines = []
+    assert run_jobs([job], log=lines.append)[0].status == "reused"
+    changed = Job(job.name, job.config.replace(fast_lr=0.2), job.run_dir)
+    with pytest.raises(JobsFailedError, match=r"fast_lr = 0.2 \(run has 0.1\)"):
+        run_jobs([changed], log=lines.append)
+    with pytest.raises(ConfigError, match="RL jobs train on the CPU"):
+        run_jobs([job], device="cuda", log=lines.append)
+    # the shell line of the plan skips the finished job
+    shell = job.shell_command()
+    assert subprocess.run(["bash", "-c", shell.split(" || ")[0]]).returncode == 0

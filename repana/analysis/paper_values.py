@@ -434,6 +434,15 @@ CLAIMS: dict[str, PaperClaim] = {c.key: c for c in (
         "ANIL performs identically to MAML on standard benchmark few-shot classification and RL tasks and "
         "offers computational benefits over MAML.",
     ), "verdict_anil_matches_maml"),
+    PaperClaim("anil_matches_maml_rl", "Abstract; Table 2 caption; Section 4", (
+        "ANIL matches MAML's performance on benchmark few-shot image classification and RL and offers "
+        "computational improvements over MAML.",
+        CAPTIONS["Table 2"],
+        "The results in Table 2 (mean and standard deviation of performance over three random "
+        "initializations) show that ANIL matches the performance of MAML on both few-shot classification "
+        "(accuracy) and RL (average return, the higher the better), demonstrating that the inner loop "
+        "adaptation of the body is unnecessary for learning good features.",
+    ), "verdict_anil_matches_maml_rl"),
     PaperClaim("anil_speedup", "Section 4, 'Computational benefit of ANIL'", (
         "Computational benefit of ANIL: As ANIL almost has no inner loop, it significantly speeds up both "
         "training and inference. We found an average speedup of 1.7x per training iteration over MAML and "
@@ -548,9 +557,8 @@ COMPARABLE_DEFICIT_POINTS = 1.6
 COMPARABLE_SURPLUS_POINTS = 3.0
 """Table 4, Omniglot-20way-1shot: NIL 96.7 vs MAML 93.7, the largest excess the paper calls
 "performs comparably" (Table 2's largest, ANIL 96.2 vs MAML 93.7, is 2.5). "Comparable", "matches",
-"identically" are two-sided words, so accuracy far *above* the reference disagrees too (the RL rows,
-where ANIL's 363.2 vs 170.4 return is called "comparable", are not reproduced by repana and have no
-rule)."""
+"identically" are two-sided words, so accuracy far *above* the reference disagrees too (not so for the
+RL rows, where ANIL's 363.2 vs 170.4 return is called "comparable": see :func:`verdict_anil_matches_maml_rl`)."""
 SAME_SIMILARITY_TOLERANCE = 0.03
 """Table 3, CKA: ANIL-MAML 0.83 vs ANIL-ANIL 0.86, the largest gap the paper calls "the same average
 similarity scores"."""
@@ -927,6 +935,46 @@ def verdict_multitask_below_random(regimes: Mapping[str, Any]) -> Verdict:
     return AGREES, f"{rule}; multitask {_fmt(multitask)} vs random {_fmt(random_)}"
 
 
+RL_ENVS = {"2d-navigation": "2D-Navigation", "halfcheetah-dir": "HalfCheetah-Direction",
+           "halfcheetah-vel": "HalfCheetah-Velocity"}
+"""repana.rl environment names -> Table 2's RL column names."""
+
+
+def rl_cells(env: str) -> dict[str, PaperValue]:
+    """{"MAML": cell, "ANIL": cell} of Table 2's RL column of a repana.rl environment (``"2d-navigation"``...)."""
+    if env not in RL_ENVS:
+        raise _input_error(f"Table 2 has no RL column for environment {env!r}; it has {', '.join(RL_ENVS)}")
+    return {c.row: c for c in TABLE_2 if c.column == RL_ENVS[env]}
+
+
+def verdict_anil_matches_maml_rl(results: Mapping[str, Mapping[str, Any]]) -> Verdict:
+    """Table 2, RL rows: ANIL and MAML "achieve comparable average return (the higher the better)".
+
+    ``results``: {environment: {"MAML": cell, "ANIL": cell}}, average returns after adaptation with their
+    spread (std over seeds). The paper calls every one of its RL pairs comparable, including ANIL 363.2
+    vs MAML 170.4 on HalfCheetah-Direction, and in none is ANIL below MAML: in the paper's usage,
+    "comparable" return means ANIL is not worse than MAML. Agrees when in every environment
+    ANIL - MAML >= -noise, the noise being sqrt(s_a^2 + s_b^2) of the two spreads (returns have no common
+    unit across environments, so no fixed tolerance); a surplus of any size agrees.
+    """
+    if not results:
+        raise _input_error("no environments in the RL results")
+    problems, notes = [], []
+    for env, row in results.items():
+        missing = [name for name in ("MAML", "ANIL") if name not in row]
+        if missing:
+            raise _input_error(f"environment {env!r} lacks {', '.join(missing)}")
+        (anil, anil_spread), (maml, maml_spread) = _cell_value(row["ANIL"]), _cell_value(row["MAML"])
+        noise, gap = _noise(anil_spread, maml_spread), anil - maml
+        notes.append(f"{env}: ANIL {anil:.1f} vs MAML {maml:.1f} ({gap:+.1f}, noise {noise:.1f})")
+        if gap < -noise - PRINT_EPSILON:
+            problems.append(f"{env}: ANIL {anil:.1f} is {-gap:.1f} below MAML {maml:.1f} (noise {noise:.1f})")
+    rule = "ANIL's return after adaptation not below MAML's by more than the noise sqrt(s_a^2 + s_b^2) (Table 2, RL)"
+    if problems:
+        return DISAGREES, f"{rule}; " + "; ".join(problems)
+    return AGREES, f"{rule}; " + "; ".join(notes)
+
+
 def verdict_anil_speedup(training_ratio: float, inference_ratio: float) -> Verdict:
     """Section 4: ANIL "significantly speeds up both training and inference" (paper: average 1.7x
     per training iteration, 4.1x per inference iteration, on its own hardware and settings).
@@ -958,6 +1006,11 @@ def paper_cells(table_name: str, column: str) -> dict[str, tuple[float, float | 
         columns = sorted({c.column for c in table(table_name)})
         raise _input_error(f"{table_name} has no column {column!r}; columns: {', '.join(columns)}")
     return cells
+
+
+def paper_rl_results() -> dict[str, dict[str, tuple[float, float | None]]]:
+    """{environment: {"MAML": (value, spread), "ANIL": ...}} of Table 2's RL rows (repana.rl names)."""
+    return {env: {row: (c.value, c.spread) for row, c in rl_cells(env).items()} for env in RL_ENVS}
 
 
 def paper_settings(table_name: str) -> dict[str, dict[str, tuple[float, float | None]]]:
@@ -1070,7 +1123,7 @@ def paper_markdown() -> str:
               "Each rule returns (\"agrees\" | \"does not agree\", reason). Tolerances: "
               f"conv CCA > {BODY_CCA_ABOVE}, head CCA < {HEAD_CCA_BELOW}; freezing ±{FREEZING_TOLERANCE_POINTS} "
               f"points; ANIL/NIL vs MAML/ANIL from -{COMPARABLE_DEFICIT_POINTS} to +{COMPARABLE_SURPLUS_POINTS} "
-              f"points; Table 3 shortfall "
+              f"points (RL returns: ANIL not below MAML by more than the noise); Table 3 shortfall "
               f"{SAME_SIMILARITY_TOLERANCE}; each widened to the reproduction's noise sqrt(s_a^2 + s_b^2) "
               "when that is larger.", ""]
     for claim_ in CLAIMS.values():

@@ -37,7 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover
 PRESETS = ("quick", "paper")
 # Modules that register an analysis, in report order.
 ANALYSIS_MODULES = ("learning_curves", "inner_loop_similarity", "freezing", "training_dynamics", "maml_anil_nil",
-                    "seed_pair_similarity", "maml_anil_similarity", "training_regimes", "head_needed", "convergence")
+                    "seed_pair_similarity", "maml_anil_similarity", "training_regimes", "head_needed", "convergence",
+                    "rl_returns", "rl_policy_similarity")
 ANALYSIS_QUERIES = 15    # query images per class in the analyses' test episodes (datapoints)
 ANALYSIS_SEED = 12345    # seed of the analyses' test episodes (plus each analysis's episode_offset)
 
@@ -103,6 +104,7 @@ class Analysis:
     # reproduce: one extra section from every setting's (tables, context), e.g. a table's cells
     across_settings: Callable[[dict[str, tuple[Tables, "AnalysisContext"]]], Section] | None = None
     summary_table: str | None = None                        # table printed by repana analyze (default: name)
+    kind: str = "supervised"                                # checkpoints it reads: "supervised" or "rl"
 
     def table_file(self, table: str) -> str:
         """CSV file name of one of its tables."""
@@ -116,10 +118,13 @@ class Analysis:
 
 
 _REGISTRY: dict[str, Analysis] = {}
+CHECKPOINT_KINDS = ("supervised", "rl")
 
 
 def register(analysis: Analysis) -> Analysis:
     """Add ``analysis`` to the registry (module import time); returns it."""
+    if analysis.kind not in CHECKPOINT_KINDS:
+        raise ConfigError(f"analysis {analysis.name!r}: kind {analysis.kind!r} is not one of {CHECKPOINT_KINDS}")
     if analysis.name in _REGISTRY and _REGISTRY[analysis.name] is not analysis:
         raise ConfigError(f"two analyses are named {analysis.name!r}")
     _REGISTRY[analysis.name] = analysis
@@ -131,11 +136,39 @@ def _load_all() -> None:
         importlib.import_module(f"repana.analysis.{module}")
 
 
-def list_analyses() -> list[str]:
-    """Registered analysis names, in report order."""
+def list_analyses(kind: str | None = None) -> list[str]:
+    """Registered analysis names, in report order (``kind``: only those reading "supervised" or "rl"
+    checkpoints)."""
     _load_all()
-    return [name for name in ANALYSIS_MODULES if name in _REGISTRY] + sorted(
-        set(_REGISTRY) - set(ANALYSIS_MODULES))
+    names = [name for name in ANALYSIS_MODULES if name in _REGISTRY] + sorted(set(_REGISTRY) - set(ANALYSIS_MODULES))
+    return [name for name in names if kind is None or _REGISTRY[name].kind == kind]
+
+
+def load_analysis_checkpoint(path: str | Path):
+    """A checkpoint for the analyses: :class:`repana.rl.checkpoint.RLCheckpoint` for an RL checkpoint, else
+    :func:`repana.meta.checkpoint.load_checkpoint`'s :class:`Checkpoint` (CheckpointError for anything else).
+    Both have ``kind``, ``algorithm`` and ``path``."""
+    from repana.rl.checkpoint import RLCheckpoint, is_rl_checkpoint
+
+    if is_rl_checkpoint(path):
+        return RLCheckpoint.load(path)
+    from repana.meta.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)
+
+
+def check_checkpoint_kind(analysis: Analysis, checkpoint, where: str | Path | None = None) -> None:
+    """InputError (one line naming the analyses that fit) when ``checkpoint`` is not of ``analysis.kind``."""
+    if checkpoint.kind == analysis.kind:
+        return
+    where = where or checkpoint.path or "the checkpoint"
+    fitting = ", ".join(list_analyses(checkpoint.kind))
+    if checkpoint.kind == "rl":
+        raise InputError(f"{where} is an RL checkpoint (a meta-trained policy) and analysis {analysis.name!r} "
+                         f"reads supervised checkpoints: analyse it with one of {fitting} (returns alone: "
+                         "`repana evaluate CKPT`)")
+    raise InputError(f"{where} is a supervised checkpoint ({checkpoint.algorithm}) and analysis {analysis.name!r} "
+                     f"reads RL checkpoints (`repana train --preset rl-2dnav ...`): analyse it with one of {fitting}")
 
 
 def get_analysis(name: str) -> Analysis:
@@ -231,17 +264,35 @@ class AnalysisContext:
     def __post_init__(self) -> None:
         if not self.networks:
             raise InputError("an analysis needs at least one checkpoint")
+        kinds = sorted({checkpoint.kind for checkpoint in self.networks.values()})
+        if len(kinds) > 1:
+            raise InputError("an analysis reads either supervised or RL checkpoints, not both: "
+                             + ", ".join(f"{label} is {c.kind}" for label, c in self.networks.items()))
         if self.reference is None:
             self.reference = next(iter(self.networks))
         if self.reference not in self.networks:
             raise InputError(f"reference network {self.reference!r} is not among {list(self.networks)}")
+        if self.kind == "rl":   # no episodes, no supervised inner loop: RL settings come from each run
+            return
         if self.steps is None:
             self.steps = self.config(self.reference).inner_steps_test
         if self.lr is None:
             self.lr = self.config(self.reference).mean_loss_inner_lr()
         self.steps, self.lr = int(self.steps), float(self.lr)
 
+    @property
+    def kind(self) -> str:
+        """``"supervised"`` or ``"rl"``: the kind of every checkpoint of this context."""
+        return next(iter(self.networks.values())).kind
+
     # typed access ----------------------------------------------------------------------------
+    def rl_checkpoint(self, label: str):
+        """Network ``label`` as a :class:`repana.rl.checkpoint.RLCheckpoint` (InputError for a supervised one)."""
+        checkpoint = self.networks[label]
+        if checkpoint.kind != "rl":
+            raise InputError(f"network {label!r} is a supervised checkpoint; this analysis reads RL checkpoints")
+        return checkpoint
+
     def config(self, label: str) -> "TrainConfig":
         """The resolved training config of network ``label``."""
         return self.networks[label].train_config()
@@ -270,6 +321,10 @@ class AnalysisContext:
         """The same data and models with another analysis's settings (and a subset of the networks,
         keeping the reference run's inner loop)."""
         chosen = self.networks if networks is None else {label: self.networks[label] for label in networks}
+        if self.kind == "rl":
+            return AnalysisContext(networks=chosen, settings=settings, preset=self.preset,
+                                   reference=self.reference if self.reference in chosen else next(iter(chosen)),
+                                   seed=self.seed, episode_offset=episode_offset, extras=self.extras)
         self.splits()
         clone = AnalysisContext(networks=chosen, settings=settings, preset=self.preset,
                                 reference=self.reference if self.reference in chosen else next(iter(chosen)),

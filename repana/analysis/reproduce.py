@@ -2,7 +2,8 @@
 
 Output folder layout::
 
-    <out>/runs/<setting>/<network>/seed<k>/   training runs (config.toml, metrics.csv, checkpoints/)
+    <out>/runs/<setting>/<network>/seed<k>/   training runs (config.toml, metrics.csv, checkpoints/);
+                                               RL runs (``rl_envs``): setting ``rl-<env>``, e.g. rl-2d-navigation
     <out>/tables/<setting>/<analysis>*.csv     tidy results of every seed (a ``seed`` column)
     <out>/tables/<setting>/seed<k>/...         the per-seed tables (+ .key: what they were computed from)
     <out>/figures/<setting>/<analysis>*.png|pdf
@@ -32,7 +33,7 @@ from repana.errors import ConfigError
 from repana.io import atomic_save_csv, atomic_write_text
 from repana.runs.plan import Job
 
-__all__ = ["reproduce", "training_plan", "load_entries", "default_analyses_dir"]
+__all__ = ["reproduce", "training_plan", "rl_training_plan", "load_entries", "default_analyses_dir"]
 
 DATASETS = ("glyphs", "omniglot", "miniimagenet")
 DEFAULT_SETTING = "5way-1shot"
@@ -61,6 +62,23 @@ SAVE_FRACTIONS = (1 / 6, 1 / 3, 1 / 2, 1.0)
 # conv4 before the head, overshot after more than the 1 step it was trained with; with Finn et al.'s
 # spatial mean before the head, 3 steps score 2 points above 1 on the Omniglot subset.)
 EVAL_STEPS = {"quick": None, "paper": None}
+
+# ----- RL (Table 2's RL rows; repana.rl) -----
+RL_ENVS = ("2d-navigation", "halfcheetah-dir", "halfcheetah-vel")
+RL_PRESETS = {"2d-navigation": "rl-2dnav", "halfcheetah-dir": "rl-halfcheetah-dir",
+              "halfcheetah-vel": "rl-halfcheetah-vel"}
+RL_RUNS = ("maml", "anil")          # seeds offset as RUN_SEED_OFFSETS (maml 0, anil 1)
+# The quick preset's RL budgets. 2-D navigation keeps the paper's per-update size (20 tasks x 20
+# trajectories x 100 steps) for 40 of its 500 meta-updates: both algorithms reached about -14 there
+# (~6 s per update on one core). HalfCheetah: 10 meta-updates of 10 tasks x 10 trajectories (horizon 200,
+# 40k environment steps per update, ~25 s on one loaded core) instead of 500 of 40 x 20: far too short
+# for the paper's gap, a smoke run of the pipeline with a measured cost. The paper preset: the bundled
+# presets (500 meta-updates).
+RL_QUICK = {"2d-navigation": {"iterations": 40, "checkpoint_every": 5},
+            "halfcheetah-dir": {"iterations": 10, "meta_batch_size": 10, "fast_batch_size": 10,
+                                "checkpoint_every": 2, "vector_mode": "sync"},
+            "halfcheetah-vel": {"iterations": 10, "meta_batch_size": 10, "fast_batch_size": 10,
+                                "checkpoint_every": 2, "vector_mode": "sync"}}
 
 
 def setting_name(job: Job) -> str:
@@ -115,6 +133,46 @@ def training_plan(preset: str, dataset: str, data_root: str | Path | None = None
     return jobs
 
 
+def parse_rl_envs(envs) -> list[str]:
+    """``["2d-navigation", "halfcheetah-dir,halfcheetah-vel"]`` -> the environment names, in order, checked."""
+    names = list(dict.fromkeys(part.strip() for value in envs for part in str(value).split(",") if part.strip()))
+    unknown = [name for name in names if name not in RL_ENVS]
+    if unknown or not names:
+        raise ConfigError(f"unknown RL environment(s) {unknown or envs}; choose from {', '.join(RL_ENVS)}")
+    return names
+
+
+def rl_training_plan(preset: str, envs=("2d-navigation",), iterations_scale: float = 1.0,
+                     overrides: dict | None = None, seeds: int = 1, networks=RL_RUNS,
+                     runs_dir: str | Path = "runs") -> list[Job]:
+    """Every RL training job: environment x network (MAML, ANIL) x seed, ``<runs_dir>/rl-<env>/<network>/seed<k>``.
+
+    Configs come from the environment's bundled preset (``rl-2dnav``...), then the quick preset's budget
+    (:data:`RL_QUICK`; its meta-updates times ``iterations_scale``), then ``overrides`` (RLConfig values of
+    every run, e.g. ``{"horizon": 10}``). Seeds as :func:`training_plan`'s: maml's base seed 0, anil's 1,
+    seed k adds k x SEED_STRIDE.
+    """
+    from repana.rl.config import load_preset
+    from repana.runs.plan import expand_rl_jobs
+
+    if preset not in PRESETS:
+        raise ConfigError(f"preset {preset!r} is not one of {PRESETS}")
+    unknown = sorted(set(networks) - set(RL_RUNS))
+    if unknown:
+        raise ConfigError(f"unknown RL networks {unknown}; choose from {list(RL_RUNS)}")
+    base = {}
+    for env in parse_rl_envs(envs):
+        values = {}
+        if preset == "quick":
+            values.update(RL_QUICK[env])
+            values["iterations"] = max(1, int(round(values["iterations"] * iterations_scale)))
+        values.update(overrides or {})
+        config = load_preset(RL_PRESETS[env]).replace(**values)
+        base[env] = {name: config.replace(algorithm=name, seed=config.seed + RUN_SEED_OFFSETS[name])
+                     for name in RL_RUNS if name in networks}
+    return expand_rl_jobs(base, seeds, runs_dir=runs_dir)
+
+
 def _fingerprint(settings: dict, paths: list[Path]) -> str:
     parts = [json.dumps(settings, sort_keys=True, default=str)]
     for path in paths:
@@ -164,7 +222,7 @@ def reproduce(preset: str = "quick", dataset: str = "glyphs", data_root: str | P
               data: dict | None = None, threads: int | None = None, show_progress: bool | None = None,
               log: Callable[[str], None] | None = None, settings: list[str] | None = None, seeds: int = 1,
               executor: str = "inline", max_workers: int | None = None, address: str | None = None,
-              device: str = "cpu") -> Path:
+              device: str = "cpu", rl_envs=None, rl_overrides: dict | None = None) -> Path:
     """The whole pipeline: train what the selected analyses need (every setting x network x seed), run
     each registered analysis, write its CSVs and figures, then ``report.md``; returns the report's path.
 
@@ -178,6 +236,10 @@ def reproduce(preset: str = "quick", dataset: str = "glyphs", data_root: str | P
     ``"inline"`` one after another in this process, ``"local"`` worker processes, ``"ray"`` a Ray
     cluster at ``address``), on ``device``. A failed job leaves the others' runs intact; rerunning
     trains only what is missing.
+
+    ``rl_envs``: reproduce Table 2's RL rows instead (environments of :data:`RL_ENVS`; the RL analyses
+    only, on MAML and ANIL policies trained by :func:`rl_training_plan`, ``rl_overrides`` changing
+    RLConfig values of every run); ``dataset``, ``settings`` and ``train_overrides`` are then unused.
     """
     from repana.analysis.report import write_report
     from repana.data import load_splits
@@ -186,10 +248,17 @@ def reproduce(preset: str = "quick", dataset: str = "glyphs", data_root: str | P
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     out = Path(out)
     entries = load_entries(preset, analyses_dir)
+    kind = "rl" if rl_envs else "supervised"
     unknown = sorted(set(only or []) - set(entries))
-    if unknown:
-        raise ConfigError(f"unknown analyses {unknown}; available: {sorted(entries)}")
-    selected = [get_analysis(name) for name in list_analyses() if name in entries and (not only or name in only)]
+    wrong = sorted(set(only or []) & set(entries) - set(list_analyses(kind)))
+    if unknown or wrong:
+        raise ConfigError(f"unknown analyses {unknown + wrong} for a {kind} reproduction; available: "
+                          f"{sorted(set(entries) & set(list_analyses(kind)))}"
+                          + ("" if kind == "rl" else " (the rl_* analyses run with --rl)"))
+    selected = [get_analysis(name) for name in list_analyses(kind) if name in entries and (not only or name in only)]
+    if rl_envs:
+        return _reproduce_rl(preset, rl_envs, selected, entries, out, iterations_scale, rl_overrides, seeds,
+                             threads, show_progress, log, executor, max_workers, address)
     needed = sorted({net for analysis in selected for net in analysis.networks}, key=list(RUNS).index)
     plan = training_plan(preset, dataset, data_root, iterations_scale, train_overrides, settings, seeds, needed,
                          runs_dir=out / "runs", device=device)
@@ -230,17 +299,26 @@ def write_reproduction_plan(plan_dir: str | Path, preset: str = "quick", dataset
                             data_root: str | Path | None = None, out: str | Path = "reproduce",
                             analyses_dir: str | Path | None = None, only: list[str] | None = None,
                             settings: list[str] | None = None, seeds: int = 1, device: str = "cpu",
-                            iterations_scale: float = 1.0, train_overrides: dict | None = None) -> Path:
+                            iterations_scale: float = 1.0, train_overrides: dict | None = None,
+                            rl_envs=None, rl_overrides: dict | None = None) -> Path:
     """The training jobs :func:`reproduce` would run, written as a plan for another scheduler (SLURM arrays,
     GNU parallel: see :func:`repana.runs.write_plan`); returns the plan file. Run folders are those of
-    ``<out>/runs``, so ``reproduce`` with the same arguments afterwards reuses them."""
+    ``<out>/runs``, so ``reproduce`` with the same arguments afterwards reuses them. ``rl_envs``: the RL
+    jobs of those environments instead (:func:`rl_training_plan`)."""
     from repana.runs import write_plan
 
     entries = load_entries(preset, analyses_dir)
-    unknown = sorted(set(only or []) - set(entries))
+    kind = "rl" if rl_envs else "supervised"
+    known = set(entries) & set(list_analyses(kind))
+    unknown = sorted(set(only or []) - known)
     if unknown:
-        raise ConfigError(f"unknown analyses {unknown}; available: {sorted(entries)}")
-    needed = sorted({net for name in entries if not only or name in only for net in get_analysis(name).networks},
+        raise ConfigError(f"unknown analyses {unknown} for a {kind} reproduction; available: {sorted(known)}")
+    if rl_envs:
+        networks = {net for name in known if not only or name in only for net in get_analysis(name).networks}
+        plan = rl_training_plan(preset, rl_envs, iterations_scale, rl_overrides, seeds,
+                                [n for n in RL_RUNS if n in networks], runs_dir=Path(out).resolve() / "runs")
+        return write_plan(plan, plan_dir)
+    needed = sorted({net for name in known if not only or name in only for net in get_analysis(name).networks},
                     key=list(RUNS).index)
     root = Path(data_root).resolve() if data_root else None
     plan = training_plan(preset, dataset, root, iterations_scale, train_overrides, settings, seeds, needed,
@@ -331,3 +409,67 @@ def _combine_seeds(parts: dict) -> dict:
 def _checked(analysis, tables: dict) -> dict:
     analysis.check_table_names(tables)
     return tables
+
+
+# ----- RL: Table 2's RL rows --------------------------------------------------------------------
+
+def rl_seconds_per_update(run_dir) -> float:
+    """Training seconds per meta-update from an RL run's metrics.csv (NaN when there is none)."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.exists():
+        return float("nan")
+    metrics = pd.read_csv(path)
+    return float(metrics["elapsed_s"].iloc[-1] / len(metrics)) if len(metrics) else float("nan")
+
+
+def _reproduce_rl(preset: str, rl_envs, selected: list, entries: dict, out: Path, iterations_scale: float,
+                  rl_overrides: dict | None, seeds: int, threads: int | None, show_progress: bool | None,
+                  log: Callable[[str], None], executor: str, max_workers: int | None, address: str | None) -> Path:
+    """:func:`reproduce` for Table 2's RL rows: train MAML and ANIL policies per environment and seed, run
+    the selected RL analyses on every environment's runs (all seeds at once), write the report."""
+    from repana.analysis.report import write_report
+    from repana.plots import paper as plots
+    from repana.rl.checkpoint import RLCheckpoint
+    from repana.runs import run_jobs
+
+    networks = {net for analysis in selected for net in analysis.networks}
+    plan = rl_training_plan(preset, rl_envs, iterations_scale, rl_overrides, seeds,
+                            [n for n in RL_RUNS if n in networks], runs_dir=out / "runs")
+    t_start = time.perf_counter()
+    log(f"[reproduce] preset {preset}, RL: {', '.join(dict.fromkeys(job.setting for job in plan))}, {seeds} seed(s), "
+        f"{len(plan)} training runs ({executor}), output {out}")
+    if threads:
+        torch.set_num_threads(threads)
+    run_jobs(plan, executor=executor, max_workers=max_workers, address=address, device="cpu",
+             log=lambda message: log(f"[train] {message}"), show_progress=show_progress)
+    sections, facts = [], []
+    for setting in dict.fromkeys(job.setting for job in plan):
+        jobs = [job for job in plan if job.setting == setting]
+        networks = {f"{job.network}/seed{job.seed_index}": RLCheckpoint.load(job.final_checkpoint) for job in jobs}
+        cache = TableCache(out / "tables" / setting, log)
+        for analysis in selected:
+            labels = tuple(label for label in networks if label.split("/")[0] in analysis.networks)
+            context = AnalysisContext(networks={label: networks[label] for label in labels},
+                                      settings=entries[analysis.name]["settings"], preset=preset)
+            key = _fingerprint({"settings": context.settings, "setting": setting, "preset": preset},
+                               context.input_files(analysis))
+            tables, reused = cache.get(analysis.name, key, lambda: _checked(analysis, analysis.compute(context)))
+            for stem, build in analysis.figures(tables, context).items():
+                target = out / "figures" / setting / stem
+                if reused and target.with_suffix(".png").exists() and target.with_suffix(".pdf").exists():
+                    continue
+                plots.save_figure(build(), target)
+            sections.append(analysis.report(tables, context).for_setting(setting, f"figures/{setting}/"))
+        config = jobs[0].config
+        facts.append({"kind": "rl", "setting": setting, "env": config.env, "meta_batch_size": config.meta_batch_size,
+                      "fast_batch_size": config.fast_batch_size, "horizon": config.horizon,
+                      "hidden_sizes": config.hidden_sizes, "fast_lr": config.fast_lr,
+                      "adapt_log_std": config.adapt_log_std,
+                      "runs": {job.name: {"algorithm": job.config.algorithm, "iterations": job.config.iterations,
+                                          "train_s": rl_seconds_per_update(job.run_dir) * job.config.iterations}
+                               for job in jobs},
+                      "reused": cache.reused})
+    report = write_report(out, sections, {"settings": facts, "wall_clock_s": time.perf_counter() - t_start,
+                                          "seeds": seeds, "preset": preset})
+    log(f"[reproduce] report written to {report} ({time.perf_counter() - t_start:.0f} s)")
+    return report

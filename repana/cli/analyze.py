@@ -8,12 +8,15 @@
     repana analyze head_needed --checkpoint ANIL.pt --checkpoint NIL_TRAINED.pt --out results
     repana analyze training_dynamics --checkpoint runs/maml/checkpoints/latest.pt --out results
     repana analyze convergence --checkpoint ANY.pt --out results   (its dataset and architecture)
+    repana analyze rl_returns --checkpoint NAV_MAML.pt --checkpoint NAV_ANIL.pt --out results --episodes 40
+    repana analyze rl_policy_similarity --checkpoint NAV_MAML.pt --checkpoint NAV_ANIL.pt --out results
 
 Every analysis of ``repana reproduce`` (the same names, ``-`` or ``_``), with its settings from
 ``analyses/<name>.toml`` (``--preset``, default paper) unless overridden by the flags below. Each
 ``--checkpoint`` is labelled by its training algorithm, or ``LABEL=PATH``. Test episodes come from the
 test split of the first checkpoint's dataset (``--dataset`` / ``--data-root`` override it), seeded, the
-same for every network. Writes ``<out>/<analysis>*.csv`` and figures (PNG + PDF), and prints the summary.
+same for every network. The rl_* analyses read RL checkpoints (``repana train --preset rl-...``; ``--episodes``
+is their number of held-out tasks) and the others supervised ones. Writes ``<out>/<analysis>*.csv`` and figures (PNG + PDF), and prints the summary.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--preset", choices=("quick", "paper"), default="paper",
                         help="settings of analyses/<name>.toml to start from (default paper)")
-    parser.add_argument("--episodes", type=int, help="test episodes (default: the preset's)")
+    parser.add_argument("--episodes", type=int, help="test episodes, or held-out tasks of the rl_* analyses "
+                                                     "(default: the preset's)")
     parser.add_argument("--queries", type=int, default=15, help="query images per class (default 15)")
     parser.add_argument("--measure", action="append", metavar="NAME",
                         help="similarity measure (repeatable; default: the preset's)")
@@ -83,9 +87,9 @@ def _parse_settings(assignments: list[str], known: dict, name: str) -> dict:
 def run(args) -> int:
     import pandas as pd
 
-    from repana.analysis.registry import AnalysisContext, get_analysis, load_settings
+    from repana.analysis.registry import (AnalysisContext, check_checkpoint_kind, get_analysis,
+                                         load_analysis_checkpoint, load_settings)
     from repana.io import atomic_save_csv
-    from repana.meta.checkpoint import load_checkpoint
     from repana.plots import paper as plots
 
     check_output_dir(args.out, "--out")
@@ -97,15 +101,24 @@ def run(args) -> int:
         raise InputError(f"analysis {analysis.name!r} takes {wanted} --checkpoint (got {given})")
     if args.episodes is not None and args.episodes < 1:
         raise InputError("--episodes must be at least 1")
+    if analysis.kind == "rl":
+        given = [f"--{flag.replace('_', '-')}" for flag in ("steps", "lr", "dataset", "data_root", "iterations")
+                 if getattr(args, flag) is not None]
+        if given:
+            raise InputError(f"{', '.join(given)}: not used by the RL analysis {analysis.name!r} (each policy adapts "
+                             "with its run's own inner loop; --episodes sets the held-out tasks)")
     networks = {}
     for label, path in _labelled(args.checkpoint):
-        checkpoint = load_checkpoint(path)
+        checkpoint = load_analysis_checkpoint(path)
+        check_checkpoint_kind(analysis, checkpoint, path)
         label = label or checkpoint.algorithm
         while label in networks:
             label += "'"
         networks[label] = checkpoint
     settings = dict(load_settings(analysis.name, args.preset))
-    for option, key in (("episodes", "episodes"), ("measure", "measures"), ("iterations", "iterations")):
+    # RL analyses: --episodes is the number of held-out tasks
+    episodes_key = "tasks" if analysis.kind == "rl" else "episodes"
+    for option, key in (("episodes", episodes_key), ("measure", "measures"), ("iterations", "iterations")):
         if getattr(args, option) is not None:
             settings[key] = getattr(args, option)
     settings.update(_parse_settings(args.set, settings, analysis.name))

@@ -5,6 +5,9 @@
     repana reproduce --dataset omniglot --setting 20way-1shot --setting 20way-5shot --seeds 3
     repana reproduce --preset paper --dataset miniimagenet --data-root /data --out paper_run --plan plan/
     repana reproduce --executor ray --address HEAD:6379 --device cuda ...
+    repana reproduce --rl --seeds 3 --out rl                         # Table 2's RL rows: 2-D navigation
+    repana reproduce --rl --rl-envs 2d-navigation,halfcheetah-dir,halfcheetah-vel --seeds 3
+    repana reproduce --rl --preset paper --rl-envs halfcheetah-dir,halfcheetah-vel --seeds 3 --plan plan/
 
 A reproduction is a plan of independent training jobs (setting x network x seed) and then the analyses.
 It trains what is missing (reusing and resuming the runs in ``<out>/runs``; ``--executor local`` runs
@@ -14,6 +17,14 @@ cluster at ``--address``), runs every analysis of ``analyses/*.toml``, writes
 ``--plan DIR`` only writes the plan (one ``repana train`` command per job, a GNU parallel list and a
 SLURM array script) for another scheduler; rerun without ``--plan`` once the jobs are done.
 Rerunning an interrupted command continues where it stopped; a failed job leaves the others intact.
+
+``--rl`` reproduces Table 2's RL rows instead of the supervised analyses (their own report): MAML and
+ANIL policies (repana.rl) per environment of ``--rl-envs`` (default 2d-navigation) and seed, then the
+analyses rl_returns (returns before / after adaptation beside the paper's, the MAML-vs-ANIL verdict) and
+rl_policy_similarity (SVCCA / CKA per layer before vs after adaptation). Quick preset: 2-D navigation
+40 meta-updates at the paper's per-update size (~6 s each on one core), HalfCheetah 10 meta-updates of
+10 tasks x 10 trajectories (needs pip install 'repana[rl]'); paper preset: 500 meta-updates (for a
+cluster: --plan). RL trains on the CPU; --dataset and --setting are not used with --rl.
 """
 
 from __future__ import annotations
@@ -49,6 +60,12 @@ def register(subparsers) -> None:
                                                                        "cores, or visible GPUs with --device cuda)")
     parser.add_argument("--address", metavar="HOST:PORT", help="ray: the cluster's address (default: a local instance)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the training jobs run")
+    parser.add_argument("--rl", action="store_true",
+                        help="reproduce Table 2's RL rows (MAML vs ANIL policies, rl_* analyses) instead of the "
+                             "supervised analyses")
+    parser.add_argument("--rl-envs", nargs="+", action="extend", metavar="ENV",
+                        help="with --rl: environments, e.g. --rl-envs 2d-navigation,halfcheetah-dir,halfcheetah-vel "
+                             "(default 2d-navigation)")
     parser.add_argument("--plan", metavar="DIR", help="only write the training plan to DIR (plan.jsonl, commands.sh, "
                                                       "slurm.sh) and stop")
     parser.set_defaults(func=run)
@@ -65,9 +82,24 @@ def run(args) -> int:
 
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}: train at least 1 seed per network (the paper uses 3)")
+    if args.rl and args.device != "cpu":
+        raise ConfigError(f"--device {args.device}: RL jobs train on the CPU; drop --device with --rl")
     check_device(args.device)
     common = dict(preset=args.preset, dataset=args.dataset, data_root=data_root, out=args.out,
                   analyses_dir=args.analyses, only=only, settings=args.setting, seeds=args.seeds)
+    if args.rl_envs and not args.rl:
+        raise ConfigError("--rl-envs only applies with --rl")
+    if args.rl:
+        from repana.analysis.reproduce import parse_rl_envs
+
+        if args.setting:
+            raise ConfigError("--setting names few-shot cells of the supervised tables; with --rl choose "
+                              "environments with --rl-envs")
+        common["rl_envs"] = parse_rl_envs(args.rl_envs or ["2d-navigation"])
+        if any(env.startswith("halfcheetah") for env in common["rl_envs"]) and not args.plan:
+            from repana.rl.envs import import_gymnasium
+
+            import_gymnasium()   # one line naming the extra, before anything trains
     if args.plan:
         from repana.analysis.reproduce import write_reproduction_plan
 

@@ -29,7 +29,7 @@ import random
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -146,6 +146,7 @@ class Checkpoint:
     path: Path | None = None
     runtime: dict = field(default_factory=dict)   # threads, torch version, deterministic flags
     verified: bool = False                         # the checksum was present and matched
+    kind: ClassVar[str] = "supervised"             # RL checkpoints (repana.rl.checkpoint.RLCheckpoint): "rl"
 
     def model(self, device: str | torch.device | None = None) -> torch.nn.Module:
         """The network of this checkpoint, weights loaded, in eval mode, on ``device``."""

@@ -286,3 +286,59 @@ def learning_curves_figure(curves) -> Figure:
     ax.legend(fontsize=7, frameon=False)
     figure.tight_layout()
     return figure
+
+
+@styled
+def rl_returns_figure(table) -> Figure:
+    """Table 2's RL rows: per environment, bars of the return before and after adaptation for each
+    algorithm (mean over seeds, error bars std over seeds), the paper's return after as black ticks.
+    ``table``: :func:`repana.analysis.rl_returns.table2`'s frame (or its CSV)."""
+    table = _frame(table)
+    envs = list(dict.fromkeys(table["env"]))
+    figure = Figure(figsize=(3.2 * len(envs) + 0.4, 3.0))
+    axes = np.atleast_1d(figure.subplots(1, len(envs), squeeze=False)[0])
+    for ax, env in zip(axes, envs):
+        rows = table[table["env"] == env].reset_index(drop=True)
+        x = np.arange(len(rows))
+        colors = [COLORS.get(str(a).lower(), "#4c72b0") for a in rows["algorithm"]]
+        ax.bar(x - 0.2, rows["return_before"], 0.38, yerr=rows["return_before_std"].fillna(0), capsize=3,
+               color=colors, alpha=0.4, label="before adaptation")
+        ax.bar(x + 0.2, rows["return_after"], 0.38, yerr=rows["return_after_std"].fillna(0), capsize=3,
+               color=colors, label="after adaptation")
+        for i, value in enumerate(rows["paper_mean"]):
+            if np.isfinite(value):
+                ax.plot(i + 0.2, value, "k_", ms=16, mew=2, label="paper (after)" if i == 0 else None)
+        ax.set_xticks(x, [str(a).upper() for a in rows["algorithm"]])
+        ax.axhline(0, color="0.6", lw=0.6)
+        ax.set_title(env)
+        ax.set_ylabel("average return")
+    axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    figure.tight_layout()
+    return figure
+
+
+@styled
+def rl_similarity_figure(summary) -> Figure:
+    """Per measure, the similarity of each policy layer before vs after adaptation, one line per
+    (environment, algorithm) (mean over seeds, error bars std). ``summary``:
+    :func:`repana.analysis.rl_policy_similarity.layer_summary`'s frame (or its CSV)."""
+    summary = _frame(summary)
+    measures = list(dict.fromkeys(summary["measure"]))
+    figure = Figure(figsize=(3.0 * len(measures) + 0.4, 2.8))
+    axes = np.atleast_1d(figure.subplots(1, len(measures), squeeze=False)[0])
+    for ax, measure in zip(axes, measures):
+        part = summary[summary["measure"] == measure]
+        for index, ((env, algorithm), group) in enumerate(part.groupby(["env", "algorithm"], sort=False)):
+            layers = list(group["layer"])
+            # lines that coincide (every measure near 1) stay visible: later ones dashed, smaller markers
+            _errorbar(ax, np.arange(len(layers)), group["value"], group["value_std"], marker="os^D"[index % 4],
+                      ms=7 - 2 * (index % 3), ls="-" if index == 0 else "--",
+                      color=COLORS.get(str(algorithm).lower()), label=f"{str(algorithm).upper()} {env}")
+            ax.set_xticks(np.arange(len(layers)), layers)
+        title = MEASURE_NAMES.get(measure, measure)
+        ax.set_title(f"{title} (misleading here)" if measure == "cca" else title)
+        ax.set_ylim(min(0.0, float(np.nanmin(part["value"])) - 0.05), 1.05)
+    axes[0].set_ylabel("similarity before vs after")
+    axes[0].legend(fontsize="small")
+    figure.tight_layout()
+    return figure

@@ -8,6 +8,9 @@ manifold; most of the 100 canonical directions are near-null (dead or collinear 
 coefficients are numerical noise or dropped, so the mean says more about the rank cut-off than about
 the representation. SVCCA keeps the directions holding 99% of the variance first; CKA weighs
 directions by their variance.
+
+The registered analyses built on it (``repana analyze rl_policy_similarity`` / ``rl_returns``) are
+:mod:`repana.analysis.rl_policy_similarity` and :mod:`repana.analysis.rl_returns`.
 """
 
 from __future__ import annotations
@@ -53,35 +56,3 @@ def policy_similarity(checkpoint, n_tasks: int = 5, measures=("svcca", "cka"), s
     out = pd.DataFrame(rows)
     out["algorithm"], out["env"], out["adapt_log_std"] = config.algorithm, config.env, config.adapt_log_std
     return out
-
-
-# Raghu et al. 2020, Table 2 (RL rows): average return after adaptation, mean and std over 3 seeds.
-PAPER_TABLE2 = {
-    ("2d-navigation", "maml"): (-20.3, 3.2), ("2d-navigation", "anil"): (-20.1, 2.3),
-    ("halfcheetah-dir", "maml"): (170.4, 21.0), ("halfcheetah-dir", "anil"): (363.2, 14.8),
-    ("halfcheetah-vel", "maml"): (-139.0, 18.9), ("halfcheetah-vel", "anil"): (-120.9, 6.3),
-}
-
-
-def rl_table2(checkpoints, n_tasks: int = 40, seed: int = EVAL_SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The RL rows of Table 2 from trained checkpoints (any envs, algorithms, seeds).
-
-    Returns ``(per_run, table)``: ``per_run`` one row per checkpoint (env, algorithm, seed, iteration,
-    return_before, return_after and their 95% CIs over held-out tasks); ``table`` one row per
-    (env, algorithm): ``n_seeds``, mean and std over seeds of the returns before / after adaptation,
-    and the paper's ``paper_mean`` / ``paper_std``.
-    """
-    from repana.rl.evaluate import evaluate_rl
-    rows = []
-    for path in checkpoints:
-        _, summary = evaluate_rl(path, n_tasks=n_tasks, seed=seed)
-        rows.append({"checkpoint": str(path), **summary})
-    per_run = pd.DataFrame(rows)
-    grouped = per_run.groupby(["env", "algorithm"], sort=False)
-    table = grouped.agg(n_seeds=("seed", "nunique"), iterations=("iteration", "max"),
-                        return_before_mean=("return_before", "mean"), return_before_std=("return_before", "std"),
-                        return_after_mean=("return_after", "mean"), return_after_std=("return_after", "std"),
-                        ).reset_index()
-    table["paper_mean"] = [PAPER_TABLE2.get((e, a), (np.nan, np.nan))[0] for e, a in zip(table.env, table.algorithm)]
-    table["paper_std"] = [PAPER_TABLE2.get((e, a), (np.nan, np.nan))[1] for e, a in zip(table.env, table.algorithm)]
-    return per_run, table

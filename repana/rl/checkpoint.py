@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -84,3 +86,48 @@ def load_policy(path_or_checkpoint):
     except RuntimeError as err:
         raise CheckpointError(f"the RL checkpoint's weights do not fit its policy config: {err}") from err
     return policy, config, data
+
+
+@dataclass
+class RLCheckpoint:
+    """A loaded RL checkpoint, as the analysis registry reads checkpoints (``kind == "rl"``; supervised
+    :class:`repana.meta.checkpoint.Checkpoint` s have ``kind == "supervised"``).
+
+    ``data``: the validated checkpoint dict; ``path``: its file (None when built from a dict).
+    """
+
+    data: dict
+    path: Path | None = None
+    kind: ClassVar[str] = "rl"
+
+    @classmethod
+    def load(cls, path) -> "RLCheckpoint":
+        return cls(load_rl_checkpoint(path), Path(path))
+
+    @property
+    def algorithm(self) -> str:
+        return str(self.data["config"]["algorithm"])
+
+    @property
+    def env(self) -> str:
+        return str(self.data["config"]["env"])
+
+    @property
+    def iteration(self) -> int:
+        """Completed meta-updates."""
+        return int(self.data["iteration"])
+
+    @property
+    def step(self) -> int:
+        return self.iteration
+
+    def rl_config(self):
+        """The run's :class:`repana.rl.config.RLConfig`."""
+        from repana.rl.config import RLConfig
+
+        return RLConfig.from_dict(dict(self.data["config"]))
+
+    def policy(self):
+        """``(policy, RLConfig)`` with the checkpoint's weights."""
+        policy, config, _ = load_policy(self.data)
+        return policy, config

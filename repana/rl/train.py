@@ -5,6 +5,8 @@ Run folder::
     config.toml                 the resolved RLConfig
     metrics.csv                 one row per meta-update (returns before / after adaptation, losses, KL...)
     checkpoints/latest.pt       the newest checkpoint (every ``checkpoint_every`` updates and the last)
+    checkpoints/step_<N>.pt     the same checkpoint once the run's last update N = iterations is done
+                                (a run plan's "job finished" mark, as for supervised runs)
 
 Resuming reads ``latest.pt`` (policy, iteration, task-sampler and action-noise generator states,
 metrics) and continues: the result is bitwise the same as an uninterrupted run. A NaN return or loss,
@@ -33,6 +35,10 @@ from repana.rl.policy import GaussianMLPPolicy
 from repana.rl.returns import advantages
 from repana.rl.sampler import make_sampler
 from repana.rl.tasks import TaskSampler
+
+
+# Config keys that may change when a run is resumed (everything else must match the saved run).
+RESUMABLE_CHANGES = frozenset({"iterations", "checkpoint_every", "torch_threads"})
 
 
 class PolicyDivergedError(RepanaError):
@@ -90,9 +96,15 @@ def check_healthy(metrics: dict, config: RLConfig, iteration: int, run_dir: Path
             "good policy (lower max_kl or fast_lr)")
 
 
-def _to_toml(config: RLConfig) -> str:
+def config_toml(config: RLConfig) -> str:
+    """The config as the TOML text of a run's ``config.toml`` (what ``repana train --config`` reads)."""
     import tomli_w
     return tomli_w.dumps(config.to_dict())
+
+
+def final_checkpoint_path(run_dir, iterations: int) -> Path:
+    """``<run>/checkpoints/step_<iterations>.pt``: written when the run's last update is done."""
+    return Path(run_dir) / "checkpoints" / f"step_{int(iterations):06d}.pt"
 
 
 def train_rl(config_or_preset, run_dir, resume: bool = True, progress_bar: bool | None = None,
@@ -125,7 +137,7 @@ def train_rl(config_or_preset, run_dir, resume: bool = True, progress_bar: bool 
         data = load_rl_checkpoint(latest)
         saved = dict(data["config"])
         changed = sorted(k for k, v in config.to_dict().items()
-                         if saved.get(k) != v and k not in ("iterations", "checkpoint_every", "torch_threads"))
+                         if saved.get(k) != v and k not in RESUMABLE_CHANGES)
         if changed:
             raise ConfigError(f"cannot resume {run_dir}: the config differs in {changed}; use a new run folder")
         policy.load_state_dict(data["state_dict"])
@@ -134,13 +146,14 @@ def train_rl(config_or_preset, run_dir, resume: bool = True, progress_bar: bool 
         rows = [dict(r) for r in data["metrics"]]
         start = int(data["iteration"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.toml", _to_toml(config))
+    atomic_write_text(run_dir / "config.toml", config_toml(config))
 
     def checkpoint(iteration: int) -> None:
-        save_rl_checkpoint(latest, config=config.to_dict(), policy_config=policy.config,
-                           state_dict=policy.state_dict(), iteration=iteration,
-                           rng={"tasks": json.dumps(tasks.state_dict()), "actions": generator.get_state()},
-                           metrics=rows)
+        for path in [latest] + ([final_checkpoint_path(run_dir, iteration)] if iteration == config.iterations else []):
+            save_rl_checkpoint(path, config=config.to_dict(), policy_config=policy.config,
+                               state_dict=policy.state_dict(), iteration=iteration,
+                               rng={"tasks": json.dumps(tasks.state_dict()), "actions": generator.get_state()},
+                               metrics=rows)
         atomic_save_csv(pd.DataFrame(rows), run_dir / "metrics.csv")
 
     elapsed_before = rows[-1]["elapsed_s"] if rows else 0.0
@@ -164,4 +177,6 @@ def train_rl(config_or_preset, run_dir, resume: bool = True, progress_bar: bool 
     finally:
         sampler.close()
         bar.close()
+    if start == config.iterations and rows and not final_checkpoint_path(run_dir, start).exists():
+        checkpoint(start)   # a finished run from before step files were written: mark it finished
     return rows[-1] if rows else {}

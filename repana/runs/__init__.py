@@ -9,7 +9,8 @@ results = run_jobs(jobs, executor="local")        # or executor="ray", address="
 """
 
 from repana.runs.executors import EXECUTORS, JobResult, JobsFailedError, run_jobs
-from repana.runs.plan import SEED_STRIDE, SETTINGS, Job, expand_jobs, parse_setting, read_plan, seed_for, write_plan
+from repana.runs.plan import (SEED_STRIDE, SETTINGS, Job, expand_jobs, expand_rl_jobs, parse_setting, read_plan, seed_for,
+                              write_plan)
 
-__all__ = ["EXECUTORS", "Job", "JobResult", "JobsFailedError", "SEED_STRIDE", "SETTINGS", "expand_jobs",
+__all__ = ["EXECUTORS", "Job", "JobResult", "JobsFailedError", "SEED_STRIDE", "SETTINGS", "expand_jobs", "expand_rl_jobs",
            "parse_setting", "read_plan", "run_jobs", "seed_for", "write_plan"]

@@ -8,8 +8,9 @@ and ``CUDA_VISIBLE_DEVICES``.
 
 - ``executor="local"``: up to one job per free core (``os.sched_getaffinity``), or one per visible GPU
   with ``device="cuda"``; each job gets ``cores // workers`` torch threads, so workers x threads <= cores.
-- ``executor="inline"``: one job after another in this process (``repana.meta.train.train``), the only
-  executor that takes already loaded datasets (``data=``): for tests, debugging and one-core machines.
+- ``executor="inline"``: one job after another in this process (``repana.meta.train.train``, or
+  ``repana.rl.train.train_rl`` for RL jobs), the only executor that takes already loaded datasets
+  (``data=``): for tests, debugging and one-core machines.
 - ``executor="ray"``: each job is a Ray task (``num_cpus=cpus_per_job``, ``num_gpus=1`` on CUDA) on the
   cluster at ``address`` (None: a local Ray instance, stopped again at the end). Run folders must lie on
   a file system every node sees.
@@ -236,6 +237,10 @@ def run_jobs(jobs: Sequence[Job], executor: str = "local", max_workers: int | No
     # Absolute run folders: a Ray worker (or a job's process) need not share this process's working folder.
     jobs = [replace(job, run_dir=job.run_dir.resolve(),
                     device=_check_device(device if device is not None else job.device)) for job in jobs]
+    on_gpu = [job.name for job in jobs if job.kind == "rl" and job.device != "cpu"]
+    if on_gpu:
+        raise ConfigError(f"RL jobs train on the CPU (MuJoCo / batched torch sampling): {', '.join(on_gpu)} asked "
+                          "for a GPU; use --device cpu")
     names = [job.name for job in jobs]
     if len(set(names)) != len(names):
         raise ConfigError(f"a job name is given twice: {sorted({n for n in names if names.count(n) > 1})}")
@@ -272,14 +277,19 @@ def run_jobs(jobs: Sequence[Job], executor: str = "local", max_workers: int | No
 def _run_inline(to_run: list[tuple[Job, int | None]], threads: int | None, data: Mapping | None,
                 show_progress: bool | None, say: _Log) -> list[JobResult]:
     from repana.meta.train import train
+    from repana.rl.train import train_rl
 
     results = []
     for job, resume_step in to_run:
-        config = job.config.replace(threads=threads) if threads else job.config
         say(job, _start_message(job, resume_step, f"in this process, {job.device}"))
         start = time.perf_counter()
         try:
-            train(config, job.run_dir, resume=True, device=job.device, data=data, show_progress=show_progress)
+            if job.kind == "rl":
+                config = job.config.replace(torch_threads=threads) if threads else job.config
+                train_rl(config, job.run_dir, resume=True, progress_bar=show_progress)
+            else:
+                config = job.config.replace(threads=threads) if threads else job.config
+                train(config, job.run_dir, resume=True, device=job.device, data=data, show_progress=show_progress)
             error = None if job.final_checkpoint.exists() else f"train ended without writing {job.final_checkpoint}"
         except Exception as exception:  # one job's failure must not stop the others
             lines = str(exception).strip().splitlines()

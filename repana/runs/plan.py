@@ -1,7 +1,9 @@
 """A reproduction's training as a plan of independent jobs: one ``repana train`` command per run folder.
 
-A :class:`Job` is one network to train: its resolved :class:`~repana.meta.config.TrainConfig`, its run
-folder and the device it trains on. Jobs do not depend on each other, so any engine can run them:
+A :class:`Job` is one network to train: its resolved config (a supervised
+:class:`~repana.meta.config.TrainConfig` or an RL :class:`~repana.rl.config.RLConfig`; ``Job.kind`` says
+which), its run folder and the device it trains on. ``repana train --config`` dispatches on the config's
+kind, so every engine runs both kinds the same way. Jobs do not depend on each other, so any engine can run them:
 :func:`repana.runs.executors.run_jobs` (local worker processes or Ray tasks), GNU parallel or a SLURM
 array over the files :func:`write_plan` writes::
 
@@ -34,6 +36,7 @@ from typing import Iterable, Mapping, Sequence
 from repana.errors import ConfigError
 from repana.io import atomic_write_text
 from repana.meta.config import TrainConfig, from_dict, load_toml, to_toml
+from repana.rl.config import RLConfig, is_rl_config_values
 
 # Seed k of a network: base seed (which includes the network's offset) + k * SEED_STRIDE. Larger than
 # every per-network offset of repana.analysis.reproduce (0..5), so seeds never collide.
@@ -48,6 +51,7 @@ SETTINGS: dict[str, tuple[tuple[int, int], ...]] = {
     "glyphs": ((5, 1), (5, 5), (20, 1), (20, 5)),
     "miniimagenet": ((5, 1), (5, 5)),
 }
+RL_SETTING_PREFIX = "rl-"   # an RL job's setting: "rl-<env>", e.g. "rl-2d-navigation"
 _SETTING = re.compile(r"^(?:(?P<dataset>[a-z]+)-)?(?P<ways>\d+)way-(?P<shots>\d+)shot$")
 
 
@@ -55,15 +59,21 @@ _SETTING = re.compile(r"^(?:(?P<dataset>[a-z]+)-)?(?P<ways>\d+)way-(?P<shots>\d+
 class Job:
     """One training run of a plan.
 
-    ``name``: ``<setting>/<network>/seed<k>`` (also the config's ``name``); ``run_dir``: its run folder
+    ``name``: ``<setting>/<network>/seed<k>`` (also a supervised config's ``name``; RL jobs' setting is
+    ``rl-<env>``); ``config``: a :class:`TrainConfig` or an :class:`RLConfig`; ``run_dir``: its run folder
     (config.toml, metrics.csv, checkpoints/ as written by ``repana train``); ``device``: ``cpu``,
-    ``cuda`` or ``cuda:N``.
+    ``cuda`` or ``cuda:N`` (RL jobs: ``cpu``).
     """
 
     name: str
-    config: TrainConfig
+    config: TrainConfig | RLConfig
     run_dir: Path
     device: str = "cpu"
+
+    @property
+    def kind(self) -> str:
+        """``"rl"`` for an RLConfig, else ``"supervised"`` (the kind of checkpoint it writes)."""
+        return "rl" if isinstance(self.config, RLConfig) else "supervised"
 
     @property
     def config_path(self) -> Path:
@@ -92,7 +102,8 @@ class Job:
 
     @property
     def final_checkpoint(self) -> Path:
-        """The checkpoint whose existence means the job is done (``step_<iterations>.pt``)."""
+        """The checkpoint whose existence means the job is done (``step_<iterations>.pt``: supervised
+        training keeps it, RL training writes it beside ``latest.pt`` when the last update is done)."""
         return self.run_dir / "checkpoints" / f"step_{self.config.iterations:06d}.pt"
 
     def command(self, program: Sequence[str] = ("repana",), threads: int | None = None,
@@ -102,7 +113,7 @@ class Job:
         args = [*program, "train", "--config", str(config_path or self.config_path), "--out", str(self.run_dir),
                 "--resume", "--device", self.device]
         if threads is not None:
-            args += ["--set", f"threads={int(threads)}"]
+            args += ["--set", f"{'torch_threads' if self.kind == 'rl' else 'threads'}={int(threads)}"]
         return args
 
     def shell_command(self, config_path: str | Path | None = None) -> str:
@@ -112,16 +123,19 @@ class Job:
 
     def to_dict(self, config_path: str | Path | None = None) -> dict:
         config_path = config_path or self.config_path
-        return {"name": self.name, "run_dir": str(self.run_dir), "config_path": str(config_path),
-                "device": self.device,
+        return {"name": self.name, "kind": self.kind, "run_dir": str(self.run_dir),
+                "config_path": str(config_path), "device": self.device,
                 "command": " ".join(shlex.quote(p) for p in self.command(config_path=config_path)),
                 "config": self.config.to_dict()}
 
     @classmethod
     def from_dict(cls, values: Mapping, source: str = "plan") -> "Job":
         try:
-            return cls(name=values["name"], config=from_dict(values["config"], source=f"{source}: {values['name']}"),
-                       run_dir=Path(values["run_dir"]), device=values.get("device", "cpu"))
+            config = values["config"]
+            config = RLConfig.from_dict(dict(config)) if is_rl_config_values(config) else \
+                from_dict(config, source=f"{source}: {values['name']}")
+            return cls(name=values["name"], config=config, run_dir=Path(values["run_dir"]),
+                       device=values.get("device", "cpu"))
         except KeyError as missing:
             raise ConfigError(f"{source}: a job lacks the key {missing}; rewrite the plan with "
                               "`repana reproduce --plan`") from None
@@ -152,23 +166,17 @@ def seed_for(base_seed: int, seed_index: int) -> int:
     return int(base_seed) + int(seed_index) * SEED_STRIDE
 
 
-def expand_jobs(base_configs: Mapping[str, TrainConfig], seeds: int, settings: Iterable[str],
-                runs_dir: str | Path = "runs", device: str = "cpu") -> list[Job]:
-    """Every (setting, network, seed) job: ``<runs_dir>/<setting>/<network>/seed<k>``.
+def config_toml(config: TrainConfig | RLConfig) -> str:
+    """A job's config as the TOML text ``repana train --config`` reads (either kind)."""
+    if isinstance(config, RLConfig):
+        from repana.rl.train import config_toml as rl_toml
 
-    ``base_configs``: network name (``maml``, ``anil``, ``multiclass``...) -> its TrainConfig, each with
-    its own seed (as :func:`repana.analysis.reproduce.training_plan` gives them). ``settings``: names
-    such as ``"5way-1shot"`` (see :data:`SETTINGS`); each sets ``ways`` and ``shots``. ``seeds``: how
-    many seeds per network (the paper: 3). Raises ConfigError on ``seeds < 1``, an unknown setting, or two
-    networks whose seeds would coincide.
-    """
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ConfigError(f"seeds = {seeds!r}: train at least 1 seed per network (the paper uses 3)")
-    settings = list(settings)
-    if not settings:
-        raise ConfigError("no setting given: choose at least one, e.g. 5way-1shot")
-    if not base_configs:
-        raise ConfigError("no network to train: the plan's base configs are empty")
+        return rl_toml(config)
+    return to_toml(config)
+
+
+def _check_seed_offsets(base_configs: Mapping) -> None:
+    """ConfigError when two networks' base seeds are equal modulo SEED_STRIDE (they would share seeds)."""
     offsets: dict[int, str] = {}
     for network, config in base_configs.items():
         if "/" in network or not network:
@@ -180,6 +188,56 @@ def expand_jobs(base_configs: Mapping[str, TrainConfig], seeds: int, settings: I
             raise ConfigError(f"networks {other!r} and {network!r} would share seeds (base seeds equal modulo "
                               f"{SEED_STRIDE}): give each network its own seed offset below {SEED_STRIDE} "
                               "(networks compared with each other must not share their initialisation)")
+
+
+def _check_seeds(seeds) -> None:
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"seeds = {seeds!r}: train at least 1 seed per network (the paper uses 3)")
+
+
+def expand_rl_jobs(base_configs: Mapping[str, Mapping[str, RLConfig]], seeds: int, runs_dir: str | Path = "runs"
+                   ) -> list[Job]:
+    """Every (environment, network, seed) RL job: ``<runs_dir>/rl-<env>/<network>/seed<k>``.
+
+    ``base_configs``: environment -> {network name (``maml``, ``anil``...) -> its RLConfig with its own
+    base seed}; seed ``k`` trains with ``seed + k * SEED_STRIDE`` (as :func:`expand_jobs`). RL jobs run on
+    the CPU.
+    """
+    _check_seeds(seeds)
+    if not base_configs or not any(base_configs.values()):
+        raise ConfigError("no RL network to train: the plan's base configs are empty")
+    runs_dir = Path(runs_dir)
+    jobs = []
+    for env, networks in base_configs.items():
+        _check_seed_offsets(networks)
+        setting = f"{RL_SETTING_PREFIX}{env}"
+        for network, config in networks.items():
+            if config.env != env:
+                raise ConfigError(f"{setting}/{network}: its config trains on {config.env!r}, not {env!r}")
+            for k in range(seeds):
+                name = f"{setting}/{network}/seed{k}"
+                jobs.append(Job(name=name, config=config.replace(seed=seed_for(config.seed, k)),
+                                run_dir=runs_dir / setting / network / f"seed{k}", device="cpu"))
+    return jobs
+
+
+def expand_jobs(base_configs: Mapping[str, TrainConfig], seeds: int, settings: Iterable[str],
+                runs_dir: str | Path = "runs", device: str = "cpu") -> list[Job]:
+    """Every (setting, network, seed) job: ``<runs_dir>/<setting>/<network>/seed<k>``.
+
+    ``base_configs``: network name (``maml``, ``anil``, ``multiclass``...) -> its TrainConfig, each with
+    its own seed (as :func:`repana.analysis.reproduce.training_plan` gives them). ``settings``: names
+    such as ``"5way-1shot"`` (see :data:`SETTINGS`); each sets ``ways`` and ``shots``. ``seeds``: how
+    many seeds per network (the paper: 3). Raises ConfigError on ``seeds < 1``, an unknown setting, or two
+    networks whose seeds would coincide.
+    """
+    _check_seeds(seeds)
+    settings = list(settings)
+    if not settings:
+        raise ConfigError("no setting given: choose at least one, e.g. 5way-1shot")
+    if not base_configs:
+        raise ConfigError("no network to train: the plan's base configs are empty")
+    _check_seed_offsets(base_configs)
     runs_dir = Path(runs_dir)
     jobs, seen = [], set()
     for setting in settings:
@@ -206,7 +264,10 @@ def saved_config_differences(job: Job) -> list[str]:
     saved_path = job.run_dir / "config.toml"
     if not saved_path.exists():
         return []
-    from repana.meta.train import RESUMABLE_CHANGES
+    if job.kind == "rl":
+        from repana.rl.train import RESUMABLE_CHANGES
+    else:
+        from repana.meta.train import RESUMABLE_CHANGES
 
     saved, wanted = load_toml(saved_path), job.config.to_dict()
     return [f"{key} = {wanted[key]!r} (run has {saved.get(key)!r})" for key in sorted(wanted)
@@ -222,8 +283,14 @@ def check_same_run(job: Job) -> None:
 
 
 def newest_checkpoint_step(job: Job) -> int | None:
-    """The step of the newest ``step_*.pt`` in the job's run folder (None when it has none)."""
+    """The step of the newest ``step_*.pt`` in the job's run folder (RL: of ``latest.pt``; None when it
+    has none)."""
     folder = job.run_dir / "checkpoints"
+    if job.kind == "rl":
+        from repana.rl.checkpoint import is_rl_checkpoint, load_rl_checkpoint
+
+        latest = folder / "latest.pt"
+        return int(load_rl_checkpoint(latest)["iteration"]) if is_rl_checkpoint(latest) else None
     steps = [int(m.group(1)) for p in folder.glob("step_*.pt") if (m := re.match(r"^step_(\d+)\.pt$", p.name))]
     return max(steps) if steps else None
 
@@ -231,7 +298,7 @@ def newest_checkpoint_step(job: Job) -> int | None:
 def write_job_config(job: Job) -> Path:
     """Write the job's config to ``<run_dir>/job.toml`` (what its command reads); returns the path."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(job.config_path, to_toml(job.config))
+    atomic_write_text(job.config_path, config_toml(job.config))
     return job.config_path
 
 
@@ -255,7 +322,7 @@ def write_plan(jobs: Sequence[Job], plan_dir: str | Path, cpus_per_job: int = 1)
     configs = [job.plan_config_path(plan_dir) for job in jobs]
     for job, path in zip(jobs, configs):
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, to_toml(job.config))
+        atomic_write_text(path, config_toml(job.config))
     atomic_write_text(plan_dir / PLAN_FILE, "".join(json.dumps(job.to_dict(path)) + "\n"
                                                     for job, path in zip(jobs, configs)))
     header = ("# repana training plan: one job per line; a finished job (final checkpoint present) is skipped,\n"

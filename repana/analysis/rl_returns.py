@@ -1,0 +1,135 @@
+"""Table 2's RL rows: MAML vs ANIL average return before and after one adaptation step on held-out tasks.
+
+Each RL checkpoint (repana.rl) is evaluated on the same held-out tasks (``task_seed``, a seed no training
+run draws from): the policy adapts with its own inner loop (one policy-gradient step of its run's
+``fast_lr`` on its run's ``fast_batch_size`` trajectories) and is rolled out again. Per run: the mean
+return over tasks and its 95% t-interval; per (environment, algorithm): mean ± standard deviation over
+seeds (the paper's ±), beside the paper's numbers (:mod:`repana.analysis.paper_values`), with the verdict
+on the MAML-vs-ANIL gap as the paper states it (:func:`paper_values.verdict_anil_matches_maml_rl`).
+
+HalfCheetah returns are not comparable with the paper's absolute numbers (MuJoCo 1.5 and rllab's cheetah
+there, gymnasium's HalfCheetah-v5 on MuJoCo 3 here): only the gap between MAML and ANIL is compared.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from repana.analysis.registry import AGREES, DISAGREES, NO_VERDICT, Analysis, Finding, Section, register
+
+NAME = "rl_returns"
+SUMMARY = f"{NAME}_table2"
+PER_RUN_COLUMNS = ["label", "env", "algorithm", "seed", "iteration", "adapt_log_std", "n_tasks", "return_before",
+                   "return_before_ci95", "return_after", "return_after_ci95", "improvement", "improvement_ci95"]
+HALFCHEETAH_NOTE = ("HalfCheetah returns are **not comparable** with the paper's absolute numbers: the paper ran "
+                    "rllab's cheetah on MuJoCo 1.5, repana runs gymnasium's HalfCheetah-v5 on MuJoCo 3 (another "
+                    "model, observation and contact details); compare the MAML-vs-ANIL gap, not the digits.")
+
+
+def per_run_returns(checkpoints: dict, n_tasks: int, task_seed: int) -> pd.DataFrame:
+    """One row per RL checkpoint (``checkpoints``: label -> :class:`repana.rl.checkpoint.RLCheckpoint`):
+    :data:`PER_RUN_COLUMNS`; returns are undiscounted, averaged over each task's trajectories, then mean
+    and 95% CI half width over the ``n_tasks`` held-out tasks drawn with ``task_seed``."""
+    from repana.rl.evaluate import evaluate_rl
+
+    rows = []
+    for label, checkpoint in checkpoints.items():
+        _, summary = evaluate_rl(checkpoint.data, n_tasks=int(n_tasks), seed=int(task_seed))
+        rows.append({"label": label, **summary})
+    return pd.DataFrame(rows)[PER_RUN_COLUMNS]
+
+
+def table2(per_run: pd.DataFrame) -> pd.DataFrame:
+    """Per (env, algorithm): ``n_seeds``, ``iterations`` (meta-updates, the most of any seed), mean and
+    std over seeds (ddof 1; NaN for one seed) of the returns before / after adaptation, the mean task CI of
+    the return after, and Table 2's ``paper_printed`` / ``paper_mean`` / ``paper_std`` (NaN for algorithms
+    the paper did not run, e.g. fomaml)."""
+    from repana.analysis import paper_values
+
+    grouped = per_run.groupby(["env", "algorithm"], sort=False)
+    table = grouped.agg(n_seeds=("seed", "nunique"), iterations=("iteration", "max"),
+                        return_before=("return_before", "mean"), return_before_std=("return_before", "std"),
+                        return_after=("return_after", "mean"), return_after_std=("return_after", "std"),
+                        return_after_ci95=("return_after_ci95", "mean")).reset_index()
+    printed, means, stds = [], [], []
+    for env, algorithm in zip(table["env"], table["algorithm"]):
+        cell = paper_values.rl_cells(env).get(algorithm.upper())
+        printed.append(cell.printed if cell else "")
+        means.append(cell.value if cell else np.nan)
+        stds.append(cell.spread if cell else np.nan)
+    table["paper_printed"], table["paper_mean"], table["paper_std"] = printed, means, stds
+    return table
+
+
+def spread(row) -> float:
+    """The spread a cell is judged by: std over seeds with 2+ seeds, else the task CI of the one run."""
+    return float(row["return_after_std"]) if row["n_seeds"] > 1 and np.isfinite(row["return_after_std"]) \
+        else float(np.nan_to_num(row["return_after_ci95"]))
+
+
+def compute(context) -> dict[str, pd.DataFrame]:
+    checkpoints = {label: context.rl_checkpoint(label) for label in context.networks}
+    per_run = per_run_returns(checkpoints, context.settings["tasks"], context.settings["task_seed"])
+    return {NAME: per_run, SUMMARY: table2(per_run)}
+
+
+def _fmt(mean: float, std: float, n: int) -> str:
+    return f"{mean:.2f} ± {std:.2f}" if n > 1 and np.isfinite(std) else f"{mean:.2f}"
+
+
+def report(tables, context) -> Section:
+    from repana.analysis import paper_values
+    from repana.analysis.report import figure_markdown, markdown_table
+
+    summary = tables[SUMMARY]
+    per_run = tables[NAME]
+    view = pd.DataFrame({
+        "environment": summary["env"], "algorithm": summary["algorithm"].str.upper(),
+        "seeds": summary["n_seeds"], "meta-updates": summary["iterations"],
+        "before adaptation": [_fmt(r.return_before, r.return_before_std, r.n_seeds) for r in summary.itertuples()],
+        "after adaptation": [_fmt(r.return_after, r.return_after_std, r.n_seeds) for r in summary.itertuples()],
+        "task CI (after)": [f"± {r.return_after_ci95:.1f}" for r in summary.itertuples()],
+        "paper (after, 500 updates)": [p or "-" for p in summary["paper_printed"]]})
+    seeds = per_run.assign(algorithm=per_run["algorithm"].str.upper()).groupby(["env", "algorithm"], sort=False)
+    per_seed = "; ".join(f"{env} {algorithm}: " + ", ".join(f"{v:.2f}" for v in group["return_after"])
+                         for (env, algorithm), group in seeds)
+    n_tasks = int(per_run["n_tasks"].iloc[0])
+    body = (f"Average return (undiscounted, mean over each task's trajectories) on {n_tasks} held-out tasks "
+            f"(seed {context.settings['task_seed']}), before and after one adaptation step; ours: mean ± std over "
+            "seeds (the paper's ±), with the mean 95% CI over tasks beside it. The paper's numbers are after 500 "
+            "meta-updates of its setting; see the meta-updates column for ours.\n\n"
+            + markdown_table(view) + f"\n\nAfter adaptation, per seed: {per_seed}.\n")
+    if summary["env"].str.startswith("halfcheetah").any():
+        body += "\n" + HALFCHEETAH_NOTE + "\n"
+    body += "\n" + figure_markdown(NAME, "Return before and after adaptation (bars: mean over seeds, error bars "
+                                         "std over seeds); black ticks: the paper's return after adaptation") + "\n"
+    findings = []
+    cells = {}
+    for env, group in summary.groupby("env", sort=False):
+        rows = {row["algorithm"].upper(): row for _, row in group.iterrows()}
+        if "MAML" in rows and "ANIL" in rows:
+            cells[env] = {name: (float(rows[name]["return_after"]), spread(rows[name])) for name in ("MAML", "ANIL")}
+    if cells:
+        verdict, reason = paper_values.verdict_anil_matches_maml_rl(cells)
+        findings.append(Finding(f"ANIL matches MAML in RL (average return after adaptation): {reason}",
+                                AGREES if verdict == paper_values.AGREES else DISAGREES))
+    else:
+        findings.append(Finding("MAML vs ANIL: not judged (the checkpoints do not hold both algorithms of one "
+                                "environment)", NO_VERDICT))
+    improved = [f"{r.env} {r.algorithm}: {r.return_after - r.return_before:+.1f}" for r in summary.itertuples()]
+    findings.append(Finding("Change of the return through adaptation (after - before, mean over seeds): "
+                            + "; ".join(improved), NO_VERDICT))
+    return Section("RL: MAML vs ANIL average return (paper Table 2, RL rows)", body, tuple(findings))
+
+
+def figures(tables, context) -> dict:
+    from repana.plots.paper import rl_returns_figure
+
+    return {NAME: lambda: rl_returns_figure(tables[SUMMARY])}
+
+
+ANALYSIS = register(Analysis(
+    name=NAME, title="RL: MAML vs ANIL average return", reference="Table 2 (RL rows)", networks=("maml", "anil"),
+    n_checkpoints=(1, None), compute=compute, report=report, figures=figures, across_seeds=True,
+    summary_table=SUMMARY, kind="rl"))
