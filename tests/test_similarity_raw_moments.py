@@ -156,3 +156,20 @@ def test_constant_inputs_still_refused(rng):
     one_varying = np.zeros((50, 3))
     one_varying[:, 2] = rng.normal(size=50)  # two constant (zero) features, one varying: not constant
     assert Representation(one_varying)._raw_moments
+
+
+def test_registry_forms_the_covariance_first_for_cca_measures(rng, monkeypatch):
+    from repana.similarity import get_measure, similarity
+    assert [get_measure(name).uses_covariance for name in ("cca", "cca_r2", "pwcca", "svcca", "cka")] == [
+        True, True, True, False, False]
+    built = []
+    original = representation_module.Representation.__init__
+
+    def recording_init(self, *args, covariance_expected=False, **kwargs):
+        built.append(covariance_expected)
+        original(self, *args, covariance_expected=covariance_expected, **kwargs)
+    monkeypatch.setattr(representation_module.Representation, "__init__", recording_init)
+    x, y = rng.normal(size=(300, 5)), rng.normal(size=(300, 4))
+    similarity("cca", x, y)
+    similarity("cka", x, y)
+    assert built == [True, True, False, False]
