@@ -84,35 +84,9 @@ def test_mixed_operands_and_private_copies(rng):
     np.testing.assert_array_equal(x32, x.astype(np.float32))  # the caller's array untouched
 
 
-def test_covariance_first_gives_the_same_covariance(rng):
-    # cca / pwcca form X^T X first (sums of squares off its diagonal); the covariance is bit for bit the one
-    # formed later, and the checks agree.
-    x = np.maximum(rng.normal(size=(3000, 20)) + 0.2, 0.0)
-    first, later = Representation(x, covariance_expected=True), Representation(x)
-    assert "covariance" in first._cache and "covariance" not in later._cache
-    np.testing.assert_array_equal(first.covariance.numpy(), later.covariance.numpy())
-    assert first.sq_norm == pytest.approx(later.sq_norm, rel=1e-13)
-    assert first._raw_moments and later._raw_moments
-    wide = rng.normal(size=(50, 80))  # d >= n: no covariance formed (CCA takes the SVD route)
-    assert "covariance" not in Representation(wide, covariance_expected=True)._cache
-
-
-def test_covariance_first_guess_wrong_costs_no_accuracy(rng):
-    # The first 256 datapoints have no offset, the rest do: the guess forms X^T X, the whole layer then fails
-    # the raw-moment test, and the covariance comes from centred data.
-    x = rng.normal(size=(2000, 6))
-    x[256:] += 40.0
-    rep = Representation(x, covariance_expected=True)
-    assert not rep._raw_moments and "covariance" not in rep._cache
-    assert_products_close(rep.covariance, centred_reference(x, x), x, x)
-    offset = rng.normal(size=(2000, 6)) + 40.0  # guessed right: nothing formed first
-    assert "covariance" not in Representation(offset, covariance_expected=True)._cache
-
-
-@pytest.mark.parametrize("covariance_expected", [False, True])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("where", [(0, 0), (211, 3), (399, 4)])
-def test_non_finite_values_found_by_the_sums_pass(rng, dtype, where, covariance_expected):
+def test_non_finite_values_found_by_the_sums_pass(rng, dtype, where):
     good = rng.normal(size=(400, 5))
     for values, count in (([np.nan], 1), ([np.inf], 1), ([-np.inf], 1), ([np.nan, np.inf], 2)):
         bad = good.astype(dtype)
@@ -121,7 +95,7 @@ def test_non_finite_values_found_by_the_sums_pass(rng, dtype, where, covariance_
             bad[(where[0] + 1) % 400, 0] = values[1]
         for array in (bad, torch.from_numpy(bad)):
             with pytest.raises(InputError, match=rf"^X contains {count} NaN or Inf value\(s\) out of 2000;"):
-                Representation(array, "X", covariance_expected=covariance_expected)
+                Representation(array, "X")
 
 
 def test_magnitudes_at_the_edges_of_the_safe_range(rng):
@@ -130,12 +104,8 @@ def test_magnitudes_at_the_edges_of_the_safe_range(rng):
     base = rng.normal(size=(300, 4))
     for exponent in (-70, -65, -64, -63.5, -63, -60, 0, 60, 63, 63.5, 64, 65, 70, 600, -600):
         x = base * 2.0 ** exponent
-        expected = representation_module._rescaling_exponent(float(np.abs(x).max()))
-        assert Representation(x).scale_exponent == expected, exponent
-        rep = Representation(x, covariance_expected=True)
-        assert rep.scale_exponent == expected, exponent
-        scaled = x * 2.0 ** expected  # what the representation holds
-        assert_products_close(rep.covariance, centred_reference(scaled, scaled), scaled, scaled)
+        largest = float(np.abs(x).max())
+        assert Representation(x).scale_exponent == representation_module._rescaling_exponent(largest), exponent
     overflowing = base * 1e160  # finite, but the squares overflow: the sums pass cannot vouch
     with np.errstate(over="ignore"):
         sq_sums = torch.from_numpy((overflowing ** 2).sum(axis=0))
@@ -156,20 +126,3 @@ def test_constant_inputs_still_refused(rng):
     one_varying = np.zeros((50, 3))
     one_varying[:, 2] = rng.normal(size=50)  # two constant (zero) features, one varying: not constant
     assert Representation(one_varying)._raw_moments
-
-
-def test_registry_forms_the_covariance_first_for_cca_measures(rng, monkeypatch):
-    from repana.similarity import get_measure, similarity
-    assert [get_measure(name).uses_covariance for name in ("cca", "cca_r2", "pwcca", "svcca", "cka")] == [
-        True, True, True, False, False]
-    built = []
-    original = representation_module.Representation.__init__
-
-    def recording_init(self, *args, covariance_expected=False, **kwargs):
-        built.append(covariance_expected)
-        original(self, *args, covariance_expected=covariance_expected, **kwargs)
-    monkeypatch.setattr(representation_module.Representation, "__init__", recording_init)
-    x, y = rng.normal(size=(300, 5)), rng.normal(size=(300, 4))
-    similarity("cca", x, y)
-    similarity("cka", x, y)
-    assert built == [True, True, False, False]

@@ -63,7 +63,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             set_threads(before)
 
 
-def column_sums(a: torch.Tensor, squares: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+def column_sums(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum_i a[i, j], sum_i a[i, j]**2)``, two ``(d,)`` float64 tensors, of a float64 ``(n, d)`` matrix.
 
     On CPU through numpy (``ones @ a``, a BLAS matrix-vector product, and ``einsum``: each one read of the
@@ -82,5 +82,5 @@ def column_sums(a: torch.Tensor, squares: bool = True) -> tuple[torch.Tensor, to
         finally:
             if before != wanted:
                 threads[1](before)
-        return torch.from_numpy(sums), torch.from_numpy(np.einsum("ij,ij->j", values, values)) if squares else None
-    return a.sum(dim=0), torch.einsum("ij,ij->j", a, a) if squares else None
+        return torch.from_numpy(sums), torch.from_numpy(np.einsum("ij,ij->j", values, values))
+    return a.sum(dim=0), torch.einsum("ij,ij->j", a, a)

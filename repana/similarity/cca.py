@@ -14,10 +14,9 @@ representations: the singular values of ``Qx^T Qy`` for any orthonormal bases ``
   ``O(d^3)``: two Cholesky factorisations, two triangular inverses (which also prove the conditioning rule
   without an eigenvalue solver whenever it holds with a margin of ``d**1.5``; see :func:`_well_conditioned`),
   two small products and one ``d x d`` SVD (singular values only for ``cca``). PWCCA's loadings
-  ``H^T Xc = U^T Lx^T`` need no ``n x d`` work either. Validation costs one more read of each input (the
-  column sums; NaN / Inf reach the diagonal of ``X^T X``, formed first: see
-  :class:`repana.similarity.Representation`). At that conditioning the canonical correlations agree with
-  the SVD route to ~1e-12 (checked in the tests to 1e-10).
+  ``H^T Xc = U^T Lx^T`` need no ``n x d`` work either. Validation costs two reads of each input (column sums
+  and sums of squares, which also catch NaN / Inf). At that conditioning the canonical correlations agree
+  with the SVD route to ~1e-12 (checked in the tests to 1e-10).
 * SVD route (everything else, and SVCCA, which needs the singular directions): the thin SVD of each centred
   representation ``Xc = Ux Sx Vx^T`` and the singular values of ``Ux^T Uy``. Null directions -- singular values
   at or below ``rtol * S.max()``, ``rtol = max(n, d) * eps`` of the input dtype by default
@@ -95,8 +94,7 @@ def cca(X, Y, rtol: float | None = None) -> CCAResult:
     Raises:
         InputError: when the kept directions ``k_x + k_y >= n`` (some coefficient is 1 by construction).
     """
-    return cca_from_representations(as_representation(X, "X", covariance_expected=True),
-                                    as_representation(Y, "Y", covariance_expected=True), rtol=rtol)
+    return cca_from_representations(as_representation(X, "X"), as_representation(Y, "Y"), rtol=rtol)
 
 
 def svcca(X, Y, keep: float | int = 0.99, rtol: float | None = None) -> float:
@@ -118,8 +116,7 @@ def pwcca(X, Y, weights_from: str = "x", rtol: float | None = None) -> float:
     by ``weights_from`` (``"x"`` or ``"y"``). The measure is not symmetric and the choice changes the value;
     the reference implementation (google/svcca ``compute_pwcca``) weights by whichever input has fewer units.
     """
-    return pwcca_from_representations(as_representation(X, "X", covariance_expected=True),
-                                      as_representation(Y, "Y", covariance_expected=True),
+    return pwcca_from_representations(as_representation(X, "X"), as_representation(Y, "Y"),
                                       weights_from=weights_from, rtol=rtol)
 
 

@@ -29,7 +29,6 @@ class Measure:
     symmetric: bool = True
     min_datapoints: int = 2
     defaults: dict = field(default_factory=dict)
-    uses_covariance: bool = False
 
     def __call__(self, rx: Representation, ry: Representation, **options) -> float:
         return float(self.function(rx, ry, **{**self.defaults, **options}))
@@ -39,18 +38,15 @@ _REGISTRY: dict[str, Measure] = {}
 
 
 def register_measure(name: str, function: PairFunction, *, description: str, symmetric: bool = True,
-                     min_datapoints: int = 2, defaults: dict | None = None, overwrite: bool = False,
-                     uses_covariance: bool = False) -> Measure:
+                     min_datapoints: int = 2, defaults: dict | None = None, overwrite: bool = False) -> Measure:
     """Register ``function(rx, ry, **options) -> float`` under ``name``.
 
     ``rx.centered`` / ``ry.centered`` are the centred float64 activations ``(n, d)``; ``rx.svd()``,
-    ``rx.gram``, ``rx.covariance`` are cached per layer. ``uses_covariance``: the measure always reads
-    ``rx.covariance`` when ``d < n``, so :func:`similarity` lets each layer form it first (one read of the data
-    fewer; see :class:`Representation`).
+    ``rx.gram``, ``rx.covariance`` are cached per layer.
     """
     if name in _REGISTRY and not overwrite:
         raise InputError(f"measure {name!r} is already registered (pass overwrite=True to replace it)")
-    measure = Measure(name, function, description, symmetric, min_datapoints, dict(defaults or {}), uses_covariance)
+    measure = Measure(name, function, description, symmetric, min_datapoints, dict(defaults or {}))
     _REGISTRY[name] = measure
     return measure
 
@@ -71,21 +67,19 @@ def list_measures() -> list[str]:
 def similarity(name: str, X, Y, **options) -> float:
     """The measure ``name`` between ``X (n, d_x)`` and ``Y (n, d_y)``: ``similarity("svcca", X, Y, keep=20)``."""
     measure = get_measure(name)
-    rx = as_representation(X, "X", measure.min_datapoints, covariance_expected=measure.uses_covariance)
-    ry = as_representation(Y, "Y", measure.min_datapoints, covariance_expected=measure.uses_covariance)
+    rx = as_representation(X, "X", measure.min_datapoints)
+    ry = as_representation(Y, "Y", measure.min_datapoints)
     return measure(rx, ry, **options)
 
 
 register_measure("cca", lambda rx, ry, **kw: cca_from_representations(rx, ry, **kw).mean,
-                 description="mean canonical correlation (null directions dropped)", uses_covariance=True)
+                 description="mean canonical correlation (null directions dropped)")
 register_measure("cca_r2", lambda rx, ry, **kw: cca_from_representations(rx, ry, **kw).mean_squared,
-                 description="mean squared canonical correlation, R^2_CCA (Kornblith et al. 2019)",
-                 uses_covariance=True)
+                 description="mean squared canonical correlation, R^2_CCA (Kornblith et al. 2019)")
 register_measure("svcca", svcca_from_representations, defaults={"keep": 0.99},
                  description="SVCCA (Raghu et al. 2017): CCA of the directions keeping 99% of the variance")
 register_measure("pwcca", pwcca_from_representations, symmetric=False, defaults={"weights_from": "x"},
-                 description="projection-weighted CCA (Morcos et al. 2018), weights from the first input",
-                 uses_covariance=True)
+                 description="projection-weighted CCA (Morcos et al. 2018), weights from the first input")
 register_measure("cka", cka_from_representations, defaults={"kernel": "linear", "debiased": False},
                  description="linear CKA (Kornblith et al. 2019)")
 register_measure("cka_debiased", cka_from_representations, min_datapoints=4,

@@ -62,16 +62,9 @@ class Representation:
 
     Cached on first use: the thin SVD truncated at the numerical rank, the covariance ``Xc^T Xc`` (d x d),
     the Gram matrix ``Xc Xc^T`` (n x n), kernel Gram matrices centred (biased or U-centred).
-
-    Construction reads the data twice (column sums and sums of squares, which also catch NaN / Inf). With
-    ``covariance_expected=True`` (what ``cca`` / ``pwcca`` pass) and ``d < n``, ``X^T X`` is formed first and
-    its diagonal gives the sums of squares: one read fewer, worth 15-20% of mean CCA at (5000, 64). Whether to
-    do so is guessed from the first 256 datapoints' offsets; if the whole layer then fails the raw-moment test
-    (:data:`RAW_MOMENTS_MAX_OFFSET`), that product is dropped and the covariance is formed from centred data
-    later: the guess costs time at worst, never accuracy.
     """
 
-    def __init__(self, array, name: str = "X", min_datapoints: int = 2, covariance_expected: bool = False):
+    def __init__(self, array, name: str = "X", min_datapoints: int = 2):
         if isinstance(array, Representation):
             raise InputError("already a Representation; pass it directly to the *_from_representations functions")
         source = as_real_tensor(array, name)
@@ -84,13 +77,7 @@ class Representation:
         self.eps = input_eps(source.dtype)
         self.n, self.d = data.shape
         self._cache: dict = {}
-        gram = None
-        if covariance_expected and self.d < self.n and _offsets_look_small(data):
-            # X^T X first (it is needed): its diagonal gives the sums of squares, one read of the data fewer.
-            gram = matmul(data.T, data)
-            sums, sq_sums = column_sums(data, squares=False)[0], gram.diagonal().clone()
-        else:
-            sums, sq_sums = column_sums(data)
+        sums, sq_sums = column_sums(data)
         # The values are checked by this pass: NaN and Inf reach the column sums of squares, and their largest
         # bounds the magnitude (see _magnitude_bound). Only when it cannot vouch for finite values in the safe
         # range does the exact check run (aminmax; the NaN / Inf error is raised there).
@@ -101,7 +88,6 @@ class Representation:
             data = _times_power_of_two(data, self.scale_exponent, inplace=private)
             largest, private = max_abs(data), True
             sums, sq_sums = column_sums(data)
-            gram = None
         means = sums / self.n
         offset_sq = self.n * means * means  # n m_j^2 = ||X[:, j]||^2 - ||Xc[:, j]||^2
         # Raw moments when (1 + c) n m_j^2 <= c ||X[:, j]||^2, i.e. n m_j^2 <= c ||Xc[:, j]||^2 (c the max offset):
@@ -111,8 +97,6 @@ class Representation:
         self._raw_moments = bool(((1.0 + limit) * offset_sq <= limit * sq_sums).all())
         self._raw, self._means, self._private = data, means, private
         self._centered: torch.Tensor | None = None
-        if gram is not None and self._raw_moments:  # the formula of _centred_product
-            self._cache["covariance"] = gram.sub_(torch.outer(means, means), alpha=self.n)
         if self._raw_moments:
             norm = float((sq_sums - offset_sq).clamp_(min=0.0).sum()) ** 0.5
         else:
@@ -404,15 +388,6 @@ def _centred_product(rx: Representation, ry: Representation) -> torch.Tensor:
     return product
 
 
-def _offsets_look_small(data: torch.Tensor, rows: int = 256) -> bool:
-    """Whether the first ``rows`` datapoints suggest every feature within half the raw-moment offset limit
-    (only the order of work depends on it: a wrong guess costs one product, never accuracy)."""
-    sample = data[:rows]
-    sums, sq_sums = column_sums(sample)
-    limit = 0.5 * RAW_MOMENTS_MAX_OFFSET
-    return bool(((1.0 + limit) * sums * sums <= limit * sample.shape[0] * sq_sums).all())
-
-
 def _magnitude_bound(sq_sums: torch.Tensor, n: int) -> float | None:
     """An upper bound on ``max |x|`` proving the data finite and without rescaling due, or None.
 
@@ -469,13 +444,13 @@ def center_gram(gram: torch.Tensor, unbiased: bool = False, inplace: bool = Fals
     return result
 
 
-def as_representation(array, name: str, min_datapoints: int = 2, covariance_expected: bool = False) -> Representation:
+def as_representation(array, name: str, min_datapoints: int = 2) -> Representation:
     """``array`` wrapped as a :class:`Representation` (returned unchanged if it already is one)."""
     if isinstance(array, Representation):
         if array.n < min_datapoints:
             raise InputError(f"{array.name} has {array.n} datapoints; at least {min_datapoints} are needed")
         return array
-    return Representation(array, name=name, min_datapoints=min_datapoints, covariance_expected=covariance_expected)
+    return Representation(array, name=name, min_datapoints=min_datapoints)
 
 
 def check_pair(rx: Representation, ry: Representation) -> None:
