@@ -126,3 +126,15 @@ def test_constant_inputs_still_refused(rng):
     one_varying = np.zeros((50, 3))
     one_varying[:, 2] = rng.normal(size=50)  # two constant (zero) features, one varying: not constant
     assert Representation(one_varying)._raw_moments
+
+
+def test_non_contiguous_float64_inputs_read_in_place(rng):
+    # Column sums and raw products on strided memory (Fortran order, every other column, a transposed tensor).
+    from repana.similarity import cca, pwcca
+    x = rng.normal(size=(500, 12)) + 0.5
+    y = x[:, :6] @ rng.normal(size=(6, 8)) + rng.normal(size=(500, 8))
+    expected = cca(x, y).coefficients, pwcca(x, y)
+    for view in (np.asfortranarray(x), np.repeat(x, 2, axis=1)[:, ::2], torch.from_numpy(x).T.contiguous().T):
+        assert Representation(view)._raw_moments
+        np.testing.assert_allclose(cca(view, y).coefficients, expected[0], rtol=0, atol=1e-12)
+        assert pwcca(view, y) == pytest.approx(expected[1], abs=1e-12)
