@@ -1,11 +1,13 @@
 """CCA, SVCCA, PWCCA: hand-derived values, rank deficiency, invariances, the sample-size refusal."""
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
 
 from repana.errors import InputError
-from repana.similarity import cca, pwcca, similarity, svcca
+from repana.similarity import Representation, cca, pwcca, similarity, svcca
 
 
 # With a = (e1 - e2)/sqrt2, b = (e3 - e4)/sqrt2, c = (e5 - e6)/sqrt2 (orthonormal, centred):
@@ -111,3 +113,85 @@ def test_eigh_route_for_float32_matches_direct_svd(rng):
     assert svcca(wide_x, wide_y, keep=10) == pytest.approx(svcca(wide_x, wide_y, keep=10, rtol=1e-7), abs=1e-9)
     assert pwcca(wide_x[:, :20], wide_y[:, :25]) == pytest.approx(
         pwcca(wide_x[:, :20], wide_y[:, :25], rtol=1e-7), abs=1e-9)
+
+
+def centred_orthonormal(rng, n, d):
+    """``(n, d)`` orthonormal columns, each summing to 0 (a basis of centred data)."""
+    block = rng.normal(size=(n, d))
+    basis, _ = np.linalg.qr(block - block.mean(axis=0))
+    return basis
+
+
+def layer_with_singular_values(rng, singular_values, n=600, offset=0.0):
+    """Centred singular values exactly ``singular_values`` (to rounding), plus a constant ``offset``."""
+    d = len(singular_values)
+    rotation, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    return centred_orthonormal(rng, n, d) @ np.diag(singular_values) @ rotation.T + offset
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.002, 10.0])  # raw moments (first two) or centred first (last)
+def test_cholesky_route_taken_exactly_by_the_documented_rule(rng, offset, monkeypatch):
+    # Every centred singular value above CHOLESKY_MIN_SINGULAR_RATIO (1e-3) of the largest: Cholesky route.
+    # Within a factor d**1.5 of the limit the cheap bound (||L^-1||_F, ||C||_F) cannot prove it and the
+    # eigenvalues decide; 1% either side of the limit falls on the documented side.
+    cca_impl = importlib.import_module("repana.similarity.cca")
+    ratio = cca_impl.CHOLESKY_MIN_SINGULAR_RATIO
+    inside = layer_with_singular_values(rng, np.geomspace(1.0, 1.01 * ratio, 10), offset=offset)
+    outside = layer_with_singular_values(rng, np.geomspace(1.0, 0.99 * ratio, 10), offset=offset)
+    comfortable = layer_with_singular_values(rng, np.geomspace(1.0, 0.5, 10), offset=offset)
+    rank_deficient = layer_with_singular_values(rng, [1.0, 0.7, 0.3, 0.1, 0.05, 0, 0, 0, 0, 0], offset=offset)
+    reps = {name: Representation(x) for name, x in
+            (("inside", inside), ("outside", outside), ("comfortable", comfortable), ("rank", rank_deficient))}
+    assert reps["inside"]._raw_moments == (offset < 1.0)
+    assert cca_impl._well_conditioned(reps["inside"], None)
+    assert "covariance_eigenvalues" in reps["inside"]._cache  # decided by the eigenvalues
+    assert not cca_impl._well_conditioned(reps["outside"], None)
+    assert cca_impl._well_conditioned(reps["comfortable"], None)
+    assert "covariance_eigenvalues" not in reps["comfortable"]._cache  # proved by the bound alone
+    assert not cca_impl._well_conditioned(reps["rank"], None)
+    y = inside @ rng.normal(size=(10, 8)) + 0.05 * rng.normal(size=(600, 8))
+    assert cca_impl._whitened_cross(Representation(inside), Representation(y), None, "cca") is not None
+    fast = cca(inside, y).coefficients, pwcca(inside, y), pwcca(inside, y, weights_from="y")
+    result = cca(rank_deficient, y)
+    assert (result.n_directions_x, result.n_directions_y) == (5, 8)  # SVD route: null directions dropped
+    monkeypatch.setattr(cca_impl, "CHOLESKY_MIN_SINGULAR_RATIO", 1.0)  # the SVD route for every layer
+    slow = cca(inside, y).coefficients, pwcca(inside, y), pwcca(inside, y, weights_from="y")
+    np.testing.assert_allclose(fast[0], slow[0], rtol=0, atol=1e-10)
+    assert fast[1] == pytest.approx(slow[1], abs=1e-10)
+    assert fast[2] == pytest.approx(slow[2], abs=1e-10)
+
+
+def test_route_decision_matches_the_singular_values(rng):
+    # Random layers around the limit: the decision equals the rule applied to numpy's singular values.
+    cca_impl = importlib.import_module("repana.similarity.cca")
+    ratio = cca_impl.CHOLESKY_MIN_SINGULAR_RATIO
+    decisions = []
+    for _ in range(40):
+        d = int(rng.integers(2, 24))
+        smallest = ratio * 10.0 ** rng.uniform(-1.0, 1.0)
+        values = np.sort(np.concatenate([[1.0, smallest], rng.uniform(smallest, 1.0, size=d - 2)]))[::-1]
+        x = layer_with_singular_values(rng, values, n=300, offset=rng.choice([0.0, 0.002, 50.0]))
+        s = np.linalg.svd(x - x.mean(axis=0), compute_uv=False)
+        if abs(s[-1] / s[0] / ratio - 1.0) < 1e-6:
+            continue
+        decisions.append(bool(s[-1] > ratio * s[0]))
+        assert cca_impl._well_conditioned(Representation(x), None) == decisions[-1]
+    assert 10 < sum(decisions) < len(decisions) - 10  # both sides covered
+
+
+def test_cholesky_route_against_the_covariance_reference_with_offsets(rng):
+    # ReLU-like layers with mean offsets inside the raw-moment limit: the fast route against canonical
+    # correlations computed in numpy from centred data (inverse square roots by eigh, as the reference does).
+    latent = rng.normal(size=(4000, 6))
+    x = np.maximum(latent @ rng.normal(size=(6, 20)) + 0.3, 0.0) + 0.2 * rng.normal(size=(4000, 20))
+    y = np.tanh(latent @ rng.normal(size=(6, 15))) + 0.4 + 0.3 * rng.normal(size=(4000, 15))
+    rx, ry = Representation(x), Representation(y)
+    assert rx._raw_moments and ry._raw_moments
+    xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
+
+    def inverse_sqrt(sigma):
+        values, vectors = np.linalg.eigh(sigma)
+        return (vectors / np.sqrt(values)) @ vectors.T
+    expected = np.linalg.svd(inverse_sqrt(xc.T @ xc) @ (xc.T @ yc) @ inverse_sqrt(yc.T @ yc), compute_uv=False)
+    np.testing.assert_allclose(cca(x, y).coefficients, expected, rtol=0, atol=1e-10)
+    assert cca(x, y).mean == pytest.approx(expected.mean(), abs=1e-12)

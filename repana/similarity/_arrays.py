@@ -98,6 +98,14 @@ def as_float64_matrix_and_max_abs(array, name: str = "X", min_datapoints: int = 
     :func:`repana.similarity.reduce_conv`), fewer than ``min_datapoints`` rows (the message says how
     many were given and needed), no features, NaN or Inf.
     """
+    tensor = as_float64_shaped_matrix(array, name, min_datapoints)
+    return tensor, finite_max_abs(tensor, name)
+
+
+def as_float64_shaped_matrix(array, name: str = "X", min_datapoints: int = 2) -> torch.Tensor:
+    """The shape checks of :func:`as_float64_matrix_and_max_abs` (same errors) on the float64 cast, values not
+    yet checked: the caller must check them (:func:`finite_max_abs`, or a pass over the data that NaN and Inf
+    provably reach) before any use."""
     tensor = as_float64_tensor(array, name)
     if tensor.ndim == 1:
         raise InputError(f"{name} is 1-D with shape {tuple(tensor.shape)}; similarity measures take "
@@ -111,13 +119,18 @@ def as_float64_matrix_and_max_abs(array, name: str = "X", min_datapoints: int = 
         raise InputError(f"{name} has 0 features (shape {tuple(tensor.shape)})")
     if n_datapoints < min_datapoints:
         raise InputError(f"{name} has {n_datapoints} datapoints; at least {min_datapoints} are needed")
+    return tensor
+
+
+def finite_max_abs(tensor: torch.Tensor, name: str = "X") -> float:
+    """Largest absolute value of ``tensor``; :class:`InputError` counting the NaN / Inf values if there are any."""
     # The extremes are finite only if every value is (one cheap pass, no temporary mask unless something is wrong).
     low, high = (float(value) for value in torch.aminmax(tensor))
     if not (math.isfinite(low) and math.isfinite(high)):
         n_bad = int((~torch.isfinite(tensor)).sum())
         raise InputError(f"{name} contains {n_bad} NaN or Inf value(s) out of {tensor.numel()}; "
                          f"similarity is undefined there (check the model's activations / inputs)")
-    return tensor, max(-low, high)
+    return max(-low, high)
 
 
 def max_abs(tensor: torch.Tensor) -> float:

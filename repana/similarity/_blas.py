@@ -1,4 +1,4 @@
-"""float64 matrix products on CPU through numpy's OpenBLAS, run with torch's thread count.
+"""float64 matrix products (and column sums) on CPU through numpy's OpenBLAS, run with torch's thread count.
 
 numpy computes ``A^T A`` / ``A A^T`` as a symmetric rank-k update (half the multiplications): for (20000, 512)
 float64 on one thread, ``X^T X`` took 340 ms against 657 ms with torch's general product, and ``X^T Y`` 521 ms
@@ -61,3 +61,26 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     finally:
         if before != wanted:
             set_threads(before)
+
+
+def column_sums(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum_i a[i, j], sum_i a[i, j]**2)``, two ``(d,)`` float64 tensors, of a float64 ``(n, d)`` matrix.
+
+    On CPU through numpy (``ones @ a``, a BLAS matrix-vector product, and ``einsum``: each one read of the
+    data, no temporary; for (5000, 64) 0.04 ms and 0.10 ms on one thread, for (20000, 512) 3.6 ms and 3.0 ms,
+    against 0.05 / 7.7 ms for torch's column sum and 70 ms for its column norms at the larger size),
+    elsewhere through torch.
+    """
+    if a.device.type == "cpu" and a.dtype == torch.float64 and a.ndim == 2:
+        values = a.numpy()
+        threads = _openblas_threads()
+        before, wanted = (threads[0](), torch.get_num_threads()) if threads is not None else (None, None)
+        if before != wanted:
+            threads[1](wanted)
+        try:
+            sums = np.ones(values.shape[0]) @ values
+        finally:
+            if before != wanted:
+                threads[1](before)
+        return torch.from_numpy(sums), torch.from_numpy(np.einsum("ij,ij->j", values, values))
+    return a.sum(dim=0), torch.einsum("ij,ij->j", a, a)

@@ -1,8 +1,14 @@
-"""One layer's activations prepared once: validated, centred in float64, with lazily cached statistics.
+"""One layer's activations prepared once: validated in float64, with lazily cached statistics.
 
 Every measure is written as a function of two :class:`Representation` objects, so a layer x layer
 comparison pays for each layer's centring, SVD, Gram or covariance matrix once, not once per pair.
 The functions of raw arrays (``cka(X, Y)`` ...) simply wrap their inputs in Representations.
+
+Centred products without the centred copy: when no feature's mean is large against its spread
+(:data:`RAW_MOMENTS_MAX_OFFSET`), ``Xc^T Xc`` and ``Xc^T Yc`` are computed from the uncentred float64 data
+as ``X^T X - n m m^T`` (one pass over memory fewer and no ``(n, d)`` copy; for float64 input the caller's
+own array is read in place). The centred array is made only when a measure needs it (SVD, Gram matrix,
+custom measures reading :attr:`Representation.centered`).
 """
 
 from __future__ import annotations
@@ -13,9 +19,9 @@ import numpy as np
 import torch
 
 from repana.errors import InputError
-from repana.similarity._arrays import (as_float64_matrix_and_max_abs, as_real_tensor, check_same_datapoints,
-                                      input_eps, max_abs)
-from repana.similarity._blas import matmul
+from repana.similarity._arrays import (as_float64_shaped_matrix, as_real_tensor, check_same_datapoints,
+                                      finite_max_abs, input_eps, max_abs)
+from repana.similarity._blas import column_sums, matmul
 
 
 #: Smallest relative rank tolerance served by the eigendecomposition route of :meth:`Representation.svd`.
@@ -27,6 +33,15 @@ EIGH_MIN_RTOL = 1e-6
 #: HSIC) neither overflow nor underflow float64. Every measure is invariant to isotropic scaling.
 SAFE_EXPONENT = 64
 
+#: Largest ``n mean_j**2 / ||Xc[:, j]||**2`` (squared mean over biased variance of a feature) for which products
+#: of centred data are computed from the uncentred data (``X^T X - n m m^T``). The rounding of ``X^T X`` scales
+#: with ``||X[:, j]||**2 = (1 + offset) ||Xc[:, j]||**2``: at an offset of 3 (a mean of up to sqrt(3) standard
+#: deviations, e.g. ReLU activations, ~0.5) the error bound is at most 2.4x that of centring first (the
+#: centred route's own bound carries ``||X[:, j]||`` through the rounding of the mean), far inside the 100x margin
+#: of the CCA tolerance (see :data:`repana.similarity.cca.CHOLESKY_MIN_SINGULAR_RATIO`). A layer with any
+#: feature beyond it is centred first, as before (float32 activations with a large mean offset).
+RAW_MOMENTS_MAX_OFFSET = 3.0
+
 #: Bandwidth conventions of the RBF kernel (``sigma`` from the median distance; see :meth:`Representation.kernel_gram`).
 BANDWIDTHS = ("median_distinct_pairs", "median_all_entries")
 
@@ -35,7 +50,8 @@ class Representation:
     """Activations ``(n_datapoints, n_features)`` centred in float64 on the input's device.
 
     Attributes:
-        centered: float64 tensor ``(n, d)``, column means removed (after the float64 cast), times ``2**scale_exponent``.
+        centered: float64 tensor ``(n, d)``, column means removed (after the float64 cast), times
+            ``2**scale_exponent``; made on first access (see the module docstring).
         scale_exponent: ``0``, or ``k`` when the activations were multiplied by ``2**k`` because their
             magnitude was beyond ``2**±SAFE_EXPONENT`` (e.g. data scaled by 1e200): the original centred
             activations are ``centered * 2.0**-k``. Only custom measures that are not scale invariant need it.
@@ -52,27 +68,49 @@ class Representation:
         if isinstance(array, Representation):
             raise InputError("already a Representation; pass it directly to the *_from_representations functions")
         source = as_real_tensor(array, name)
-        data, largest = as_float64_matrix_and_max_abs(source, name, min_datapoints=min_datapoints)
-        # A float64 source is the caller's memory (numpy, torch, a DataFrame's block): never modified. Any
-        # other dtype was copied by the cast, and that private copy is rescaled / centred in place.
+        data = as_float64_shaped_matrix(source, name, min_datapoints=min_datapoints)
+        # A float64 source is the caller's memory (numpy, torch, a DataFrame's block): never modified. Any other
+        # dtype was copied by the cast, and that private copy is rescaled in place, and centred in place when
+        # the centred data are made.
         private = source.dtype != torch.float64
         self.name = name
         self.eps = input_eps(source.dtype)
         self.n, self.d = data.shape
-        self.scale_exponent = _rescaling_exponent(largest)
+        self._cache: dict = {}
+        sums, sq_sums = column_sums(data)
+        # The values are checked by this pass: NaN and Inf reach the column sums of squares, and their largest
+        # bounds the magnitude (see _magnitude_bound). Only when it cannot vouch for finite values in the safe
+        # range does the exact check run (aminmax; the NaN / Inf error is raised there).
+        largest_bound = _magnitude_bound(sq_sums, self.n)
+        largest = finite_max_abs(data, name) if largest_bound is None else None
+        self.scale_exponent = 0 if largest is None else _rescaling_exponent(largest)
         if self.scale_exponent:
             data = _times_power_of_two(data, self.scale_exponent, inplace=private)
             largest, private = max_abs(data), True
-        mean = data.mean(dim=0, keepdim=True)
-        self.centered = data.sub_(mean) if private else data - mean
-        self._cache: dict = {}
-        norm = float(torch.linalg.vector_norm(self.centered))
+            sums, sq_sums = column_sums(data)
+        means = sums / self.n
+        offset_sq = self.n * means * means  # n m_j^2 = ||X[:, j]||^2 - ||Xc[:, j]||^2
+        # Raw moments when (1 + c) n m_j^2 <= c ||X[:, j]||^2, i.e. n m_j^2 <= c ||Xc[:, j]||^2 (c the max offset):
+        # then ||Xc[:, j]||^2 = ||X[:, j]||^2 - n m_j^2 loses at most 2 bits to cancellation. A constant nonzero
+        # column never qualifies (its offset is infinite).
+        limit = RAW_MOMENTS_MAX_OFFSET
+        self._raw_moments = bool(((1.0 + limit) * offset_sq <= limit * sq_sums).all())
+        self._raw, self._means, self._private = data, means, private
+        self._centered: torch.Tensor | None = None
+        if self._raw_moments:
+            norm = float((sq_sums - offset_sq).clamp_(min=0.0).sum()) ** 0.5
+        else:
+            largest = max_abs(data) if largest is None else largest  # before a private copy is centred in place
+            norm = float(torch.linalg.vector_norm(self.centered))
         self._cache["sq_norm"] = norm * norm
         # After centring, a constant column is 0 up to rounding of the mean (~n * eps * |value| per entry).
-        tolerance = 8 * self.n * torch.finfo(torch.float64).eps * largest * (self.n * self.d) ** 0.5
-        if norm <= tolerance:
-            raise InputError(f"{name} is constant across its {self.n} datapoints (zero variance in every "
-                             f"feature); similarity with a constant representation is undefined")
+        tolerance_per_magnitude = 8 * self.n * torch.finfo(torch.float64).eps * (self.n * self.d) ** 0.5
+        if norm <= tolerance_per_magnitude * (largest_bound if largest is None else largest):
+            if largest is None:  # decide with the exact magnitude (the bound is larger); data not centred yet
+                largest = max_abs(data)
+            if norm <= tolerance_per_magnitude * largest:
+                raise InputError(f"{name} is constant across its {self.n} datapoints (zero variance in every "
+                                 f"feature); similarity with a constant representation is undefined")
 
     @classmethod
     def _from_centered(cls, centered: torch.Tensor, name: str, eps: float,
@@ -80,13 +118,31 @@ class Representation:
         rep = cls.__new__(cls)
         rep.name, rep.eps, rep.scale_exponent = name, eps, scale_exponent
         rep.n, rep.d = centered.shape
-        rep.centered = centered
+        rep._centered, rep._raw, rep._means, rep._private, rep._raw_moments = centered, None, None, False, False
         rep._cache = {}
         return rep
 
+    @property
+    def centered(self) -> torch.Tensor:
+        """``(n, d)`` float64, column means removed; made on first access (in place for a private copy)."""
+        if self._centered is None:
+            mean = self._means[None, :]
+            self._centered = self._raw.sub_(mean) if self._private else self._raw - mean
+            if self._private:
+                self._raw = None  # its memory now holds the centred data
+        return self._centered
+
+    def _product_operand(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(A, m)`` with ``A^T B - n m_A m_B^T = Xc^T Yc``: the uncentred data and its column means when raw
+        moments are allowed and the data are still held, else the centred data and ``None`` (no correction:
+        ``Xc^T 1 = 0``, so a centred operand needs none whatever the other one is)."""
+        if self._raw_moments and self._raw is not None:
+            return self._raw, self._means
+        return self.centered, None
+
     def cross(self, other: "Representation") -> torch.Tensor:
         """``Xc^T Yc``, ``(d_x, d_y)``; the last result is kept, so several measures of one pair share it."""
-        return self._pair_cached("cross", other, lambda: matmul(self.centered.T, other.centered))
+        return self._pair_cached("cross", other, lambda: _centred_product(self, other))
 
     def basis_cross(self, other: "Representation", rtol: float | None = None) -> torch.Tensor:
         """``Ux^T Uy`` of the rank-truncated left singular bases, ``(rank_x, rank_y)``, kept like :meth:`cross`.
@@ -113,7 +169,7 @@ class Representation:
 
     @property
     def device(self) -> torch.device:
-        return self.centered.device
+        return (self._raw if self._centered is None else self._centered).device
 
     def cached(self, key, compute):
         if key not in self._cache:
@@ -183,8 +239,8 @@ class Representation:
 
     @property
     def covariance(self) -> torch.Tensor:
-        """``Xc^T Xc``, ``(d, d)`` (unnormalised)."""
-        return self.cached("covariance", lambda: matmul(self.centered.T, self.centered))
+        """``Xc^T Xc``, ``(d, d)`` (unnormalised; from the uncentred data when the module docstring allows)."""
+        return self.cached("covariance", lambda: _centred_product(self, self))
 
     @property
     def gram(self) -> torch.Tensor:
@@ -302,6 +358,7 @@ class Representation:
                 rep._cache[key] = (value[0][index], value[1], value[2])
             elif key in ("sq_norm", "linear_self_inner", "median_distance", "median_sq_distance_all_entries",
                          "covariance", "covariance_eigenvalues", "covariance_cholesky",
+                         "covariance_cholesky_inverse", "covariance_frobenius_norm",
                          "self_unbiased_hsic_feature") or (isinstance(key, tuple) and key[0] == "self_gram_inner"):
                 rep._cache[key] = value
             elif key in ("row_sq_norms", "compact"):
@@ -318,6 +375,36 @@ class Representation:
             raise InputError(f"{self.name}: the resampled datapoints are all identical (constant); "
                              f"use more datapoints")
         return Representation._from_centered(centered, self.name, self.eps, self.scale_exponent)
+
+
+def _centred_product(rx: Representation, ry: Representation) -> torch.Tensor:
+    """``Xc^T Yc`` ``(d_x, d_y)``: ``A^T B - n m_A m_B^T`` from :meth:`Representation._product_operand` (a
+    symmetric rank-k update when ``rx is ry``)."""
+    a, mean_a = rx._product_operand()
+    b, mean_b = (a, mean_a) if ry is rx else ry._product_operand()
+    product = matmul(a.T, b)
+    if mean_a is not None and mean_b is not None:
+        product.sub_(torch.outer(mean_a, mean_b), alpha=rx.n)
+    return product
+
+
+def _magnitude_bound(sq_sums: torch.Tensor, n: int) -> float | None:
+    """An upper bound on ``max |x|`` proving the data finite and without rescaling due, or None.
+
+    ``sq_sums``: ``(d,)`` column sums of squares of the ``(n, d)`` data. A NaN or Inf value makes its column's
+    sum NaN or Inf. Otherwise ``max_j ||X[:, j]||^2 / n <= max |x|^2 <= max_j ||X[:, j]||^2 = top``, so
+    ``2**-63 <= sqrt(top / n)`` and ``sqrt(top) <= 2**63`` put ``max |x|`` inside ``[2**-SAFE_EXPONENT,
+    2**SAFE_EXPONENT]`` with a factor 2 to spare for rounding (:func:`_rescaling_exponent` would return 0):
+    then ``sqrt(top)`` is returned. None (finite values not proven, or near the edges of the range) sends the
+    caller to the exact check.
+    """
+    top = float(sq_sums.max())
+    limit = 2.0 * (SAFE_EXPONENT - 1)
+    if not (math.isfinite(top) and bool(torch.isfinite(sq_sums).all())):
+        return None
+    if not (top <= 2.0 ** limit and top / n >= 2.0 ** -limit):
+        return None
+    return math.sqrt(top)
 
 
 def _rescaling_exponent(largest: float) -> int:
