@@ -86,3 +86,14 @@ def test_inputs_are_never_modified(rng):
             similarity(measure, x, torch.from_numpy(y))
         np.testing.assert_array_equal(x, x_copy)
         np.testing.assert_array_equal(y, y_copy)
+
+
+def test_reversed_numpy_views_are_accepted_by_every_input_path():
+    from repana.similarity import cca, cka, procrustes_distance
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(200, 6)), rng.normal(size=(200, 4))
+    x_reversed, y_reversed = x[::-1], y[::-1, ::-1]  # negative strides, which torch.from_numpy refuses
+    assert cka(x_reversed, y_reversed) == pytest.approx(cka(x[::-1].copy(), y[::-1, ::-1].copy()), abs=1e-12)
+    assert cca(x_reversed, y_reversed).mean == pytest.approx(cca(x, y).mean, abs=1e-10)  # a row order is irrelevant
+    assert procrustes_distance(x_reversed, x_reversed) == pytest.approx(0.0, abs=1e-12)

@@ -69,6 +69,8 @@ def as_real_tensor(array, name: str = "X") -> torch.Tensor:
                          f"(dtype {values.dtype}); convert the activations to a float array")
     if values.dtype.kind == "f" and values.dtype.itemsize > 8:  # long double: numpy only
         values = values.astype(np.float64)
+    if any(stride < 0 for stride in values.strides):  # a reversed view (x[::-1]): torch has no negative strides
+        values = values.copy()
     if not values.flags.writeable:  # e.g. a DataFrame's block under copy-on-write: never written to here
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
