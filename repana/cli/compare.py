@@ -95,6 +95,11 @@ def run(args: argparse.Namespace) -> int:
     _check_writable_folder(out)  # before any work
 
     from repana.compare import check_device, compare_models, load_inputs, model_from_factory
+    import torch
+
+    from repana.runtime import choose_threads
+
+    torch.set_num_threads(choose_threads())   # $REPANA_THREADS, else the idle cores (large matrix products)
     from repana.io import atomic_save_csv, atomic_savefig
     from repana.plots.similarity import plot_similarity_heatmap
 
