@@ -1,7 +1,28 @@
 """Process-wide CPU settings that make repana's training and evaluation faster on Linux.
 
-Two settings: freed memory kept for reuse (below), and OpenMP threads that sleep instead of spinning
-while they wait (:func:`configure_process_defaults`, at the end of this module).
+Freed memory kept for reuse (below), OpenMP threads that sleep instead of spinning while they wait
+(:func:`configure_process_defaults`), and how many torch threads a piece of work gets
+(:func:`choose_threads`).
+
+**Threads.** The rule (``REPANA_THREADS=N`` or ``threads = N`` / ``--threads N`` override it):
+
+- **one thread** when the work is small: a Conv4 forward over one task's (or batch's) images below
+  :data:`PARALLEL_MIN_MACS` multiply-adds (every Omniglot-size network: 0.08-0.85 G);
+- otherwise **the idle cores**: the CPUs of this process's affinity mask that were idle over the next
+  0.1 s (``/proc/stat``'s per-CPU tick counters: other processes' load, measured now, not the 1-minute
+  load average), rounded, at least 1, at most the usable cores (affinity, cgroup CPU quota) and
+  :data:`MAX_DEFAULT_THREADS`;
+- with ``OMP_WAIT_POLICY=PASSIVE`` set by the ``repana`` command before torch loads.
+
+Why: torch's old default (one spinning thread per core) fell off a cliff next to a busy process
+(20-75x slower: a waiting thread spins on the core the thread it waits for needs); the passive
+policy alone removed the cliff but woke a sleeping thread at every op, which made the quick preset's
+small ops 1.5-2x slower than one thread on an idle machine. One thread never waits for another: no
+cliff, and on small ops it is as fast as any setting. Large ops gain from every idle core but lose
+when a thread shares its core with another process (every op waits for that thread), hence the cores
+idle now. The count is chosen once per run (training records it in every checkpoint and a resumed run
+keeps it: results depend on the thread count), so a load that starts later is met with the passive
+policy's bounded slowdown, not the cliff. Measurements: docs/training.md, ``benchmarks/threads.py``.
 
 glibc's ``malloc`` serves large blocks (above a threshold that grows to at most 32 MiB) with ``mmap``
 and gives them back to the kernel on ``free``, and it trims freed memory at the top of its heap as
