@@ -10,8 +10,8 @@ Freed memory kept for reuse (below), OpenMP threads that sleep instead of spinni
   :data:`PARALLEL_MIN_MACS` multiply-adds (every Omniglot-size network: 0.08-0.85 G);
 - otherwise **the idle cores**: the CPUs of this process's affinity mask that were idle over the next
   0.1 s (``/proc/stat``'s per-CPU tick counters: other processes' load, measured now, not the 1-minute
-  load average), rounded, at least 1, at most the usable cores (affinity, cgroup CPU quota) and
-  :data:`MAX_DEFAULT_THREADS`;
+  load average), rounded, at least 1, at most the usable cores (affinity, physical cores, cgroup CPU
+  quota) and :data:`MAX_DEFAULT_THREADS`;
 - with ``OMP_WAIT_POLICY=PASSIVE`` set by the ``repana`` command before torch loads.
 
 Why: torch's old default (one spinning thread per core) fell off a cliff next to a busy process
@@ -155,11 +155,28 @@ def _affinity() -> set[int] | None:
         return None
 
 
+def _physical_cores(cpus: set[int], sysfs: str = "/sys/devices/system/cpu") -> int | None:
+    """Distinct physical cores among the logical ``cpus`` (SMT siblings counted once), None if unknown."""
+    cores = set()
+    for cpu in cpus:
+        try:
+            with open(f"{sysfs}/cpu{cpu}/topology/thread_siblings_list", encoding="ascii") as handle:
+                cores.add(handle.read().strip())
+        except OSError:
+            return None
+    return len(cores) or None
+
+
 def usable_cores() -> int:
-    """CPUs this process may use: its affinity mask (taskset, cpusets, cluster jobs), at most the
-    cgroup's CPU quota (containers), where the system tells."""
+    """Cores this process may use: its affinity mask (taskset, cpusets, cluster jobs), counting SMT
+    siblings (hyper-threads) of one core once, at most the cgroup's CPU quota (containers), where the
+    system tells. A second hyper-thread on a core shares its arithmetic units: little gain for
+    convolutions and matrix products, and one more thread to wait for at every op."""
     affinity = _affinity()
     cores = len(affinity) if affinity else (os.cpu_count() or 1)
+    physical = _physical_cores(affinity) if affinity else None
+    if physical:
+        cores = min(cores, physical)
     limit = _cgroup_cpu_limit()
     return max(1, min(cores, limit) if limit else cores)
 

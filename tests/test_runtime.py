@@ -143,6 +143,7 @@ def test_default_threads_follow_the_affinity_mask_and_the_cgroup_quota(monkeypat
     monkeypatch.delenv("REPANA_THREADS", raising=False)
     monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
     monkeypatch.setattr(runtime, "_cgroup_cpu_limit", lambda: None)
+    monkeypatch.setattr(runtime, "_physical_cores", lambda cpus: None)
     assert runtime.usable_cores() == 6 and runtime.default_threads() == 6
     monkeypatch.setattr(runtime, "_cgroup_cpu_limit", lambda: 3)
     assert runtime.usable_cores() == 3
@@ -174,6 +175,20 @@ def test_a_fresh_process_gets_the_passive_wait_policy_before_torch_loads():
 
 QUICK_NET = {"in_channels": 1, "n_classes": 5, "hidden": 32, "image_size": 28, "pooling": "max", "bn_stats": "batch"}
 MINI_NET = {"in_channels": 3, "n_classes": 5, "hidden": 32, "image_size": 84, "pooling": "max", "bn_stats": "batch"}
+
+
+def test_hyper_threads_of_one_core_count_once(tmp_path, monkeypatch):
+    for cpu, siblings in enumerate(["0,4", "1,5", "2,6", "3,7", "0,4", "1,5", "2,6", "3,7"]):
+        (tmp_path / f"cpu{cpu}" / "topology").mkdir(parents=True)
+        (tmp_path / f"cpu{cpu}" / "topology" / "thread_siblings_list").write_text(siblings + "\n")
+    assert runtime._physical_cores(set(range(8)), str(tmp_path)) == 4
+    assert runtime._physical_cores({0, 4}, str(tmp_path)) == 1        # one core's two hyper-threads
+    assert runtime._physical_cores({0, 9}, str(tmp_path)) is None      # unknown CPU: no claim
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(runtime, "_cgroup_cpu_limit", lambda: None)
+    real = runtime._physical_cores
+    monkeypatch.setattr(runtime, "_physical_cores", lambda cpus: real(cpus, str(tmp_path)))
+    assert runtime.usable_cores() == 4
 
 
 def test_conv4_multiply_adds_are_the_hand_counted_ones():
