@@ -283,7 +283,10 @@ def conv4_macs_per_image(in_channels: int, hidden: int, image_size: int, pooling
 
 def conv4_threads(model_config: dict, images: int, environ=None) -> int:
     """:func:`choose_threads` for a Conv4 (``model_config``: its ``config``) run on ``images`` images
-    at a time (one task: ways x (shots + queries); a classification batch)."""
+    at a time (one task: ways x (shots + queries); a classification batch). Another architecture
+    (``arch`` other than conv4, e.g. the residual network) counts as large work."""
+    if model_config.get("arch", "conv4") != "conv4":
+        return choose_threads(None, environ)
     return choose_threads(conv4_macs_per_image(**model_config) * int(images), environ)
 
 

@@ -264,6 +264,7 @@ def test_repana_threads_overrides_the_rule(monkeypatch):
     assert runtime.choose_threads(2.7e9, environ={"REPANA_THREADS": "0"}) == 2   # 0: automatic
     assert runtime.conv4_threads(MINI_NET, 100, environ={}) == 2
     assert runtime.conv4_threads(QUICK_NET, 80, environ={}) == 1
+    assert runtime.conv4_threads({**QUICK_NET, "arch": "resnet", "n_blocks": 3}, 80, environ={}) == 2   # not a Conv4: large
     for bad, message in (("many", "whole number of threads"), ("-2", "must not be negative")):
         with pytest.raises(ConfigError, match=f"REPANA_THREADS = .*{message}"):
             runtime.choose_threads(environ={"REPANA_THREADS": bad})
