@@ -348,3 +348,28 @@ def test_evaluate_and_predict_commands_use_the_automatic_count(monkeypatch):
     monkeypatch.setenv("REPANA_THREADS", "2")
     _use_automatic_threads(QUICK_NET, 80)
     assert torch.get_num_threads() == 2
+
+
+def test_similarity_products_use_openblas_only_on_one_thread(monkeypatch):
+    import torch
+
+    from repana.similarity import _blas
+
+    if _blas._openblas_threads() is None:
+        pytest.skip("numpy's BLAS is not an OpenBLAS with a settable thread count")
+    get_threads, set_threads = _blas._openblas_threads()
+    pool, calls = get_threads(), []
+    set_threads(2)   # as numpy starts it on 2 cores (OMP_NUM_THREADS); restored below
+    monkeypatch.setattr(_blas, "_openblas_threads", lambda: (get_threads, lambda n: (calls.append(n), set_threads(n))))
+    x = torch.randn(300, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    expected = (x.T.numpy() @ x.numpy())
+    torch.set_num_threads(1)
+    try:
+        assert torch.allclose(_blas.matmul(x.T, x), torch.from_numpy(expected))
+    finally:
+        set_threads(pool)
+    assert calls == [1, 2]          # numpy on one OpenBLAS thread, the pool's count restored afterwards
+    calls.clear()
+    torch.set_num_threads(2)        # more threads: torch's passive OpenMP pool, not OpenBLAS's spinning one
+    assert torch.allclose(_blas.matmul(x.T, x), torch.from_numpy(expected))
+    assert calls == []
