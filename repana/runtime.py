@@ -4,7 +4,8 @@ Freed memory kept for reuse (below), OpenMP threads that sleep instead of spinni
 (:func:`configure_process_defaults`), and how many torch threads a piece of work gets
 (:func:`choose_threads`).
 
-**Threads.** The rule (``REPANA_THREADS=N`` or ``threads = N`` / ``--threads N`` override it):
+**Threads.** The rule (``threads = N`` / ``--threads N``, ``REPANA_THREADS=N`` or an ``OMP_NUM_THREADS``
+set outside repana override it):
 
 - **one thread** when the work is small: a Conv4 forward over one task's (or batch's) images below
   :data:`PARALLEL_MIN_MACS` multiply-adds (every Omniglot-size network: 0.08-0.85 G);
@@ -50,7 +51,7 @@ from repana.errors import ConfigError
 
 __all__ = ["retain_freed_memory", "retain_freed_memory_from_env", "DEFAULT_RETAIN_BYTES", "ENV_VAR",
            "configure_process_defaults", "usable_cores", "default_threads", "THREAD_ENV_DEFAULTS",
-           "MAX_DEFAULT_THREADS", "THREADS_ENV", "PARALLEL_MIN_MACS", "threads_from_env", "idle_cores",
+           "MAX_DEFAULT_THREADS", "THREADS_ENV", "PARALLEL_MIN_MACS", "threads_from_env", "explicit_threads", "idle_cores",
            "thread_rule", "choose_threads", "conv4_macs_per_image", "conv4_threads"]
 
 DEFAULT_RETAIN_BYTES = 1 << 30   # 1 GiB: every map of the paper's networks at CPU batch sizes fits
@@ -126,6 +127,8 @@ THREAD_ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 MAX_DEFAULT_THREADS = 8
 #: ``REPANA_THREADS=N``: N torch threads for every repana command and ``threads = 0`` training run.
 THREADS_ENV = "REPANA_THREADS"
+# OMP_NUM_THREADS value that configure_process_defaults set (inherited by child processes): not the user's
+_DEFAULTED_ENV = "REPANA_DEFAULT_OMP_NUM_THREADS"
 #: Convolution multiply-adds of one forward pass over one task's (or batch's) images from which more than one
 #: thread pays (see :func:`choose_threads`): an Omniglot-size task is 0.08-0.25 G (one thread), a
 #: MiniImageNet-size one 2.2-2.7 G (the idle cores).
@@ -186,6 +189,25 @@ def default_threads() -> int:
     ``$REPANA_THREADS`` when set, else the usable cores, at most :data:`MAX_DEFAULT_THREADS`. Training
     and evaluation then choose per network (:func:`choose_threads`)."""
     return threads_from_env() or min(usable_cores(), MAX_DEFAULT_THREADS)
+
+
+def explicit_threads(environ=None) -> tuple[int, str] | None:
+    """A thread count the user gave in the environment, and its variable: ``$REPANA_THREADS``, else an
+    ``OMP_NUM_THREADS`` that repana did not set itself (a shell export, a cluster job script, ``torchrun``'s
+    1 per process); None when neither (repana's rule decides)."""
+    environ = os.environ if environ is None else environ
+    from_env = threads_from_env(environ)
+    if from_env:
+        return from_env, THREADS_ENV
+    omp = environ.get("OMP_NUM_THREADS", "").strip()
+    if omp and omp != environ.get(_DEFAULTED_ENV):
+        try:
+            count = int(omp.split(",")[0])   # OpenMP's nested list "4,2": the outer level
+        except ValueError:
+            return None   # not a count OpenMP understands either: leave it to the rule
+        if count > 0:
+            return count, "OMP_NUM_THREADS"
+    return None
 
 
 def threads_from_env(environ=None) -> int | None:
@@ -252,7 +274,8 @@ def thread_rule(work_macs: float | None, usable: int, idle: float | None, cap: i
 
 
 def choose_threads(work_macs: float | None = None, environ=None) -> int:
-    """repana's torch thread count for a piece of work: ``$REPANA_THREADS`` when set, else
+    """repana's torch thread count for a piece of work: the user's count when given
+    (:func:`explicit_threads`: ``$REPANA_THREADS``, or ``OMP_NUM_THREADS`` set outside repana), else
     :func:`thread_rule` with this machine's usable cores and the cores idle right now (watched for
     :data:`IDLE_SAMPLE_S` seconds, only when the work is large enough to want them).
 
@@ -263,9 +286,9 @@ def choose_threads(work_macs: float | None = None, environ=None) -> int:
     thread shares its core with another process (the others wait for it at the end of each op), hence
     the idle cores, not all of them.
     """
-    from_env = threads_from_env(environ)
-    if from_env:
-        return from_env
+    given = explicit_threads(environ)
+    if given:
+        return given[0]
     large = work_macs is None or work_macs >= PARALLEL_MIN_MACS
     return thread_rule(work_macs, usable_cores(), idle_cores() if large else None)
 
@@ -310,4 +333,6 @@ def configure_process_defaults(environ=None) -> dict[str, str]:
         if not environ.get(name):
             environ[name] = value
             changed[name] = value
+    if "OMP_NUM_THREADS" in changed:
+        environ[_DEFAULTED_ENV] = changed["OMP_NUM_THREADS"]   # repana's default, not an explicit count
     return {} if "torch" in sys.modules else changed

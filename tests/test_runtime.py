@@ -132,7 +132,8 @@ def test_process_defaults_fill_only_what_the_user_left_unset(monkeypatch):
     monkeypatch.setattr(runtime, "usable_cores", lambda: 32)
     environ = {"OMP_WAIT_POLICY": "ACTIVE"}
     runtime.configure_process_defaults(environ)
-    assert environ == {"OMP_WAIT_POLICY": "ACTIVE", "KMP_BLOCKTIME": "0", "OMP_NUM_THREADS": "8"}
+    assert environ == {"OMP_WAIT_POLICY": "ACTIVE", "KMP_BLOCKTIME": "0", "OMP_NUM_THREADS": "8",
+                       "REPANA_DEFAULT_OMP_NUM_THREADS": "8"}   # marks the 8 as repana's, not the user's
     # torch is imported in this process: nothing could take effect here
     assert runtime.configure_process_defaults({}) == {}
 
@@ -273,6 +274,24 @@ def test_repana_threads_overrides_the_rule(monkeypatch):
     assert environ["OMP_NUM_THREADS"] == "3"
 
 
+def test_an_omp_num_threads_set_outside_repana_counts_as_the_users(monkeypatch):
+    monkeypatch.setattr(runtime, "idle_cores", lambda *a, **k: 2.0)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)
+    # a job script's or torchrun's count wins over the rule, for small and large work
+    assert runtime.choose_threads(2.7e9, environ={"OMP_NUM_THREADS": "1"}) == 1
+    assert runtime.choose_threads(1e6, environ={"OMP_NUM_THREADS": "4"}) == 4
+    assert runtime.explicit_threads({"OMP_NUM_THREADS": "3,1"}) == (3, "OMP_NUM_THREADS")
+    assert runtime.explicit_threads({"OMP_NUM_THREADS": "3", "REPANA_THREADS": "2"}) == (2, "REPANA_THREADS")
+    assert runtime.explicit_threads({"OMP_NUM_THREADS": "lots"}) is None
+    # the default the repana command sets (and its child processes inherit) is not a choice of the user's
+    environ = {}
+    runtime.configure_process_defaults(environ)
+    assert environ["OMP_NUM_THREADS"] == "2" and runtime.explicit_threads(environ) is None
+    assert runtime.choose_threads(1e6, environ=environ) == 1
+    environ["OMP_NUM_THREADS"] = "1"   # changed afterwards: the user's again
+    assert runtime.explicit_threads(environ) == (1, "OMP_NUM_THREADS")
+
+
 def test_small_work_never_watches_the_cpus(monkeypatch):
     def watched(*args, **kwargs):
         raise AssertionError("idle_cores called for small work")
@@ -302,6 +321,7 @@ def test_training_threads_come_from_config_env_checkpoint_or_the_rule(monkeypatc
     assert training_threads(quick, recorded, environ={}) == (4, "checkpoint")
     assert training_threads(quick, recorded, environ={"REPANA_THREADS": "2"}) == (2, "REPANA_THREADS")
     assert training_threads(quick, SimpleNamespace(runtime={}), environ={}) == (1, "automatic")   # older checkpoints
+    assert training_threads(mini, recorded, environ={"OMP_NUM_THREADS": "1"}) == (1, "OMP_NUM_THREADS")
 
 
 def test_a_run_records_its_automatic_thread_count_and_resume_keeps_it(tmp_path, monkeypatch):
@@ -311,8 +331,8 @@ def test_a_run_records_its_automatic_thread_count_and_resume_keeps_it(tmp_path, 
     from repana.meta.checkpoint import load_checkpoint
     from repana.meta.train import StopTraining, train
 
-    monkeypatch.delenv("REPANA_THREADS", raising=False)
-    monkeypatch.delenv("REPANA_ALLOW_THREAD_CHANGE", raising=False)
+    for name in ("REPANA_THREADS", "REPANA_ALLOW_THREAD_CHANGE", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
     torch.set_num_threads(2)   # the process's setting no longer decides (conftest restores it)
     summary = train(small_config(), tmp_path / "auto", data=small_data(), show_progress=False)
     assert summary.threads == 1    # a tiny network: one thread
@@ -342,6 +362,7 @@ def test_evaluate_and_predict_commands_use_the_automatic_count(monkeypatch):
     from repana.cli.evaluate import _use_automatic_threads
 
     monkeypatch.delenv("REPANA_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     torch.set_num_threads(2)
     _use_automatic_threads(QUICK_NET, 80)
     assert torch.get_num_threads() == 1

@@ -261,16 +261,17 @@ def images_per_forward(config: TrainConfig) -> int:
 
 def training_threads(config: TrainConfig, resume_from: Checkpoint | None = None, environ=None) -> tuple[int, str]:
     """The torch CPU thread count of a run and where it comes from: ``config.threads`` ("config"),
-    ``$REPANA_THREADS`` ("REPANA_THREADS"), the count the resumed checkpoint records ("checkpoint": a
+    ``$REPANA_THREADS`` ("REPANA_THREADS"), an ``OMP_NUM_THREADS`` set outside repana ("OMP_NUM_THREADS":
+    a job script, ``torchrun``), the count the resumed checkpoint records ("checkpoint": a
     resumed run continues bit-identically), else :func:`repana.runtime.conv4_threads` ("automatic": one
     thread for Omniglot-size networks, the idle cores for MiniImageNet-size ones; docs/training.md)."""
-    from repana.runtime import THREADS_ENV, conv4_threads, threads_from_env
+    from repana.runtime import conv4_threads, explicit_threads
 
     if config.threads:
         return int(config.threads), "config"
-    from_env = threads_from_env(environ)
-    if from_env:
-        return from_env, THREADS_ENV
+    given = explicit_threads(environ)
+    if given:
+        return given
     saved = resume_from.runtime.get("threads") if resume_from is not None else None
     if saved:
         return int(saved), "checkpoint"
