@@ -86,12 +86,12 @@ class thread_count:
     # the setting's thread count, or (setting "new") repana's automatic choice for this network / work
 
     def __init__(self, model, images):
-        from repana.runtime import choose_threads, conv4_threads
+        from repana.runtime import conv4_threads, similarity_threads
         self.before = torch.get_num_threads()
         if threads:
             self.chosen = threads
         elif spec["setting"] == "new":
-            self.chosen = choose_threads() if model is None else conv4_threads(model.config, images)
+            self.chosen = similarity_threads() if model is None else conv4_threads(model.config, images)
         else:
             self.chosen = self.before   # "old": torch's default
 

@@ -9,7 +9,10 @@ set outside repana override it):
 
 - **one thread** when the work is small: a Conv4 forward over one task's (or batch's) images below
   :data:`PARALLEL_MIN_MACS` multiply-adds (every Omniglot-size network: 0.08-0.85 G);
-- otherwise **the idle cores**: the CPUs of this process's affinity mask that were idle over the next
+- **one thread** for the similarity measures (``repana compare``, :func:`similarity_threads`): at
+  5000x512 a second thread gained nothing for CKA and halved CCA's speed;
+- otherwise (MiniImageNet-size convolutions) **the idle cores**: the CPUs of this process's affinity mask
+  that were idle over the next
   0.1 s (``/proc/stat``'s per-CPU tick counters: other processes' load, measured now, not the 1-minute
   load average), rounded, at least 1, at most the usable cores (affinity, physical cores, cgroup CPU
   quota) and :data:`MAX_DEFAULT_THREADS`;
@@ -52,7 +55,7 @@ from repana.errors import ConfigError
 __all__ = ["retain_freed_memory", "retain_freed_memory_from_env", "DEFAULT_RETAIN_BYTES", "ENV_VAR",
            "configure_process_defaults", "usable_cores", "default_threads", "THREAD_ENV_DEFAULTS",
            "MAX_DEFAULT_THREADS", "THREADS_ENV", "PARALLEL_MIN_MACS", "threads_from_env", "explicit_threads", "idle_cores",
-           "thread_rule", "choose_threads", "conv4_macs_per_image", "conv4_threads"]
+           "thread_rule", "choose_threads", "similarity_threads", "conv4_macs_per_image", "conv4_threads"]
 
 DEFAULT_RETAIN_BYTES = 1 << 30   # 1 GiB: every map of the paper's networks at CPU batch sizes fits
 ENV_VAR = "REPANA_RETAIN_FREED_MIB"
@@ -262,8 +265,8 @@ def idle_cores(sample_s: float = IDLE_SAMPLE_S, stat_path: str = "/proc/stat", c
 def thread_rule(work_macs: float | None, usable: int, idle: float | None, cap: int = MAX_DEFAULT_THREADS) -> int:
     """The automatic thread count (pure; :func:`choose_threads` feeds it the machine's numbers).
 
-    ``work_macs``: multiply-adds of one parallel unit of work (one task's conv forward; None: large, e.g.
-    the matrix products of the similarity measures). Below :data:`PARALLEL_MIN_MACS`: 1 thread. Else the
+    ``work_macs``: multiply-adds of one parallel unit of work (one task's conv forward; None: unknown,
+    taken as large). Below :data:`PARALLEL_MIN_MACS`: 1 thread. Else the
     idle cores rounded (``idle``, None: unknown, taken as all ``usable``), at least 1, at most ``usable``
     and ``cap``.
     """
@@ -280,9 +283,9 @@ def choose_threads(work_macs: float | None = None, environ=None) -> int:
     :data:`IDLE_SAMPLE_S` seconds, only when the work is large enough to want them).
 
     Why (measured with benchmarks/threads.py on 2 cores, docs/training.md): one thread never waits for
-    another, so it has no cliff next to a busy core, and on the small ops of Omniglot-size networks it is
-    within a few percent of the fastest setting on an idle machine (two spinning threads 1.06x). Large
-    ops (MiniImageNet-size convolutions, 5000x512 products) gain from every idle core, and lose when a
+    another, so it has no cliff; on the small ops of Omniglot-size networks it was the fastest cliff-free
+    setting (two spinning threads were up to 1.5x faster on a quiet machine and 20-60x slower next to a
+    busy process). MiniImageNet-size convolutions gained 1.4x from a second idle core, and lose when a
     thread shares its core with another process (the others wait for it at the end of each op), hence
     the idle cores, not all of them.
     """
@@ -291,6 +294,16 @@ def choose_threads(work_macs: float | None = None, environ=None) -> int:
         return given[0]
     large = work_macs is None or work_macs >= PARALLEL_MIN_MACS
     return thread_rule(work_macs, usable_cores(), idle_cores() if large else None)
+
+
+def similarity_threads(environ=None) -> int:
+    """Torch threads for the similarity measures (``repana compare``): the user's count when given
+    (:func:`explicit_threads`), else 1. Measured on 2 cores, 5000x512 float32 layers: CKA took the same time
+    on 2 threads as on one (numpy's symmetric rank-k products on one thread do half the multiplications of
+    torch's general ones) and CCA twice as long (its Cholesky, triangular solves and SVD of 512x512
+    matrices gain nothing from a second thread and pay its wake-ups); docs/training.md."""
+    given = explicit_threads(environ)
+    return given[0] if given else 1
 
 
 def conv4_macs_per_image(in_channels: int, hidden: int, image_size: int, pooling: str = "max", **_) -> int:

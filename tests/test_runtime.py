@@ -212,7 +212,7 @@ def test_conv4_multiply_adds_are_the_hand_counted_ones():
     (2.7e9, 64, 40.0, 8),      # a big idle server: at most MAX_DEFAULT_THREADS
     (2.7e9, 64, 3.2, 3),       # a shared server: what is idle
     (2.7e9, 4, 12.0, 4),       # never more than the usable cores (cgroup quota, affinity)
-    (None, 2, 2.0, 2),         # similarity products (no network): large
+    (None, 2, 2.0, 2),         # work of unknown size: large
     (None, 6, None, 6),        # load unknown (no /proc/stat): the usable cores
 ])
 def test_thread_rule(work, usable, idle, expected):
@@ -265,6 +265,8 @@ def test_repana_threads_overrides_the_rule(monkeypatch):
     assert runtime.choose_threads(2.7e9, environ={"REPANA_THREADS": "0"}) == 2   # 0: automatic
     assert runtime.conv4_threads(MINI_NET, 100, environ={}) == 2
     assert runtime.conv4_threads(QUICK_NET, 80, environ={}) == 1
+    assert runtime.similarity_threads(environ={}) == 1
+    assert runtime.similarity_threads(environ={"REPANA_THREADS": "2"}) == 2
     assert runtime.conv4_threads({**QUICK_NET, "arch": "resnet", "n_blocks": 3}, 80, environ={}) == 2   # not a Conv4: large
     for bad, message in (("many", "whole number of threads"), ("-2", "must not be negative")):
         with pytest.raises(ConfigError, match=f"REPANA_THREADS = .*{message}"):

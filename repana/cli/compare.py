@@ -97,9 +97,9 @@ def run(args: argparse.Namespace) -> int:
     from repana.compare import check_device, compare_models, load_inputs, model_from_factory
     import torch
 
-    from repana.runtime import choose_threads
+    from repana.runtime import similarity_threads
 
-    torch.set_num_threads(choose_threads())   # $REPANA_THREADS, else the idle cores (large matrix products)
+    torch.set_num_threads(similarity_threads())   # the user's count, else 1 (repana.runtime: measured)
     from repana.io import atomic_save_csv, atomic_savefig
     from repana.plots.similarity import plot_similarity_heatmap
 
