@@ -115,8 +115,9 @@ def run(args) -> int:
     from repana.cli.evaluate import _use_automatic_threads
 
     first = next(iter(networks.values()))   # torch threads for its network and episodes (repana.runtime)
-    config = first.train_config()
-    _use_automatic_threads(first.model_config, config.ways * (config.shots + config.queries_test))
+    if getattr(analysis, "kind", "meta") != "rl" and hasattr(first, "train_config"):   # RL policies: unchanged
+        config = first.train_config()
+        _use_automatic_threads(first.model_config, config.ways * (config.shots + config.queries_test))
     tables = analysis.compute(context)
     analysis.check_table_names(tables)
     out = Path(args.out)
