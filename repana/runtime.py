@@ -22,7 +22,8 @@ Why: torch's old default (one spinning thread per core) fell off a cliff next to
 (20-75x slower: a waiting thread spins on the core the thread it waits for needs); the passive
 policy alone removed the cliff but woke a sleeping thread at every op, which made the quick preset's
 small ops 1.5-2x slower than one thread on an idle machine. One thread never waits for another: no
-cliff, and on small ops it is as fast as any setting. Large ops gain from every idle core but lose
+cliff, and on small ops only spinning threads on a quiet machine beat it (1.06-1.4x). Large ops gain
+from every idle core (a MiniImageNet-size MAML step 1.3-1.4x from a second one) but lose
 when a thread shares its core with another process (every op waits for that thread), hence the cores
 idle now. The count is chosen once per run (training records it in every checkpoint and a resumed run
 keeps it: results depend on the thread count), so a load that starts later is met with the passive
