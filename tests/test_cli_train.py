@@ -25,7 +25,7 @@ def test_train_resume_and_evaluate(tmp_path, capsys):
     run = tmp_path / "quick"
     assert main(["train", "--preset", "quick", "--iterations", "4", *TINY, "--out", str(run)]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"anil quick: 4 steps in [\d.]+ s, .*val accuracy [\d.]+% ± [\d.]+", out)
+    assert re.search(r"anil quick: 4 steps in [\d.]+ s on 1 thread, .*val accuracy [\d.]+% ± [\d.]+", out)
     assert load_checkpoint(run / "checkpoints" / "latest.pt").step == 4
 
     # resume from the run folder alone, extending it to 6 steps

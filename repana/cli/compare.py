@@ -95,6 +95,11 @@ def run(args: argparse.Namespace) -> int:
     _check_writable_folder(out)  # before any work
 
     from repana.compare import check_device, compare_models, load_inputs, model_from_factory
+    import torch
+
+    from repana.runtime import similarity_threads
+
+    torch.set_num_threads(similarity_threads())   # the user's count, else 1 (repana.runtime: measured)
     from repana.io import atomic_save_csv, atomic_savefig
     from repana.plots.similarity import plot_similarity_heatmap
 

@@ -46,7 +46,8 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default="reproduce", metavar="DIR", help="output folder (default ./reproduce)")
     parser.add_argument("--analyses", metavar="DIR", help="folder of analysis entries (default: analyses/ of the source)")
     parser.add_argument("--threads", type=int, metavar="N",
-                        help="torch CPU threads (default: torch's choice; use 1 on a machine shared with other jobs)")
+                        help="torch CPU threads (default: $REPANA_THREADS, else automatic: 1 for Omniglot-size networks, the "
+                             "idle cores for MiniImageNet-size ones; docs/training.md)")
     parser.add_argument("--only", nargs="+", action="extend", metavar="NAME",
                         help="run only these analyses, e.g. --only freezing convergence (or NAME,NAME)")
     parser.add_argument("--setting", nargs="+", action="extend", metavar="NwayKshot",

@@ -200,7 +200,8 @@ def run(args: argparse.Namespace) -> int:
     if dist is None or dist.rank == 0:
         val = ("" if summary.val_accuracy is None
                else f", val accuracy {100 * summary.val_accuracy:.2f}% ± {100 * summary.val_ci95:.2f}")
-        print(f"{config.algorithm} {config.name}: {summary.steps} steps in {summary.elapsed_s:.1f} s, "
+        threads = f" on {summary.threads} thread{'s' if summary.threads != 1 else ''}" if summary.threads else ""
+        print(f"{config.algorithm} {config.name}: {summary.steps} steps in {summary.elapsed_s:.1f} s{threads}, "
               f"train loss {summary.train_loss:.4f}, train accuracy {100 * summary.train_accuracy:.2f}%"
               f"{val}; run folder {summary.run_dir}")
     return 0

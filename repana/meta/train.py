@@ -61,6 +61,7 @@ class RunSummary:
     elapsed_s: float                            # training time in seconds, across resumes
     checkpoints: list[Path] = field(default_factory=list)
     already_complete: bool = False              # resumed a run that had reached its iterations
+    threads: int = 0                            # torch CPU threads the run trained with (training_threads)
 
 
 # ----- determinism helpers -----
@@ -251,6 +252,32 @@ def _check_resume_threads(checkpoint: Checkpoint, threads: int, allow_change: bo
         f"(train(..., allow_thread_change=True)) to continue with {threads} threads anyway")
 
 
+def images_per_forward(config: TrainConfig) -> int:
+    """Images one forward pass of training sees: one task's ways x (shots + queries), or a multiclass batch."""
+    if config.algorithm == "multiclass":
+        return config.batch_size
+    return config.ways * (config.shots + config.queries_train)
+
+
+def training_threads(config: TrainConfig, resume_from: Checkpoint | None = None, environ=None) -> tuple[int, str]:
+    """The torch CPU thread count of a run and where it comes from: ``config.threads`` ("config"),
+    ``$REPANA_THREADS`` ("REPANA_THREADS"), an ``OMP_NUM_THREADS`` set outside repana ("OMP_NUM_THREADS":
+    a job script, ``torchrun``), the count the resumed checkpoint records ("checkpoint": a
+    resumed run continues bit-identically), else :func:`repana.runtime.conv4_threads` ("automatic": one
+    thread for Omniglot-size networks, the idle cores for MiniImageNet-size ones; docs/training.md)."""
+    from repana.runtime import conv4_threads, explicit_threads
+
+    if config.threads:
+        return int(config.threads), "config"
+    given = explicit_threads(environ)
+    if given:
+        return given
+    saved = resume_from.runtime.get("threads") if resume_from is not None else None
+    if saved:
+        return int(saved), "checkpoint"
+    return conv4_threads(config.model_config(), images_per_forward(config), environ), "automatic"
+
+
 def _last_train_row(path: Path) -> dict:
     """The last ``train`` row of a metrics.csv as floats (empty when there is none)."""
     if not path.exists():
@@ -302,7 +329,9 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, device
     ``reset(keep_through_step)`` and ``append(step, split, loss, accuracy, elapsed)`` (e.g.
     :class:`repana.tensorboard.TensorBoardLog`). ``allow_thread_change``: resume with another torch
     thread count than the run's checkpoint records (default: ``$REPANA_ALLOW_THREAD_CHANGE`` = 1; else a
-    ConfigError, as results are bit-identical only at the same count). Returns a :class:`RunSummary`.
+    ConfigError, as results are bit-identical only at the same count). Torch threads while training:
+    :func:`training_threads` (``config.threads = 0``: automatic, or the resumed checkpoint's count).
+    Returns a :class:`RunSummary`.
     """
     from repana.models import build_model
     from repana.meta.evaluate import evaluate
@@ -322,12 +351,14 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, device
         resume_from = find_resume_checkpoint(run_dir)
         if resume_from is not None:
             _check_resume_config(resume_from.train_config(), config, run_dir)
-            if allow_thread_change is None:
-                allow_thread_change = os.environ.get(ALLOW_THREAD_CHANGE_ENV, "") not in ("", "0")
-            _check_resume_threads(resume_from, config.threads or torch.get_num_threads(), allow_thread_change)
     elif ckpt_dir.exists() and list_step_checkpoints(ckpt_dir) or (ckpt_dir / "latest.pt").exists():
         raise ConfigError(f"run folder {run_dir} already holds checkpoints: pass resume=True "
                           "(--resume) to continue it, or choose another output folder")
+    threads, threads_source = training_threads(config, resume_from)
+    if resume_from is not None and threads_source != "checkpoint":   # an explicit count: exact only if equal
+        if allow_thread_change is None:
+            allow_thread_change = os.environ.get(ALLOW_THREAD_CHANGE_ENV, "") not in ("", "0")
+        _check_resume_threads(resume_from, threads, allow_thread_change)
 
     data = data if data is not None else load_data(config)
     algorithm = algorithm if algorithm is not None else make_algorithm(config)
@@ -362,7 +393,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, device
                                                           float(resume_from.metrics.get("train_accuracy", "nan"))),
                               val_accuracy=resume_from.metrics.get("val_accuracy"),
                               val_ci95=resume_from.metrics.get("val_ci95"), elapsed_s=elapsed_before,
-                              already_complete=True)
+                              already_complete=True, threads=threads)
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.toml", to_toml(config))
@@ -401,8 +432,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, device
             old.unlink(missing_ok=True)
 
     threads_before = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    torch.set_num_threads(threads)   # recorded in every checkpoint (runtime_record): resume keeps it
     bar = progress(total=config.iterations, initial=start, desc=f"{config.algorithm} {config.name}",
                    enabled=show_progress if writer else False, unit="step")
     model.train()
@@ -456,4 +486,4 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, device
         torch.set_num_threads(threads_before)
     return RunSummary(run_dir=run_dir, steps=steps_done, resumed_from=start, train_loss=last["loss"],
                       train_accuracy=last["accuracy"], val_accuracy=val_accuracy, val_ci95=val_ci,
-                      elapsed_s=elapsed(), checkpoints=saved)
+                      elapsed_s=elapsed(), checkpoints=saved, threads=threads)
