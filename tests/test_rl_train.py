@@ -193,3 +193,58 @@ def test_cli_reports_rl_errors_in_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and err.startswith("repana evaluate: error:") and "Traceback" not in err
     assert main(["train", "--preset", "rl-ant", "--out", str(tmp_path / "x")]) == 1
     assert "unknown RL preset 'rl-ant'; choose one of rl-2dnav" in capsys.readouterr().err
+
+
+# ----- integrity and threads (issue 17, items 3 and 5, on RL runs) -----
+
+def test_rl_checkpoint_carries_a_checksum_verified_on_load(tmp_path, keep_torch_threads):
+    train_rl(RLConfig(**TINY_NAV, iterations=1), tmp_path / "run", progress_bar=False)
+    latest = tmp_path / "run" / "checkpoints" / "latest.pt"
+    payload = torch.load(latest, weights_only=True)
+    assert payload["checksum"]["algorithm"] == "sha256" and payload["runtime"]["threads"] >= 1
+    payload["state_dict"]["mu.bias"][0] += 1e-12            # one weight changed after writing
+    torch.save(payload, tmp_path / "changed.pt")
+    with pytest.raises(CheckpointError, match=r"changed\.pt: checksum mismatch: the file is corrupt"):
+        load_rl_checkpoint(tmp_path / "changed.pt")
+    payload = torch.load(latest, weights_only=True)
+    payload["state_dict"]["log_std"][0] = float("nan")
+    del payload["checksum"]                                 # an older checkpoint: no checksum, still checked
+    torch.save(payload, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="non-finite weights .* in log_std"):
+        load_rl_checkpoint(tmp_path / "nan.pt")
+
+
+def test_rl_thread_count_sources():
+    from repana.rl.train import rl_training_threads
+
+    config = RLConfig(**TINY_NAV)
+    assert rl_training_threads(config.replace(torch_threads=3), saved=1, environ={}) == (3, "config")
+    assert rl_training_threads(config, saved=2, environ={"REPANA_THREADS": "1"}) == (1, "REPANA_THREADS")
+    assert rl_training_threads(config, saved=2, environ={}) == (2, "checkpoint")
+    assert rl_training_threads(config, saved=None, environ={}) == (1, "automatic")   # 3 x 4 x 20 tiny states
+    paper_nav = load_preset("rl-2dnav")
+    assert rl_train.rl_forward_macs(paper_nav) == 20 * 20 * 100 * (2 * 100 + 100 * 100 + 100 * 2)
+    threads, source = rl_training_threads(paper_nav, saved=None, environ={})
+    assert source == "automatic" and threads >= 1   # the idle cores: load dependent
+
+
+@pytest.fixture
+def keep_torch_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_rl_resume_keeps_the_recorded_threads_and_refuses_an_explicit_change(tmp_path, monkeypatch,
+                                                                           keep_torch_threads):
+    monkeypatch.delenv("REPANA_ALLOW_THREAD_CHANGE", raising=False)
+    monkeypatch.delenv("REPANA_THREADS", raising=False)
+    config = RLConfig(**TINY_NAV, iterations=1, torch_threads=1)
+    train_rl(config, tmp_path / "run", progress_bar=False)
+    with pytest.raises(ConfigError, match=r"trained with 1 torch threads, this process would continue with 2.*"
+                                          r"--set torch_threads=1"):
+        train_rl(config.replace(iterations=2, torch_threads=2), tmp_path / "run", progress_bar=False)
+    train_rl(config.replace(iterations=2, torch_threads=0), tmp_path / "run", progress_bar=False)  # recorded: 1
+    assert torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)["runtime"]["threads"] == 1
+    monkeypatch.setenv("REPANA_ALLOW_THREAD_CHANGE", "1")
+    train_rl(config.replace(iterations=3, torch_threads=2), tmp_path / "run", progress_bar=False)

@@ -74,7 +74,7 @@ def payload_checksum(payload: dict) -> str:
     return hasher.hexdigest()
 
 
-def _verify(payload: dict, path: Path) -> bool:
+def verify_payload(payload: dict, path: Path) -> bool:
     """CheckpointError on a checksum mismatch or non-finite weights; False when there is no checksum."""
     stored = payload.get("checksum")
     verified = False
@@ -266,7 +266,7 @@ def load_checkpoint(path: str | Path, expected_model_config: dict | None = None,
     missing = [k for k in _REQUIRED if k not in payload]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks the entries {missing}; it is corrupt")
-    verified = _verify(payload, path)
+    verified = verify_payload(payload, path)
     if not verified:
         warnings.warn(f"checkpoint {path} has no checksum (written by repana {payload['repana_version']} "
                       "before checkpoints carried one): loaded without an integrity check", stacklevel=2)

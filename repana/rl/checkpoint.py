@@ -31,11 +31,18 @@ _REQUIRED = ("format", "format_version", "config", "policy_config", "state_dict"
 
 
 def save_rl_checkpoint(path, *, config: dict, policy_config: dict, state_dict: dict, iteration: int,
-                       rng: dict, metrics: list) -> None:
-    atomic_torch_save({"format": FORMAT, "format_version": FORMAT_VERSION, "repana_version": __version__,
-                       "config": config, "policy_config": policy_config,
-                       "state_dict": {k: v.detach().clone() for k, v in state_dict.items()},
-                       "iteration": int(iteration), "rng": rng, "metrics": list(metrics)}, path)
+                       rng: dict, metrics: list, runtime: dict | None = None) -> None:
+    """Write an RL checkpoint atomically, with the SHA-256 of its whole payload (verified on load, as for
+    supervised checkpoints: :func:`repana.meta.checkpoint.payload_checksum`). ``runtime``: how the run
+    ran (``{"threads": n}``), read back on resume."""
+    from repana.meta.checkpoint import CHECKSUM_ALGORITHM, payload_checksum
+
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "repana_version": __version__,
+               "config": config, "policy_config": policy_config,
+               "state_dict": {k: v.detach().clone() for k, v in state_dict.items()},
+               "iteration": int(iteration), "rng": rng, "metrics": list(metrics), "runtime": dict(runtime or {})}
+    payload["checksum"] = {"algorithm": CHECKSUM_ALGORITHM, "hex": payload_checksum(payload)}
+    atomic_torch_save(payload, path)
 
 
 def _read(path) -> object:
@@ -71,6 +78,8 @@ def load_rl_checkpoint(path) -> dict:
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         raise CheckpointError(f"{path} lacks the RL checkpoint fields {missing}")
+    from repana.meta.checkpoint import verify_payload
+    verify_payload(data, Path(path))  # checksum (older RL checkpoints have none) and finite weights
     return data
 
 

@@ -332,10 +332,13 @@ def _run_local(to_run: list[tuple[Job, int | None]], max_workers: int | None, cp
         gpu = slots.get()
         try:
             env = {"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}
-            where = f"{threads} thread{'s' if threads > 1 else ''}, {job.device}" + (f" (GPU {gpu})" if gpu else "")
+            # a resumed run keeps the thread count its checkpoint records (bit-identical resume)
+            job_threads = threads if resume_step is None else None
+            where = (f"{job_threads} thread{'s' if job_threads > 1 else ''}" if job_threads
+                     else "its recorded threads") + f", {job.device}" + (f" (GPU {gpu})" if gpu else "")
             say(job, _start_message(job, resume_step, where))
             try:
-                outcome = execute_job(job.to_dict(), threads=threads, env=env, on_start=track)
+                outcome = execute_job(job.to_dict(), threads=job_threads, env=env, on_start=track)
             except OSError as error:  # the process could not even start
                 outcome = {"error": f"could not start repana train: {error}", "wall_s": 0.0}
             return _result(job, resume_step, outcome, say)
@@ -396,7 +399,7 @@ class _RayEngine:
             # Ray gives a GPU task one GPU, visible as cuda:0: "cuda:N" would name a GPU it cannot see.
             task_job = replace(job, device="cuda") if job.device.startswith("cuda") else job
             task = remote_gpu if needs_gpu and job.device.startswith("cuda") else remote_cpu
-            ref = task.remote(task_job.to_dict(), cpus)
+            ref = task.remote(task_job.to_dict(), cpus if resume_step is None else None)  # see _run_local
             pending[ref] = (job, resume_step)
             say(job, _start_message(job, resume_step, f"Ray task, {cpus} CPU" + (", 1 GPU" if task is remote_gpu else "")))
         results = []
