@@ -11,18 +11,12 @@ from repana.analysis.registry import get_analysis, list_analyses
 from repana.cli import main
 from repana.rl.config import ALGORITHMS
 from repana.rl.train import train_rl
+from cli_helpers import one_line_error
 
 TINY_NAV = dict(env="2d-navigation", meta_batch_size=2, fast_batch_size=3, horizon=15, hidden_sizes=[8, 8],
                 cg_iters=3, dtype="float64", checkpoint_every=1, iterations=2)
 RL_ANALYSES = ["rl_returns", "rl_policy_similarity"]
 
-
-def _one_line_error(capsys, *needles):
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and err.count("\n") == 0, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -112,26 +106,26 @@ def test_supervised_and_rl_checkpoints_cross_one_line(tmp_path, rl_checkpoints, 
     rl = str(rl_checkpoints["maml"])
     out = str(tmp_path / "out")
     assert main(["analyze", "freezing", "--checkpoint", rl, "--out", out]) == 1
-    _one_line_error(capsys, "is an RL checkpoint", "'freezing' reads supervised checkpoints",
+    one_line_error(capsys, "is an RL checkpoint", "'freezing' reads supervised checkpoints",
                     "rl_returns, rl_policy_similarity", "repana evaluate")
     assert main(["analyze", "rl_returns", "--checkpoint", str(supervised_checkpoint), "--out", out]) == 1
-    _one_line_error(capsys, "is a supervised checkpoint (maml)", "'rl_returns' reads RL checkpoints")
+    one_line_error(capsys, "is a supervised checkpoint (maml)", "'rl_returns' reads RL checkpoints")
     assert main(["analyze", "rl_policy_similarity", "--checkpoint", rl, "--checkpoint", str(supervised_checkpoint),
                  "--out", out]) == 1
-    _one_line_error(capsys, "is a supervised checkpoint")
+    one_line_error(capsys, "is a supervised checkpoint")
     assert main(["analyze", "rl_returns", "--checkpoint", rl, "--out", out, "--steps", "3"]) == 1
-    _one_line_error(capsys, "--steps: not used by the RL analysis 'rl_returns'")
+    one_line_error(capsys, "--steps: not used by the RL analysis 'rl_returns'")
     assert main(["predict", rl, "--support", out, "--query", out]) == 1
-    _one_line_error(capsys, "is an RL checkpoint")
+    one_line_error(capsys, "is an RL checkpoint")
     assert main(["compare", "--model-a", "repana.models:Conv4", "--weights-a", rl, "--inputs", rl,
                  "--layers-a", "conv1", "--out", out]) == 1
-    _one_line_error(capsys, "are an RL checkpoint", "repana analyze rl_policy_similarity")
+    one_line_error(capsys, "are an RL checkpoint", "repana analyze rl_policy_similarity")
     # an RL command on a supervised run folder
     run = tmp_path / "supervised_run" / "checkpoints"
     run.mkdir(parents=True)
     (run / "latest.pt").write_bytes(supervised_checkpoint.read_bytes())
     assert main(["train", "--preset", "rl-2dnav", "--out", str(run.parent), "--resume", "--iterations", "1"]) == 1
-    _one_line_error(capsys, "is not an RL checkpoint", "a supervised checkpoint")
+    one_line_error(capsys, "is not an RL checkpoint", "a supervised checkpoint")
 
 
 def test_rl_analyses_on_halfcheetah_checkpoints(tmp_path, capsys):

@@ -19,6 +19,7 @@ from repana.errors import ConfigError
 from repana.meta.checkpoint import save_checkpoint
 from repana.meta.config import TrainConfig
 from repana.models import build_model
+from cli_helpers import one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
@@ -69,18 +70,11 @@ def no_work(monkeypatch):
         monkeypatch.setattr(importlib.import_module(module), name, refuse)
 
 
-def _one_line_error(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
-
 
 @no_gpu
 def test_evaluate_on_a_missing_gpu(checkpoint, capsys, no_work):
     assert main(["evaluate", str(checkpoint), "--device", "cuda"]) == 1
-    _one_line_error(capsys, "repana evaluate: error: --device cuda: no CUDA GPU is available", "--device cpu")
+    one_line_error(capsys, "repana evaluate: error: --device cuda: no CUDA GPU is available", "--device cpu")
 
 
 @no_gpu
@@ -88,21 +82,21 @@ def test_predict_on_a_missing_gpu(checkpoint, episode, capsys, no_work):
     support, query = episode
     assert main(["predict", str(checkpoint), "--support", str(support), "--query", str(query),
                  "--device", "cuda:1"]) == 1
-    _one_line_error(capsys, "repana predict: error: --device cuda:1: no CUDA GPU is available")
+    one_line_error(capsys, "repana predict: error: --device cuda:1: no CUDA GPU is available")
 
 
 def test_a_device_that_does_not_exist(checkpoint, capsys, no_work):
     assert main(["evaluate", str(checkpoint), "--device", "gpu"]) == 1
-    _one_line_error(capsys, "--device 'gpu' is not a device: use cpu, cuda or cuda:N")
+    one_line_error(capsys, "--device 'gpu' is not a device: use cpu, cuda or cuda:N")
 
 
 def test_evaluate_checks_its_csv_before_evaluating(checkpoint, blocker, capsys, no_work):
     assert main(["evaluate", str(checkpoint), "--csv", str(blocker / "episodes.csv")]) == 1
-    _one_line_error(capsys, "--csv", f"{blocker} is a file, so nothing can be written under it")
+    one_line_error(capsys, "--csv", f"{blocker} is a file, so nothing can be written under it")
     folder = blocker.parent / "results"
     folder.mkdir()
     assert main(["evaluate", str(checkpoint), "--csv", str(folder)]) == 1
-    _one_line_error(capsys, f"--csv {folder} is a folder; give a file name, e.g. {folder / 'episodes.csv'}")
+    one_line_error(capsys, f"--csv {folder} is a folder; give a file name, e.g. {folder / 'episodes.csv'}")
 
 
 def test_evaluate_writes_its_csv_when_the_path_is_fine(checkpoint, tmp_path, capsys):
@@ -116,48 +110,48 @@ def test_predict_checks_its_out_before_reading_images(checkpoint, episode, block
     support, query = episode
     assert main(["predict", str(checkpoint), "--support", str(support), "--query", str(query),
                  "--out", str(blocker / "p.csv")]) == 1
-    _one_line_error(capsys, "repana predict: error: --out")
+    one_line_error(capsys, "repana predict: error: --out")
 
 
 def test_train_checks_its_out_before_training(blocker, capsys, no_work):
     assert main(["train", "--preset", "quick", "--out", str(blocker / "run")]) == 1
-    _one_line_error(capsys, "repana train: error: --out", "is a file")
+    one_line_error(capsys, "repana train: error: --out", "is a file")
     assert main(["train", "--preset", "quick", "--out", str(blocker)]) == 1
-    _one_line_error(capsys, f"--out {blocker} is a file, not a folder")
+    one_line_error(capsys, f"--out {blocker} is a file, not a folder")
 
 
 def test_reproduce_checks_its_out_before_working(blocker, capsys, no_work):
     assert main(["reproduce", "--out", str(blocker / "results")]) == 1
-    _one_line_error(capsys, "repana reproduce: error: --out")
+    one_line_error(capsys, "repana reproduce: error: --out")
 
 
 @pytest.mark.parametrize("action", ["show", "grid"])
 def test_data_figures_check_their_out_before_loading(action, blocker, capsys, no_work):
     assert main(["data", action, "--out", str(blocker / "x.png")]) == 1
-    _one_line_error(capsys, f"repana data: error: --out {blocker / 'x.png'}")
+    one_line_error(capsys, f"repana data: error: --out {blocker / 'x.png'}")
 
 
 def test_data_download_checks_its_data_root(blocker, capsys, no_work):
     assert main(["data", "download", "omniglot", "--data-root", str(blocker / "data")]) == 1
-    _one_line_error(capsys, "--data-root")
+    one_line_error(capsys, "--data-root")
 
 
 def test_evaluate_a_run_folder_names_the_file_to_pass(checkpoint, capsys, no_work):
     run = checkpoint.parent.parent
     for folder in (run, checkpoint.parent):
         assert main(["evaluate", str(folder)]) == 1
-        err = _one_line_error(capsys, f"{folder} is a folder, not a checkpoint file: pass {checkpoint}")
+        err = one_line_error(capsys, f"{folder} is a folder, not a checkpoint file: pass {checkpoint}")
         assert "does not exist" not in err
     empty = run.parent / "empty"
     empty.mkdir()
     assert main(["evaluate", str(empty)]) == 1
-    _one_line_error(capsys, "is a folder, not a checkpoint file: pass a checkpoint file, e.g. RUN/checkpoints/latest.pt")
+    one_line_error(capsys, "is a folder, not a checkpoint file: pass a checkpoint file, e.g. RUN/checkpoints/latest.pt")
 
 
 def test_predict_a_run_folder(checkpoint, episode, capsys, no_work):
     support, query = episode
     assert main(["predict", str(checkpoint.parent.parent), "--support", str(support), "--query", str(query)]) == 1
-    _one_line_error(capsys, "is a folder, not a checkpoint file")
+    one_line_error(capsys, "is a folder, not a checkpoint file")
 
 
 @no_gpu
@@ -201,7 +195,7 @@ def test_evaluate_says_when_the_runs_relative_data_root_is_not_found_here(tmp_pa
     monkeypatch.chdir(elsewhere)
     assert main(["evaluate", str(path)]) == 1
     # a relative root recorded by an older run is read relative to the current folder, and named when absent
-    _one_line_error(capsys, f"the run's data root '{elsewhere / 'shared' / 'data'}' is not found from",
+    one_line_error(capsys, f"the run's data root '{elsewhere / 'shared' / 'data'}' is not found from",
                     "pass --data-root DIR (the folder holding omniglot/)")
 
 
@@ -214,4 +208,4 @@ def test_an_os_error_during_a_command_is_one_line(monkeypatch, capsys):
 
     monkeypatch.setattr(data_cli, "run_info", refuse)
     assert main(["data", "info"]) == 1
-    _one_line_error(capsys, "repana data: error: [Errno 13] Permission denied: '/srv/data/omniglot'")
+    one_line_error(capsys, "repana data: error: [Errno 13] Permission denied: '/srv/data/omniglot'")

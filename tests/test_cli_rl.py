@@ -10,17 +10,11 @@ import torch
 
 from repana.cli import main
 from repana.rl.checkpoint import load_rl_checkpoint
+from cli_helpers import one_line_error
 
 TINY = ["--set", "meta_batch_size=2", "--set", "fast_batch_size=2", "--set", "horizon=10",
         "--set", "hidden_sizes=[8, 8]", "--set", "checkpoint_every=1", "--set", 'dtype="float64"']
 
-
-def _one_line_error(capsys, *needles):
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and err.count("\n") == 0, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -99,21 +93,21 @@ def test_evaluate_reports_returns_before_and_after(nav_run, tmp_path, capsys):
 ])
 def test_train_bad_rl_flags_one_line(tmp_path, capsys, flags, needles):
     assert main(["train", "--preset", "rl-2dnav", "--out", str(tmp_path / "run"), *flags]) == 1
-    _one_line_error(capsys, *needles)
+    one_line_error(capsys, *needles)
     assert not (tmp_path / "run").exists()
 
 
 def test_train_unknown_rl_preset_and_existing_run(nav_run, capsys):
     assert main(["train", "--preset", "rl-ant", "--out", str(nav_run)]) == 1
-    _one_line_error(capsys, "unknown RL preset 'rl-ant'", "rl-2dnav, rl-halfcheetah-dir, rl-halfcheetah-vel")
+    one_line_error(capsys, "unknown RL preset 'rl-ant'", "rl-2dnav, rl-halfcheetah-dir, rl-halfcheetah-vel")
     assert main(["train", "--preset", "rl-2dnav", "--out", str(nav_run), *TINY]) == 1
-    _one_line_error(capsys, "already holds an RL run; add --resume")
+    one_line_error(capsys, "already holds an RL run; add --resume")
 
 
 def test_missing_mujoco_names_the_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "mujoco", None)   # import mujoco raises ImportError
     assert main(["train", "--preset", "rl-halfcheetah-vel", "--out", str(tmp_path / "hc")]) == 1
-    _one_line_error(capsys, "pip install 'repana[rl]'")
+    one_line_error(capsys, "pip install 'repana[rl]'")
     assert not (tmp_path / "hc").exists()
 
 
@@ -124,16 +118,16 @@ def test_missing_mujoco_names_the_extra(tmp_path, capsys, monkeypatch):
 ])
 def test_evaluate_supervised_flags_on_an_rl_checkpoint(nav_run, capsys, flags, needles):
     assert main(["evaluate", str(nav_run / "checkpoints" / "latest.pt"), *flags]) == 1
-    _one_line_error(capsys, "is an RL checkpoint", *needles)
+    one_line_error(capsys, "is an RL checkpoint", *needles)
 
 
 def test_supervised_commands_name_the_rl_commands(nav_run, tmp_path, capsys):
     checkpoint = str(nav_run / "checkpoints" / "latest.pt")
     assert main(["predict", checkpoint, "--support", str(tmp_path), "--query", str(tmp_path)]) == 1
-    _one_line_error(capsys, "is an RL checkpoint", "repana evaluate", "repana train --out RUN --resume")
+    one_line_error(capsys, "is an RL checkpoint", "repana evaluate", "repana train --out RUN --resume")
     assert main(["analyze", "maml_anil_similarity", "--checkpoint", checkpoint, "--checkpoint", checkpoint,
                  "--out", str(tmp_path / "a")]) == 1
-    _one_line_error(capsys, "is an RL checkpoint", "repana evaluate")
+    one_line_error(capsys, "is an RL checkpoint", "repana evaluate")
 
 
 def test_halfcheetah_smoke_through_the_cli(tmp_path, capsys):

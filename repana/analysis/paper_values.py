@@ -390,6 +390,14 @@ class PaperClaim:
     quotes: tuple[str, ...]
     rule: str
 
+# Quoted by both the classification and the RL claim that ANIL matches MAML.
+_ANIL_MATCHES_ABSTRACT = ("ANIL matches MAML's performance on benchmark few-shot image classification and RL and "
+                          "offers computational improvements over MAML.")
+_TABLE2_RESULTS = ("The results in Table 2 (mean and standard deviation of performance over three random "
+                   "initializations) show that ANIL matches the performance of MAML on both few-shot "
+                   "classification (accuracy) and RL (average return, the higher the better), demonstrating "
+                   "that the inner loop adaptation of the body is unnecessary for learning good features.")
+
 CLAIMS: dict[str, PaperClaim] = {c.key: c for c in (
     PaperClaim("feature_reuse", "Abstract; Section 1 (contributions); Section 3; Section 7", (
         "We investigate this question, via ablation studies and analysis of the latent representations, "
@@ -424,24 +432,16 @@ CLAIMS: dict[str, PaperClaim] = {c.key: c for c in (
         CAPTIONS["Figure 3"],
     ), "verdict_training_dynamics"),
     PaperClaim("anil_matches_maml", "Abstract; Table 2 caption; Section 4; Section 7", (
-        "ANIL matches MAML's performance on benchmark few-shot image classification and RL and offers "
-        "computational improvements over MAML.",
+        _ANIL_MATCHES_ABSTRACT,
         CAPTIONS["Table 2"],
-        "The results in Table 2 (mean and standard deviation of performance over three random "
-        "initializations) show that ANIL matches the performance of MAML on both few-shot classification "
-        "(accuracy) and RL (average return, the higher the better), demonstrating that the inner loop "
-        "adaptation of the body is unnecessary for learning good features.",
+        _TABLE2_RESULTS,
         "ANIL performs identically to MAML on standard benchmark few-shot classification and RL tasks and "
         "offers computational benefits over MAML.",
     ), "verdict_anil_matches_maml"),
     PaperClaim("anil_matches_maml_rl", "Abstract; Table 2 caption; Section 4", (
-        "ANIL matches MAML's performance on benchmark few-shot image classification and RL and offers "
-        "computational improvements over MAML.",
+        _ANIL_MATCHES_ABSTRACT,
         CAPTIONS["Table 2"],
-        "The results in Table 2 (mean and standard deviation of performance over three random "
-        "initializations) show that ANIL matches the performance of MAML on both few-shot classification "
-        "(accuracy) and RL (average return, the higher the better), demonstrating that the inner loop "
-        "adaptation of the body is unnecessary for learning good features.",
+        _TABLE2_RESULTS,
     ), "verdict_anil_matches_maml_rl"),
     PaperClaim("anil_speedup", "Section 4, 'Computational benefit of ANIL'", (
         "Computational benefit of ANIL: As ANIL almost has no inner loop, it significantly speeds up both "

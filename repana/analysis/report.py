@@ -108,84 +108,81 @@ def write_report(out: str | Path, sections: list, context: dict) -> Path:
     environment with kind "rl", setting, env, meta_batch_size, fast_batch_size, horizon, hidden_sizes,
     fast_lr, adapt_log_std, runs and reused. Returns the report's path.
     """
-    out = Path(out)
-    findings = [(section.setting, finding) for section in sections for finding in section.findings]
-    if context["settings"] and all(facts.get("kind") == "rl" for facts in context["settings"]):
-        return _write_rl_report(out, sections, context, findings)
-    described = []
-    for facts in context["settings"]:
-        train_s = [spec.get("train_s", float("nan")) for spec in facts["runs"].values()]
-        runs = ", ".join(sorted({f"{spec['algorithm']} {spec['iterations']} it." for spec in facts["runs"].values()}))
-        described.append(
-            f"- **{facts['setting']}**: Conv4 with {facts['hidden']} filters ({facts['pooling']} pooling); test-time "
-            f"inner loop {facts['inner_steps_test']} steps of lr {facts['inner_lr']:g} (mean-loss convention); "
-            f"analysis episodes with {facts['queries']} query images per class; {len(facts['runs'])} training runs "
-            f"({runs}; {np.nansum(train_s) / 60:.1f} min of training in all)"
-            + (f"; reused: {', '.join(sorted(set(facts['reused'])))}" if facts.get("reused") else "") + ".")
+    rl = bool(context["settings"]) and all(facts.get("kind") == "rl" for facts in context["settings"])
+    described = [_rl_setting_line(facts) if rl else _setting_line(facts) for facts in context["settings"]]
     seeds = context.get("seeds", 1)
-    header = (f"# Rapid Learning or Feature Reuse? -- reproduction report\n\n"
-              f"Preset **{context['preset']}**, **{seeds} seed(s)** per network. Wall-clock of this invocation "
+    if rl:
+        title = "Rapid Learning or Feature Reuse? -- reproduction report, reinforcement learning"
+        scope = f"**{seeds} seed(s)** per algorithm and environment"
+        conventions = (
+            "Ours: mean ± standard deviation over seeds (the paper's convention for Table 2's ±), with the "
+            "mean 95% confidence interval over held-out tasks beside it. Paper numbers are quoted from Raghu et "
+            "al., ICLR 2020, Table 2 (docs/paper.md): MAML and ANIL after 500 meta-updates of Finn et al.'s "
+            "setting. HalfCheetah returns are not comparable with the paper's absolute numbers (MuJoCo 1.5 and "
+            "rllab's cheetah there, gymnasium's HalfCheetah-v5 on MuJoCo 3 here): compare the MAML-vs-ANIL gap. "
+            "Timings depend on the machine and its load.")
+        quick_notes = (
+            "- The policies train for far fewer meta-updates than the paper's 500 (see each environment's "
+            "line above; HalfCheetah also with smaller meta-batches), so returns are lower or higher than "
+            "the paper's for that reason alone; the MAML-vs-ANIL comparison is within the same budget.\n"
+            "- The paper preset (`repana reproduce --rl --preset paper`, or its `--plan` for a cluster) "
+            "trains the paper's budget.\n")
+    else:
+        title = "Rapid Learning or Feature Reuse? -- reproduction report"
+        scope = f"**{seeds} seed(s)** per network"
+        conventions = (
+            "Ours: mean ± standard deviation over seeds (the paper's convention for its ±, Section 4), with "
+            "the mean 95% confidence interval over test episodes beside it; with one seed, ± is that episode CI. "
+            "Paper numbers are quoted from Raghu et al., ICLR 2020, with their table and what their ± is "
+            "(docs/paper.md). The paper trains 60000 iterations on MiniImageNet and 20-way Omniglot; compare "
+            "trends, not digits, when the setting or budget differs. Each verdict applies the paper's claim as "
+            "stated (repana.analysis.paper_values). Timings depend on the machine and its load.")
+        quick_notes = (
+            "- The networks train for minutes (MAML 3000, ANIL 5000, multiclass 4500, multitask and NIL 1000 "
+            "meta-iterations of 4 tasks each) instead of the paper's 60000 of 32, on Conv4 with 32 filters, so "
+            "differences that depend on how well each network is trained (MAML vs ANIL accuracy, the regimes "
+            "ranking) can differ from the paper's; the learning curves show where training stood.\n"
+            "- Test-time adaptation uses each run's own inner steps (3 on Omniglot, as in the paper); the "
+            "inner-loop analysis reports the representation after every one of them.\n"
+            "- Timings were measured on whatever else the machine was doing; ratios measured back to back "
+            "(same process, same batch) are more reliable than absolute seconds.\n")
+    findings = [(section.setting, finding) for section in sections for finding in section.findings]
+    header = (f"# {title}\n\nPreset **{context['preset']}**, {scope}. Wall-clock of this invocation "
               f"(training excluded when reused): {context['wall_clock_s'] / 60:.1f} min.\n\n" + "\n".join(described)
-              + "\n\nOurs: mean ± standard deviation over seeds (the paper's convention for its ±, Section 4), with "
-              "the mean 95% confidence interval over test episodes beside it; with one seed, ± is that episode CI. "
-              "Paper numbers are quoted from Raghu et al., ICLR 2020, with their table and what their ± is "
-              "(docs/paper.md). The paper trains 60000 iterations on MiniImageNet and 20-way Omniglot; compare "
-              "trends, not digits, when the setting or budget differs. Each verdict applies the paper's claim as "
-              "stated (repana.analysis.paper_values). Timings depend on the machine and its load.\n\n"
-              "## Summary of findings\n\n"
+              + f"\n\n{conventions}\n\n## Summary of findings\n\n"
               + "\n".join(f"- {f'[{setting}] ' if setting else ''}{finding}" for setting, finding in findings) + "\n\n")
     if context["preset"] == "quick":
-        header += ("## Reading a quick-preset report\n\n"
-                   "- The networks train for minutes (MAML 3000, ANIL 5000, multiclass 4500, multitask and NIL 1000 meta-iterations of 4 tasks "
-                   "each) instead of the paper's 60000 of 32, on Conv4 with 32 filters, so differences that depend "
-                   "on how well each network is trained (MAML vs ANIL accuracy, the regimes ranking) can differ from "
-                   "the paper's; the learning curves show where training stood.\n"
-                   "- Test-time adaptation uses each run's own inner steps (3 on Omniglot, as in the paper); the "
-                   "inner-loop analysis reports the representation after every one of them.\n"
-                   "- Timings were measured on whatever else the machine was doing; ratios measured back to back "
-                   "(same process, same batch) are more reliable than absolute seconds.\n\n")
+        header += f"## Reading a quick-preset report\n\n{quick_notes}\n"
     numbered = [section.markdown().replace("## ", f"## {index}. ", 1) for index, section in enumerate(sections, 1)]
-    path = out / "report.md"
+    path = Path(out) / "report.md"
     atomic_write_text(path, header + "\n".join(numbered))
     return path
 
 
-def _write_rl_report(out: Path, sections: list, context: dict, findings: list) -> Path:
-    """report.md of an RL reproduction (Table 2's RL rows): its own header, the same sections."""
-    described = []
-    for facts in context["settings"]:
-        runs = facts["runs"].values()
-        train_s = [spec.get("train_s", float("nan")) for spec in runs]
-        budgets = ", ".join(sorted({f"{spec['algorithm']} {spec['iterations']} meta-updates" for spec in runs}))
-        sizes = facts["hidden_sizes"]
-        hidden = (f"{len(sizes)} x {sizes[0]}" if len(set(sizes)) == 1 else " + ".join(map(str, sizes)))
-        described.append(
-            f"- **{facts['setting']}**: Gaussian MLP policy ({hidden} hidden ReLU units, learned log-std"
+def _reused(facts: dict) -> str:
+    return f"; reused: {', '.join(sorted(set(facts['reused'])))}" if facts.get("reused") else ""
+
+
+def _setting_line(facts: dict) -> str:
+    """The report header's line for one supervised setting."""
+    train_s = [spec.get("train_s", float("nan")) for spec in facts["runs"].values()]
+    runs = ", ".join(sorted({f"{spec['algorithm']} {spec['iterations']} it." for spec in facts["runs"].values()}))
+    return (f"- **{facts['setting']}**: Conv4 with {facts['hidden']} filters ({facts['pooling']} pooling); test-time "
+            f"inner loop {facts['inner_steps_test']} steps of lr {facts['inner_lr']:g} (mean-loss convention); "
+            f"analysis episodes with {facts['queries']} query images per class; {len(facts['runs'])} training runs "
+            f"({runs}; {np.nansum(train_s) / 60:.1f} min of training in all)" + _reused(facts) + ".")
+
+
+def _rl_setting_line(facts: dict) -> str:
+    """The report header's line for one RL environment."""
+    runs = facts["runs"].values()
+    train_s = [spec.get("train_s", float("nan")) for spec in runs]
+    budgets = ", ".join(sorted({f"{spec['algorithm']} {spec['iterations']} meta-updates" for spec in runs}))
+    sizes = facts["hidden_sizes"]
+    hidden = (f"{len(sizes)} x {sizes[0]}" if len(set(sizes)) == 1 else " + ".join(map(str, sizes)))
+    return (f"- **{facts['setting']}**: Gaussian MLP policy ({hidden} hidden ReLU units, learned log-std"
             f"{', adapted in the inner loop' if facts['adapt_log_std'] else ', not adapted'}); per meta-update "
             f"{facts['meta_batch_size']} tasks x {facts['fast_batch_size']} trajectories of {facts['horizon']} steps "
             f"before and after one policy-gradient step of lr {facts['fast_lr']:g}, TRPO outer loop; "
             f"{len(facts['runs'])} training runs ({budgets}; {np.nansum(train_s) / 60:.1f} min of training in all)"
-            + (f"; reused: {', '.join(sorted(set(facts['reused'])))}" if facts.get("reused") else "") + ".")
-    header = (f"# Rapid Learning or Feature Reuse? -- reproduction report, reinforcement learning\n\n"
-              f"Preset **{context['preset']}**, **{context.get('seeds', 1)} seed(s)** per algorithm and environment. "
-              f"Wall-clock of this invocation (training excluded when reused): {context['wall_clock_s'] / 60:.1f} min."
-              "\n\n" + "\n".join(described)
-              + "\n\nOurs: mean ± standard deviation over seeds (the paper's convention for Table 2's ±), with the "
-              "mean 95% confidence interval over held-out tasks beside it. Paper numbers are quoted from Raghu et "
-              "al., ICLR 2020, Table 2 (docs/paper.md): MAML and ANIL after 500 meta-updates of Finn et al.'s "
-              "setting. HalfCheetah returns are not comparable with the paper's absolute numbers (MuJoCo 1.5 and "
-              "rllab's cheetah there, gymnasium's HalfCheetah-v5 on MuJoCo 3 here): compare the MAML-vs-ANIL gap. "
-              "Timings depend on the machine and its load.\n\n"
-              "## Summary of findings\n\n"
-              + "\n".join(f"- {f'[{setting}] ' if setting else ''}{finding}" for setting, finding in findings) + "\n\n")
-    if context["preset"] == "quick":
-        header += ("## Reading a quick-preset report\n\n"
-                   "- The policies train for far fewer meta-updates than the paper's 500 (see each environment's "
-                   "line above; HalfCheetah also with smaller meta-batches), so returns are lower or higher than "
-                   "the paper's for that reason alone; the MAML-vs-ANIL comparison is within the same budget.\n"
-                   "- The paper preset (`repana reproduce --rl --preset paper`, or its `--plan` for a cluster) "
-                   "trains the paper's budget.\n\n")
-    numbered = [section.markdown().replace("## ", f"## {index}. ", 1) for index, section in enumerate(sections, 1)]
-    path = out / "report.md"
-    atomic_write_text(path, header + "\n".join(numbered))
-    return path
+            + _reused(facts) + ".")
