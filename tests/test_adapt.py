@@ -18,6 +18,7 @@ from repana.errors import InputError
 from repana.meta.adapt import adapt, resolve_trainable
 from repana.meta.algorithms import get_algorithm
 from repana.models import Conv4
+import meta_helpers
 
 
 TASKS, WAYS, SHOTS, QUERIES = 3, 3, 2, 2
@@ -36,18 +37,9 @@ def reference_forward(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch
 
 
 def reference_meta_gradients(model, batch, steps, lr, trainable_names, first_order):
-    leaves = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
-    total = 0.0
-    for t in range(batch.support_x.shape[0]):
-        current = dict(leaves)
-        for _ in range(steps):
-            loss = F.cross_entropy(reference_forward(current, batch.support_x[t]), batch.support_y[t])
-            grads = torch.autograd.grad(loss, [current[n] for n in trainable_names], create_graph=not first_order)
-            for n, g in zip(trainable_names, grads):
-                current[n] = current[n] - lr * (g.detach() if first_order else g)
-        total = total + F.cross_entropy(reference_forward(current, batch.query_x[t]), batch.query_y[t])
-    grads = torch.autograd.grad(total / batch.support_x.shape[0], list(leaves.values()), allow_unused=True)
-    return {n: (torch.zeros_like(p) if g is None else g) for (n, p), g in zip(leaves.items(), grads)}
+    """:func:`meta_helpers.reference_meta_gradients` through the hand-written Conv4 forward above."""
+    return meta_helpers.reference_meta_gradients(model, batch, steps, lr, trainable_names, first_order,
+                                                 forward=reference_forward)
 
 
 def make_batch(generator: torch.Generator, dtype=torch.float64, size=16, channels=1):

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call
 
 from repana.meta import inner
@@ -18,6 +17,7 @@ from repana.meta.algorithms import adapted_parameters, get_algorithm, query_logi
 from repana.meta.evaluate import evaluate
 from repana.meta.inner import InnerLoop, adapt_tasks, adapt_trajectory, adapted_query_logits, choose_path
 from repana.models import Conv4, ResNetSmall, build_model
+from meta_helpers import reference_meta_gradients
 
 TASKS, WAYS, SHOTS, QUERIES = 3, 3, 2, 2
 
@@ -51,22 +51,6 @@ def reference_logits(model, params, batch, steps, lr, trainable, together=False)
         out.append(query_logits(model, {n: p.detach() for n, p in adapted.items()}, batch.support_x[t],
                                 batch.query_x[t], "together" if together else "apart").detach())
     return torch.stack(out)
-
-
-def reference_meta_gradients(model, batch, steps, lr, trainable_names, first_order):
-    """The MAML meta-gradient written out per episode with functional_call (any backbone)."""
-    leaves = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
-    total = 0.0
-    for t in range(batch.support_x.shape[0]):
-        current = dict(leaves)
-        for _ in range(steps):
-            loss = F.cross_entropy(functional_call(model, current, (batch.support_x[t],)), batch.support_y[t])
-            grads = torch.autograd.grad(loss, [current[n] for n in trainable_names], create_graph=not first_order)
-            for n, g in zip(trainable_names, grads):
-                current[n] = current[n] - lr * (g.detach() if first_order else g)
-        total = total + F.cross_entropy(functional_call(model, current, (batch.query_x[t],)), batch.query_y[t])
-    grads = torch.autograd.grad(total / batch.support_x.shape[0], list(leaves.values()), allow_unused=True)
-    return {n: (torch.zeros_like(p) if g is None else g) for (n, p), g in zip(leaves.items(), grads)}
 
 
 def assert_dicts_close(ours, ref, rtol=1e-9, atol=1e-11):
