@@ -164,9 +164,10 @@ def train_rl(config_or_preset, run_dir, resume: bool = True, progress_bar: bool 
         config = config.replace(**overrides)
     run_dir = Path(run_dir)
     latest = run_dir / "checkpoints" / "latest.pt"
-    saved_threads = None
-    if latest.exists() and resume:
-        saved_threads = (load_rl_checkpoint(latest).get("runtime") or {}).get("threads")
+    if latest.exists() and not resume:
+        raise ConfigError(f"{run_dir} already holds an RL run; pass resume=True or use a new folder")
+    data = load_rl_checkpoint(latest) if latest.exists() else None
+    saved_threads = (data.get("runtime") or {}).get("threads") if data is not None else None
     threads, source = rl_training_threads(config, saved_threads)
     if source != "checkpoint":
         from repana.meta.train import ALLOW_THREAD_CHANGE_ENV, check_resume_threads
@@ -180,10 +181,7 @@ def train_rl(config_or_preset, run_dir, resume: bool = True, progress_bar: bool 
     generator = torch.Generator().manual_seed(config.seed + 1)
     rows: list[dict] = []
     start = 0
-    if latest.exists():
-        if not resume:
-            raise ConfigError(f"{run_dir} already holds an RL run; pass resume=True or use a new folder")
-        data = load_rl_checkpoint(latest)
+    if data is not None:
         saved = dict(data["config"])
         changed = sorted(k for k, v in config.to_dict().items()
                          if saved.get(k) != v and k not in RESUMABLE_CHANGES)
