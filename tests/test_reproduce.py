@@ -11,7 +11,7 @@ from repana.errors import ConfigError
 SMALL = {"hidden": 8, "meta_batch_size": 2}  # a tiny Conv4 so the whole pipeline runs in seconds
 TINY = {
     "inner_loop_similarity": 'episodes = 3\nmeasures = ["svcca", "cka_debiased"]\nmin_ratio = 5.0\n',
-    "freezing": "episodes = 4\n",
+    "freezing": "episodes = 4\nladder = [2, 4]\nsimilarity_episodes = 2\n",
     "training_dynamics": 'episodes = 2\nmeasures = ["cka_debiased"]\n',
     "maml_anil_nil": "episodes = 4\nspeed_repeats = 1\n",
     "maml_anil_similarity": 'episodes = 3\nmeasures = ["svcca", "cka_debiased"]\nmin_ratio = 5.0\n',
@@ -19,6 +19,8 @@ TINY = {
     "head_needed": "episodes = 4\n",
     "seed_pair_similarity": 'episodes = 2\nmeasures = ["cca", "cka"]\nmin_ratio = 5.0\n',
     "learning_curves": "flat_gain = 0.01\n",
+    "feature_reuse_map": ('episodes = 3\nsimilarity_episodes = 2\nladder = [2, 4]\npaper_steps = 2\n'
+                          'measures = ["svcca", "cka_debiased"]\n'),
     "rl_returns": "tasks = 3\ntask_seed = 7\n",
     "rl_policy_similarity": 'tasks = 2\ntask_seed = 7\nmeasures = ["cca", "svcca", "cka"]\nmax_datapoints = 500\n',
     "convergence": ("inner_steps = [1, 2]\niterations = 2\nmeta_batch_size = 2\neval_every = 2\nepisodes = 2\n"

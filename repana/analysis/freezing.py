@@ -1,16 +1,31 @@
-"""Freezing layers at test time (the paper's layer-freezing table).
+"""Freezing layers at test time (the paper's layer-freezing table), under three test-time protocols.
 
 The network is adapted on each test episode with the parameters of conv blocks 1..k held fixed, for
 k = 0 (nothing frozen) to 4 (only the head adapts), and its query accuracy is measured on the same
 episodes each time. If accuracy barely drops, the inner loop's changes to the body do not matter:
 feature reuse. On MiniImageNet 5-way 1-shot the paper's Table 1 prints 44.5, 44.8, 44.8, 44.7, 44.7 %
 (none, {1}, {1,2}, {1,2,3}, {1,2,3,4} frozen): see :mod:`repana.analysis.paper_values`.
+
+A drop when every conv block is frozen has two readings, and the step count tells them apart:
+
+- the body is reused but the head needs more steps: a head adapting alone from its meta-learned start
+  has to do in the test-time steps what MAML spread over every layer; with more steps it catches up;
+- the body really adapts: the drop stays however many steps the head gets, because the last conv
+  block's inner-loop change carried information the frozen body cannot give.
+
+So every frozen set is measured under three protocols (:data:`PROTOCOLS`): ``run`` (the run's own
+test-time steps), ``paper`` (the steps of the paper's protocol for the cell: Table 1 is MiniImageNet,
+evaluated with Finn et al.'s 10 test steps) and ``converged`` (enough steps for the support loss to
+converge: the first of :data:`CONVERGENCE_LADDER` steps whose mean support cross-entropy is at most
+:data:`CONVERGED_SUPPORT_LOSS` nats, capped at the last; the table records the steps used and whether
+the criterion was met).
 """
 
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -20,11 +35,26 @@ from repana.errors import InputError
 from repana.progress import progress
 
 FROZEN_SETS: tuple[tuple[int, ...], ...] = ((), (1,), (1, 2), (1, 2, 3), (1, 2, 3, 4))
+PROTOCOLS = ("run", "paper", "converged")
+# Table 1 is MiniImageNet (5-way 1-shot and 5-shot), evaluated as in Finn et al. 2017 with 10 test-time steps
+# (arXiv 1703.03400, Section 5.2 and Appendix A.1; Raghu et al. train and evaluate "using the same
+# hyperparameters", arXiv 1909.09157 Section 3.1).
+PAPER_TEST_STEPS = 10
+CONVERGENCE_LADDER = (10, 30, 100, 300)
+# 0.05 nats: every support image's true class at probability ~0.95; the support set is fitted.
+CONVERGED_SUPPORT_LOSS = 0.05
 
 
 def frozen_name(frozen: Sequence[int]) -> str:
     """``()`` -> ``"none"``, ``(1, 2)`` -> ``"1,2"`` (the paper's column names)."""
     return ",".join(map(str, frozen)) if frozen else "none"
+
+
+def _check_frozen_sets(frozen_sets: Sequence[Sequence[int]]) -> None:
+    for frozen in frozen_sets:
+        bad = [i for i in frozen if i not in (1, 2, 3, 4)]
+        if bad:
+            raise InputError(f"frozen layers {bad} are not conv blocks 1..4")
 
 
 def freezing_accuracy(model: torch.nn.Module, episodes, *, steps: int, lr: float,
@@ -40,10 +70,7 @@ def freezing_accuracy(model: torch.nn.Module, episodes, *, steps: int, lr: float
     """
     from repana.meta.evaluate import evaluate
 
-    for frozen in frozen_sets:
-        bad = [i for i in frozen if i not in (1, 2, 3, 4)]
-        if bad:
-            raise InputError(f"frozen layers {bad} are not conv blocks 1..4")
+    _check_frozen_sets(frozen_sets)
     rows = []
     for frozen in progress(frozen_sets, desc=f"freezing {label}".strip(), unit="set"):
         result = evaluate(model, episodes, method="adapt", steps=steps, lr=lr,
@@ -55,25 +82,123 @@ def freezing_accuracy(model: torch.nn.Module, episodes, *, steps: int, lr: float
     return pd.DataFrame.from_records(rows)
 
 
+def converged_steps(model: torch.nn.Module, episodes, *, lr: float, trainable: Callable[[str], bool],
+                    ladder: Sequence[int] = CONVERGENCE_LADDER,
+                    target: float = CONVERGED_SUPPORT_LOSS) -> tuple[int, float, bool]:
+    """The first step count of ``ladder`` whose mean support cross-entropy over ``episodes`` is at most
+    ``target`` nats: ``(steps, that loss, True)``; ``(ladder[-1], its loss, False)`` when none is."""
+    from repana.meta.evaluate import support_loss
+
+    if not ladder or any(int(s) < 1 for s in ladder):
+        raise InputError(f"convergence ladder {list(ladder)} must hold step counts of at least 1")
+    loss = float("nan")
+    for steps in ladder:
+        loss = float(support_loss(model, episodes, steps=int(steps), lr=lr, trainable=trainable).mean())
+        if not np.isfinite(loss):
+            raise InputError(f"the support loss is not finite after {steps} steps of lr {lr}: the test-time "
+                             "inner loop diverges; use a smaller lr")
+        if loss <= target:
+            return int(steps), loss, True
+    return int(ladder[-1]), loss, False
+
+
+def freezing_by_protocol(model: torch.nn.Module, episodes, *, run_steps: int, lr: float,
+                         trainable: Callable[[str], bool] = all_parameters,
+                         frozen_sets: Sequence[Sequence[int]] = FROZEN_SETS, paper_steps: int = PAPER_TEST_STEPS,
+                         ladder: Sequence[int] = CONVERGENCE_LADDER, target: float = CONVERGED_SUPPORT_LOSS,
+                         label: str = "") -> pd.DataFrame:
+    """:func:`freezing_accuracy` under each test-time protocol of :data:`PROTOCOLS` (module docstring).
+
+    Returns one row per (frozen set, protocol): label, frozen, n_frozen, protocol, steps, accuracy (fraction),
+    ci95 (over episodes), support_loss (mean support cross-entropy after adaptation, nats), converged (the
+    support loss at most ``target``), n_episodes, lr. Steps are in the mean-loss convention of ``lr``.
+    """
+    from repana.meta.evaluate import evaluate, support_loss
+
+    _check_frozen_sets(frozen_sets)
+    rows = []
+    for frozen in progress(frozen_sets, desc=f"freezing {label}".strip(), unit="set"):
+        adapted = freeze_layers(trainable, frozen, model.layer_names)
+        settled = converged_steps(model, episodes, lr=lr, trainable=adapted, ladder=ladder, target=target)
+        for protocol, steps in (("run", run_steps), ("paper", paper_steps), ("converged", settled[0])):
+            result = evaluate(model, episodes, method="adapt", steps=steps, lr=lr, trainable=adapted)
+            loss = (settled[1] if protocol == "converged"
+                    else float(support_loss(model, episodes, steps=steps, lr=lr, trainable=adapted).mean()))
+            rows.append({"label": label, "frozen": frozen_name(frozen), "n_frozen": len(frozen),
+                         "protocol": protocol, "steps": int(steps), "accuracy": float(result.accuracy),
+                         "ci95": float(result.ci95), "support_loss": loss, "converged": bool(loss <= target),
+                         "n_episodes": len(episodes), "lr": lr})
+    return pd.DataFrame.from_records(rows)
+
+
+def freezing_reading(drop_paper: float, drop_converged: float, tolerance: float, conv4_change: float | None = None,
+                     ) -> str:
+    """Which explanation a frozen-body drop supports (points, all four conv blocks frozen vs none).
+
+    ``drop_paper``: the drop under the paper's protocol; ``drop_converged``: with the support loss
+    converged; ``tolerance``: the points within which two accuracies are equal (the verdict's allowance);
+    ``conv4_change``: 1 - conv4's similarity before vs after the inner loop, when measured.
+    """
+    change = "" if conv4_change is None else f"; conv4's representation changes by {conv4_change:.3f} (1 - similarity) in the inner loop"
+    if drop_paper <= tolerance:
+        return f"the body is reused: freezing all four conv blocks costs {drop_paper:+.1f} points under the paper's protocol"
+    if drop_converged <= tolerance:
+        return (f"the body is reused but the head needs more steps: freezing all four conv blocks costs "
+                f"{drop_paper:.1f} points under the paper's protocol and {drop_converged:+.1f} once the support loss "
+                f"has converged{change}")
+    return (f"the body really adapts: freezing all four conv blocks costs {drop_paper:.1f} points under the paper's "
+            f"protocol and still {drop_converged:.1f} once the support loss has converged{change}")
+
+
 # ----- the registered analysis -------------------------------------------------------------------
 
 NAME = "freezing"
+BODY_ADAPTING = ("maml", "fomaml")   # the algorithms whose inner loop adapts the body: Table 1's claim is about MAML
+
+
+def conv4_change(model: torch.nn.Module, episodes, *, steps: int, lr: float, trainable: Callable[[str], bool],
+                 measure: str = "cka_debiased") -> float:
+    """1 - conv4's similarity (``measure``) before vs after ``steps`` inner steps on ``episodes``, averaged."""
+    from repana.analysis.inner_loop_similarity import inner_loop_similarity
+
+    detail = inner_loop_similarity(model, episodes, steps=steps, lr=lr, trainable=trainable, measures=[measure],
+                                   layers=["conv4"], null=False, every_step=False)
+    return float(1.0 - detail["value"].mean())
 
 
 def compute(context) -> dict[str, pd.DataFrame]:
-    """Every network of ``context``, its own test-time rule narrowed by each frozen set."""
-    episodes = context.episodes(context.settings["episodes"])
-    frames = [freezing_accuracy(context.model(label), episodes, steps=context.steps, lr=context.lr,
-                                trainable=context.trainable(label), label=label.upper())
-              for label in context.networks]
-    return {NAME: pd.concat(frames, ignore_index=True)}
+    """Every network of ``context``, its own test-time rule narrowed by each frozen set, under each protocol;
+    and conv4's inner-loop change of the body-adapting networks (``freezing_conv4``)."""
+    settings = context.settings
+    episodes = context.episodes(settings["episodes"])
+    ladder = tuple(settings.get("ladder", CONVERGENCE_LADDER))
+    frames, changes = [], []
+    for label in context.networks:
+        model = context.model(label)
+        frames.append(freezing_by_protocol(model, episodes, run_steps=context.steps, lr=context.lr,
+                                           trainable=context.trainable(label), ladder=ladder,
+                                           paper_steps=int(settings.get("paper_steps", PAPER_TEST_STEPS)),
+                                           label=label.upper()))
+        if context.algorithm(label) in BODY_ADAPTING:
+            few = context.episodes(int(settings.get("similarity_episodes", 20)), offset=7)
+            changes.append({"label": label.upper(), "layer": "conv4", "measure": "cka_debiased",
+                            "steps": context.steps, "change": conv4_change(model, few, steps=context.steps,
+                                                                           lr=context.lr,
+                                                                           trainable=context.trainable(label))})
+    tables = {NAME: pd.concat(frames, ignore_index=True)}
+    if changes:
+        tables[f"{NAME}_conv4"] = pd.DataFrame.from_records(changes)
+    return tables
 
 
 def figures(tables, context) -> dict:
     from repana.analysis.report import for_figure
     from repana.plots import paper as plots
 
-    return {NAME: lambda: plots.freezing_figure(for_figure(tables[NAME], ["label", "frozen"], "accuracy"))}
+    frame = tables[NAME]
+    if "protocol" in frame:
+        frame = frame[frame["protocol"] == "paper"]
+    return {NAME: lambda: plots.freezing_figure(for_figure(frame, ["label", "frozen"], "accuracy"))}
 
 
 def paper_column(context) -> str:
@@ -82,25 +207,58 @@ def paper_column(context) -> str:
     return f"MiniImageNet-5way-{5 if shots >= 5 else 1}shot"
 
 
+def _protocol_header(frame: pd.DataFrame, protocol: str) -> str:
+    steps = sorted(set(frame.loc[frame["protocol"] == protocol, "steps"].astype(int)))
+    names = {"run": "run's protocol", "paper": "paper's protocol", "converged": "support loss converged"}
+    return f"{names[protocol]}, {'/'.join(map(str, steps))} steps (%)"
+
+
 def report(tables, context) -> Section:
     from repana.analysis import paper_values
     from repana.analysis.report import figure_markdown, markdown_table, over_seeds, pct_seeds, seed_spread
 
-    summary = over_seeds(tables[NAME], ["label", "frozen"], "accuracy")
+    frame = tables[NAME]
+    if "protocol" not in frame:   # tables of an older repana: the run's protocol only
+        frame = frame.assign(protocol="paper")
+    summary = over_seeds(frame, ["label", "frozen", "protocol"], "accuracy")
+    changes = tables.get(f"{NAME}_conv4")
     column = paper_column(context)
     findings, views = [], []
     for label, group in summary.groupby("label", sort=False):
-        views.append(pd.DataFrame({
-            "network": label, "frozen conv blocks": group["frozen"],
-            "ours (%)": [pct_seeds(row) for _, row in group.iterrows()],
-            f"paper {column} (%)": [paper_values.value("Table 1", f, column).printed for f in group["frozen"]]}))
-        cells = {row["frozen"]: (100 * row["accuracy"], 100 * seed_spread(row)) for _, row in group.iterrows()}
-        verdict, reason = paper_values.verdict_freezing(cells)
-        findings.append(Finding(f"{label}: {reason}", AGREES if verdict == paper_values.AGREES else DISAGREES))
+        view = {"network": label, "frozen conv blocks": list(dict.fromkeys(group["frozen"]))}
+        for protocol in (p for p in PROTOCOLS if p in set(group["protocol"])):
+            rows = group[group["protocol"] == protocol]
+            view[_protocol_header(frame[frame["label"] == label], protocol)] = [pct_seeds(row) for _, row in rows.iterrows()]
+        view[f"paper {column} (%)"] = [paper_values.value("Table 1", f, column).printed for f in view["frozen conv blocks"]]
+        views.append(pd.DataFrame(view))
+        algorithm = context.algorithm(label.lower()) if label.lower() in context.networks else label.lower()
+        if algorithm not in BODY_ADAPTING:
+            continue
+        cells = {protocol: {row["frozen"]: (100 * row["accuracy"], 100 * seed_spread(row))
+                            for _, row in group[group["protocol"] == protocol].iterrows()}
+                 for protocol in set(group["protocol"])}
+        verdict, reason = paper_values.verdict_freezing(cells["paper"])
+        findings.append(Finding(f"{label}, paper's protocol: {reason}",
+                                AGREES if verdict == paper_values.AGREES else DISAGREES))
+        if "converged" in cells and "1,2,3,4" in cells["paper"]:
+            tolerance = max(paper_values.FREEZING_TOLERANCE_POINTS, cells["paper"]["1,2,3,4"][1])
+            drop = {p: cells[p]["none"][0] - cells[p]["1,2,3,4"][0] for p in ("paper", "converged")}
+            change = None
+            if changes is not None and "seed" in changes:
+                change = float(changes.loc[changes["label"] == label, "change"].mean())
+            elif changes is not None:
+                change = float(changes.loc[changes["label"] == label, "change"].mean())
+            findings.append(Finding(f"{label}: {freezing_reading(drop['paper'], drop['converged'], tolerance, change)}"))
+    steps_note = (f"Three test-time protocols: the run's own steps ({context.steps}), the paper's (Table 1 is "
+                  f"MiniImageNet, evaluated with {PAPER_TEST_STEPS} steps) and enough steps for the support loss "
+                  f"to converge (the first of {', '.join(map(str, CONVERGENCE_LADDER))} steps whose mean support "
+                  f"cross-entropy is at most {CONVERGED_SUPPORT_LOSS} nats). The verdict uses the paper's protocol; "
+                  "the converged column tells a head that needed more steps from a body that really adapts.")
     body = (f"Accuracy with conv blocks 1..k held at their meta-learned values in the test-time inner loop. "
-            f"Paper: Table 1, {column}; its ± is {paper_values.value('Table 1', 'none', column).spread_meaning}\n\n"
+            f"{steps_note} Paper: Table 1, {column}; its ± is "
+            f"{paper_values.value('Table 1', 'none', column).spread_meaning}\n\n"
             + markdown_table(pd.concat(views, ignore_index=True)) + "\n\n"
-            + figure_markdown(NAME, "Accuracy with conv blocks frozen at test time"))
+            + figure_markdown(NAME, "Accuracy with conv blocks frozen at test time (paper's protocol)"))
     return Section("Freezing layers at test time (paper Table 1)", body, tuple(findings))
 
 

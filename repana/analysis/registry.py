@@ -38,7 +38,7 @@ PRESETS = ("quick", "paper")
 # Modules that register an analysis, in report order.
 ANALYSIS_MODULES = ("learning_curves", "inner_loop_similarity", "freezing", "training_dynamics", "maml_anil_nil",
                     "seed_pair_similarity", "maml_anil_similarity", "training_regimes", "head_needed", "convergence",
-                    "rl_returns", "rl_policy_similarity")
+                    "feature_reuse_map", "rl_returns", "rl_policy_similarity")
 ANALYSIS_QUERIES = 15    # query images per class in the analyses' test episodes (datapoints)
 ANALYSIS_SEED = 12345    # seed of the analyses' test episodes (plus each analysis's episode_offset)
 
@@ -105,6 +105,7 @@ class Analysis:
     across_settings: Callable[[dict[str, tuple[Tables, "AnalysisContext"]]], Section] | None = None
     summary_table: str | None = None                        # table printed by repana analyze (default: name)
     kind: str = "supervised"                                # checkpoints it reads: "supervised" or "rl"
+    optional: bool = False                                  # reproduce: run only when named (--only), e.g. a grid
 
     def table_file(self, table: str) -> str:
         """CSV file name of one of its tables."""

@@ -29,7 +29,7 @@ import torch
 
 from repana.analysis.registry import (ANALYSIS_QUERIES, PRESETS, AnalysisContext, Section, default_analyses_dir,
                                      get_analysis, list_analyses, load_entries)
-from repana.errors import ConfigError
+from repana.errors import ConfigError, InputError
 from repana.io import atomic_save_csv, atomic_write_text
 from repana.runs.plan import Job
 
@@ -81,6 +81,43 @@ RL_QUICK = {"2d-navigation": {"iterations": 40, "checkpoint_every": 5},
                                 "checkpoint_every": 2, "vector_mode": "sync"}}
 
 
+def _chosen(name: str, only: list[str] | None) -> bool:
+    """Whether analysis ``name`` runs: named in ``only``, or (no ``only``) not an optional analysis."""
+    return name in only if only else not get_analysis(name).optional
+
+
+def network_order(network: str) -> tuple[int, str]:
+    """Sort key of a reproduction's network names: :data:`RUNS` order, then map variants by name."""
+    from repana.analysis.feature_reuse_map import split_network
+
+    run, variant = split_network(network)
+    return list(RUNS).index(run), variant or ""
+
+
+def network_values(network: str) -> tuple[str, dict]:
+    """``(run, TrainConfig values)`` of a network name: a run of :data:`RUNS` (no values), or
+    ``"<run>-<variant>"``, run trained as a network shape of the feature-reuse map
+    (:data:`repana.analysis.feature_reuse_map.MAP_VARIANTS`)."""
+    from repana.analysis.feature_reuse_map import split_network, variant_values
+
+    run, variant = split_network(network)
+    if run not in RUNS:
+        raise ConfigError(f"unknown network {network!r}; choose from {list(RUNS)} (or <run>-<map variant>)")
+    try:
+        return run, (variant_values(variant) if variant else {})
+    except InputError as error:
+        raise ConfigError(str(error)) from None
+
+
+def variant_seed_offset(network: str) -> int:
+    """Seed offset of a map variant's networks (10, 20, ...: above every :data:`RUN_SEED_OFFSETS`, below
+    :data:`repana.runs.plan.SEED_STRIDE`), 0 for a plain run: no two networks share an initialisation."""
+    from repana.analysis.feature_reuse_map import MAP_VARIANTS, split_network
+
+    variant = split_network(network)[1]
+    return 0 if variant is None else 10 * (list(MAP_VARIANTS).index(variant) + 1)
+
+
 def setting_name(job: Job) -> str:
     """``<dataset>-<N>way-<K>shot`` of a job: the folder of its tables and figures and its report title."""
     return f"{job.config.dataset}-{job.setting}"
@@ -104,31 +141,33 @@ def training_plan(preset: str, dataset: str, data_root: str | Path | None = None
         raise ConfigError(f"preset {preset!r} is not one of {PRESETS}")
     if dataset not in DATASETS:
         raise ConfigError(f"dataset {dataset!r} is not one of {DATASETS}")
-    unknown = sorted(set(networks or []) - set(RUNS))
-    if unknown:
-        raise ConfigError(f"unknown networks {unknown}; choose from {list(RUNS)}")
+    for network in networks or []:
+        network_values(network)
     cells = list(dict.fromkeys(parse_setting(s, dataset)[0] for s in (settings or [DEFAULT_SETTING])))
     family = "omniglot" if dataset == "glyphs" else dataset
     jobs = []
     for cell in cells:
         base = {}
-        for name in (n for n in RUNS if networks is None or n in networks):
+        for name in (networks if networks is not None else list(RUNS)):
+            run, variant = network_values(name)
             # split "": the runs train on the dataset's default split, which is what the analyses load
             # (load_splits(dataset, root)); the preset's "maml" split needs all 1623 Omniglot characters
-            values: dict = {"name": name, "algorithm": RUNS[name], "dataset": dataset, "split": "",
+            values: dict = {"name": name, "algorithm": RUNS[run], "dataset": dataset, "split": "",
                             "data_root": str(data_root) if data_root else ""}
             if preset == "quick":
-                iterations = max(10, int(QUICK_ITERATIONS[name] * iterations_scale))
+                iterations = max(10, int(QUICK_ITERATIONS[run] * iterations_scale))
                 values.update(QUICK_OVERRIDES, iterations=iterations, checkpoint_every=0,
                               val_every=max(1, iterations // QUICK_VALIDATIONS),
                               val_episodes=QUICK_VAL_EPISODES)
                 values["save_steps"] = (sorted({max(1, round(f * iterations)) for f in SAVE_FRACTIONS})
                                         if name == "maml" else [])
-            config = load_config(preset=f"{family}-{cell}", overrides={**values, **(overrides or {})})
+            # a map variant's shape wins over the run-wide overrides: it is what the grid varies
+            config = load_config(preset=f"{family}-{cell}", overrides={**values, **(overrides or {}), **variant})
             if preset == "paper" and name == "maml":
                 config = config.replace(save_steps=sorted(set(config.save_steps) | {
                     round(f * config.iterations) for f in SAVE_FRACTIONS}))
-            base[name] = config.replace(seed=config.seed + RUN_SEED_OFFSETS[name])
+            config = config.replace(seed=config.seed + RUN_SEED_OFFSETS[run] + variant_seed_offset(name))
+            base[name] = config
         jobs += expand_jobs(base, seeds, [cell], runs_dir=runs_dir, device=device)
     return jobs
 
@@ -256,11 +295,11 @@ def reproduce(preset: str = "quick", dataset: str = "glyphs", data_root: str | P
         raise ConfigError(f"unknown analyses {unknown + wrong} for a {kind} reproduction; available: "
                           f"{sorted(set(entries) & set(list_analyses(kind)))}"
                           + ("" if kind == "rl" else " (the rl_* analyses run with --rl)"))
-    selected = [get_analysis(name) for name in list_analyses(kind) if name in entries and (not only or name in only)]
+    selected = [get_analysis(name) for name in list_analyses(kind) if name in entries and _chosen(name, only)]
     if rl_envs:
         return _reproduce_rl(preset, rl_envs, selected, entries, out, iterations_scale, rl_overrides, seeds,
                              threads, show_progress, log, executor, max_workers, address)
-    needed = sorted({net for analysis in selected for net in analysis.networks}, key=list(RUNS).index)
+    needed = sorted({net for analysis in selected for net in analysis.networks}, key=network_order)
     plan = training_plan(preset, dataset, data_root, iterations_scale, train_overrides, settings, seeds, needed,
                          runs_dir=out / "runs", device=device)
     t_start = time.perf_counter()
@@ -320,13 +359,13 @@ def write_reproduction_plan(plan_dir: str | Path, preset: str = "quick", dataset
     unknown = sorted(set(only or []) - known)
     if unknown:
         raise ConfigError(f"unknown analyses {unknown} for a {kind} reproduction; available: {sorted(known)}")
+    known = {name for name in known if _chosen(name, only)}
     if rl_envs:
-        networks = {net for name in known if not only or name in only for net in get_analysis(name).networks}
+        networks = {net for name in known for net in get_analysis(name).networks}
         plan = rl_training_plan(preset, rl_envs, iterations_scale, rl_overrides, seeds,
                                 [n for n in RL_RUNS if n in networks], runs_dir=Path(out).resolve() / "runs")
         return write_plan(plan, plan_dir)
-    needed = sorted({net for name in known if not only or name in only for net in get_analysis(name).networks},
-                    key=list(RUNS).index)
+    needed = sorted({net for name in known for net in get_analysis(name).networks}, key=network_order)
     root = Path(data_root).resolve() if data_root else None
     plan = training_plan(preset, dataset, root, iterations_scale, train_overrides, settings, seeds, needed,
                          runs_dir=Path(out).resolve() / "runs", device=device)

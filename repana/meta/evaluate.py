@@ -32,7 +32,7 @@ from repana.meta.inner import InnerLoop, query_logits_by_part
 from repana.meta.nil import nil_logits, nil_predict
 from repana.progress import progress
 
-__all__ = ["EvaluationResult", "evaluate", "predict", "confidence_interval95", "nil_logits"]
+__all__ = ["EvaluationResult", "evaluate", "predict", "support_loss", "confidence_interval95", "nil_logits"]
 
 METHODS = ("adapt", "nil")
 HEAD_MODES = ("auto", "keep", "zero")
@@ -204,6 +204,36 @@ def evaluate(model: torch.nn.Module, episodes: Any, method: str = "adapt", steps
     per_episode = np.concatenate(accuracies)
     return EvaluationResult(accuracy=float(per_episode.mean()), ci95=confidence_interval95(per_episode),
                             per_episode=per_episode, n_episodes=int(per_episode.size))
+
+
+def support_loss(model: torch.nn.Module, episodes: Any, steps: int, lr: float, trainable: Trainable = None,
+                 chunk_size: int | None = 100, loss_reduction: str = "mean", head: str = "auto",
+                 fold: bool | None = None) -> np.ndarray:
+    """Cross-entropy (nats) of each episode's support set after adapting on it: float64 ``(n_episodes,)``.
+
+    The same adaptation as :func:`evaluate` (``steps`` steps of ``lr`` on the ``trainable`` parameters,
+    first order), then the adapted network's forward pass on the support images alone (batch statistics of
+    the support batch, as the inner loop sees it). What a test-time protocol reads to tell whether its steps
+    fitted the support set (:func:`repana.analysis.freezing.converged_steps`).
+    """
+    loss_reduction = _check_options("adapt", steps, lr, loss_reduction, "apart")
+    device = next(model.parameters()).device
+    losses: list[np.ndarray] = []
+    with _EvalMode(model):
+        for chunk in iter_chunks(episodes, chunk_size):
+            chunk = _Chunk(*(t.to(device) for t in chunk))
+            ways = int(chunk.support_y.max()) + 1
+            spec = InnerLoop(steps, lr, trainable, True, loss_reduction, "apart", fold)
+            with torch.no_grad():
+                logits = torch.cat([part for _, part in query_logits_by_part(
+                    model, _initial_params(model, ways, head), chunk.support_x, chunk.support_y, chunk.support_x,
+                    spec)])
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).double(), chunk.support_y.flatten(),
+                                                         reduction="none").view(chunk.support_y.shape).mean(1)
+            losses.append(loss.cpu().numpy())
+    if not losses:
+        raise InputError("no episodes to evaluate")
+    return np.concatenate(losses)
 
 
 def predict(model: torch.nn.Module, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,

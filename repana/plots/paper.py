@@ -342,3 +342,38 @@ def rl_similarity_figure(summary) -> Figure:
     axes[0].legend(fontsize="small")
     figure.tight_layout()
     return figure
+
+
+@styled
+def feature_reuse_map_figure(cells) -> Figure:
+    """Heatmaps over the map's cells (rows: head input, columns: width): the drop from freezing conv1-4 at
+    the run's steps, at 10 steps and at convergence (points), conv4's debiased CKA before vs after the inner
+    loop, ANIL - MAML and NIL - MAML (points). ``cells``: :func:`repana.analysis.feature_reuse_map.summarize_cells`."""
+    frame = _frame(cells)
+    heads = sorted(frame["head_input"].unique())
+    widths = sorted(int(w) for w in frame["hidden"].unique())
+    panels = [("drop_run", "drop, run's steps", "pts"), ("drop_paper", "drop, 10 steps", "pts"),
+              ("drop_converged", "drop, converged", "pts"), ("conv4_cka_debiased", "conv4 CKA before/after", ""),
+              ("anil_minus_maml", "ANIL - MAML", "pts"), ("nil_minus_maml", "NIL - MAML", "pts")]
+    figure = Figure(figsize=(2.1 * len(panels), 0.7 * len(heads) + 1.5))
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (column, title, unit) in zip(axes, panels):
+        grid = np.full((len(heads), len(widths)), np.nan)
+        for _, row in frame.iterrows():
+            grid[heads.index(row["head_input"]), widths.index(int(row["hidden"]))] = row[column]
+        if column.startswith("conv4"):
+            image = ax.imshow(grid, cmap="viridis", vmin=min(0.5, np.nanmin(grid)), vmax=1.0)
+        else:
+            bound = max(5.0, float(np.nanmax(np.abs(grid)))) if np.isfinite(grid).any() else 5.0
+            image = ax.imshow(grid, cmap="RdBu_r", vmin=-bound, vmax=bound)
+        for (i, j), value in np.ndenumerate(grid):
+            if np.isfinite(value):
+                text = f"{value:.3f}" if column.startswith("conv4") else f"{value:+.1f}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                        color="white" if abs(image.norm(value) - 0.5) > 0.3 else "black")
+        ax.set_xticks(range(len(widths)), [str(w) for w in widths])
+        ax.set_yticks(range(len(heads)), [h.replace("_", " ") for h in heads])
+        ax.set_xlabel("width")
+        ax.set_title(title + (f" ({unit})" if unit else ""), fontsize=8)
+    figure.tight_layout()
+    return figure
