@@ -182,6 +182,20 @@ def test_figure_2_cka_needs_body_above_09_and_the_head_lowest():
     assert pv.verdict_inner_loop_similarity({**good, "conv3": 0.88}, "cka")[0] == DISAGREES
 
 
+def test_figure_2_per_layer_says_which_layers_agree():
+    """The issue's quick run: conv1-3 above 0.9, conv4 0.851, head 0.553 with SVCCA."""
+    per_layer = pv.verdicts_inner_loop_similarity(
+        {"conv1": 0.99, "conv2": 0.97, "conv3": 0.93, "conv4": 0.851, "head": 0.553}, "svcca")
+    assert {layer: v for layer, (v, _) in per_layer.items()} == {
+        "conv1": AGREES, "conv2": AGREES, "conv3": AGREES, "conv4": DISAGREES, "head": DISAGREES}
+    assert "conv4 0.851 fails 'conv4 svcca > 0.9'" in per_layer["conv4"][1]
+    assert "head 0.553 fails 'head svcca < 0.5'" in per_layer["head"][1]
+    cka = pv.verdicts_inner_loop_similarity({"conv1": 0.99, "conv2": 0.97, "conv3": 0.95, "conv4": 0.6,
+                                             "head": 0.7}, "cka")
+    assert cka["conv4"][0] == DISAGREES and cka["head"][0] == DISAGREES and cka["conv3"][0] == AGREES
+    assert "below every conv layer" in cka["head"][1]
+
+
 def test_figure_2_refuses_a_table_without_conv4_or_head_and_unknown_measures():
     with pytest.raises(InputError, match="conv4"):
         pv.verdict_inner_loop_similarity({"conv1": 1.0, "conv2": 1.0, "conv3": 1.0, "head": 0.1})
@@ -282,17 +296,43 @@ def test_nil_below_either_reference_does_not_agree():
     verdict, reason = pv.verdict_nil_matches(results)
     assert verdict == DISAGREES and "below MAML" in reason and "below ANIL" in reason
     assert pv.verdict_nil_matches({"x": {"ANIL": 75.1, "NIL": 77.0}})[0] == AGREES
-    assert pv.verdict_nil_matches({"x": {"ANIL": 75.1, "NIL": 81.0}})[0] == DISAGREES
+    # a deficit of exactly 1.6 points (the paper's largest "comparable" one) agrees, 1.7 does not
+    assert pv.verdict_nil_matches({"x": {"MAML": 60.0, "NIL": 58.4}})[0] == AGREES
+    verdict, reason = pv.verdict_nil_matches({"x": {"MAML": 60.0, "NIL": 58.3}})
+    assert verdict == DISAGREES and "1.7 points below MAML" in reason
+    # ... unless the noise is wider: hypot(1.5, 2.0) = 2.5
+    assert pv.verdict_nil_matches({"x": {"MAML": (60.0, 1.5), "NIL": (57.6, 2.0)}})[0] == AGREES
     with pytest.raises(InputError, match="neither MAML nor ANIL"):
         pv.verdict_nil_matches({"x": {"NIL": 81.0}})
 
 
-def test_learning_curves_agree_only_when_close_at_every_iteration():
+def test_nil_better_than_maml_and_anil_agrees_by_any_margin():
+    """Table 4's claim is one-sided: the issue's quick run (NIL 85.4 vs MAML 80.2, ANIL 80.5) agrees."""
+    verdict, reason = pv.verdict_nil_matches({"omniglot-5way-1shot": {"MAML": (80.2, 0.9), "ANIL": (80.5, 0.9),
+                                                                      "NIL": (85.4, 0.8)}})
+    assert verdict == AGREES and "NIL 85.4 vs MAML 80.2 (+5.2)" in reason
+    assert pv.verdict_nil_matches({"x": {"ANIL": 75.1, "NIL": 95.0}})[0] == AGREES
+    # ANIL vs MAML stays two-sided: "matches" bounds a surplus too
+    assert pv.verdict_anil_matches_maml({"x": {"MAML": 75.1, "ANIL": 95.0}})[0] == DISAGREES
+
+
+def test_learning_curves_judge_the_second_half_of_training_only():
     close = {1000: {"MAML": (40.0, 1.0), "ANIL": (40.8, 1.0)}, 2000: {"MAML": (55.0, 1.0), "ANIL": (54.2, 1.0)}}
-    assert pv.verdict_learning_curves(close)[0] == AGREES
+    verdict, reason = pv.verdict_learning_curves(close)
+    assert verdict == AGREES and "from iteration 1000 on" in reason
     apart = {**close, 3000: {"MAML": (60.0, 0.5), "ANIL": (65.0, 0.5)}}
     verdict, reason = pv.verdict_learning_curves(apart)
     assert verdict == DISAGREES and "iteration 3000" in reason
+    # An early gap (ANIL learns first, both reach the same plateau) is outside the judged half.
+    early = {200: {"MAML": (30.0, 1.0), "ANIL": (60.0, 1.0)}, 400: {"MAML": (50.0, 1.0), "ANIL": (70.0, 1.0)},
+             600: {"MAML": (74.0, 1.0), "ANIL": (75.0, 1.0)}, 800: {"MAML": (76.0, 1.0), "ANIL": (75.5, 1.0)},
+             1000: {"MAML": (76.0, 1.0), "ANIL": (76.5, 1.0)}}
+    verdict, reason = pv.verdict_learning_curves(early)
+    assert verdict == AGREES and "from iteration 600 on" in reason and "3 of 5 iterations judged" in reason
+    # ... but the same gap at iteration 600 is judged, and fails
+    late = {**early, 600: {"MAML": (60.0, 1.0), "ANIL": (75.0, 1.0)}}
+    verdict, reason = pv.verdict_learning_curves(late)
+    assert verdict == DISAGREES and "iteration 600: ANIL 75.0 vs MAML 60.0" in reason and "iteration 400" not in reason
 
 
 # ---- Table 3 ------------------------------------------------------------------------------------
