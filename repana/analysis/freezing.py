@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from repana.meta.adapt import all_parameters, freeze_layers
-from repana.analysis.registry import AGREES, DISAGREES, Analysis, Finding, Section, register
+from repana.analysis.registry import Analysis, Finding, Section, register
 from repana.errors import InputError
 from repana.progress import progress
 
@@ -82,9 +82,15 @@ def paper_column(context) -> str:
     return f"MiniImageNet-5way-{5 if shots >= 5 else 1}shot"
 
 
+def _ends(accuracy, frozen: list[str], column: str = "") -> str:
+    """"none 44.5 -> 1,2,3,4 44.7 %": accuracy (percent) with nothing and with the most blocks frozen."""
+    most = frozen[-1]
+    return f"none {accuracy('none'):.1f} -> {most} {accuracy(most):.1f} %" + (f" ({column})" if column else "")
+
+
 def report(tables, context) -> Section:
     from repana.analysis import paper_values
-    from repana.analysis.report import figure_markdown, markdown_table, over_seeds, pct_seeds, seed_spread
+    from repana.analysis.report import figure_markdown, judged_cell, markdown_table, over_seeds, pct_seeds
 
     summary = over_seeds(tables[NAME], ["label", "frozen"], "accuracy")
     column = paper_column(context)
@@ -94,9 +100,13 @@ def report(tables, context) -> Section:
             "network": label, "frozen conv blocks": group["frozen"],
             "ours (%)": [pct_seeds(row) for _, row in group.iterrows()],
             f"paper {column} (%)": [paper_values.value("Table 1", f, column).printed for f in group["frozen"]]}))
-        cells = {row["frozen"]: (100 * row["accuracy"], 100 * seed_spread(row)) for _, row in group.iterrows()}
-        verdict, reason = paper_values.verdict_freezing(cells)
-        findings.append(Finding(f"{label}: {reason}", AGREES if verdict == paper_values.AGREES else DISAGREES))
+        cells = {row["frozen"]: judged_cell(row) for _, row in group.iterrows()}
+        findings.append(Finding.judged(
+            paper_values.verdict_freezing(cells), prefix=f"{label}: ",
+            claim=f"{label}: freezing conv blocks at test time hardly affects accuracy",
+            location="Table 1; Section 3.2.1",
+            paper=_ends(lambda f: paper_values.value("Table 1", f, column).value, list(group["frozen"]), column),
+            ours=_ends(lambda f: cells[f][0], list(group["frozen"]))))
     body = (f"Accuracy with conv blocks 1..k held at their meta-learned values in the test-time inner loop. "
             f"Paper: Table 1, {column}; its ± is {paper_values.value('Table 1', 'none', column).spread_meaning}\n\n"
             + markdown_table(pd.concat(views, ignore_index=True)) + "\n\n"
