@@ -408,3 +408,47 @@ def test_rl_rows_agree_with_their_claim_and_a_deficit_beyond_the_noise_does_not(
         pv.verdict_anil_matches_maml_rl({"2d-navigation": {"MAML": (-10.0, 3.0)}})
     with pytest.raises(InputError, match="no RL column for environment 'ant'"):
         pv.rl_cells("ant")
+
+
+# ---- the noise, the verdicts' spelling and the unit at the boundary ------------------------------
+
+def test_noise_is_the_95_ci_half_width_of_each_mean():
+    # 2 seeds with accuracies 80 and 82: std 1.414, half-width t(0.975, 1) * std / sqrt(2) = 12.706
+    assert pv.mean_ci95_half_width(2 ** 0.5, 2) == pytest.approx(12.706)
+    assert pv.mean_ci95_half_width(1.0, 3, episode_ci95=0.5) == pytest.approx(4.303 / 3 ** 0.5)
+    # one seed: the run's episode CI; nothing known: 0
+    assert pv.mean_ci95_half_width(float("nan"), 1, episode_ci95=0.8) == 0.8
+    assert pv.mean_ci95_half_width(None, 1) == 0.0
+    assert pv.t975(200) == 1.96
+    assert pv.difference_noise(3.0, 4.0) == 5.0
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for df in range(1, 31):
+        assert pv.t975(df) == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=6e-4)
+
+
+def test_judged_cell_turns_fractions_into_percent_with_the_documented_noise():
+    pd = pytest.importorskip("pandas")
+    from repana.analysis.report import judged_cell, over_seeds
+
+    frame = pd.DataFrame({"label": "MAML", "seed": [0, 1], "accuracy": [0.80, 0.82], "ci95": [0.02, 0.03]})
+    row = over_seeds(frame, ["label"]).iloc[0]
+    assert judged_cell(row) == pytest.approx((81.0, 100 * pv.mean_ci95_half_width(0.02 ** 0.5 * 0.1, 2)))
+    assert judged_cell(row)[1] == pytest.approx(12.706)
+    one = over_seeds(frame[frame.seed == 0], ["label"]).iloc[0]
+    assert judged_cell(one) == pytest.approx((80.0, 2.0))      # one seed: the episode CI, in percent
+    assert judged_cell(one, scale=1.0) == pytest.approx((0.80, 0.02))
+
+
+def test_one_spelling_of_the_verdicts_everywhere():
+    from repana.analysis import registry
+
+    assert registry.DISAGREES is pv.DISAGREES is pv.Verdict("does not agree")
+    assert registry.AGREES is pv.AGREES and registry.NO_VERDICT is pv.NO_VERDICT
+    assert str(pv.DISAGREES) == f"{pv.DISAGREES}" == "does not agree"
+    finding = registry.Finding.judged(pv.verdict_anil_speedup(0.9, 2.0), claim="ANIL faster", location="Section 4",
+                                      paper="1.7x", ours="0.9x")
+    assert finding.verdict is pv.DISAGREES and str(finding).endswith("-> **does not agree**.")
+    assert finding.reason.startswith("ANIL faster than MAML") and finding.claim == "ANIL faster"
+    assert registry.Finding("x", "agrees").verdict is pv.AGREES
+    with pytest.raises(ValueError):
+        registry.Finding("x", "does NOT agree")

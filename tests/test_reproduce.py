@@ -352,3 +352,22 @@ def test_learning_curves_table_puts_networks_of_different_lengths_on_one_grid():
     assert list(grid["anil % (step)"]) == ["60.5 ± 0.7 (2000)", "90.5 ± 0.7 (5000)"]
     assert list(grid["multitask % (step)"]) == ["20.5 ± 0.7 (400)", "20.5 ± 0.7 (1000)"]
     assert "the 2 validations of multitask" in caption and "nearest the same fraction" in caption
+
+
+def test_findings_table_lists_judged_findings_only_with_reasons_for_disagreements():
+    from repana.analysis.registry import AGREES, DISAGREES, Finding, Section
+    from repana.analysis.report import findings_table
+
+    judged = Finding("a", AGREES, claim="claim a", location="Table 1", paper="44.5", ours="44.0", reason="rule a")
+    failed = Finding("b", DISAGREES, claim="claim | b", location="Figure 2", paper="> 0.9", ours="0.85",
+                     reason="conv4 0.85\nfails")
+    sections = [Section("S1", "", (judged, Finding("no claim")), "omniglot-5way-1shot"),
+                Section("S2", "", (failed,), "omniglot-20way-1shot"), Section("S3", "", (judged,))]
+    lines = findings_table(sections).splitlines()
+    assert lines[0] == "| setting | claim | where in the paper | paper | ours | verdict | why not |"
+    assert lines[2:] == ["| omniglot-5way-1shot | claim a | Table 1 | 44.5 | 44.0 | agrees |  |",
+                         "| omniglot-20way-1shot | claim \\| b | Figure 2 | > 0.9 | 0.85 | **does not agree** | "
+                         "conv4 0.85 fails |",
+                         "| all | claim a | Table 1 | 44.5 | 44.0 | agrees |  |"]
+    assert findings_table(sections[:1]).splitlines()[2] == "| claim a | Table 1 | 44.5 | 44.0 | agrees |  |"
+    assert "No claim" in findings_table([Section("S", "", (Finding("x"),))])

@@ -131,8 +131,10 @@ def layer_findings(maml: pd.DataFrame, inner_step: int) -> list[Finding]:
         cells = {row["layer"]: row["mean"] for _, row in group.iterrows()}
         for layer, judgement in paper_values.verdicts_inner_loop_similarity(cells, measure).items():
             cca = measure.lower() in paper_values.CCA_MEASURES
-            paper = (f"CCA > {paper_values.BODY_CCA_ABOVE}" if layer != "head" else
-                     f"CCA < {paper_values.HEAD_CCA_BELOW}" if cca else "CKA 'much lower' than the conv layers")
+            if layer != "head":
+                paper = f"CCA > {paper_values.BODY_CCA_ABOVE}" if cca else f"CKA 'almost 1' (rule: > {paper_values.BODY_CCA_ABOVE})"
+            else:
+                paper = f"CCA < {paper_values.HEAD_CCA_BELOW}" if cca else "CKA 'much lower' than the conv layers"
             findings.append(Finding.judged(
                 judgement, prefix=f"{after}: ", claim=f"{layer} barely changes in the inner loop ({measure})"
                 if layer != "head" else f"the head changes in the inner loop ({measure})",

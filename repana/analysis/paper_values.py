@@ -1047,7 +1047,7 @@ def verdict_anil_matches_maml_rl(results: Mapping[str, Mapping[str, Any]]) -> Ju
     """Table 2, RL rows: ANIL and MAML "achieve comparable average return (the higher the better)".
 
     ``results``: {environment: {"MAML": cell, "ANIL": cell}}, average returns after adaptation with their
-    spread (std over seeds). The paper calls every one of its RL pairs comparable, including ANIL 363.2
+    spread (95% CI half-width of each mean, :func:`mean_ci95_half_width`). The paper calls every one of its RL pairs comparable, including ANIL 363.2
     vs MAML 170.4 on HalfCheetah-Direction, and in none is ANIL below MAML: in the paper's usage,
     "comparable" return means ANIL is not worse than MAML. Agrees when in every environment
     ANIL - MAML >= -noise, the noise being sqrt(s_a^2 + s_b^2) of the two spreads (returns have no common
