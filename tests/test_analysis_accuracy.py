@@ -104,4 +104,4 @@ def test_speed_finding_uses_the_papers_step_setting_when_measured():
     own = _speed_finding(speed[speed["steps_of"] == "this run"].drop(columns="steps_of"))
     assert "this run's inner steps: training 1.20x, inference 1.10x" in own
     slower = speed.assign(speedup=0.9)
-    assert "**does NOT agree**" in _speed_finding(slower)
+    assert "**does not agree**" in _speed_finding(slower)

@@ -182,6 +182,20 @@ def test_figure_2_cka_needs_body_above_09_and_the_head_lowest():
     assert pv.verdict_inner_loop_similarity({**good, "conv3": 0.88}, "cka")[0] == DISAGREES
 
 
+def test_figure_2_per_layer_says_which_layers_agree():
+    """The issue's quick run: conv1-3 above 0.9, conv4 0.851, head 0.553 with SVCCA."""
+    per_layer = pv.verdicts_inner_loop_similarity(
+        {"conv1": 0.99, "conv2": 0.97, "conv3": 0.93, "conv4": 0.851, "head": 0.553}, "svcca")
+    assert {layer: v for layer, (v, _) in per_layer.items()} == {
+        "conv1": AGREES, "conv2": AGREES, "conv3": AGREES, "conv4": DISAGREES, "head": DISAGREES}
+    assert "conv4 0.851 fails 'conv4 svcca > 0.9'" in per_layer["conv4"][1]
+    assert "head 0.553 fails 'head svcca < 0.5'" in per_layer["head"][1]
+    cka = pv.verdicts_inner_loop_similarity({"conv1": 0.99, "conv2": 0.97, "conv3": 0.95, "conv4": 0.6,
+                                             "head": 0.7}, "cka")
+    assert cka["conv4"][0] == DISAGREES and cka["head"][0] == DISAGREES and cka["conv3"][0] == AGREES
+    assert "below every conv layer" in cka["head"][1]
+
+
 def test_figure_2_refuses_a_table_without_conv4_or_head_and_unknown_measures():
     with pytest.raises(InputError, match="conv4"):
         pv.verdict_inner_loop_similarity({"conv1": 1.0, "conv2": 1.0, "conv3": 1.0, "head": 0.1})
@@ -282,17 +296,43 @@ def test_nil_below_either_reference_does_not_agree():
     verdict, reason = pv.verdict_nil_matches(results)
     assert verdict == DISAGREES and "below MAML" in reason and "below ANIL" in reason
     assert pv.verdict_nil_matches({"x": {"ANIL": 75.1, "NIL": 77.0}})[0] == AGREES
-    assert pv.verdict_nil_matches({"x": {"ANIL": 75.1, "NIL": 81.0}})[0] == DISAGREES
+    # a deficit of exactly 1.6 points (the paper's largest "comparable" one) agrees, 1.7 does not
+    assert pv.verdict_nil_matches({"x": {"MAML": 60.0, "NIL": 58.4}})[0] == AGREES
+    verdict, reason = pv.verdict_nil_matches({"x": {"MAML": 60.0, "NIL": 58.3}})
+    assert verdict == DISAGREES and "1.7 points below MAML" in reason
+    # ... unless the noise is wider: hypot(1.5, 2.0) = 2.5
+    assert pv.verdict_nil_matches({"x": {"MAML": (60.0, 1.5), "NIL": (57.6, 2.0)}})[0] == AGREES
     with pytest.raises(InputError, match="neither MAML nor ANIL"):
         pv.verdict_nil_matches({"x": {"NIL": 81.0}})
 
 
-def test_learning_curves_agree_only_when_close_at_every_iteration():
+def test_nil_better_than_maml_and_anil_agrees_by_any_margin():
+    """Table 4's claim is one-sided: the issue's quick run (NIL 85.4 vs MAML 80.2, ANIL 80.5) agrees."""
+    verdict, reason = pv.verdict_nil_matches({"omniglot-5way-1shot": {"MAML": (80.2, 0.9), "ANIL": (80.5, 0.9),
+                                                                      "NIL": (85.4, 0.8)}})
+    assert verdict == AGREES and "NIL 85.4 vs MAML 80.2 (+5.2)" in reason
+    assert pv.verdict_nil_matches({"x": {"ANIL": 75.1, "NIL": 95.0}})[0] == AGREES
+    # ANIL vs MAML stays two-sided: "matches" bounds a surplus too
+    assert pv.verdict_anil_matches_maml({"x": {"MAML": 75.1, "ANIL": 95.0}})[0] == DISAGREES
+
+
+def test_learning_curves_judge_the_second_half_of_training_only():
     close = {1000: {"MAML": (40.0, 1.0), "ANIL": (40.8, 1.0)}, 2000: {"MAML": (55.0, 1.0), "ANIL": (54.2, 1.0)}}
-    assert pv.verdict_learning_curves(close)[0] == AGREES
+    verdict, reason = pv.verdict_learning_curves(close)
+    assert verdict == AGREES and "from iteration 1000 on" in reason
     apart = {**close, 3000: {"MAML": (60.0, 0.5), "ANIL": (65.0, 0.5)}}
     verdict, reason = pv.verdict_learning_curves(apart)
     assert verdict == DISAGREES and "iteration 3000" in reason
+    # An early gap (ANIL learns first, both reach the same plateau) is outside the judged half.
+    early = {200: {"MAML": (30.0, 1.0), "ANIL": (60.0, 1.0)}, 400: {"MAML": (50.0, 1.0), "ANIL": (70.0, 1.0)},
+             600: {"MAML": (74.0, 1.0), "ANIL": (75.0, 1.0)}, 800: {"MAML": (76.0, 1.0), "ANIL": (75.5, 1.0)},
+             1000: {"MAML": (76.0, 1.0), "ANIL": (76.5, 1.0)}}
+    verdict, reason = pv.verdict_learning_curves(early)
+    assert verdict == AGREES and "from iteration 600 on" in reason and "3 of 5 iterations judged" in reason
+    # ... but the same gap at iteration 600 is judged, and fails
+    late = {**early, 600: {"MAML": (60.0, 1.0), "ANIL": (75.0, 1.0)}}
+    verdict, reason = pv.verdict_learning_curves(late)
+    assert verdict == DISAGREES and "iteration 600: ANIL 75.0 vs MAML 60.0" in reason and "iteration 400" not in reason
 
 
 # ---- Table 3 ------------------------------------------------------------------------------------
@@ -368,3 +408,47 @@ def test_rl_rows_agree_with_their_claim_and_a_deficit_beyond_the_noise_does_not(
         pv.verdict_anil_matches_maml_rl({"2d-navigation": {"MAML": (-10.0, 3.0)}})
     with pytest.raises(InputError, match="no RL column for environment 'ant'"):
         pv.rl_cells("ant")
+
+
+# ---- the noise, the verdicts' spelling and the unit at the boundary ------------------------------
+
+def test_noise_is_the_95_ci_half_width_of_each_mean():
+    # 2 seeds with accuracies 80 and 82: std 1.414, half-width t(0.975, 1) * std / sqrt(2) = 12.706
+    assert pv.mean_ci95_half_width(2 ** 0.5, 2) == pytest.approx(12.706)
+    assert pv.mean_ci95_half_width(1.0, 3, episode_ci95=0.5) == pytest.approx(4.303 / 3 ** 0.5)
+    # one seed: the run's episode CI; nothing known: 0
+    assert pv.mean_ci95_half_width(float("nan"), 1, episode_ci95=0.8) == 0.8
+    assert pv.mean_ci95_half_width(None, 1) == 0.0
+    assert pv.t975(200) == 1.96
+    assert pv.difference_noise(3.0, 4.0) == 5.0
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for df in range(1, 31):
+        assert pv.t975(df) == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=6e-4)
+
+
+def test_judged_cell_turns_fractions_into_percent_with_the_documented_noise():
+    pd = pytest.importorskip("pandas")
+    from repana.analysis.report import judged_cell, over_seeds
+
+    frame = pd.DataFrame({"label": "MAML", "seed": [0, 1], "accuracy": [0.80, 0.82], "ci95": [0.02, 0.03]})
+    row = over_seeds(frame, ["label"]).iloc[0]
+    assert judged_cell(row) == pytest.approx((81.0, 100 * pv.mean_ci95_half_width(0.02 ** 0.5 * 0.1, 2)))
+    assert judged_cell(row)[1] == pytest.approx(12.706)
+    one = over_seeds(frame[frame.seed == 0], ["label"]).iloc[0]
+    assert judged_cell(one) == pytest.approx((80.0, 2.0))      # one seed: the episode CI, in percent
+    assert judged_cell(one, scale=1.0) == pytest.approx((0.80, 0.02))
+
+
+def test_one_spelling_of_the_verdicts_everywhere():
+    from repana.analysis import registry
+
+    assert registry.DISAGREES is pv.DISAGREES is pv.Verdict("does not agree")
+    assert registry.AGREES is pv.AGREES and registry.NO_VERDICT is pv.NO_VERDICT
+    assert str(pv.DISAGREES) == f"{pv.DISAGREES}" == "does not agree"
+    finding = registry.Finding.judged(pv.verdict_anil_speedup(0.9, 2.0), claim="ANIL faster", location="Section 4",
+                                      paper="1.7x", ours="0.9x")
+    assert finding.verdict is pv.DISAGREES and str(finding).endswith("-> **does not agree**.")
+    assert finding.reason.startswith("ANIL faster than MAML") and finding.claim == "ANIL faster"
+    assert registry.Finding("x", "agrees").verdict is pv.AGREES
+    with pytest.raises(ValueError):
+        registry.Finding("x", "does NOT agree")

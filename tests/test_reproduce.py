@@ -117,6 +117,28 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs):
     # the paper's numbers beside ours, as printed: Table 1, Table 5, Table 2, Table 3
     assert "44.5 ± 0.8" in text and "48.4 ± 0.3" in text and "93.7 ± 0.7" in text and "0.51" in text
     assert "not run" in text and "2 seeds" in text and "agree" in text
+    # The report opens with one findings table built from the sections' judged findings.
+    title, findings = text.split("\n\n")[:2], text.split("\n\n")[2]
+    assert title == ["# Rapid Learning or Feature Reuse? -- reproduction report", "## Findings"]
+    lines = findings.splitlines()
+    assert lines[0] == "| claim | where in the paper | paper | ours | verdict | why not |"
+    rows = [line.split(" | ") for line in lines[2:]]
+    claims = [row[0].lstrip("| ") for row in rows]
+    for layer in ("conv1", "conv2", "conv3", "conv4"):
+        assert f"{layer} barely changes in the inner loop (svcca)" in claims
+    assert "the head changes in the inner loop (svcca)" in claims
+    assert {"ANIL matches MAML's accuracy", "NIL (no head, no inner loop) performs as well as MAML and ANIL",
+            "MAML: freezing conv blocks at test time hardly affects accuracy"} <= set(claims)
+    assert any(c.startswith("MAML and ANIL learn very similarly") for c in claims)
+    for row in rows:
+        verdict, why_not = row[4], row[5].rstrip(" |")
+        assert verdict in ("agrees", "**does not agree**")
+        assert (why_not == "") == (verdict == "agrees")
+    assert "does NOT agree" not in text
+    assert text.index("## Setup") > text.index("## Findings") and text.index("## 1. ") > text.index("## Setup")
+    # The learning-curve table: one row per validation of the network validated fewest times, integer steps.
+    curve_section = text[text.index("learn very similarly (paper Fig. 5)"):]
+    assert "e+0" not in curve_section.split("![")[0] and "fraction of training" in curve_section
     setting = out / "figures" / "glyphs-5way-1shot"
     for figure in ("inner_loop_similarity", "inner_loop_similarity_steps", "freezing", "maml_anil_nil",
                    "maml_anil_similarity", "training_regimes", "training_dynamics", "convergence", "convergence_cost",
@@ -289,16 +311,23 @@ def test_miniimagenet_fixture_end_to_end(tmp_path, monkeypatch):
 
 
 def test_learning_curves_pair_runs_validated_at_different_iterations():
-    """MAML validated every 200 iterations, ANIL every 333: ANIL's curve is interpolated at MAML's steps."""
+    """MAML validated every 200 iterations, ANIL every 333: ANIL's curve is interpolated at MAML's steps; each
+    spread is the 95% CI half-width of the mean over 3 seeds, t(0.975, 2) * std / sqrt(3)."""
     from repana.analysis.learning_curves import flattening, paired_curves
 
-    maml = pd.DataFrame({"step": [200, 400, 600], "algorithm": "maml", "mean": [0.5, 0.6, 0.7], "std": [0.01] * 3})
-    anil = pd.DataFrame({"step": [333, 666], "algorithm": "anil", "mean": [0.6, 0.9], "std": [0.02, 0.04]})
+    half_width = 4.303 / 3 ** 0.5
+    maml = pd.DataFrame({"step": [200, 400, 600], "algorithm": "maml", "val_accuracy": [0.5, 0.6, 0.7],
+                         "val_accuracy_std": [0.01] * 3, "n_seeds": 3, "val_ci95": 0.05})
+    anil = pd.DataFrame({"step": [333, 666], "algorithm": "anil", "val_accuracy": [0.6, 0.9],
+                         "val_accuracy_std": [0.02, 0.04], "n_seeds": 3, "val_ci95": 0.05})
     cells = paired_curves(pd.concat([maml, anil]))
     assert list(cells) == [400, 600]                      # 200 lies before ANIL's first validation
     assert cells[400]["ANIL"][0] == pytest.approx(100 * (0.6 + 0.3 * 67 / 333))
-    assert cells[600]["MAML"] == pytest.approx((70.0, 1.0))
-    assert cells[400]["ANIL"][1] == pytest.approx(100 * (0.02 + 0.02 * 67 / 333))
+    assert cells[600]["MAML"] == pytest.approx((70.0, 1.0 * half_width))
+    assert cells[400]["ANIL"][1] == pytest.approx(100 * (0.02 + 0.02 * 67 / 333) * half_width)
+    # one seed: the validation's episode CI is the spread
+    single = paired_curves(pd.concat([maml.assign(n_seeds=1, val_accuracy_std=float("nan")), anil]))
+    assert single[600]["MAML"] == pytest.approx((70.0, 5.0))
     # a straight rising line has not flattened; a noisy plateau has
     steps = list(range(100, 1600, 100))
     curves = pd.concat([pd.DataFrame({"algorithm": "up", "step": steps, "val_accuracy": [0.5 + s / 3000 for s in steps]}),
@@ -307,3 +336,40 @@ def test_learning_curves_pair_runs_validated_at_different_iterations():
     flat = flattening(curves).set_index("algorithm")
     assert not flat.loc["up", "flattened"] and flat.loc["up", "rise"] == pytest.approx(0.4 / 3, abs=1e-9)
     assert flat.loc["flat", "flattened"]
+
+
+def test_learning_curves_table_puts_networks_of_different_lengths_on_one_grid():
+    """MAML validated at 1000..3000, ANIL at 1000..5000, multitask at 400, 1000: two rows (multitask's), each
+    network at its validation nearest the same fraction of its own training, integer steps."""
+    from repana.analysis.learning_curves import curve_stats, shared_grid
+
+    rows = [("maml", s, 0.5 + s / 10000) for s in range(1000, 3001, 1000)]
+    rows += [("anil", s, 0.4 + s / 10000) for s in range(1000, 5001, 1000)]
+    rows += [("multitask", s, 0.2) for s in (400, 1000)]
+    curves = pd.DataFrame([{"algorithm": a, "network": a, "seed": seed, "step": s, "val_accuracy": v + 0.01 * seed,
+                            "val_ci95": 0.03} for a, s, v in rows for seed in (0, 1)])
+    grid, caption = shared_grid(curve_stats(curves))
+    assert list(grid["fraction of training"]) == ["0.40", "1.00"]
+    assert list(grid["maml % (step)"]) == ["60.5 ± 0.7 (1000)", "80.5 ± 0.7 (3000)"]
+    assert list(grid["anil % (step)"]) == ["60.5 ± 0.7 (2000)", "90.5 ± 0.7 (5000)"]
+    assert list(grid["multitask % (step)"]) == ["20.5 ± 0.7 (400)", "20.5 ± 0.7 (1000)"]
+    assert "the 2 validations of multitask" in caption and "nearest the same fraction" in caption
+
+
+def test_findings_table_lists_judged_findings_only_with_reasons_for_disagreements():
+    from repana.analysis.registry import AGREES, DISAGREES, Finding, Section
+    from repana.analysis.report import findings_table
+
+    judged = Finding("a", AGREES, claim="claim a", location="Table 1", paper="44.5", ours="44.0", reason="rule a")
+    failed = Finding("b", DISAGREES, claim="claim | b", location="Figure 2", paper="> 0.9", ours="0.85",
+                     reason="conv4 0.85\nfails")
+    sections = [Section("S1", "", (judged, Finding("no claim")), "omniglot-5way-1shot"),
+                Section("S2", "", (failed,), "omniglot-20way-1shot"), Section("S3", "", (judged,))]
+    lines = findings_table(sections).splitlines()
+    assert lines[0] == "| setting | claim | where in the paper | paper | ours | verdict | why not |"
+    assert lines[2:] == ["| omniglot-5way-1shot | claim a | Table 1 | 44.5 | 44.0 | agrees |  |",
+                         "| omniglot-20way-1shot | claim \\| b | Figure 2 | > 0.9 | 0.85 | **does not agree** | "
+                         "conv4 0.85 fails |",
+                         "| all | claim a | Table 1 | 44.5 | 44.0 | agrees |  |"]
+    assert findings_table(sections[:1]).splitlines()[2] == "| claim a | Table 1 | 44.5 | 44.0 | agrees |  |"
+    assert "No claim" in findings_table([Section("S", "", (Finding("x"),))])

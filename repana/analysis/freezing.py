@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from repana.meta.adapt import all_parameters, freeze_layers
-from repana.analysis.registry import AGREES, DISAGREES, Analysis, Finding, Section, register
+from repana.analysis.registry import Analysis, Finding, Section, register
 from repana.errors import InputError
 from repana.progress import progress
 
@@ -207,6 +207,12 @@ def paper_column(context) -> str:
     return f"MiniImageNet-5way-{5 if shots >= 5 else 1}shot"
 
 
+def _ends(accuracy, frozen: list[str], column: str = "") -> str:
+    """"none 44.5 -> 1,2,3,4 44.7 %": accuracy (percent) with nothing and with the most blocks frozen."""
+    most = frozen[-1]
+    return f"none {accuracy('none'):.1f} -> {most} {accuracy(most):.1f} %" + (f" ({column})" if column else "")
+
+
 def _protocol_header(frame: pd.DataFrame, protocol: str) -> str:
     steps = sorted(set(frame.loc[frame["protocol"] == protocol, "steps"].astype(int)))
     names = {"run": "run's protocol", "paper": "paper's protocol", "converged": "support loss converged"}
@@ -215,7 +221,7 @@ def _protocol_header(frame: pd.DataFrame, protocol: str) -> str:
 
 def report(tables, context) -> Section:
     from repana.analysis import paper_values
-    from repana.analysis.report import figure_markdown, markdown_table, over_seeds, pct_seeds, seed_spread
+    from repana.analysis.report import figure_markdown, judged_cell, markdown_table, over_seeds, pct_seeds
 
     frame = tables[NAME]
     if "protocol" not in frame:   # tables of an older repana: the run's protocol only
@@ -234,12 +240,16 @@ def report(tables, context) -> Section:
         algorithm = context.algorithm(label.lower()) if label.lower() in context.networks else label.lower()
         if algorithm not in BODY_ADAPTING:
             continue
-        cells = {protocol: {row["frozen"]: (100 * row["accuracy"], 100 * seed_spread(row))
-                            for _, row in group[group["protocol"] == protocol].iterrows()}
+        cells = {protocol: {row["frozen"]: judged_cell(row) for _, row in group[group["protocol"] == protocol].iterrows()}
                  for protocol in set(group["protocol"])}
-        verdict, reason = paper_values.verdict_freezing(cells["paper"])
-        findings.append(Finding(f"{label}, paper's protocol: {reason}",
-                                AGREES if verdict == paper_values.AGREES else DISAGREES))
+        frozen_names = list(cells["paper"])
+        steps = sorted(set(frame.loc[(frame["label"] == label) & (frame["protocol"] == "paper"), "steps"].astype(int)))
+        findings.append(Finding.judged(
+            paper_values.verdict_freezing(cells["paper"]), prefix=f"{label}, paper's protocol: ",
+            claim=f"{label}: freezing conv blocks at test time hardly affects accuracy ({'/'.join(map(str, steps))} test steps)",
+            location="Table 1; Section 3.2.1",
+            paper=_ends(lambda f: paper_values.value("Table 1", f, column).value, frozen_names, column),
+            ours=_ends(lambda f: cells["paper"][f][0], frozen_names)))
         if "converged" in cells and "1,2,3,4" in cells["paper"]:
             tolerance = max(paper_values.FREEZING_TOLERANCE_POINTS, cells["paper"]["1,2,3,4"][1])
             drop = {p: cells[p]["none"][0] - cells[p]["1,2,3,4"][0] for p in ("paper", "converged")}

@@ -11,7 +11,7 @@ import torch
 
 from repana.analysis.common import check_same_architecture
 from repana.analysis.maml_anil_nil import EvalSpec, evaluate_specs
-from repana.analysis.registry import AGREES, DISAGREES, Analysis, Finding, Section, register
+from repana.analysis.registry import Analysis, Finding, Section, register
 from repana.errors import InputError
 
 
@@ -51,7 +51,7 @@ def compute(context) -> dict[str, pd.DataFrame]:
 
 def report(tables, context) -> Section:
     from repana.analysis import paper_values
-    from repana.analysis.report import markdown_table, over_seeds, pct_seeds, seed_spread
+    from repana.analysis.report import judged_cell, markdown_table, over_seeds, pct_seeds
 
     summary = over_seeds(tables[NAME], ["training"], "accuracy")
     column = f"MiniImageNet-5way-{5 if context.reference_config.shots >= 5 else 1}shot"
@@ -59,9 +59,13 @@ def report(tables, context) -> Section:
                          "ours, NIL eval (%)": [pct_seeds(row) for _, row in summary.iterrows()],
                          f"paper {column} (%)": [paper_values.value("Table 5", t, column).printed
                                                  for t in summary["training"]]})
-    cells = {row["training"]: (100 * row["accuracy"], 100 * seed_spread(row)) for _, row in summary.iterrows()}
-    verdict, reason = paper_values.verdict_head_needed_at_training(cells)
-    finding = Finding(f"Head needed at training time: {reason}", AGREES if verdict == paper_values.AGREES else DISAGREES)
+    cells = {row["training"]: judged_cell(row) for _, row in summary.iterrows()}
+    paper = {t: paper_values.value("Table 5", t, column).value for t in summary["training"]}
+    finding = Finding.judged(paper_values.verdict_head_needed_at_training(cells), prefix="Head needed at training time: ",
+                             claim="the head is needed at training (ANIL body above NIL-trained body)",
+                             location="Table 5; Section 5.2",
+                             paper=", ".join(f"{t} {v:.1f}" for t, v in paper.items()) + f" % ({column})",
+                             ours=", ".join(f"{t} {cells[t][0]:.1f}" for t in paper) + " %")
     return Section("Is the head needed at training time? (paper Table 5)", markdown_table(view), (finding,))
 
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
 from repana.analysis.common import DEFAULT_MEASURES, LAYERS, check_layers, episode_rows, summarize
-from repana.analysis.registry import AGREES, DISAGREES, Analysis, Finding, Section, register
+from repana.analysis.registry import Analysis, Finding, Section, register
 from repana.errors import InputError
 from repana.meta.inner import InnerLoop, adapt_trajectory
 from repana.progress import progress
@@ -119,9 +118,31 @@ def figures(tables, context) -> dict:
             f"{NAME}_steps": lambda: plots.inner_steps_figure(summary)}
 
 
-def report(tables, context) -> Section:
+def layer_findings(maml: pd.DataFrame, inner_step: int) -> list[Finding]:
+    """Figure 2's claim layer by layer (Section 3.2.2 states it per layer): one finding per (measure,
+    layer) of MAML's similarity before vs after ``inner_step`` inner steps (``maml``: rows of
+    :func:`seed_summary` of one step)."""
     from repana.analysis import paper_values
-    from repana.analysis.report import figure_markdown, markdown_table, seed_spread
+
+    findings = []
+    after = f"MAML after {inner_step} inner step{'s' if inner_step > 1 else ''}"
+    for measure, group in maml.groupby("measure", sort=False):
+        cells = {row["layer"]: row["mean"] for _, row in group.iterrows()}
+        for layer, judgement in paper_values.verdicts_inner_loop_similarity(cells, measure).items():
+            cca = measure.lower() in paper_values.CCA_MEASURES
+            if layer != "head":
+                paper = f"CCA > {paper_values.BODY_CCA_ABOVE}" if cca else f"CKA 'almost 1' (rule: > {paper_values.BODY_CCA_ABOVE})"
+            else:
+                paper = f"CCA < {paper_values.HEAD_CCA_BELOW}" if cca else "CKA 'much lower' than the conv layers"
+            findings.append(Finding.judged(
+                judgement, prefix=f"{after}: ", claim=f"{layer} barely changes in the inner loop ({measure})"
+                if layer != "head" else f"the head changes in the inner loop ({measure})",
+                location="Figure 2; Section 3.2.2", paper=paper, ours=f"{cells[layer]:.3f} ({after})"))
+    return findings
+
+
+def report(tables, context) -> Section:
+    from repana.analysis.report import figure_markdown, markdown_table
 
     summary = seed_summary(tables[f"{NAME}_summary"])
     step = _figure_step(context)
@@ -135,14 +156,9 @@ def report(tables, context) -> Section:
                                                              "ci95": "episode CI", "null_mean": "null baseline"})
     findings = []
     maml_all = summary[summary["label"].str.startswith("MAML")]
-    steps = sorted({int(maml_all["step"].min()), int(maml_all["step"].max())}) if len(maml_all) else []
-    for inner_step in steps:
-        maml = maml_all[maml_all["step"] == inner_step]
-        for measure, group in maml.groupby("measure"):
-            cells = {row["layer"]: (row["mean"], seed_spread(row, "mean")) for _, row in group.iterrows()}
-            verdict, reason = paper_values.verdict_inner_loop_similarity(cells, measure)
-            findings.append(Finding(f"MAML after {inner_step} inner step{'s' if inner_step > 1 else ''}: {reason}",
-                                    AGREES if verdict == paper_values.AGREES else DISAGREES))
+    if len(maml_all):
+        judged_step = step if step is not None else int(maml_all["step"].max())
+        findings += layer_findings(maml_all[maml_all["step"] == judged_step], judged_step)
     by_step = maml_all.pivot_table(index=["measure", "layer"], columns="step", values="mean").round(3)
     by_step.columns = [f"after step {c}" for c in by_step.columns]
     by_step = by_step.reset_index()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from repana.analysis.registry import AGREES, DISAGREES, Analysis, Finding, Section, register
+from repana.analysis.registry import Analysis, Finding, Section, register
 from repana.errors import InputError
 
 NAME = "learning_curves"
@@ -77,22 +77,61 @@ def flattening(curves: pd.DataFrame, flat_gain: float = FLAT_GAIN) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+def curve_stats(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per (algorithm, step) of :func:`compute`'s table: :func:`repana.analysis.report.over_seeds` of the
+    validation accuracy (columns algorithm, step, val_accuracy, val_accuracy_std, n_seeds, val_ci95; fractions)."""
+    from repana.analysis.report import over_seeds
+
+    return over_seeds(curves, ["algorithm", "step"], "val_accuracy", ci="val_ci95")
+
+
 def paired_curves(stats: pd.DataFrame) -> dict[int, dict[str, tuple[float, float]]]:
-    """{iteration: {"MAML": (percent, std), "ANIL": (percent, std)}} at MAML's validation iterations within
-    ANIL's range; ANIL's curve (mean and std over seeds) is interpolated linearly when the two runs were
-    validated at different iterations (they may train for different numbers of iterations)."""
+    """{iteration: {"MAML": (percent, spread), "ANIL": (percent, spread)}} at MAML's validation iterations
+    within ANIL's range, for :func:`repana.analysis.paper_values.verdict_learning_curves`.
+
+    ``stats``: :func:`curve_stats` rows. spread: the 95% CI half-width of the mean
+    (:func:`repana.analysis.report.judged_cell`: over seeds with 2+ seeds, else the validation's episode CI).
+    ANIL's curve (mean and spread) is
+    interpolated linearly when the two runs were validated at different iterations (they may train for
+    different numbers of iterations)."""
+    from repana.analysis.report import judged_cell
+
     curves = {name: stats[stats["algorithm"] == name].sort_values("step") for name in ("maml", "anil")}
-    anil = curves["anil"]
+    cells_of = {name: [judged_cell(row, "val_accuracy", "val_ci95") for _, row in frame.iterrows()] for name, frame in curves.items()}
+    anil, anil_cells = curves["anil"], cells_of["anil"]
     cells = {}
-    for _, row in curves["maml"].iterrows():
+    for (_, row), maml_cell in zip(curves["maml"].iterrows(), cells_of["maml"]):
         step = row["step"]
         if not anil["step"].min() <= step <= anil["step"].max():
             continue
-        anil_mean = float(np.interp(step, anil["step"], anil["mean"]))
-        anil_std = float(np.interp(step, anil["step"], anil["std"].fillna(0.0)))
-        cells[int(step)] = {"MAML": (100 * row["mean"], 100 * np.nan_to_num(row["std"])),
-                            "ANIL": (100 * anil_mean, 100 * anil_std)}
+        anil_mean = float(np.interp(step, anil["step"], [c[0] for c in anil_cells]))
+        anil_spread = float(np.interp(step, anil["step"], [c[1] for c in anil_cells]))
+        cells[int(step)] = {"MAML": maml_cell, "ANIL": (anil_mean, anil_spread)}
     return cells
+
+
+def shared_grid(stats: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The curves on one grid of rows, for a compact table, and the sentence that says which grid.
+
+    Rows: the validations of the algorithm with the fewest, at their fraction of its training (step / its
+    last step); every other algorithm at its validation nearest that fraction of its own training.
+    ``stats``: :func:`curve_stats` rows. Returns (table with "fraction of training" and per algorithm
+    "<alg> % (step)" as "mean ± std (step)" strings, integer steps; caption sentence).
+    """
+    by = {name: group.sort_values("step") for name, group in stats.groupby("algorithm", sort=False)}
+    fewest = min(by, key=lambda name: (len(by[name]), list(by).index(name)))
+    fractions = by[fewest]["step"].to_numpy(dtype=np.float64) / float(by[fewest]["step"].max())
+    table = {"fraction of training": [f"{f:.2f}" for f in fractions]}
+    for name, group in by.items():
+        own = group["step"].to_numpy(dtype=np.float64) / float(group["step"].max())
+        nearest = [int(np.argmin(np.abs(own - f))) for f in fractions]
+        mean, std = group["val_accuracy"].to_numpy(), group["val_accuracy_std"].to_numpy(dtype=np.float64)
+        table[f"{name} % (step)"] = [f"{100 * mean[i]:.1f}" + (f" ± {100 * std[i]:.1f}" if np.isfinite(std[i]) else "")
+                                     + f" ({int(group['step'].iloc[i])})" for i in nearest]
+    caption = (f"Rows: the {len(fractions)} validations of {fewest} (the network validated fewest times), as a "
+               "fraction of its training; every other network at its validation nearest the same fraction of its "
+               "own training (its step in brackets). Accuracy: mean ± std over seeds, percent.")
+    return pd.DataFrame(table), caption
 
 
 def figures(tables, context) -> dict:
@@ -113,23 +152,26 @@ def report(tables, context) -> Section:
                         + ("the curve has flattened" if row["flattened"] else "still rising: longer training would "
                            "change the numbers"))
                 for _, row in flat.iterrows()]
-    stats = curves.groupby(["step", "algorithm"])["val_accuracy"].agg(["mean", "std"]).reset_index()
+    stats = curve_stats(curves)
     if {"maml", "anil"} <= set(curves["algorithm"]):
         cells = paired_curves(stats)
         if not cells:
             findings.append(Finding("Figure 5: not judged (the MAML and ANIL runs were validated at no common "
                                     "iterations)"))
         else:
-            verdict, reason = paper_values.verdict_learning_curves(cells)
-            findings.append(Finding(reason, AGREES if verdict == paper_values.AGREES else DISAGREES))
-    view = stats.assign(mean=lambda f: (100 * f["mean"]).round(1), std=lambda f: (100 * f["std"]).round(1))
-    body = ("Validation accuracy (%) written during training, mean and std over seeds at each validation step "
-            "(the paper's Figure 5 shows MiniImageNet 5-way 5-shot curves, no numbers).\n\n"
-            + markdown_table(view.pivot(index="step", columns="algorithm", values=["mean", "std"]).reset_index()
-                             .set_axis(["step"] + [f"{a} {s}" for s, a in
-                                                   view.pivot(index="step", columns="algorithm",
-                                                              values=["mean", "std"]).columns], axis=1))
-            + "\n\n" + markdown_table(flat) + "\n\n"
+            judgement = paper_values.verdict_learning_curves(cells)
+            last = max(cells)
+            judged = [i for i in cells if i >= paper_values.LEARNING_CURVES_FROM * last]
+            gaps = [cells[i]["ANIL"][0] - cells[i]["MAML"][0] for i in judged]
+            findings.append(Finding.judged(
+                judgement, claim="MAML and ANIL learn very similarly (validation accuracy, second half of training)",
+                location="Figure 5; Section 4", paper="curves 'look very similar throughout training' (no numbers)",
+                ours=f"ANIL - MAML from {min(gaps):+.1f} to {max(gaps):+.1f} points, iterations {min(judged)}-{last}"))
+    grid, caption = shared_grid(stats)
+    body = ("Validation accuracy written during training (the paper's Figure 5 shows MiniImageNet 5-way 5-shot "
+            f"curves, no numbers). {caption}\n\n" + markdown_table(grid) + "\n\n"
+            "Whether each curve has flattened (a line through the last third of its training; rise and its "
+            "standard error in accuracy, fractions):\n\n" + markdown_table(flat) + "\n\n"
             + figure_markdown(NAME, "Validation accuracy along training, MAML vs ANIL (shaded: std over seeds)"))
     return Section("MAML and ANIL learn very similarly (paper Fig. 5)", body, tuple(findings))
 

@@ -8,13 +8,20 @@ What that text does not contain (its appendices: training hyperparameters, total
 variant's details, the speed-up table) is marked "not in the text read", never filled in.
 
 Verdict rules: one pure function per claim, ``verdict_*(table) -> (verdict, reason)`` with verdict
-:data:`AGREES` ("agrees") or :data:`DISAGREES` ("does not agree"). Each encodes the claim as the
-paper words it; where the words are qualitative ("hardly affects", "comparable", "the same") the
-tolerance is the largest difference the paper itself describes with those words, named below: the
-paper's own tables agree with each rule, and no rule is looser than the paper's words. A reproduction's sampling noise is
-allowed for on top: a difference within ``sqrt(spread_a**2 + spread_b**2)`` of the reported
-``spread`` values (pass 95% CI half-widths of the means) cannot be told from zero and does not count
-against the claim.
+:data:`AGREES` or :data:`DISAGREES` (:class:`Verdict`, whose value is its one rendering). Each encodes
+the claim as the paper words it; where the words are qualitative ("hardly affects", "comparable",
+"the same") the tolerance is the largest difference the paper itself describes with those words,
+named below: the paper's own tables agree with each rule, and no rule is looser than the paper's
+words. A reproduction's sampling noise is allowed for on top (:func:`difference_noise`).
+
+The noise, one definition. A cell's ``spread`` is the **95% confidence-interval half-width of its
+mean** (:func:`mean_ci95_half_width`): with n >= 2 seeds, ``t(0.975, n - 1) * std / sqrt(n)`` (std over
+seeds, ddof=1; each seed's value is a mean over test episodes, so its episode noise is part of the
+spread between seeds); with one seed, that run's 95% CI over episodes (the spread between random
+initialisations is then unknown and not counted). Two cells differ beyond noise when their
+difference exceeds ``sqrt(spread_a**2 + spread_b**2)``, the 95% CI half-width of a difference of two
+independent means (conservative when both were measured on the same episodes). Callers build cells
+with :func:`repana.analysis.report.judged_cell`, the one place where fractions become percent.
 
 Inputs: accuracies in **percent** (the paper's unit; a table of fractions raises ``InputError``). A
 cell is a number, a ``(value, spread)`` pair, or a mapping with ``value``/``accuracy``/``mean`` and
@@ -29,11 +36,22 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Iterable, Mapping, Sequence
 
-AGREES = "agrees"
-DISAGREES = "does not agree"
-Verdict = tuple[str, str]  # (AGREES | DISAGREES, reason)
+class Verdict(str, Enum):
+    """A finding's verdict against the paper's claim; its value is its one rendering in reports."""
+
+    AGREES = "agrees"
+    DISAGREES = "does not agree"
+    NO_VERDICT = "no verdict"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+AGREES, DISAGREES, NO_VERDICT = Verdict.AGREES, Verdict.DISAGREES, Verdict.NO_VERDICT
+Judgement = tuple[Verdict, str]  # (AGREES | DISAGREES, reason): what every verdict_* rule returns
 
 
 # --------------------------------------------------------------------------------------------------
@@ -556,9 +574,10 @@ COMPARABLE_DEFICIT_POINTS = 1.6
 "matches" / "comparable accuracy" (Table 4's NIL shortfall, 62.2 vs 63.1, is smaller)."""
 COMPARABLE_SURPLUS_POINTS = 3.0
 """Table 4, Omniglot-20way-1shot: NIL 96.7 vs MAML 93.7, the largest excess the paper calls
-"performs comparably" (Table 2's largest, ANIL 96.2 vs MAML 93.7, is 2.5). "Comparable", "matches",
-"identically" are two-sided words, so accuracy far *above* the reference disagrees too (not so for the
-RL rows, where ANIL's 363.2 vs 170.4 return is called "comparable": see :func:`verdict_anil_matches_maml_rl`)."""
+"performs comparably" (Table 2's largest, ANIL 96.2 vs MAML 93.7, is 2.5). It bounds ANIL's surplus over
+MAML: "matches", "identically" are two-sided words, so ANIL far *above* MAML disagrees. Not so for NIL
+(Table 4 claims NIL is as good as the adapted networks: :func:`verdict_nil_matches` is one-sided) nor for
+the RL rows, where ANIL's 363.2 vs 170.4 return is called "comparable" (:func:`verdict_anil_matches_maml_rl`)."""
 SAME_SIMILARITY_TOLERANCE = 0.03
 """Table 3, CKA: ANIL-MAML 0.83 vs ANIL-ANIL 0.86, the largest gap the paper calls "the same average
 similarity scores"."""
@@ -603,8 +622,40 @@ def _require_percent(values: Iterable[float], what: str) -> None:
                            f"the unit of the paper's tables and of the rules' tolerances")
 
 
-def _noise(spread_a: float, spread_b: float) -> float:
+# Student t quantiles t(0.975, df) for df = 1..30 (two-sided 95%); above 30 the normal 1.96.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def t975(df: int) -> float:
+    """Two-sided 95% Student t quantile for ``df`` >= 1 degrees of freedom (1.96 above 30)."""
+    if df < 1:
+        raise _input_error(f"a t quantile needs at least 1 degree of freedom, got {df}")
+    return _T975[df - 1] if df <= len(_T975) else 1.96
+
+
+def mean_ci95_half_width(std: float | None, n: int, episode_ci95: float | None = None) -> float:
+    """The spread of a cell (module docstring): 95% CI half-width of a mean over ``n`` seeds.
+
+    ``std``: standard deviation over the seeds (ddof=1), same unit as the mean; ``n``: seeds;
+    ``episode_ci95``: the 95% CI half-width over test episodes of the one run, used when ``n`` is 1 or
+    ``std`` is missing. Returns ``t975(n - 1) * std / sqrt(n)``, else ``episode_ci95``, else 0.0.
+    """
+    n = int(n)
+    if n >= 2 and std is not None and math.isfinite(float(std)):
+        return t975(n - 1) * abs(float(std)) / math.sqrt(n)
+    if episode_ci95 is not None and math.isfinite(float(episode_ci95)):
+        return abs(float(episode_ci95))
+    return 0.0
+
+
+def difference_noise(spread_a: float, spread_b: float) -> float:
+    """95% CI half-width of the difference of two independent means whose own half-widths are the spreads."""
     return math.hypot(spread_a, spread_b)
+
+
+_noise = difference_noise
 
 
 def _fmt(x: float) -> str:
@@ -628,39 +679,63 @@ def cells_from_records(records: Any, *, key: str | Sequence[str], value: str = "
     return out
 
 
-def verdict_inner_loop_similarity(similarity: Mapping[str, Any], measure: str = "cca") -> Verdict:
-    """Figure 2 / Section 3.2.2: similarity of each layer before vs after the inner loop.
-
-    ``similarity``: {"conv1".."conv4", "head": value} (all five required). CCA-family measures
-    (``cca``, ``svcca``, ``pwcca``, ...): every conv layer > 0.9 and the head < 0.5, the numbers the
-    paper prints. CKA: the paper prints no CKA number ("the CCA/CKA similarity is almost 1" for the
-    body, "much lower" for the head), so the body threshold 0.9 applies and the head must be the
-    least similar layer, below every conv layer.
-    """
+def _layer_values(similarity: Mapping[str, Any], measure: str) -> dict[str, float]:
     missing = [layer for layer in (*BODY_LAYERS, "head") if layer not in similarity]
     if missing:
         raise _input_error(f"the similarity table lacks {', '.join(missing)}: the paper's claim covers "
                            f"every conv layer and the head")
-    values = {layer: _cell_value(similarity[layer])[0] for layer in (*BODY_LAYERS, "head")}
-    name = measure.lower()
-    if name not in CCA_MEASURES + CKA_MEASURES:
+    if measure.lower() not in CCA_MEASURES + CKA_MEASURES:
         raise _input_error(f"unknown measure {measure!r}; the paper's claim is about CCA "
                            f"({', '.join(CCA_MEASURES)}) or CKA ({', '.join(CKA_MEASURES)})")
-    low_body = [f"{layer} {_fmt(values[layer])}" for layer in BODY_LAYERS if not values[layer] > BODY_CCA_ABOVE]
-    head = values["head"]
-    if name in CCA_MEASURES:
-        head_ok = head < HEAD_CCA_BELOW
-        head_rule = f"head < {HEAD_CCA_BELOW}"
-    else:
-        head_ok = all(head < values[layer] for layer in BODY_LAYERS)
-        head_rule = "head below every conv layer"
-    rule = f"{measure}: every conv layer > {BODY_CCA_ABOVE} and {head_rule}"
-    if low_body or not head_ok:
-        problems = ([f"not above {BODY_CCA_ABOVE}: {', '.join(low_body)}"] if low_body else []) + \
-                   ([f"head {_fmt(head)} fails '{head_rule}'"] if not head_ok else [])
-        return DISAGREES, f"{rule} (paper, Section 3.2.2); {'; '.join(problems)}"
-    return AGREES, (f"{rule} (paper, Section 3.2.2): conv min {_fmt(min(values[l] for l in BODY_LAYERS))}, "
-                    f"head {_fmt(head)}")
+    return {layer: _cell_value(similarity[layer])[0] for layer in (*BODY_LAYERS, "head")}
+
+
+def layer_rule(layer: str, measure: str) -> str:
+    """Figure 2's rule for one layer, in words: conv layers > 0.9; the head < 0.5 (CCA) or below every
+    conv layer (CKA)."""
+    if layer != "head":
+        return f"{layer} {measure} > {BODY_CCA_ABOVE}"
+    return (f"head {measure} < {HEAD_CCA_BELOW}" if measure.lower() in CCA_MEASURES
+            else f"head {measure} below every conv layer")
+
+
+def verdicts_inner_loop_similarity(similarity: Mapping[str, Any], measure: str = "cca") -> dict[str, Judgement]:
+    """Figure 2 / Section 3.2.2, layer by layer: {"conv1".."conv4", "head": (verdict, reason)}.
+
+    ``similarity``: {"conv1".."conv4", "head": value} of one measure (all five required), before vs
+    after the inner loop. The paper states the claim per layer ("Representations in the body of the
+    network (the convolutional layers) are highly similar, with CCA similarity scores of >0.9"; "the
+    head ... has a CCA similarity of less than 0.5"), so each layer has its own verdict. CCA-family
+    measures (``cca``, ``svcca``, ``pwcca``, ...): each conv layer > 0.9, the head < 0.5, the numbers
+    the paper prints. CKA: the paper prints no CKA number ("almost 1" for the body, "much lower" for
+    the head), so a conv layer must be > 0.9 and the head below every conv layer.
+    """
+    values = _layer_values(similarity, measure)
+    cca = measure.lower() in CCA_MEASURES
+    out = {}
+    for layer, value_ in values.items():
+        if layer != "head":
+            ok = value_ > BODY_CCA_ABOVE
+        elif cca:
+            ok = value_ < HEAD_CCA_BELOW
+        else:
+            ok = all(value_ < values[conv] for conv in BODY_LAYERS)
+        rule = f"{layer_rule(layer, measure)} (Section 3.2.2)"
+        out[layer] = (AGREES if ok else DISAGREES,
+                      f"{rule}; {layer} {_fmt(value_)}" + ("" if ok else f" fails '{layer_rule(layer, measure)}'"))
+    return out
+
+
+def verdict_inner_loop_similarity(similarity: Mapping[str, Any], measure: str = "cca") -> Judgement:
+    """Figure 2 as one verdict: agrees when every layer of :func:`verdicts_inner_loop_similarity` does."""
+    per_layer = verdicts_inner_loop_similarity(similarity, measure)
+    values = _layer_values(similarity, measure)
+    failing = [layer for layer, (verdict, _) in per_layer.items() if verdict is DISAGREES]
+    rule = (f"{measure}: every conv layer > {BODY_CCA_ABOVE} and "
+            f"{layer_rule('head', measure).replace(f'head {measure} ', 'head ')} (paper, Section 3.2.2)")
+    if failing:
+        return DISAGREES, f"{rule}; " + "; ".join(f"{layer} {_fmt(values[layer])} fails" for layer in failing)
+    return AGREES, (f"{rule}: conv min {_fmt(min(values[l] for l in BODY_LAYERS))}, head {_fmt(values['head'])}")
 
 
 def _freezing_problems(accuracy: Mapping[str, Any]) -> tuple[list[str], str]:
@@ -687,7 +762,7 @@ def _freezing_problems(accuracy: Mapping[str, Any]) -> tuple[list[str], str]:
     return problems, summary
 
 
-def verdict_freezing(accuracy: Mapping[str, Any]) -> Verdict:
+def verdict_freezing(accuracy: Mapping[str, Any]) -> Judgement:
     """Table 1: freezing contiguous blocks of layers at test time "does not affect accuracy".
 
     ``accuracy``: {frozen set name ("none", "1", "1,2", "1,2,3", "1,2,3,4"): cell}, percent.
@@ -703,7 +778,7 @@ def verdict_freezing(accuracy: Mapping[str, Any]) -> Verdict:
 
 
 def verdict_training_dynamics(checkpoints: Mapping[Any, Mapping[str, Any]],
-                              measure: str = "cca") -> Verdict:
+                              measure: str = "cca") -> Judgement:
     """Figure 3 / Section 3.2.3: at every training checkpoint, freezing contiguous blocks gives
     "almost identical performance" and the body's representations are "highly similar pre/post
     adaptation" ("very high for the body (just like Figure 2)").
@@ -742,8 +817,10 @@ def verdict_training_dynamics(checkpoints: Mapping[Any, Mapping[str, Any]],
     return AGREES, f"{rule}; {len(checkpoints)} checkpoint(s) checked"
 
 
-def _pairs(results: Mapping[str, Mapping[str, Any]], candidate: str,
-           references: Sequence[str]) -> tuple[list[str], list[str]]:
+def _pairs(results: Mapping[str, Mapping[str, Any]], candidate: str, references: Sequence[str],
+           two_sided: bool = True) -> tuple[list[str], list[str]]:
+    """Problems and notes of ``candidate`` vs each reference in every setting: a deficit beyond
+    ``max(1.6, noise)`` points, and when ``two_sided`` a surplus beyond ``max(3.0, noise)``."""
     problems, notes = [], []
     if not results:
         raise _input_error("no settings in the results table")
@@ -763,13 +840,13 @@ def _pairs(results: Mapping[str, Mapping[str, Any]], candidate: str,
             if gap < -below - PRINT_EPSILON:
                 problems.append(f"{setting}: {candidate} {_fmt(cand)} is {-gap:.1f} points below {ref_name} "
                                 f"{_fmt(ref)} (allowed {below:.1f})")
-            elif gap > above + PRINT_EPSILON:
+            elif two_sided and gap > above + PRINT_EPSILON:
                 problems.append(f"{setting}: {candidate} {_fmt(cand)} is {gap:.1f} points above {ref_name} "
                                 f"{_fmt(ref)} (allowed {above:.1f})")
     return problems, notes
 
 
-def verdict_anil_matches_maml(results: Mapping[str, Mapping[str, Any]]) -> Verdict:
+def verdict_anil_matches_maml(results: Mapping[str, Mapping[str, Any]]) -> Judgement:
     """Table 2: "ANIL matches the performance of MAML" (classification accuracy).
 
     ``results``: {setting: {"MAML": cell, "ANIL": cell}}, percent. Agrees when in every setting
@@ -784,32 +861,35 @@ def verdict_anil_matches_maml(results: Mapping[str, Mapping[str, Any]]) -> Verdi
     return AGREES, f"{rule}; " + "; ".join(notes)
 
 
-def verdict_nil_matches(results: Mapping[str, Mapping[str, Any]]) -> Verdict:
-    """Table 4: "NIL performs comparably to MAML and ANIL".
+def verdict_nil_matches(results: Mapping[str, Mapping[str, Any]]) -> Judgement:
+    """Table 4: "NIL performs comparably to MAML and ANIL" ("NIL algorithm performs as well as MAML
+    and ANIL", its caption).
 
     ``results``: {setting: {"MAML": cell, "ANIL": cell, "NIL": cell}}, percent; MAML or ANIL may be
-    left out of a setting when it was not run, but at least one must be there. Agrees when NIL minus
-    each of them lies within ``[-max(1.6, noise), +max(3.0, noise)]`` points in every setting (the
-    paper's "comparable" band, as for :func:`verdict_anil_matches_maml`).
+    left out of a setting when it was not run, but at least one must be there. One-sided: agrees
+    unless NIL is below MAML or ANIL by more than ``max(1.6, noise)`` points in some setting (the
+    paper's largest "comparable" shortfall, :data:`COMPARABLE_DEFICIT_POINTS`). The claim is that
+    learned features alone suffice at test time, so a NIL *above* the adapted networks only
+    strengthens it; the paper's own NIL is above MAML in three of Table 4's four columns.
     """
     problems, notes = [], []
     for setting, row in results.items():
         refs = tuple(name for name in ("MAML", "ANIL") if name in row)
         if not refs:
             raise _input_error(f"setting {setting!r} has neither MAML nor ANIL to compare NIL with")
-        found, said = _pairs({setting: row}, "NIL", refs)
+        found, said = _pairs({setting: row}, "NIL", refs, two_sided=False)
         problems += found
         notes += said
     if not results:
         raise _input_error("no settings in the results table")
-    rule = (f"NIL - MAML / ANIL within [-max({COMPARABLE_DEFICIT_POINTS}, noise), "
-            f"+max({COMPARABLE_SURPLUS_POINTS}, noise)] points (Table 4)")
+    rule = (f"NIL not below MAML / ANIL by more than max({COMPARABLE_DEFICIT_POINTS}, noise) points; above "
+            f"by any amount agrees (Table 4)")
     if problems:
         return DISAGREES, f"{rule}; " + "; ".join(problems)
     return AGREES, f"{rule}; " + "; ".join(notes)
 
 
-def verdict_similar_representations(pairs: Mapping[str, Any], measure: str = "cca") -> Verdict:
+def verdict_similar_representations(pairs: Mapping[str, Any], measure: str = "cca") -> Judgement:
     """Table 3: ANIL-MAML pairs are about as similar as same-algorithm pairs of different seeds.
 
     ``pairs``: {"MAML-MAML": cell, "ANIL-ANIL": cell, "ANIL-MAML": cell} (body averages of one
@@ -841,31 +921,47 @@ def verdict_similar_representations(pairs: Mapping[str, Any], measure: str = "cc
     return AGREES, f"{rule}; {detail}"
 
 
-def verdict_learning_curves(curves: Mapping[Any, Mapping[str, Any]]) -> Verdict:
+LEARNING_CURVES_FROM = 0.5
+"""Figure 5's rule judges the iterations from this fraction of the last compared iteration on."""
+
+
+def verdict_learning_curves(curves: Mapping[Any, Mapping[str, Any]]) -> Judgement:
     """Figure 5: MAML's and ANIL's validation accuracy "look very similar throughout training".
 
     ``curves``: {iteration: {"MAML": cell, "ANIL": cell}}, percent, at the iterations both were
-    evaluated. The figure prints no numbers, so the tolerance is Table 2's "comparable" one:
-    ``|ANIL - MAML| <= max(1.6, noise)`` points at every iteration (two-sided: "very similar").
+    evaluated (cells with their spread, the module's noise definition). Judged over the second half of
+    training: the iterations at or after :data:`LEARNING_CURVES_FROM` (one half) of the last one given.
+    The first half holds the rise from chance, where two curves that reach the same plateau one
+    validation interval apart differ by many points at a single step: that says when each network
+    learned, not whether the two learn alike, and the paper's words ("look very similar", "behave
+    similarly through the training process") are not about single early steps; the second half is where
+    both curves have done most of their rise and a systematic gap shows. The figure prints no numbers,
+    so the tolerance is Table 2's "comparable" one: ``|ANIL - MAML| <= max(1.6, noise)`` points at every
+    judged iteration (two-sided: "very similar").
     """
     if not curves:
         raise _input_error("no iterations in the learning curves")
-    problems = []
-    worst = (None, 0.0)
     for iteration, row in curves.items():
         missing = [name for name in ("MAML", "ANIL") if name not in row]
         if missing:
             raise _input_error(f"iteration {iteration!r} lacks {', '.join(missing)}")
+    start = LEARNING_CURVES_FROM * max(float(i) for i in curves)
+    judged = {i: row for i, row in curves.items() if float(i) >= start}
+    problems = []
+    worst = (None, 0.0)
+    for iteration, row in judged.items():
         (maml, s_maml), (anil, s_anil) = _cell_value(row["MAML"]), _cell_value(row["ANIL"])
         _require_percent([maml, anil], f"accuracies at iteration {iteration}")
         gap = anil - maml
-        if abs(gap) > abs(worst[1]):
+        if worst[0] is None or abs(gap) > abs(worst[1]):
             worst = (iteration, gap)
         allowed = max(COMPARABLE_DEFICIT_POINTS, _noise(s_maml, s_anil))
         if abs(gap) > allowed + PRINT_EPSILON:
             problems.append(f"iteration {iteration}: ANIL {_fmt(anil)} vs MAML {_fmt(maml)} ({gap:+.1f}, "
                             f"allowed ±{allowed:.1f})")
-    rule = f"|ANIL - MAML| <= max({COMPARABLE_DEFICIT_POINTS}, noise) points at every iteration (Figure 5)"
+    first = min(judged, key=float)
+    rule = (f"|ANIL - MAML| <= max({COMPARABLE_DEFICIT_POINTS}, noise) points at every validation from iteration "
+            f"{first} on, the second half of training (Figure 5; {len(judged)} of {len(curves)} iterations judged)")
     if problems:
         return DISAGREES, f"{rule}; " + "; ".join(problems)
     return AGREES, f"{rule}; largest gap {worst[1]:+.1f} at iteration {worst[0]}"
@@ -879,7 +975,7 @@ def _regime_cells(regimes: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
     return cells
 
 
-def verdict_head_needed_at_training(regimes: Mapping[str, Any]) -> Verdict:
+def verdict_head_needed_at_training(regimes: Mapping[str, Any]) -> Judgement:
     """Table 5 / Section 5.2: "MAML and ANIL training performs best"; "Using NIL during training
     performs worse than MAML/ANIL" -- the head is needed at training.
 
@@ -910,7 +1006,7 @@ def verdict_head_needed_at_training(regimes: Mapping[str, Any]) -> Verdict:
                     f"other ({best_other}) {_fmt(cells[best_other][0])}")
 
 
-def verdict_multitask_below_random(regimes: Mapping[str, Any]) -> Verdict:
+def verdict_multitask_below_random(regimes: Mapping[str, Any]) -> Judgement:
     """Section 5.2: "Multitask training ... performs the worst, even worse than random features".
 
     ``regimes`` as for :func:`verdict_head_needed_at_training`; needs "multitask" and "random".
@@ -947,11 +1043,11 @@ def rl_cells(env: str) -> dict[str, PaperValue]:
     return {c.row: c for c in TABLE_2 if c.column == RL_ENVS[env]}
 
 
-def verdict_anil_matches_maml_rl(results: Mapping[str, Mapping[str, Any]]) -> Verdict:
+def verdict_anil_matches_maml_rl(results: Mapping[str, Mapping[str, Any]]) -> Judgement:
     """Table 2, RL rows: ANIL and MAML "achieve comparable average return (the higher the better)".
 
     ``results``: {environment: {"MAML": cell, "ANIL": cell}}, average returns after adaptation with their
-    spread (std over seeds). The paper calls every one of its RL pairs comparable, including ANIL 363.2
+    spread (95% CI half-width of each mean, :func:`mean_ci95_half_width`). The paper calls every one of its RL pairs comparable, including ANIL 363.2
     vs MAML 170.4 on HalfCheetah-Direction, and in none is ANIL below MAML: in the paper's usage,
     "comparable" return means ANIL is not worse than MAML. Agrees when in every environment
     ANIL - MAML >= -noise, the noise being sqrt(s_a^2 + s_b^2) of the two spreads (returns have no common
@@ -975,7 +1071,7 @@ def verdict_anil_matches_maml_rl(results: Mapping[str, Mapping[str, Any]]) -> Ve
     return AGREES, f"{rule}; " + "; ".join(notes)
 
 
-def verdict_anil_speedup(training_ratio: float, inference_ratio: float) -> Verdict:
+def verdict_anil_speedup(training_ratio: float, inference_ratio: float) -> Judgement:
     """Section 4: ANIL "significantly speeds up both training and inference" (paper: average 1.7x
     per training iteration, 4.1x per inference iteration, on its own hardware and settings).
 
@@ -1120,12 +1216,22 @@ def paper_markdown() -> str:
               "| --- | --- | --- |"]
     lines += [f"| {_md_escape(k)} | {_md_escape(v)} | {_md_escape(w)} |" for k, (v, w) in SETTINGS.items()]
     lines += ["", "## Claims and the verdict rules", "",
-              "Each rule returns (\"agrees\" | \"does not agree\", reason). Tolerances: "
-              f"conv CCA > {BODY_CCA_ABOVE}, head CCA < {HEAD_CCA_BELOW}; freezing ±{FREEZING_TOLERANCE_POINTS} "
-              f"points; ANIL/NIL vs MAML/ANIL from -{COMPARABLE_DEFICIT_POINTS} to +{COMPARABLE_SURPLUS_POINTS} "
-              f"points (RL returns: ANIL not below MAML by more than the noise); Table 3 shortfall "
-              f"{SAME_SIMILARITY_TOLERANCE}; each widened to the reproduction's noise sqrt(s_a^2 + s_b^2) "
-              "when that is larger.", ""]
+              f"Each rule returns (\"{AGREES}\" | \"{DISAGREES}\", reason). Tolerances: "
+              f"each conv layer CCA > {BODY_CCA_ABOVE}, head CCA < {HEAD_CCA_BELOW} (one verdict per layer); "
+              f"freezing ±{FREEZING_TOLERANCE_POINTS} points; ANIL vs MAML from -{COMPARABLE_DEFICIT_POINTS} to "
+              f"+{COMPARABLE_SURPLUS_POINTS} points; NIL not below MAML or ANIL by more than "
+              f"{COMPARABLE_DEFICIT_POINTS} points (above by any amount agrees); learning curves within "
+              f"±{COMPARABLE_DEFICIT_POINTS} points at every validation of the second half of training; RL "
+              f"returns: ANIL not below MAML by more than the noise; Table 3 shortfall {SAME_SIMILARITY_TOLERANCE}; "
+              "each widened to the reproduction's noise when that is larger.", "",
+              "The noise: each cell's spread is the 95% confidence-interval half-width of its mean, "
+              "t(0.975, n-1) x std / sqrt(n) over n >= 2 seeds (std with ddof=1; each seed's value is a mean "
+              "over test episodes, so the spread between seeds holds the episode noise too), or the one run's "
+              "95% CI over test episodes when there is one seed (the spread between initialisations is then not "
+              "counted). Two cells differ beyond noise when their difference exceeds sqrt(s_a^2 + s_b^2), the "
+              "95% CI half-width of a difference of two independent means (conservative for two networks "
+              "measured on the same episodes). With 2 seeds t(0.975, 1) = 12.706: the noise of a 2-seed mean "
+              "is 9.0 x its std over seeds, so 2-seed verdicts can only reject large differences.", ""]
     for claim_ in CLAIMS.values():
         lines += [f"### {claim_.key} ({claim_.location}) -> `{claim_.rule}`", ""]
         lines += [f"> {_md_escape(q)}" + "\n" for q in claim_.quotes]

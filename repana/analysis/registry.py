@@ -26,6 +26,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from repana.analysis.paper_values import Verdict
 from repana.errors import ConfigError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,18 +43,42 @@ ANALYSIS_MODULES = ("learning_curves", "inner_loop_similarity", "freezing", "tra
 ANALYSIS_QUERIES = 15    # query images per class in the analyses' test episodes (datapoints)
 ANALYSIS_SEED = 12345    # seed of the analyses' test episodes (plus each analysis's episode_offset)
 
-AGREES, DISAGREES, NO_VERDICT = "agrees", "does NOT agree", "no verdict"
+AGREES, DISAGREES, NO_VERDICT = Verdict.AGREES, Verdict.DISAGREES, Verdict.NO_VERDICT
 
 
 @dataclass(frozen=True)
 class Finding:
-    """One statement of a report section and its verdict against the paper's claim."""
+    """One statement of a report section and, for a claim of the paper, its verdict.
+
+    ``text``: the statement as the section lists it. For a judged claim (see :meth:`judged`) also:
+    ``claim`` (the paper's claim in a few words), ``location`` (its table / figure / section),
+    ``paper`` (the paper's value as printed, or its stated threshold), ``ours`` (our value, same unit),
+    ``verdict`` and ``reason`` (the rule applied and, when it does not agree, why). The report's
+    findings table has one row per finding with a ``claim``.
+    """
 
     text: str
-    verdict: str = NO_VERDICT    # AGREES | DISAGREES | NO_VERDICT
+    verdict: Verdict = NO_VERDICT
+    claim: str = ""
+    location: str = ""
+    paper: str = ""
+    ours: str = ""
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "verdict", Verdict(self.verdict))
+
+    @classmethod
+    def judged(cls, judgement: tuple, *, claim: str, location: str, paper: str, ours: str,
+               prefix: str = "") -> "Finding":
+        """The finding of a :mod:`repana.analysis.paper_values` rule's ``(verdict, reason)``; ``prefix``
+        starts its text (e.g. the network it is about)."""
+        verdict, reason = judgement
+        return cls(f"{prefix}{reason}", Verdict(verdict), claim=claim, location=location, paper=paper,
+                   ours=ours, reason=reason)
 
     def __str__(self) -> str:
-        return self.text if self.verdict == NO_VERDICT else f"{self.text} -> **{self.verdict}**."
+        return self.text if self.verdict is NO_VERDICT else f"{self.text} -> **{self.verdict}**."
 
 
 FIGURES = "@FIGURES@/"   # placeholder of the figures folder in a section's links (see Section.for_setting)

@@ -1,10 +1,10 @@
-"""report.md: the analyses' sections (tables, figures, findings with verdicts) under one header, and the
-formatting helpers the sections share (markdown tables, percentages, figure links).
+"""report.md: a findings table first (each claim of the paper, where it is, the paper's value, ours, the
+verdict and why when it does not agree), then the analyses' sections (tables, figures, findings); and the
+formatting helpers the sections share (markdown tables, percentages, figure links, the cells the verdict
+rules judge).
 
-Published numbers (percent, ± 95% CI) of Raghu et al., ICLR 2020 (arXiv 1909.09157v2). Sources:
-Table 2 (MAML vs ANIL) as quoted in the learn2learn ANIL tutorial; the MiniImageNet 5-way 1-shot
-freezing row and training-regimes row as given in the repana issue; the NIL column and the speed-ups
-are transcribed from memory of the paper and marked as such in the report (verify against the PDF).
+The paper's numbers and the verdict rules are in :mod:`repana.analysis.paper_values` (Raghu et al.,
+ICLR 2020, https://openreview.net/forum?id=rkgMkCEtPB; docs/paper.md).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import pandas as pd
 
 from repana.io import atomic_write_text
 
-# Two accuracies agree when they differ by at most this (fraction) or the sum of their CIs.
-SMALL_ACCURACY_GAP = 0.03
+PERCENT = 100.0   # analyses' accuracies are fractions; the paper and its rules use percent
 
 
 def pct(value: float, ci: float | None = None) -> str:
@@ -51,13 +50,6 @@ def figure_markdown(name: str, caption: str) -> str:
     return f"![{caption}]({FIGURES}{name}.png)\n\n*{caption}* ([PDF]({FIGURES}{name}.pdf))\n"
 
 
-def gap_within_tolerance(a: float, b: float, ci_a: float, ci_b: float) -> tuple[bool, float]:
-    """Whether two accuracies (fractions) agree: |a - b| <= max(3 points, ci_a + ci_b); and the gap."""
-    gap = abs(a - b)
-    tolerance = max(SMALL_ACCURACY_GAP, np.nan_to_num(ci_a) + np.nan_to_num(ci_b))
-    return gap <= tolerance, gap
-
-
 def over_seeds(frame: pd.DataFrame, keys: list[str], value: str = "accuracy", ci: str = "ci95") -> pd.DataFrame:
     """Per ``keys``: ``value`` averaged over seeds, ``<value>_std`` its standard deviation over seeds (ddof=1,
     the paper's ± convention; NaN with one seed), ``n_seeds``, and ``ci`` the mean episode CI half-width.
@@ -75,11 +67,21 @@ def over_seeds(frame: pd.DataFrame, keys: list[str], value: str = "accuracy", ci
     return result.reset_index()
 
 
-def seed_spread(row, value: str = "accuracy", ci: str = "ci95") -> float:
-    """The spread to judge a value of :func:`over_seeds` by: std over seeds with 2+ seeds, else the
-    episode CI half-width (one seed says nothing of the spread between initialisations)."""
+def judged_cell(row, value: str = "accuracy", ci: str = "ci95", scale: float = PERCENT) -> tuple[float, float]:
+    """``(value, spread)`` of one row of :func:`over_seeds` for :mod:`repana.analysis.paper_values`'s rules.
+
+    spread: the 95% CI half-width of the mean, as the rules define it
+    (:func:`repana.analysis.paper_values.mean_ci95_half_width`: t quantile x std over seeds / sqrt(n) with
+    2+ seeds, the run's episode CI with one). ``scale``: :data:`PERCENT` (default) turns an accuracy
+    fraction into the paper's percent -- the one place where the unit changes; 1.0 keeps the unit
+    (similarities, returns).
+    """
+    from repana.analysis.paper_values import mean_ci95_half_width
+
     std = row.get(f"{value}_std", np.nan)
-    return float(std) if row.get("n_seeds", 1) > 1 and np.isfinite(std) else float(row.get(ci, np.nan))
+    spread = mean_ci95_half_width(None if pd.isna(std) else float(std), int(row.get("n_seeds", 1)),
+                                  None if pd.isna(row.get(ci, np.nan)) else float(row.get(ci)))
+    return scale * float(row[value]), scale * spread
 
 
 def pct_seeds(row, value: str = "accuracy", ci: str = "ci95") -> str:
@@ -135,8 +137,7 @@ def write_report(out: str | Path, sections: list, context: dict) -> Path:
             "the mean 95% confidence interval over test episodes beside it; with one seed, ± is that episode CI. "
             "Paper numbers are quoted from Raghu et al., ICLR 2020, with their table and what their ± is "
             "(docs/paper.md). The paper trains 60000 iterations on MiniImageNet and 20-way Omniglot; compare "
-            "trends, not digits, when the setting or budget differs. Each verdict applies the paper's claim as "
-            "stated (repana.analysis.paper_values). Timings depend on the machine and its load.")
+            "trends, not digits, when the setting or budget differs. Timings depend on the machine and its load.")
         quick_notes = (
             "- The networks train for minutes (MAML 3000, ANIL 5000, multiclass 4500, multitask and NIL 1000 "
             "meta-iterations of 4 tasks each) instead of the paper's 60000 of 32, on Conv4 with 32 filters, so "
@@ -146,17 +147,45 @@ def write_report(out: str | Path, sections: list, context: dict) -> Path:
             "inner-loop analysis reports the representation after every one of them.\n"
             "- Timings were measured on whatever else the machine was doing; ratios measured back to back "
             "(same process, same batch) are more reliable than absolute seconds.\n")
-    findings = [(section.setting, finding) for section in sections for finding in section.findings]
-    header = (f"# {title}\n\nPreset **{context['preset']}**, {scope}. Wall-clock of this invocation "
-              f"(training excluded when reused): {context['wall_clock_s'] / 60:.1f} min.\n\n" + "\n".join(described)
-              + f"\n\n{conventions}\n\n## Summary of findings\n\n"
-              + "\n".join(f"- {f'[{setting}] ' if setting else ''}{finding}" for setting, finding in findings) + "\n\n")
+    header = (f"# {title}\n\n## Findings\n\n{findings_table(sections)}\n\n"
+              f"Preset **{context['preset']}**, {scope}. Each verdict applies the paper's claim as stated "
+              "(`repana.analysis.paper_values`, docs/paper.md); its noise is the 95% CI half-width of each mean "
+              "(over seeds with 2+ seeds, over test episodes with one). The sections below hold the tables, figures "
+              "and every finding.\n\n## Setup\n\nWall-clock of this invocation (training excluded when reused): "
+              f"{context['wall_clock_s'] / 60:.1f} min.\n\n" + "\n".join(described) + f"\n\n{conventions}\n\n")
     if context["preset"] == "quick":
         header += f"## Reading a quick-preset report\n\n{quick_notes}\n"
     numbered = [section.markdown().replace("## ", f"## {index}. ", 1) for index, section in enumerate(sections, 1)]
     path = Path(out) / "report.md"
     atomic_write_text(path, header + "\n".join(numbered))
     return path
+
+
+FINDINGS_COLUMNS = ("setting", "claim", "where in the paper", "paper", "ours", "verdict", "why not")
+
+
+def _cell_text(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def findings_table(sections: list) -> str:
+    """One markdown row per finding with a claim, in section order: :data:`FINDINGS_COLUMNS` (the reason
+    only where the verdict is not "agrees"). A report of one setting has no setting column; a finding of no
+    setting (across settings) says "all"."""
+    from repana.analysis.registry import AGREES
+
+    rows = [(section.setting, finding) for section in sections for finding in section.findings if finding.claim]
+    if not rows:
+        return "No claim of the paper was judged (the analyses run judge none)."
+    columns = FINDINGS_COLUMNS if len({setting for setting, _ in rows if setting}) > 1 else FINDINGS_COLUMNS[1:]
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    for setting, finding in rows:
+        verdict = str(finding.verdict) if finding.verdict is AGREES else f"**{finding.verdict}**"
+        cells = [finding.claim, finding.location, finding.paper, finding.ours, verdict,
+                 "" if finding.verdict is AGREES else finding.reason]
+        lines.append("| " + " | ".join(_cell_text(c) for c in ([setting or "all"] if len(columns) > 6 else []) + cells)
+                     + " |")
+    return "\n".join(lines)
 
 
 def _reused(facts: dict) -> str:

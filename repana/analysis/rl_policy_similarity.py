@@ -103,7 +103,11 @@ def report(tables, context) -> Section:
         cells = ", ".join(f"{r.env} {r.layer} {r.measure} {r.value:.4f}" for r in maml.itertuples())
         rule = (f"MAML's hidden layers barely change in the inner loop: SVCCA and CKA > {paper_values.BODY_CCA_ABOVE} "
                 "(the paper's threshold for the body, Section 3.2.2: feature reuse)")
-        findings.append(Finding(f"{rule}; {cells}", AGREES if low.empty else DISAGREES))
+        findings.append(Finding(f"{rule}; {cells}", AGREES if low.empty else DISAGREES,
+                                claim="MAML's hidden policy layers barely change in the inner loop (RL)",
+                                location="Section 3.2.2 (Figure 2's rule on the RL policies)",
+                                paper=f"body CCA > {paper_values.BODY_CCA_ABOVE} (supervised Conv4)",
+                                ours=f"min {maml['value'].min():.4f}", reason=f"{rule}; {cells}"))
     cca = hidden[(hidden["algorithm"] == "maml") & (hidden["measure"] == "cca")]
     if len(cca):
         findings.append(Finding("Mean CCA of MAML's hidden layers (misleading for a low-dimensional input, see the "

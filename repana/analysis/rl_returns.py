@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from repana.analysis.registry import AGREES, DISAGREES, NO_VERDICT, Analysis, Finding, Section, register
+from repana.analysis.registry import NO_VERDICT, Analysis, Finding, Section, register
 
 NAME = "rl_returns"
 SUMMARY = f"{NAME}_table2"
@@ -63,9 +63,11 @@ def table2(per_run: pd.DataFrame) -> pd.DataFrame:
 
 
 def spread(row) -> float:
-    """The spread a cell is judged by: std over seeds with 2+ seeds, else the task CI of the one run."""
-    return float(row["return_after_std"]) if row["n_seeds"] > 1 and np.isfinite(row["return_after_std"]) \
-        else float(np.nan_to_num(row["return_after_ci95"]))
+    """The spread a cell is judged by (:func:`repana.analysis.paper_values.mean_ci95_half_width`): the 95% CI
+    half-width of the mean return over seeds with 2+ seeds, else the task CI of the one run."""
+    from repana.analysis.report import judged_cell
+
+    return judged_cell(row, "return_after", "return_after_ci95", scale=1.0)[1]
 
 
 def compute(context) -> dict[str, pd.DataFrame]:
@@ -111,9 +113,14 @@ def report(tables, context) -> Section:
         if "MAML" in rows and "ANIL" in rows:
             cells[env] = {name: (float(rows[name]["return_after"]), spread(rows[name])) for name in ("MAML", "ANIL")}
     if cells:
-        verdict, reason = paper_values.verdict_anil_matches_maml_rl(cells)
-        findings.append(Finding(f"ANIL matches MAML in RL (average return after adaptation): {reason}",
-                                AGREES if verdict == paper_values.AGREES else DISAGREES))
+        paper = {env: paper_values.rl_cells(env) for env in cells if env in paper_values.RL_ENVS}
+        findings.append(Finding.judged(
+            paper_values.verdict_anil_matches_maml_rl(cells),
+            prefix="ANIL matches MAML in RL (average return after adaptation): ",
+            claim="ANIL's average return after adaptation is comparable to MAML's", location="Table 2 (RL rows); Section 4",
+            paper="; ".join(f"{env}: ANIL {c['ANIL'].value:.1f}, MAML {c['MAML'].value:.1f}" for env, c in paper.items())
+            or "- (no such environment in the paper)",
+            ours="; ".join(f"{env}: ANIL {c['ANIL'][0]:.1f}, MAML {c['MAML'][0]:.1f}" for env, c in cells.items())))
     else:
         findings.append(Finding("MAML vs ANIL: not judged (the checkpoints do not hold both algorithms of one "
                                 "environment)", NO_VERDICT))

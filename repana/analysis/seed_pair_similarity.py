@@ -17,7 +17,7 @@ import pandas as pd
 
 from repana.analysis.common import BODY_LAYERS
 from repana.analysis.maml_anil_similarity import cross_model_similarity, summarize_cross_model
-from repana.analysis.registry import AGREES, DISAGREES, Analysis, Finding, Section, register
+from repana.analysis.registry import Analysis, Finding, Section, register
 from repana.errors import InputError
 
 NAME = "seed_pair_similarity"
@@ -96,10 +96,18 @@ def report(tables, context) -> Section:
                              "pairs": int(body.loc[pair, "n_pairs"]),
                              "paper": paper_values.value("Table 3", pair, column).printed if column else "-"})
         if column and {"MAML-MAML", "ANIL-ANIL", "ANIL-MAML"} <= set(body.index):
-            cells = {pair: (body.loc[pair, "mean"], 0.0 if pd.isna(body.loc[pair, "std"]) else body.loc[pair, "std"])
+            # spread: the 95% CI half-width of the mean over pairs (paper_values' noise definition)
+            cells = {pair: (body.loc[pair, "mean"], paper_values.mean_ci95_half_width(
+                         None if pd.isna(body.loc[pair, "std"]) else body.loc[pair, "std"], int(body.loc[pair, "n_pairs"])))
                      for pair in ("MAML-MAML", "ANIL-ANIL", "ANIL-MAML")}
-            verdict, reason = paper_values.verdict_similar_representations(cells, measure)
-            findings.append(Finding(reason, AGREES if verdict == paper_values.AGREES else DISAGREES))
+            order = ("ANIL-MAML", "MAML-MAML", "ANIL-ANIL")
+            findings.append(Finding.judged(
+                paper_values.verdict_similar_representations(cells, measure),
+                claim=f"ANIL-MAML pairs as similar as same-algorithm pairs ({measure})",
+                location="Table 3; Section 4",
+                paper=", ".join(f"{p} {paper_values.value('Table 3', p, column).printed}" for p in order)
+                + f" ({column})",
+                ours=", ".join(f"{p} {cells[p][0]:.3f}" for p in order)))
     per_layer = table.pivot_table(index=["measure", "layer"], columns="pair", values="mean", sort=False).round(3)
     text = ("Body averages (conv1-conv4) of each kind of pair: mean ± std over the pairs; MAML-MAML and ANIL-ANIL "
             "pair networks of different seeds. CCA variants: `cca` is mean CCA over all canonical directions, "

@@ -12,7 +12,7 @@ import pandas as pd
 from repana.analysis.common import DEFAULT_MEASURES, LAYERS
 from repana.analysis.freezing import FROZEN_SETS, freezing_accuracy
 from repana.analysis.inner_loop_similarity import inner_loop_similarity, summarize_inner_loop
-from repana.analysis.registry import AGREES, DISAGREES, Analysis, Finding, Section, register
+from repana.analysis.registry import Analysis, Finding, Section, register
 from repana.errors import InputError
 from repana.meta.algorithms import adapted_parameters
 
@@ -139,7 +139,7 @@ def figures(tables, context) -> dict:
 
 def report(tables, context) -> Section:
     from repana.analysis import paper_values
-    from repana.analysis.report import figure_markdown, markdown_table, over_seeds, seed_spread
+    from repana.analysis.report import figure_markdown, judged_cell, markdown_table, over_seeds
 
     keys = ["stage", "train_step", "layer", "measure"]
     similarity = over_seeds(tables[NAME], keys, "mean")
@@ -150,15 +150,23 @@ def report(tables, context) -> Section:
         for step, at_step in freezing.groupby("train_step", sort=True):
             sim = group[group["train_step"] == step]
             checkpoints[int(step)] = {
-                "freezing": {row["frozen"]: (100 * row["accuracy"], 100 * seed_spread(row))
-                             for _, row in at_step.iterrows()},
+                "freezing": {row["frozen"]: judged_cell(row) for _, row in at_step.iterrows()},
                 "similarity": {row["layer"]: row["mean"] for _, row in sim.iterrows() if row["layer"] != "head"}}
         try:
-            verdict, reason = paper_values.verdict_training_dynamics(checkpoints, measure)
+            judgement = paper_values.verdict_training_dynamics(checkpoints, measure)
         except ValueError as error:
             findings.append(Finding(f"{measure}: not judged ({error})"))
             continue
-        findings.append(Finding(reason, AGREES if verdict == paper_values.AGREES else DISAGREES))
+        body_min = {step: min(cells["similarity"].values(), default=float("nan"))
+                    for step, cells in checkpoints.items()}
+        freeze_worst = {step: max((abs(v[0] - cells["freezing"]["none"][0]) for v in cells["freezing"].values()),
+                                  default=float("nan")) for step, cells in checkpoints.items()}
+        findings.append(Finding.judged(
+            judgement, claim=f"Feature reuse from early in training ({measure})",
+            location="Figure 3; Section 3.2.3",
+            paper=f"body CCA > {paper_values.BODY_CCA_ABOVE}, freezing 'approximately the same', at 10k/20k/30k it.",
+            ours="; ".join(f"it. {step}: body min {body_min[step]:.3f}, freezing max change {freeze_worst[step]:.1f} pt"
+                           for step in checkpoints)))
     sim_view = similarity.rename(columns={"mean": "before vs after", "mean_std": "std over seeds",
                                           "ci95": "episode CI"})
     frz_view = freezing.rename(columns={"accuracy_std": "std over seeds", "ci95": "episode CI"})

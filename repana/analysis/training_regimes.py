@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import numpy as np
 import pandas as pd
 import torch
 
 from repana.analysis.common import check_same_architecture
 from repana.analysis.maml_anil_nil import EvalSpec, evaluate_specs
-from repana.analysis.registry import AGREES, DISAGREES, Analysis, Finding, Section, register
+from repana.analysis.registry import Analysis, Finding, Section, register
 
 REGIME_ORDER = ("maml", "anil", "multiclass", "multitask", "nil", "random")
 REGIME_NAMES = {"maml": "MAML", "anil": "ANIL", "multiclass": "Multiclass pretrain",
@@ -77,9 +76,14 @@ def paper_column(context) -> str:
     return f"MiniImageNet-5way-{5 if context.reference_config.shots >= 5 else 1}shot"
 
 
+def _ranked(accuracy: dict[str, float]) -> str:
+    """"anil 62.2 > maml 61.5 > ...": regimes by accuracy (percent), best first."""
+    return " > ".join(f"{k} {v:.1f}" for k, v in sorted(accuracy.items(), key=lambda item: -item[1]))
+
+
 def report(tables, context) -> Section:
     from repana.analysis import paper_values
-    from repana.analysis.report import figure_markdown, markdown_table, over_seeds, pct_seeds, seed_spread
+    from repana.analysis.report import figure_markdown, judged_cell, markdown_table, over_seeds, pct_seeds
 
     summary = over_seeds(tables[NAME], ["regime", "name"], "accuracy")
     column = paper_column(context)
@@ -88,15 +92,19 @@ def report(tables, context) -> Section:
                          "ours, NIL eval (%)": [pct_seeds(row) for _, row in summary.iterrows()],
                          f"paper {column} (%)": [paper_values.value("Table 5", r, column).printed if r in paper else ""
                                                  for r in summary["regime"]]})
-    cells = {row["regime"]: (100 * row["accuracy"], 100 * seed_spread(row)) for _, row in summary.iterrows()}
+    cells = {row["regime"]: judged_cell(row) for _, row in summary.iterrows()}
+    claims = {paper_values.verdict_head_needed_at_training: "MAML/ANIL training gives the best features (NIL eval)",
+              paper_values.verdict_multitask_below_random: "multitask training is the worst, below random features"}
     findings = []
-    for rule in (paper_values.verdict_head_needed_at_training, paper_values.verdict_multitask_below_random):
+    for rule, claim in claims.items():
         try:
-            verdict, reason = rule(cells)
+            judgement = rule(cells)
         except ValueError as error:       # a regime the rule needs was not run
             findings.append(Finding(f"{rule.__name__}: not judged ({error})"))
             continue
-        findings.append(Finding(reason, AGREES if verdict == paper_values.AGREES else DISAGREES))
+        findings.append(Finding.judged(judgement, claim=claim, location="Table 5; Section 5.2",
+                                       paper=_ranked({k: v for k, (v, _) in paper.items()}) + f" % ({column})",
+                                       ours=_ranked({k: v for k, (v, _) in cells.items()}) + " %"))
     ranking = " > ".join(summary.sort_values("accuracy", ascending=False)["regime"])
     paper_ranking = " > ".join(sorted(paper, key=lambda k: -paper[k][0]))
     findings.append(Finding(f"Ranking ours: {ranking}; paper ({column}): {paper_ranking}"))
