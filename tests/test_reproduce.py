@@ -12,7 +12,7 @@ SMALL = {"hidden": 8, "meta_batch_size": 2}  # a tiny Conv4 so the whole pipelin
 TINY = {
     "inner_loop_similarity": 'episodes = 3\nmeasures = ["svcca", "cka_debiased"]\nmin_ratio = 5.0\n',
     "freezing": "episodes = 4\nladder = [2, 4]\nsimilarity_episodes = 2\n",
-    "training_dynamics": 'episodes = 2\nmeasures = ["cka_debiased"]\n',
+    "training_dynamics": 'episodes = 2\nladder = [2, 4]\nmeasures = ["cka_debiased"]\n',
     "maml_anil_nil": "episodes = 4\nspeed_repeats = 1\n",
     "maml_anil_similarity": 'episodes = 3\nmeasures = ["svcca", "cka_debiased"]\nmin_ratio = 5.0\n',
     "training_regimes": "episodes = 4\n",
@@ -92,12 +92,16 @@ def test_seeds_and_settings_expand_the_plan():
     from repana.meta.config import preset_values
 
     twenty = next(job.config for job in plan if job.setting == "20way-5shot" and job.network == "maml")
-    assert twenty.inner_steps_test == preset_values("omniglot-20way-5shot")["inner_steps_test"]
+    assert twenty.inner_lr == preset_values("omniglot-20way-5shot")["inner_lr"]
+    # the quick default networks: Table 1's shape and test-time steps; the paper preset keeps each preset's own
+    assert (twenty.head_input, twenty.inner_steps_test) == ("flatten", 10)
+    paper_twenty = training_plan("paper", "omniglot", settings=["20way-5shot"], networks=["maml"])[0].config
+    assert paper_twenty.inner_steps_test == preset_values("omniglot-20way-5shot")["inner_steps_test"]
     mini = training_plan("quick", "miniimagenet", settings=["5way-5shot"], networks=["anil"])
     assert mini[0].config.dataset == "miniimagenet" and mini[0].config.shots == 5
     for bad, message in ((dict(seeds=0), "at least 1 seed"), (dict(settings=["7way-1shot"]), "unknown setting"),
                          (dict(settings=["imagenet-5way-1shot"]), "unknown setting"),
-                         (dict(networks=["maml", "protonet"]), "unknown networks")):
+                         (dict(networks=["maml", "protonet"]), "unknown network")):
         with pytest.raises(ConfigError, match=message):
             training_plan("quick", "omniglot", **bad)
 
@@ -128,7 +132,7 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs):
         assert f"{layer} barely changes in the inner loop (svcca)" in claims
     assert "the head changes in the inner loop (svcca)" in claims
     assert {"ANIL matches MAML's accuracy", "NIL (no head, no inner loop) performs as well as MAML and ANIL",
-            "MAML: freezing conv blocks at test time hardly affects accuracy"} <= set(claims)
+            "MAML: freezing conv blocks at test time hardly affects accuracy (10 test steps)"} <= set(claims)
     assert any(c.startswith("MAML and ANIL learn very similarly") for c in claims)
     for row in rows:
         verdict, why_not = row[4], row[5].rstrip(" |")
@@ -148,8 +152,14 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs):
     assert f"figures/glyphs-5way-1shot/freezing.png" in text
     tables = out / "tables" / "glyphs-5way-1shot"
     freezing = pd.read_csv(tables / "freezing.csv")
-    assert list(freezing["frozen"]) == ["none", "1", "1,2", "1,2,3", "1,2,3,4"] * 2
-    assert list(freezing["seed"]) == [0] * 5 + [1] * 5
+    frozen_sets = ["none", "1", "1,2", "1,2,3", "1,2,3,4"]
+    assert list(freezing["frozen"]) == [f for f in frozen_sets for _ in range(3)] * 2
+    assert list(freezing["protocol"]) == ["run", "paper", "converged"] * 10
+    assert list(freezing["seed"]) == [0] * 15 + [1] * 15
+    # the run's test steps (the quick default network: Table 1's 10), the paper's 10, the ladder's choice
+    assert set(freezing.loc[freezing["protocol"] == "run", "steps"]) == {10}
+    assert set(freezing.loc[freezing["protocol"] == "converged", "steps"]) <= {2, 4}
+    assert "head needs more steps" in text or "body really adapts" in text or "the body is reused" in text
     pairs = pd.read_csv(tables / "seed_pair_similarity.csv")
     assert set(pairs["pair"]) == {"MAML-MAML", "ANIL-ANIL", "ANIL-MAML"} and len(set(pairs["model_b"])) == 3
     curves = pd.read_csv(tables / "learning_curves.csv")
@@ -159,9 +169,9 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs):
     assert (anil_inner["mean"] > 1 - 1e-6).all()  # ANIL's body never changes in the inner loop
     assert any("5way-1shot/maml/seed1" in m and "iterations" in m for m in messages)
     speed = pd.read_csv(tables / "maml_anil_nil_speed.csv").query("seed == 0")
-    # the run's own steps (1 in training, the preset's 3 at test) and the paper's 5 training / 10 test steps of its 1.7x and 4.1x
+    # the run's own steps (1 in training, the quick default's 10 at test) and the paper's 5 training / 10 test steps of its 1.7x and 4.1x
     assert set(zip(speed["steps_of"], speed["phase"], speed["inner_steps"])) == {
-        ("this run", "train", 1), ("this run", "inference", 3), ("paper", "train", 5), ("paper", "inference", 10),
+        ("this run", "train", 1), ("this run", "inference", 10), ("paper", "train", 5), ("paper", "inference", 10),
         ("this run", "training_run", 1)}
     assert "with 5 training / 10 test steps" in text
 
@@ -306,7 +316,7 @@ def test_miniimagenet_fixture_end_to_end(tmp_path, monkeypatch):
     # MiniImageNet 5-way 1-shot is a cell of the paper's tables: ours beside the printed values
     assert "46.9 ± 0.2" in text and "44.5 ± 0.8" in text
     freezing = pd.read_csv(out / "tables" / "miniimagenet-5way-1shot" / "freezing.csv")
-    assert len(freezing) == 5 and freezing["accuracy"].between(0, 1).all()
+    assert len(freezing) == 5 * 3 and freezing["accuracy"].between(0, 1).all()
     assert (out / "runs" / "5way-1shot" / "maml" / "seed0" / "config.toml").read_text().count('"miniimagenet"') == 1
 
 

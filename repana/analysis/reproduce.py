@@ -32,6 +32,7 @@ from repana.analysis.registry import (ANALYSIS_QUERIES, PRESETS, AnalysisContext
 from repana.errors import ConfigError, InputError
 from repana.io import atomic_save_csv, atomic_write_text
 from repana.runs.plan import Job
+from repana.analysis.feature_reuse_map import MAP_QUICK_ITERATIONS
 
 __all__ = ["reproduce", "training_plan", "rl_training_plan", "load_entries", "default_analyses_dir"]
 
@@ -43,25 +44,21 @@ RUNS = {"maml": "maml", "anil": "anil", "multiclass": "pretrain", "multitask": "
 # repana.runs.plan.SEED_STRIDE): networks compared with each other (MAML vs ANIL, seed pairs, the regimes
 # table) never share their random initialisation, and seed 0 keeps the seeds of single-seed reproductions.
 RUN_SEED_OFFSETS = {"maml": 0, "anil": 1, "multiclass": 2, "multitask": 3, "nil": 4}
-# The quick preset: a few minutes of training per run on 2 CPU cores (budgets tuned to finish the
-# whole pipeline in under 20 minutes); the paper preset keeps the bundled presets' settings.
+# The quick preset: a few minutes of training per run on 2 CPU cores; the paper preset keeps the bundled
+# presets' settings. QUICK_OVERRIDES apply to every quick run, the feature-reuse map's grid included.
 QUICK_OVERRIDES = {"hidden": 32, "meta_batch_size": 4, "queries_train": 5, "log_every": 10, "keep_checkpoints": 1}
-# Budgets where the findings need them (learning_curves.flattening on the Omniglot subset): MAML's curve
-# still rose at 1500 iterations and had flattened by 3000; ANIL's (cheaper) still rose 1.4 ± 0.6 points over
-# the last third of 3000, so it gets 5000; multiclass pretraining still rose 2.9 ± 0.8 points at 1500 on
-# the glyphs and 1.8 ± 0.9 at 3000 on the Omniglot subset, so it gets 4500; multitask and NIL training had
-# flattened at 1000.
+# The default networks of the quick preset test the paper's claims in the paper's regime: Table 1's network shape
+# (MiniImageNet's Conv4: conv4's map flattened before the head) and its test-time protocol (10 steps, Finn et al.'s
+# MiniImageNet evaluation). Finn et al.'s Omniglot network (spatial mean, 3 test steps) is a cell of the
+# feature-reuse map, which shows how the answer changes with the head's input.
+QUICK_SHAPE = {"head_input": "flatten", "inner_steps_test": 10}
+# Budgets (meta-iterations of 4 tasks), set where each learning curve has flattened (learning_curves.flattening).
 QUICK_ITERATIONS = {"maml": 3000, "anil": 5000, "multiclass": 4500, "multitask": 1000, "nil": 1000}
 QUICK_VALIDATIONS = 15        # validation points along each quick run (the learning curves)
 QUICK_VAL_EPISODES = 50
 # MAML's saved checkpoints, as fractions of training: the paper's Figure 3 uses 10000, 20000 and 30000 of
 # 60000 iterations (the presets' total), i.e. 1/6, 1/3 and 1/2; plus the final network.
 SAVE_FRACTIONS = (1 / 6, 1 / 3, 1 / 2, 1.0)
-# Test-time inner steps of the accuracy analyses: None = each checkpoint's own inner_steps_test (3 for the
-# Omniglot presets, 10 for MiniImageNet), as in the paper. (An earlier quick network, with a flattened
-# conv4 before the head, overshot after more than the 1 step it was trained with; with Finn et al.'s
-# spatial mean before the head, 3 steps score 2 points above 1 on the Omniglot subset.)
-EVAL_STEPS = {"quick": None, "paper": None}
 
 # ----- RL (Table 2's RL rows; repana.rl) -----
 RL_ENVS = ("2d-navigation", "halfcheetah-dir", "halfcheetah-vel")
@@ -155,8 +152,10 @@ def training_plan(preset: str, dataset: str, data_root: str | Path | None = None
             values: dict = {"name": name, "algorithm": RUNS[run], "dataset": dataset, "split": "",
                             "data_root": str(data_root) if data_root else ""}
             if preset == "quick":
-                iterations = max(10, int(QUICK_ITERATIONS[run] * iterations_scale))
-                values.update(QUICK_OVERRIDES, iterations=iterations, checkpoint_every=0,
+                budget = MAP_QUICK_ITERATIONS[run] if variant else QUICK_ITERATIONS[run]
+                iterations = max(10, int(budget * iterations_scale))
+                values.update(QUICK_OVERRIDES, **({} if variant else QUICK_SHAPE), iterations=iterations,
+                              checkpoint_every=0,
                               val_every=max(1, iterations // QUICK_VALIDATIONS),
                               val_episodes=QUICK_VAL_EPISODES)
                 values["save_steps"] = (sorted({max(1, round(f * iterations)) for f in SAVE_FRACTIONS})
@@ -388,7 +387,7 @@ def _analyse_setting(setting: str, jobs: list[Job], selected: list, entries: dic
     def context_for(networks: dict) -> AnalysisContext:
         reference = next((label for label in networks if label.split("/")[0] == "maml"), next(iter(networks)))
         return AnalysisContext(networks=networks, settings={}, preset=preset, reference=reference,
-                               steps=EVAL_STEPS[preset], data=data, dataset=dataset, data_root=data_root)
+                               data=data, dataset=dataset, data_root=data_root)
 
     per_seed = {seed: context_for({net: ckpt for (net, k), ckpt in checkpoints.items() if k == seed})
                 for seed in seeds}
@@ -431,7 +430,8 @@ def _analyse_setting(setting: str, jobs: list[Job], selected: list, entries: dic
         sections.append(analysis.report(tables, context).for_setting(setting, f"figures/{setting}/"))
     reference = per_seed[seeds[0]]
     config = reference.reference_config
-    facts = {"setting": setting, "dataset": dataset, "ways": config.ways, "shots": config.shots,
+    facts = {"config": config.to_dict(), "paper_config": _paper_config(config).to_dict(),
+             "setting": setting, "dataset": dataset, "ways": config.ways, "shots": config.shots,
              "queries": ANALYSIS_QUERIES, "inner_steps_test": reference.steps, "inner_lr": reference.lr,
              "hidden": config.hidden, "pooling": config.pooling,
              "runs": {job.name: {"algorithm": job.config.algorithm, "iterations": job.config.iterations,
@@ -439,6 +439,14 @@ def _analyse_setting(setting: str, jobs: list[Job], selected: list, entries: dic
                       for job in jobs},
              "reused": cache.reused}
     return sections, facts, computed
+
+
+def _paper_config(config):
+    """The bundled paper preset of ``config``'s dataset and cell (Finn et al.'s settings; glyphs train as Omniglot)."""
+    from repana.meta.config import load_config
+
+    family = "omniglot" if config.dataset == "glyphs" else config.dataset
+    return load_config(preset=f"{family}-{config.ways}way-{config.shots}shot")
 
 
 def _combine_seeds(parts: dict) -> dict:

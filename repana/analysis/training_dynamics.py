@@ -10,7 +10,8 @@ from typing import Sequence
 import pandas as pd
 
 from repana.analysis.common import DEFAULT_MEASURES, LAYERS
-from repana.analysis.freezing import FROZEN_SETS, freezing_accuracy
+from repana.analysis.freezing import (CONVERGENCE_LADDER, FROZEN_SETS, PAPER_TEST_STEPS, freezing_by_protocol,
+                                      freezing_reading)
 from repana.analysis.inner_loop_similarity import inner_loop_similarity, summarize_inner_loop
 from repana.analysis.registry import Analysis, Finding, Section, register
 from repana.errors import InputError
@@ -97,15 +98,17 @@ def inner_loop_over_training(stages: Sequence[tuple[str, object]], episodes, *,
 
 def freezing_over_training(stages: Sequence[tuple[str, object]], episodes, *,
                            frozen_sets=FROZEN_SETS, steps: int | None = None,
-                           lr: float | None = None) -> pd.DataFrame:
-    """:func:`freezing_accuracy` per training stage; rows gain columns stage and train_step."""
+                           lr: float | None = None, ladder: Sequence[int] = CONVERGENCE_LADDER,
+                           paper_steps: int = PAPER_TEST_STEPS) -> pd.DataFrame:
+    """:func:`repana.analysis.freezing.freezing_by_protocol` per training stage (the run's steps, the paper's
+    and the support loss converged); rows gain columns stage and train_step."""
     frames = []
     for stage, source in stages:
         model, checkpoint = _load(source)
         n_steps, step_lr = _inner_loop(checkpoint, steps, lr)
-        frame = freezing_accuracy(model, episodes, steps=n_steps, lr=step_lr,
-                                  trainable=adapted_parameters(checkpoint.algorithm), frozen_sets=frozen_sets,
-                                  label=checkpoint.algorithm)
+        frame = freezing_by_protocol(model, episodes, run_steps=n_steps, lr=step_lr,
+                                     trainable=adapted_parameters(checkpoint.algorithm), frozen_sets=frozen_sets,
+                                     ladder=ladder, paper_steps=paper_steps, label=checkpoint.algorithm)
         frame.insert(0, "train_step", checkpoint.step)
         frame.insert(0, "stage", stage)
         frames.append(frame)
@@ -127,14 +130,18 @@ def compute(context) -> dict[str, pd.DataFrame]:
     similarity = inner_loop_over_training(stages, episodes, measures=settings["measures"],
                                           steps=settings.get("steps", context.steps), lr=context.lr)
     freezing = freezing_over_training(stages, episodes, frozen_sets=FROZEN_SETS, steps=context.steps,
-                                      lr=context.lr)
+                                      lr=context.lr, ladder=tuple(settings.get("ladder", CONVERGENCE_LADDER)),
+                                      paper_steps=int(settings.get("paper_steps", PAPER_TEST_STEPS)))
     return {NAME: similarity, f"{NAME}_freezing": freezing}
 
 
 def figures(tables, context) -> dict:
     from repana.plots import paper as plots
 
-    return {NAME: lambda: plots.dynamics_figure(tables[NAME], tables[f"{NAME}_freezing"])}
+    freezing = tables[f"{NAME}_freezing"]
+    if "protocol" in freezing:
+        freezing = freezing[freezing["protocol"] == "paper"]
+    return {NAME: lambda: plots.dynamics_figure(tables[NAME], freezing)}
 
 
 def report(tables, context) -> Section:
@@ -143,7 +150,11 @@ def report(tables, context) -> Section:
 
     keys = ["stage", "train_step", "layer", "measure"]
     similarity = over_seeds(tables[NAME], keys, "mean")
-    freezing = over_seeds(tables[f"{NAME}_freezing"], ["stage", "train_step", "frozen"], "accuracy")
+    every_protocol = tables[f"{NAME}_freezing"]
+    if "protocol" not in every_protocol:   # tables of an older repana: the run's protocol only
+        every_protocol = every_protocol.assign(protocol="paper")
+    by_protocol = over_seeds(every_protocol, ["stage", "train_step", "protocol", "frozen"], "accuracy")
+    freezing = by_protocol[by_protocol["protocol"] == "paper"]
     findings = []
     for measure, group in similarity.groupby("measure", sort=False):
         checkpoints = {}
@@ -167,12 +178,24 @@ def report(tables, context) -> Section:
             paper=f"body CCA > {paper_values.BODY_CCA_ABOVE}, freezing 'approximately the same', at 10k/20k/30k it.",
             ours="; ".join(f"it. {step}: body min {body_min[step]:.3f}, freezing max change {freeze_worst[step]:.1f} pt"
                            for step in checkpoints)))
+    for step, at_step in by_protocol.groupby("train_step", sort=True):
+        drops = {}
+        for protocol in ("paper", "converged"):
+            cells = {row["frozen"]: judged_cell(row) for _, row in at_step[at_step["protocol"] == protocol].iterrows()}
+            if "none" in cells and "1,2,3,4" in cells:
+                drops[protocol] = (cells["none"][0] - cells["1,2,3,4"][0], cells["1,2,3,4"][1])
+        if len(drops) == 2:
+            tolerance = max(paper_values.FREEZING_TOLERANCE_POINTS, drops["paper"][1])
+            findings.append(Finding(f"checkpoint {int(step)}: "
+                                    + freezing_reading(drops["paper"][0], drops["converged"][0], tolerance)))
     sim_view = similarity.rename(columns={"mean": "before vs after", "mean_std": "std over seeds",
                                           "ci95": "episode CI"})
-    frz_view = freezing.rename(columns={"accuracy_std": "std over seeds", "ci95": "episode CI"})
+    frz_view = by_protocol.rename(columns={"accuracy_std": "std over seeds", "ci95": "episode CI"})
     body = ("MAML checkpoints saved at the same fractions of training as the paper's Figure 3 (10000, 20000 and "
             "30000 iterations; the presets train 60000) and the final one: inner-loop similarity of each layer, "
-            "and accuracy with contiguous blocks of conv layers frozen at test time.\n\n"
+            "and accuracy with contiguous blocks of conv layers frozen at test time, under the run's test-time steps, the "
+            "paper's (10) and with the support loss converged (as the freezing section; the verdict uses the "
+            "paper's protocol).\n\n"
             + markdown_table(sim_view) + "\n\n" + markdown_table(frz_view) + "\n\n"
             + figure_markdown(NAME, "Inner-loop similarity and freezing along training"))
     return Section("Feature reuse during training (paper Fig. 3)", body, tuple(findings))
