@@ -84,14 +84,16 @@ def test_rl_returns_table_and_verdict_over_seeds(tmp_path, rl_checkpoints, capsy
     from repana.rl.evaluate import evaluate_rl
 
     out = tmp_path / "returns"
+    # every run on the same fixed tasks of seed 2**20 (--set task_seed=...)
     assert main(["analyze", "rl_returns", "--checkpoint", str(rl_checkpoints["maml"]), "--checkpoint",
                  str(rl_checkpoints["anil"]), "--checkpoint", str(rl_checkpoints["anil_b"]), "--out", str(out),
-                 "--episodes", "4"]) == 0
+                 "--episodes", "4", "--set", "task_seed=1048576"]) == 0
     printed = capsys.readouterr().out
     per_run = pd.read_csv(out / "rl_returns.csv")
     assert per_run["label"].tolist() == ["maml", "anil", "anil'"] and per_run["seed"].tolist() == [0, 2, 1001]
-    _, summary = evaluate_rl(rl_checkpoints["anil_b"], n_tasks=4, seed=2 ** 20)   # the library, same tasks
+    _, summary = evaluate_rl(rl_checkpoints["anil_b"], n_tasks=4, task_seed=2 ** 20)   # the library, same tasks
     assert per_run["return_after"].iloc[2] == pytest.approx(summary["return_after"], abs=1e-12)
+    assert (per_run["eval_tasks"] == "fixed, seed 1048576").all() and per_run["mean_goal_distance"].nunique() == 1
     table = pd.read_csv(out / "rl_returns_table2.csv").set_index("algorithm")
     assert table.loc["anil", "n_seeds"] == 2 and table.loc["maml", "n_seeds"] == 1
     assert table.loc["anil", "return_after"] == pytest.approx(per_run["return_after"].iloc[1:].mean())
@@ -100,6 +102,31 @@ def test_rl_returns_table_and_verdict_over_seeds(tmp_path, rl_checkpoints, capsy
     # ANIL's two seeds return 0.8 less than MAML's one after 2 tiny updates, beyond the noise (their std and
     # MAML's task CI): the rule says so
     assert "ANIL matches MAML in RL" in printed and "below MAML" in printed and "-> **does NOT agree**" in printed
+
+
+def test_rl_returns_evaluates_each_run_on_its_own_tasks(tmp_path, rl_checkpoints, capsys):
+    from repana.analysis.registry import AnalysisContext
+    from repana.rl.checkpoint import RLCheckpoint
+    from repana.rl.evaluate import evaluate_rl
+
+    out = tmp_path / "returns"
+    assert main(["analyze", "rl_returns", "--checkpoint", str(rl_checkpoints["maml"]), "--checkpoint",
+                 str(rl_checkpoints["anil"]), "--checkpoint", str(rl_checkpoints["anil_b"]), "--out", str(out),
+                 "--episodes", "4"]) == 0
+    per_run = pd.read_csv(out / "rl_returns.csv")
+    _, summary = evaluate_rl(rl_checkpoints["anil_b"], n_tasks=4)   # the library: the run's own tasks
+    assert per_run["return_after"].iloc[2] == pytest.approx(summary["return_after"], abs=1e-12)
+    assert per_run["eval_tasks"].tolist() == [f"per-seed sample: SeedSequence({s}, spawn_key=(1048576,))"
+                                              for s in (0, 2, 1001)]
+    assert per_run["mean_goal_distance"].nunique() == 3   # three seeds, three task samples
+    context = AnalysisContext(networks={"maml": RLCheckpoint.load(rl_checkpoints["maml"])}, settings={})
+    tables = {"rl_returns": per_run, "rl_returns_table2": pd.read_csv(out / "rl_returns_table2.csv")}
+    body = get_analysis("rl_returns").report(tables, context).body
+    assert "4 held-out tasks per run, each run's own sample from the task distribution" in body
+    assert "**2-D navigation against the paper.**" in body
+    fixed = per_run.assign(eval_tasks="fixed, seed 7")
+    body = get_analysis("rl_returns").report({**tables, "rl_returns": fixed}, context).body
+    assert "4 held-out tasks, the same tasks for every run (fixed, seed 7)" in body
 
 
 def test_supervised_and_rl_checkpoints_cross_one_line(tmp_path, rl_checkpoints, supervised_checkpoint, capsys):
