@@ -37,13 +37,15 @@ NAVIGATION_NOTE = (
     "(sqrt 2 + ln(1 + sqrt 2)) / 6 = 0.383 with 21% beyond 0.5), and the return after adaptation is flat "
     "(-13 to -15) up to distance 0.5 but -21 at 0.5-0.6 and -28 at 0.6-0.7, so the fixed goals flatter by 1.3 "
     "(1.2 of it their distances). The per-seed number matches the run's own training-time return after "
-    "adaptation (-15.8 to -16.7 over its last 3 updates). **Where we agree:** ANIL matches MAML, as the "
-    "paper says. **Where not:** moving the fixed-goal results (-13.95 / -13.82 at 40 meta-updates) by the "
+    "adaptation (-15.8 to -16.7 over its last 3 updates). **Where we agree:** ANIL matches MAML in the "
+    "3-seed reproduction (results/rl: -13.82 vs -13.95 after 40 meta-updates), as the paper says; both "
+    "algorithms meet tasks drawn the same way, so the protocol does not tilt that comparison. **Where not:** moving the fixed-goal results (-13.95 / -13.82 at 40 meta-updates) by the "
     "same 1.3 leaves about -15.2 / -15.1, still about 5 above the paper's -20.3 / -20.1, and the seed spread "
     "stays small: task sampling moves a 400-task mean by 0.19, far below the paper's 3.2 / 2.3. **Why:** the "
     "goal sample explains 1.3 of the 6.3 gap (a fifth); the training budget (40 of the paper's 500 "
     "updates) does not explain a higher return (the return after adaptation rises with training), and the "
-    "rest is not explained here: the paper does not state its evaluation tasks, trajectories or seeds.")
+    "rest is not explained here: the paper's text does not state its evaluation tasks, trajectories or "
+    "seeds.")
 HALFCHEETAH_NOTE = ("HalfCheetah returns are **not comparable** with the paper's absolute numbers: the paper ran "
                     "rllab's cheetah on MuJoCo 1.5, repana runs gymnasium's HalfCheetah-v5 on MuJoCo 3 (another "
                     "model, observation and contact details); compare the MAML-vs-ANIL gap, not the digits.")
