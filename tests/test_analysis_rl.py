@@ -124,6 +124,10 @@ def test_rl_returns_evaluates_each_run_on_its_own_tasks(tmp_path, rl_checkpoints
     body = get_analysis("rl_returns").report(tables, context).body
     assert "4 held-out tasks per run, each run's own sample from the task distribution" in body
     assert "**2-D navigation against the paper.**" in body
+    for bad in ("abc", "-3"):
+        assert main(["analyze", "rl_returns", "--checkpoint", str(rl_checkpoints["maml"]), "--out", str(out),
+                     "--set", f"task_seed={bad}"]) == 1
+        one_line_error(capsys, "rl_returns setting task_seed must be \"per-run\"", "got")
     fixed = per_run.assign(eval_tasks="fixed, seed 7")
     body = get_analysis("rl_returns").report({**tables, "rl_returns": fixed}, context).body
     assert "4 held-out tasks, the same tasks for every run (fixed, seed 7)" in body
@@ -193,3 +197,13 @@ def test_a_context_holds_checkpoints_of_one_kind(rl_checkpoints, supervised_chec
     assert context.kind == "rl" and context.rl_checkpoint("anil") is rl and context.steps is None
     with pytest.raises(InputError, match="either supervised or RL checkpoints, not both"):
         AnalysisContext(networks={"anil": rl, "maml": supervised}, settings={})
+
+
+def test_rl_returns_task_counts_per_environment():
+    from repana.analysis.registry import load_settings
+    from repana.analysis.rl_returns import fixed_task_seed, tasks_for
+
+    quick, paper = load_settings("rl_returns", "quick"), load_settings("rl_returns", "paper")
+    assert [tasks_for(env, quick) for env in ("2d-navigation", "halfcheetah-dir", "halfcheetah-vel")] == [400, 40, 40]
+    assert tasks_for("halfcheetah-vel", paper) == 400 and fixed_task_seed(paper) is None
+    assert tasks_for("halfcheetah-dir", {"tasks": 3}) == 3 and fixed_task_seed({"task_seed": 7}) == 7

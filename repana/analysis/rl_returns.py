@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from repana.analysis.registry import AGREES, DISAGREES, NO_VERDICT, Analysis, Finding, Section, register
+from repana.errors import ConfigError
 
 NAME = "rl_returns"
 SUMMARY = f"{NAME}_table2"
@@ -39,8 +40,8 @@ NAVIGATION_NOTE = (
     "(1.2 of it their distances). The per-seed number matches the run's own training-time return after "
     "adaptation (-15.8 to -16.7 over its last 3 updates). **Where we agree:** ANIL matches MAML in the "
     "3-seed reproduction (results/rl: -13.82 vs -13.95 after 40 meta-updates), as the paper says; both "
-    "algorithms meet tasks drawn the same way, so the protocol does not tilt that comparison. **Where not:** moving the fixed-goal results (-13.95 / -13.82 at 40 meta-updates) by the "
-    "same 1.3 leaves about -15.2 / -15.1, still about 5 above the paper's -20.3 / -20.1, and the seed spread "
+    "algorithms meet tasks drawn the same way, so the protocol does not tilt that comparison. **Where not:** "
+    "moving the fixed-goal results (-13.95 / -13.82 at 40 meta-updates) by the same 1.3 leaves about -15.2 / -15.1, still about 5 above the paper's -20.3 / -20.1, and the seed spread "
     "stays small: task sampling moves a 400-task mean by 0.19, far below the paper's 3.2 / 2.3. **Why:** the "
     "goal sample explains 1.3 of the 6.3 gap (a fifth); the training budget (40 of the paper's 500 "
     "updates) does not explain a higher return (the return after adaptation rises with training), and the "
@@ -61,7 +62,12 @@ def tasks_for(env: str, settings: dict) -> int:
 def fixed_task_seed(settings: dict) -> int | None:
     """The ``task_seed`` setting as a seed of fixed tasks, or None for each run's own sample (``"per-run"``)."""
     value = settings.get("task_seed", PER_RUN)
-    return None if value == PER_RUN else int(value)
+    if value == PER_RUN:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"rl_returns setting task_seed must be \"{PER_RUN}\" (each run's own tasks) or a seed "
+                          f">= 0 (the same fixed tasks for every run), got {value!r}")
+    return value
 
 
 def per_run_returns(checkpoints: dict, settings: dict) -> pd.DataFrame:

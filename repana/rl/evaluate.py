@@ -8,7 +8,7 @@ Held-out tasks (the protocol, docs/rl.md): by default each run is evaluated on i
 spawn_key=(EVAL_SEED,))`` (:func:`evaluation_seed_sequence`). Training draws its tasks from
 ``default_rng(run seed)``, a SeedSequence with an empty spawn key, so no training run of any seed draws
 from an evaluation stream, and two seeds get two independent samples: the spread over seeds then holds
-the task-sampling noise, as it does when every seed of the paper's Table 2 samples its own test tasks.
+the task-sampling noise as well as the differences between the trained policies.
 With an explicit ``task_seed`` every run is evaluated on the same tasks from ``default_rng(task_seed)``
 (``repana evaluate --seed``).
 """
