@@ -84,14 +84,16 @@ def test_rl_returns_table_and_verdict_over_seeds(tmp_path, rl_checkpoints, capsy
     from repana.rl.evaluate import evaluate_rl
 
     out = tmp_path / "returns"
+    # every run on the same fixed tasks of seed 2**20 (--set task_seed=...)
     assert main(["analyze", "rl_returns", "--checkpoint", str(rl_checkpoints["maml"]), "--checkpoint",
                  str(rl_checkpoints["anil"]), "--checkpoint", str(rl_checkpoints["anil_b"]), "--out", str(out),
-                 "--episodes", "4"]) == 0
+                 "--episodes", "4", "--set", "task_seed=1048576"]) == 0
     printed = capsys.readouterr().out
     per_run = pd.read_csv(out / "rl_returns.csv")
     assert per_run["label"].tolist() == ["maml", "anil", "anil'"] and per_run["seed"].tolist() == [0, 2, 1001]
-    _, summary = evaluate_rl(rl_checkpoints["anil_b"], n_tasks=4, seed=2 ** 20)   # the library, same tasks
+    _, summary = evaluate_rl(rl_checkpoints["anil_b"], n_tasks=4, task_seed=2 ** 20)   # the library, same tasks
     assert per_run["return_after"].iloc[2] == pytest.approx(summary["return_after"], abs=1e-12)
+    assert (per_run["eval_tasks"] == "fixed, seed 1048576").all() and per_run["mean_goal_distance"].nunique() == 1
     table = pd.read_csv(out / "rl_returns_table2.csv").set_index("algorithm")
     assert table.loc["anil", "n_seeds"] == 2 and table.loc["maml", "n_seeds"] == 1
     assert table.loc["anil", "return_after"] == pytest.approx(per_run["return_after"].iloc[1:].mean())
@@ -108,6 +110,35 @@ def test_rl_returns_table_and_verdict_over_seeds(tmp_path, rl_checkpoints, capsy
     assert -noise < gap < -0.5
     assert f"({gap:+.1f}, noise {noise:.1f})" in printed
     assert "ANIL matches MAML in RL" in printed and "-> **agrees**" in printed
+
+
+def test_rl_returns_evaluates_each_run_on_its_own_tasks(tmp_path, rl_checkpoints, capsys):
+    from repana.analysis.registry import AnalysisContext
+    from repana.rl.checkpoint import RLCheckpoint
+    from repana.rl.evaluate import evaluate_rl
+
+    out = tmp_path / "returns"
+    assert main(["analyze", "rl_returns", "--checkpoint", str(rl_checkpoints["maml"]), "--checkpoint",
+                 str(rl_checkpoints["anil"]), "--checkpoint", str(rl_checkpoints["anil_b"]), "--out", str(out),
+                 "--episodes", "4"]) == 0
+    per_run = pd.read_csv(out / "rl_returns.csv")
+    _, summary = evaluate_rl(rl_checkpoints["anil_b"], n_tasks=4)   # the library: the run's own tasks
+    assert per_run["return_after"].iloc[2] == pytest.approx(summary["return_after"], abs=1e-12)
+    assert per_run["eval_tasks"].tolist() == [f"per-seed sample: SeedSequence({s}, spawn_key=(1048576,))"
+                                              for s in (0, 2, 1001)]
+    assert per_run["mean_goal_distance"].nunique() == 3   # three seeds, three task samples
+    context = AnalysisContext(networks={"maml": RLCheckpoint.load(rl_checkpoints["maml"])}, settings={})
+    tables = {"rl_returns": per_run, "rl_returns_table2": pd.read_csv(out / "rl_returns_table2.csv")}
+    body = get_analysis("rl_returns").report(tables, context).body
+    assert "4 held-out tasks per run, each run's own sample from the task distribution" in body
+    assert "**2-D navigation against the paper.**" in body
+    for bad in ("abc", "-3"):
+        assert main(["analyze", "rl_returns", "--checkpoint", str(rl_checkpoints["maml"]), "--out", str(out),
+                     "--set", f"task_seed={bad}"]) == 1
+        one_line_error(capsys, "rl_returns setting task_seed must be \"per-run\"", "got")
+    fixed = per_run.assign(eval_tasks="fixed, seed 7")
+    body = get_analysis("rl_returns").report({**tables, "rl_returns": fixed}, context).body
+    assert "4 held-out tasks, the same tasks for every run (fixed, seed 7)" in body
 
 
 def test_supervised_and_rl_checkpoints_cross_one_line(tmp_path, rl_checkpoints, supervised_checkpoint, capsys):
@@ -174,3 +205,13 @@ def test_a_context_holds_checkpoints_of_one_kind(rl_checkpoints, supervised_chec
     assert context.kind == "rl" and context.rl_checkpoint("anil") is rl and context.steps is None
     with pytest.raises(InputError, match="either supervised or RL checkpoints, not both"):
         AnalysisContext(networks={"anil": rl, "maml": supervised}, settings={})
+
+
+def test_rl_returns_task_counts_per_environment():
+    from repana.analysis.registry import load_settings
+    from repana.analysis.rl_returns import fixed_task_seed, tasks_for
+
+    quick, paper = load_settings("rl_returns", "quick"), load_settings("rl_returns", "paper")
+    assert [tasks_for(env, quick) for env in ("2d-navigation", "halfcheetah-dir", "halfcheetah-vel")] == [400, 40, 40]
+    assert tasks_for("halfcheetah-vel", paper) == 400 and fixed_task_seed(paper) is None
+    assert tasks_for("halfcheetah-dir", {"tasks": 3}) == 3 and fixed_task_seed({"task_seed": 7}) == 7

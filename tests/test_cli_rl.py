@@ -73,7 +73,7 @@ def test_evaluate_reports_returns_before_and_after(nav_run, tmp_path, capsys):
     assert main(["evaluate", str(nav_run / "checkpoints" / "latest.pt"), "--episodes", "6", "--seed", "3",
                  "--csv", str(csv)]) == 0
     out = capsys.readouterr().out
-    assert "maml 2d-navigation iteration 2" in out and "6 held-out tasks (seed 3)" in out
+    assert "maml 2d-navigation iteration 2" in out and "6 held-out tasks (fixed, seed 3)" in out
     assert "return before adaptation -" in out and "(mean ± 95% CI over tasks)" in out
     frame = pd.read_csv(csv)
     assert len(frame) == 6 and list(frame["task"]) == list(range(6))
@@ -82,6 +82,17 @@ def test_evaluate_reports_returns_before_and_after(nav_run, tmp_path, capsys):
     assert (frame["env"] == "2d-navigation").all() and (frame["iteration"] == 2).all()
     # the printed mean is the CSV's
     assert f"return before adaptation {frame['return_before'].mean():.2f} ±" in out
+
+
+def test_evaluate_defaults_to_the_runs_own_tasks(nav_run, tmp_path, capsys):
+    from repana.rl.evaluate import evaluation_tasks
+
+    csv = tmp_path / "tasks.csv"
+    assert main(["evaluate", str(nav_run / "checkpoints" / "latest.pt"), "--episodes", "5", "--csv", str(csv)]) == 0
+    out = capsys.readouterr().out
+    assert "5 held-out tasks (per-seed sample: SeedSequence(0, spawn_key=(1048576,)))" in out
+    expected, _, _ = evaluation_tasks("2d-navigation", 5, 0)
+    assert pd.read_csv(csv)[["task_value_0", "task_value_1"]].to_numpy() == pytest.approx(expected.numpy())
 
 
 @pytest.mark.parametrize("flags, needles", [

@@ -116,11 +116,12 @@ def run(args) -> int:
             label += "'"
         networks[label] = checkpoint
     settings = dict(load_settings(analysis.name, args.preset))
-    # RL analyses: --episodes is the number of held-out tasks
-    episodes_key = "tasks" if analysis.kind == "rl" else "episodes"
-    for option, key in (("episodes", episodes_key), ("measure", "measures"), ("iterations", "iterations")):
+    # RL analyses: --episodes is the number of held-out tasks (in every environment)
+    episodes_keys = [k for k in ("tasks", "halfcheetah_tasks") if k in settings] if analysis.kind == "rl" \
+        else ["episodes"]
+    for option, keys in (("episodes", episodes_keys), ("measure", ["measures"]), ("iterations", ["iterations"])):
         if getattr(args, option) is not None:
-            settings[key] = getattr(args, option)
+            settings.update({key: getattr(args, option) for key in keys})
     settings.update(_parse_settings(args.set, settings, analysis.name))
     context = AnalysisContext(networks=networks, settings=settings, preset=args.preset, steps=args.steps,
                               lr=args.lr, dataset=args.dataset, data_root=args.data_root, queries=args.queries,

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ev.add_argument("checkpoint", type=Path)
     ev.add_argument("--episodes", type=int, default=None,
-                    help="test episodes (default: the run's test_episodes, 600); RL: held-out tasks (default 40)")
+                    help="test episodes (default: the run's test_episodes, 600); RL: held-out tasks (default 400)")
     ev.add_argument("--method", choices=("adapt", "nil"), default=None,
                     help="adapt: fine-tune on the support set; nil: no head, cosine similarity to the support "
                          "features (default: the run's eval_method)")
@@ -39,7 +39,8 @@ def register(subparsers) -> None:
                     help="inner learning rate for a mean loss (default: the run's, converted)")
     ev.add_argument("--split", default="test", choices=("train", "val", "test"))
     ev.add_argument("--seed", type=int, default=None,
-                    help="seed of the fixed episodes (same seed, same tasks; default 0, RL: 2**20)")
+                    help="seed of the fixed episodes (same seed, same tasks; default 0; RL: default the run's own "
+                         "task sample drawn from its seed, --seed S evaluates every run on the tasks of S)")
     ev.add_argument("--data-root", default=None, metavar="DIR",
                     help="folder holding the datasets (default: the run's, else REPANA_DATA_ROOT)")
     ev.add_argument("--csv", type=Path, default=None, metavar="FILE",
@@ -127,18 +128,17 @@ def run_evaluate_rl(args: argparse.Namespace) -> int:
                          "checkpoint (evaluated with one adaptation step on held-out tasks: --episodes N tasks, "
                          "--seed, --csv)")
     from repana.io import atomic_save_csv
-    from repana.rl.evaluate import EVAL_SEED, evaluate_rl
+    from repana.rl.evaluate import EVAL_TASKS, evaluate_rl
 
-    n_tasks = 40 if args.episodes is None else args.episodes
-    seed = EVAL_SEED if args.seed is None else args.seed
-    frame, summary = evaluate_rl(args.checkpoint, n_tasks=n_tasks, seed=seed)
+    n_tasks = EVAL_TASKS if args.episodes is None else args.episodes
+    frame, summary = evaluate_rl(args.checkpoint, n_tasks=n_tasks, task_seed=args.seed)
 
     def pm(name: str) -> str:
         half = summary[f"{name}_ci95"]
         return f"{summary[name]:.2f}" + ("" if half != half else f" ± {half:.2f}")
 
     print(f"{args.checkpoint}: {summary['algorithm']} {summary['env']} iteration {summary['iteration']}, one "
-          f"adaptation step on {n_tasks} held-out tasks (seed {seed}): return before adaptation "
+          f"adaptation step on {n_tasks} held-out tasks ({summary['eval_tasks']}): return before adaptation "
           f"{pm('return_before')}, after {pm('return_after')}, improvement {pm('improvement')} "
           "(mean ± 95% CI over tasks)")
     if args.csv is not None:
