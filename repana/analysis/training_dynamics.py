@@ -14,7 +14,7 @@ from repana.analysis.freezing import FROZEN_SETS, freezing_accuracy
 from repana.analysis.inner_loop_similarity import inner_loop_similarity, summarize_inner_loop
 from repana.analysis.registry import AGREES, DISAGREES, Analysis, Finding, Section, register
 from repana.errors import InputError
-from repana.meta.algorithms import adapted_parameters
+from repana.meta.train import eval_trainable
 
 
 def _step_of(source) -> int | None:
@@ -85,7 +85,7 @@ def inner_loop_over_training(stages: Sequence[tuple[str, object]], episodes, *,
         model, checkpoint = _load(source)
         n_steps, step_lr = _inner_loop(checkpoint, steps, lr)
         detail = inner_loop_similarity(model, episodes, steps=n_steps, lr=step_lr,
-                                       trainable=adapted_parameters(checkpoint.algorithm), measures=measures,
+                                       trainable=eval_trainable(checkpoint.train_config()), measures=measures,
                                        layers=layers, min_ratio=min_ratio, label=checkpoint.algorithm,
                                        every_step=False)
         summary = summarize_inner_loop(detail)
@@ -104,7 +104,7 @@ def freezing_over_training(stages: Sequence[tuple[str, object]], episodes, *,
         model, checkpoint = _load(source)
         n_steps, step_lr = _inner_loop(checkpoint, steps, lr)
         frame = freezing_accuracy(model, episodes, steps=n_steps, lr=step_lr,
-                                  trainable=adapted_parameters(checkpoint.algorithm), frozen_sets=frozen_sets,
+                                  trainable=eval_trainable(checkpoint.train_config()), frozen_sets=frozen_sets,
                                   label=checkpoint.algorithm)
         frame.insert(0, "train_step", checkpoint.step)
         frame.insert(0, "stage", stage)
