@@ -90,7 +90,8 @@ def test_float32_cpu_path_meta_gradients_match_the_float64_reference(setup, algo
     batch32 = SimpleNamespace(**{k: (v.float() if v.is_floating_point() else v) for k, v in vars(batch).items()})
     algo = get_algorithm(algorithm, inner_steps=2, inner_lr=0.3, fold=False)
     grads, _ = algo.meta_gradients(model32, batch32)
-    names = [n for n, _ in model.named_parameters() if trainable is None or n.startswith("head") == (trainable == "head")]
+    names = [n for n, _ in model.named_parameters()
+             if trainable is None or n.startswith("head") == (trainable == "head")]
     ref = reference_meta_gradients(model, batch, 2, 0.3, names, first_order=False)
     scale = max(g.abs().max().item() for g in ref.values())
     assert_grads_equal({n: g.double() for n, g in grads.items()}, ref, rtol=1e-3, atol=1e-4 * scale)

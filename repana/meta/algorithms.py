@@ -83,7 +83,7 @@ class Algorithm:
     inner_steps: int = 1
     inner_lr: float = 0.4
     first_order: bool = False
-    trainable: Trainable = None          # None: every parameter adapts (batch norm excluded already when not bn_inner_loop)
+    trainable: Trainable = None          # None: every parameter (without batch norm when not bn_inner_loop)
     bn_inner_loop: bool = True           # False: batch-norm affine parameters never adapt (outer loop only)
     loss_reduction: str = "mean"
     bn_support_query: str = "apart"
@@ -325,7 +325,8 @@ def adapted_parameters(algorithm: str, **hyperparameters) -> Callable[[str], boo
     ========================= =================================================
 
     ``hyperparameters`` (e.g. a custom ``trainable``, ``bn_inner_loop=False`` to leave batch norm out) are
-    those of :func:`get_algorithm`; unused ones are ignored. Combine with :func:`repana.meta.adapt.freeze_layers` to freeze layers further.
+    those of :func:`get_algorithm`; unused ones are ignored. Combine with
+    :func:`repana.meta.adapt.freeze_layers` to freeze layers further.
     """
     return get_algorithm(algorithm, ignore_unused=True, **hyperparameters).test_time_trainable
 
