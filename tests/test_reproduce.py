@@ -65,7 +65,10 @@ def test_training_plan_quick_and_paper():
     by_network = {job.network: job.config for job in quick}
     assert [job.name for job in quick][:2] == ["5way-1shot/maml/seed0", "5way-1shot/anil/seed0"]
     assert {k: c.algorithm for k, c in by_network.items()} == {
-        "maml": "maml", "anil": "anil", "multiclass": "pretrain", "multitask": "multitask", "nil": "nil"}
+        "maml": "maml", "anil": "anil", "multiclass": "pretrain", "multitask": "multitask", "nil": "nil",
+        "boil": "boil"}
+    assert by_network["boil"].iterations == 3000 and by_network["boil"].seed == 6
+    assert all(c.bn_inner_loop is False for c in by_network.values())  # the paper preset's convention
     maml = by_network["maml"]
     # Figure 3's stages: 1/6, 1/3 and 1/2 of training (10k, 20k, 30k of 60k) and the final network
     assert maml.save_steps == [500, 1000, 1500, 3000] and maml.iterations == 3000
@@ -124,8 +127,13 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs):
     assert f"figures/glyphs-5way-1shot/freezing.png" in text
     tables = out / "tables" / "glyphs-5way-1shot"
     freezing = pd.read_csv(tables / "freezing.csv")
-    assert list(freezing["frozen"]) == ["none", "1", "1,2", "1,2,3", "1,2,3,4"] * 2
-    assert list(freezing["seed"]) == [0] * 5 + [1] * 5
+    assert list(freezing["frozen"]) == ["none", "1", "1,2", "1,2,3", "1,2,3,4"] * 4
+    assert list(freezing["seed"]) == [0] * 10 + [1] * 10
+    assert list(freezing["label"]) == (["MAML"] * 5 + ["BOIL"] * 5) * 2
+    # BOIL: shown as the representation-change counterpoint, without a verdict (no claim of the paper)
+    assert "BOIL: trained with boil, about which the paper makes no claim (no verdict)" in text
+    assert "BOIL (trained with boil, about which the paper makes no claim; no verdict)" in text
+    assert not any(line.startswith("- BOIL") and "**" in line for line in text.splitlines())
     pairs = pd.read_csv(tables / "seed_pair_similarity.csv")
     assert set(pairs["pair"]) == {"MAML-MAML", "ANIL-ANIL", "ANIL-MAML"} and len(set(pairs["model_b"])) == 3
     curves = pd.read_csv(tables / "learning_curves.csv")
@@ -133,6 +141,9 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs):
     assert set(curves["seed"]) == {0, 1}
     anil_inner = pd.read_csv(tables / "inner_loop_similarity_summary.csv").query("label == 'ANIL' and layer != 'head'")
     assert (anil_inner["mean"] > 1 - 1e-6).all()  # ANIL's body never changes in the inner loop
+    summary = pd.read_csv(tables / "inner_loop_similarity_summary.csv")
+    boil_conv4 = summary.query("label == 'BOIL' and layer == 'conv4'")
+    assert len(boil_conv4) and (boil_conv4["mean"] < 1 - 1e-4).all()  # BOIL's body does change
     assert any("5way-1shot/maml/seed1" in m and "iterations" in m for m in messages)
     speed = pd.read_csv(tables / "maml_anil_nil_speed.csv").query("seed == 0")
     # the run's own steps (1 in training, the preset's 3 at test) and the paper's 5 training / 10 test steps of its 1.7x and 4.1x
@@ -282,7 +293,7 @@ def test_miniimagenet_fixture_end_to_end(tmp_path, monkeypatch):
     # MiniImageNet 5-way 1-shot is a cell of the paper's tables: ours beside the printed values
     assert "46.9 ± 0.2" in text and "44.5 ± 0.8" in text
     freezing = pd.read_csv(out / "tables" / "miniimagenet-5way-1shot" / "freezing.csv")
-    assert len(freezing) == 5 and freezing["accuracy"].between(0, 1).all()
+    assert list(freezing["label"]) == ["MAML"] * 5 + ["BOIL"] * 5 and freezing["accuracy"].between(0, 1).all()
     assert (out / "runs" / "5way-1shot" / "maml" / "seed0" / "config.toml").read_text().count('"miniimagenet"') == 1
 
 

@@ -3,7 +3,9 @@
 The network is adapted on each test episode with the parameters of conv blocks 1..k held fixed, for
 k = 0 (nothing frozen) to 4 (only the head adapts), and its query accuracy is measured on the same
 episodes each time. If accuracy barely drops, the inner loop's changes to the body do not matter:
-feature reuse. On MiniImageNet 5-way 1-shot the paper's Table 1 prints 44.5, 44.8, 44.8, 44.7, 44.7 %
+feature reuse. BOIL (arXiv 2008.08882), whose inner loop adapts the body only, is run beside MAML as the
+representation-change counterpoint, reported without a verdict (the paper makes no claim about it).
+On MiniImageNet 5-way 1-shot the paper's Table 1 prints 44.5, 44.8, 44.8, 44.7, 44.7 %
 (none, {1}, {1,2}, {1,2,3}, {1,2,3,4} frozen): see :mod:`repana.analysis.paper_values`.
 """
 
@@ -88,6 +90,7 @@ def report(tables, context) -> Section:
 
     summary = over_seeds(tables[NAME], ["label", "frozen"], "accuracy")
     column = paper_column(context)
+    algorithms = {label.upper(): context.algorithm(label) for label in context.networks}
     findings, views = [], []
     for label, group in summary.groupby("label", sort=False):
         views.append(pd.DataFrame({
@@ -95,6 +98,9 @@ def report(tables, context) -> Section:
             "ours (%)": [pct_seeds(row) for _, row in group.iterrows()],
             f"paper {column} (%)": [paper_values.value("Table 1", f, column).printed for f in group["frozen"]]}))
         cells = {row["frozen"]: (100 * row["accuracy"], 100 * seed_spread(row)) for _, row in group.iterrows()}
+        if not paper_values.judged(algorithms.get(label, "maml")):
+            findings.append(Finding(f"{label}: {_unjudged(algorithms[label], cells)}"))
+            continue
         verdict, reason = paper_values.verdict_freezing(cells)
         findings.append(Finding(f"{label}: {reason}", AGREES if verdict == paper_values.AGREES else DISAGREES))
     body = (f"Accuracy with conv blocks 1..k held at their meta-learned values in the test-time inner loop. "
@@ -104,6 +110,16 @@ def report(tables, context) -> Section:
     return Section("Freezing layers at test time (paper Table 1)", body, tuple(findings))
 
 
+def _unjudged(algorithm: str, cells: dict) -> str:
+    """The accuracy cost of freezing the whole body, stated without a verdict (no claim of the paper
+    about ``algorithm``; BOIL's body adapts by design, arXiv 2008.08882)."""
+    none, frozen = cells.get("none"), cells.get("1,2,3,4")
+    cost = (f"{{1,2,3,4}} frozen {none[0]:.1f} -> {frozen[0]:.1f} ({frozen[0] - none[0]:+.1f} points)"
+            if none and frozen else "")
+    return (f"trained with {algorithm}, about which the paper makes no claim (no verdict)"
+            + (f"; {cost}" if cost else ""))
+
+
 ANALYSIS = register(Analysis(
-    name=NAME, title="Freezing layers at test time", reference="Table 1", networks=("maml",),
+    name=NAME, title="Freezing layers at test time", reference="Table 1", networks=("maml", "boil"),
     compute=compute, figures=figures, report=report, episode_offset=1))

@@ -38,11 +38,13 @@ __all__ = ["reproduce", "training_plan", "rl_training_plan", "load_entries", "de
 DATASETS = ("glyphs", "omniglot", "miniimagenet")
 DEFAULT_SETTING = "5way-1shot"
 # Training runs: name -> algorithm. "multiclass" is the trainer's "pretrain".
-RUNS = {"maml": "maml", "anil": "anil", "multiclass": "pretrain", "multitask": "multitask", "nil": "nil"}
+RUNS = {"maml": "maml", "anil": "anil", "multiclass": "pretrain", "multitask": "multitask", "nil": "nil",
+        "boil": "boil"}
 # Each run gets its own seed (the preset's seed + the network's offset; seed k adds k x
 # repana.runs.plan.SEED_STRIDE): networks compared with each other (MAML vs ANIL, seed pairs, the regimes
 # table) never share their random initialisation, and seed 0 keeps the seeds of single-seed reproductions.
-RUN_SEED_OFFSETS = {"maml": 0, "anil": 1, "multiclass": 2, "multitask": 3, "nil": 4}
+# (5 is the random body's, repana.analysis.training_regimes.RANDOM_BODY_SEED_OFFSET, so BOIL takes 6.)
+RUN_SEED_OFFSETS = {"maml": 0, "anil": 1, "multiclass": 2, "multitask": 3, "nil": 4, "boil": 6}
 # The quick preset: a few minutes of training per run on 2 CPU cores (budgets tuned to finish the
 # whole pipeline in under 20 minutes); the paper preset keeps the bundled presets' settings.
 QUICK_OVERRIDES = {"hidden": 32, "meta_batch_size": 4, "queries_train": 5, "log_every": 10, "keep_checkpoints": 1}
@@ -50,8 +52,8 @@ QUICK_OVERRIDES = {"hidden": 32, "meta_batch_size": 4, "queries_train": 5, "log_
 # still rose at 1500 iterations and had flattened by 3000; ANIL's (cheaper) still rose 1.4 ± 0.6 points over
 # the last third of 3000, so it gets 5000; multiclass pretraining still rose 2.9 ± 0.8 points at 1500 on
 # the glyphs and 1.8 ± 0.9 at 3000 on the Omniglot subset, so it gets 4500; multitask and NIL training had
-# flattened at 1000.
-QUICK_ITERATIONS = {"maml": 3000, "anil": 5000, "multiclass": 4500, "multitask": 1000, "nil": 1000}
+# flattened at 1000. BOIL (second order like MAML) gets MAML's budget.
+QUICK_ITERATIONS = {"maml": 3000, "anil": 5000, "multiclass": 4500, "multitask": 1000, "nil": 1000, "boil": 3000}
 QUICK_VALIDATIONS = 15        # validation points along each quick run (the learning curves)
 QUICK_VAL_EPISODES = 50
 # MAML's saved checkpoints, as fractions of training: the paper's Figure 3 uses 10000, 20000 and 30000 of

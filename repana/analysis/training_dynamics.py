@@ -145,7 +145,11 @@ def report(tables, context) -> Section:
     similarity = over_seeds(tables[NAME], keys, "mean")
     freezing = over_seeds(tables[f"{NAME}_freezing"], ["stage", "train_step", "frozen"], "accuracy")
     findings = []
-    for measure, group in similarity.groupby("measure", sort=False):
+    unjudged = sorted({a for a in tables[NAME]["label"] if not paper_values.judged(str(a))})
+    if unjudged:   # Figure 3 is about MAML: no claim to test a network trained otherwise against
+        findings.append(Finding(f"Figure 3: not judged (networks trained with {', '.join(unjudged)}, about "
+                                "which the paper makes no claim)"))
+    for measure, group in ([] if unjudged else similarity.groupby("measure", sort=False)):
         checkpoints = {}
         for step, at_step in freezing.groupby("train_step", sort=True):
             sim = group[group["train_step"] == step]
