@@ -9,7 +9,9 @@ Parameter names (what ``named_parameters()`` and the parameter dicts of :mod:`re
     conv{i}.conv.weight, conv{i}.conv.bias, conv{i}.bn.weight, conv{i}.bn.bias   i = 1..4   (the body)
     head.weight (n_classes, n_features), head.bias (n_classes,)                           (the head)
 
-:func:`is_head_parameter` is the one predicate that tells them apart.
+:func:`is_head_parameter` is the one predicate that tells them apart; :func:`is_batch_norm_parameter`
+picks the batch-norm affine parameters (``conv{i}.bn.*``; ResNetSmall's ``bn1``, ``bn2`` and shortcut
+batch norm).
 
 Batch norm, as in MAML: ``bn_stats="batch"`` normalises with the statistics of the current batch, in
 training *and* at test time (no running statistics are kept, so ``model.eval()`` changes nothing);
@@ -52,6 +54,15 @@ HEAD_INPUTS = ("flatten", "spatial_mean")
 def is_head_parameter(name: str) -> bool:
     """True for the head's parameters (``head.weight``, ``head.bias``), False for the body's."""
     return name == "head" or name.startswith("head.")
+
+
+def is_batch_norm_parameter(name: str) -> bool:
+    """True for a batch-norm affine parameter (scale or shift) of :class:`Conv4` (``conv{i}.bn.weight``,
+    ``conv{i}.bn.bias``) or :class:`ResNetSmall` (``block{i}.bn1.*``, ``block{i}.bn2.*``, and the shortcut's
+    batch norm ``block{i}.shortcut.1.*``); False for conv, linear and head parameters."""
+    parts = name.split(".")[:-1]
+    return any(part == "bn" or (part.startswith("bn") and part[2:].isdigit()) for part in parts) or \
+        any(a == "shortcut" and b == "1" for a, b in zip(parts, parts[1:]))
 
 
 def head_parameter_names(names) -> list[str]:

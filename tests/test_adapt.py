@@ -81,7 +81,7 @@ def test_maml_meta_gradients_equal_per_episode_reference(setup, algorithm, first
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n_tasks"] == TASKS
 
 
-@pytest.mark.parametrize("algorithm,trainable", [("maml", None), ("anil", "head")])
+@pytest.mark.parametrize("algorithm,trainable", [("maml", None), ("anil", "head"), ("boil", "body")])
 def test_float32_cpu_path_meta_gradients_match_the_float64_reference(setup, algorithm, trainable):
     """The CPU float32 forward runs channels-last (one-channel conv1 with a zero second channel): the same
     meta-gradients as the float64 reference up to float32 rounding, second order included."""
@@ -90,7 +90,8 @@ def test_float32_cpu_path_meta_gradients_match_the_float64_reference(setup, algo
     batch32 = SimpleNamespace(**{k: (v.float() if v.is_floating_point() else v) for k, v in vars(batch).items()})
     algo = get_algorithm(algorithm, inner_steps=2, inner_lr=0.3, fold=False)
     grads, _ = algo.meta_gradients(model32, batch32)
-    names = [n for n, _ in model.named_parameters() if trainable is None or n.startswith("head")]
+    names = [n for n, _ in model.named_parameters()
+             if trainable is None or n.startswith("head") == (trainable == "head")]
     ref = reference_meta_gradients(model, batch, 2, 0.3, names, first_order=False)
     scale = max(g.abs().max().item() for g in ref.values())
     assert_grads_equal({n: g.double() for n, g in grads.items()}, ref, rtol=1e-3, atol=1e-4 * scale)
@@ -107,6 +108,57 @@ def test_anil_batched_meta_gradients_equal_reference_restricted_to_head(setup, f
     loop = get_algorithm("maml", inner_steps=3, inner_lr=0.5, first_order=first_order, trainable=["head"])
     loop_grads, _ = loop.meta_gradients(model, batch)
     assert_grads_equal(loop_grads, ref)
+
+
+BODY = [f"conv{i}.{part}" for i in range(1, 5) for part in ("conv.weight", "conv.bias", "bn.weight", "bn.bias")]
+CONV = [f"conv{i}.conv.{kind}" for i in range(1, 5) for kind in ("weight", "bias")]
+BATCH_NORM = [f"conv{i}.bn.{kind}" for i in range(1, 5) for kind in ("weight", "bias")]
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_boil_meta_gradients_equal_reference_restricted_to_body(setup, fold):
+    """BOIL = second-order MAML adapting the body only; the head gets a meta-gradient through the
+    adapted body's query features (outer loop) though it takes no inner step."""
+    model, batch = setup
+    grads, metrics = get_algorithm("boil", inner_steps=2, inner_lr=0.3, fold=fold).meta_gradients(model, batch)
+    ref = reference_meta_gradients(model, batch, 2, 0.3, BODY, first_order=False)
+    assert_grads_equal(grads, ref)
+    assert grads["head.weight"].abs().max() > 1e-3 and grads["head.bias"].abs().max() > 1e-3
+    # it is not MAML: the head's inner steps change every meta-gradient
+    maml = reference_meta_gradients(model, batch, 2, 0.3, BODY + ["head.weight", "head.bias"], first_order=False)
+    assert not torch.allclose(ref["head.weight"], maml["head.weight"], rtol=1e-4, atol=0)
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n_tasks"] == TASKS
+
+
+def test_boil_inner_loop_leaves_the_head_unchanged(setup):
+    model, batch = setup
+    params = dict(model.named_parameters())
+    algo = get_algorithm("boil", inner_steps=3, inner_lr=0.5)
+    adapted = adapt(model, params, batch.support_x[0], batch.support_y[0], steps=3, lr=0.5, trainable=algo.trainable)
+    assert adapted["head.weight"] is params["head.weight"] and adapted["head.bias"] is params["head.bias"]
+    for name in ("conv1.conv.weight", "conv4.conv.weight", "conv2.bn.weight", "conv3.bn.bias"):
+        assert not torch.allclose(adapted[name], params[name]), name
+
+
+@pytest.mark.parametrize("algorithm,trainable", [("maml", BODY + ["head.weight", "head.bias"]), ("boil", BODY)])
+def test_without_batch_norm_in_the_inner_loop_equals_reference_and_bn_gets_outer_gradients(setup, algorithm,
+                                                                                             trainable):
+    """bn_inner_loop=False (Finn et al.'s code): the batch-norm affine parameters take no inner step, and
+    still get a meta-gradient (outer loop) that differs from the one when they adapt."""
+    model, batch = setup
+    grads, _ = get_algorithm(algorithm, inner_steps=2, inner_lr=0.3, bn_inner_loop=False).meta_gradients(model, batch)
+    inner = [n for n in trainable if n not in BATCH_NORM]
+    ref = reference_meta_gradients(model, batch, 2, 0.3, inner, first_order=False)
+    assert_grads_equal(grads, ref)
+    adapting = reference_meta_gradients(model, batch, 2, 0.3, trainable, first_order=False)
+    for name in BATCH_NORM:
+        assert grads[name].abs().max() > 1e-4, name
+    assert not torch.allclose(ref["conv2.bn.weight"], adapting["conv2.bn.weight"], rtol=1e-4, atol=0)
+    params = dict(model.named_parameters())
+    algo = get_algorithm(algorithm, bn_inner_loop=False)
+    adapted = adapt(model, params, batch.support_x[0], batch.support_y[0], steps=2, lr=0.3, trainable=algo.trainable)
+    assert all(adapted[n] is params[n] for n in BATCH_NORM)
+    assert all(not torch.equal(adapted[n], params[n]) for n in CONV if n.endswith("weight"))
 
 
 def test_conv_bias_meta_gradient_is_zero_under_batch_norm(setup):

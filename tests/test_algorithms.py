@@ -27,11 +27,14 @@ def episodes(gen, tasks=3, ways=3, shots=1, queries=2, size=16, dtype=torch.floa
 
 
 def test_registry_names_kinds_and_errors():
-    assert list_algorithms() == ["anil", "fomaml", "maml", "multiclass", "multitask", "nil_training", "reptile"]
+    assert list_algorithms() == ["anil", "boil", "fomaml", "maml", "multiclass", "multitask", "nil_training",
+                                 "reptile"]
     assert get_algorithm("multiclass").batch_kind == "classification"
     assert all(get_algorithm(n).batch_kind == "episodes" for n in list_algorithms() if n != "multiclass")
     assert get_algorithm("pretrain").name == "multiclass" and get_algorithm("nil").name == "nil_training"
     assert get_algorithm("anil").trainable == "head" and not get_algorithm("anil").first_order
+    assert get_algorithm("boil").trainable == "body" and not get_algorithm("boil").first_order
+    assert get_algorithm("boil").test_time == "inner" and get_algorithm("boil").objective == "query"
     assert get_algorithm("fomaml").first_order
     assert get_algorithm("maml", loss_reduction="sum_over_shots").loss_reduction == "sum_div_k"
     assert get_algorithm("multiclass", inner_lr=0.1, ignore_unused=True).name == "multiclass"
@@ -47,6 +50,8 @@ def test_registry_names_kinds_and_errors():
         get_algorithm("anil", bn_support_query="mixed")
     with pytest.raises(ConfigError, match="inner_lr"):
         get_algorithm("maml", inner_lr=0.0)
+    with pytest.raises(ConfigError, match="bn_inner_loop"):
+        get_algorithm("boil", bn_inner_loop="no")
 
 
 def test_multitask_is_the_query_loss_without_inner_loop():

@@ -54,6 +54,18 @@ def test_round_trip_restores_weights_optimizer_and_metadata(tmp_path):
     assert ckpt.train_config().hidden == 8
 
 
+def test_the_config_round_trips_bn_inner_loop_and_old_configs_read_the_default(tmp_path):
+    model, optimizer = _trained_model_and_optimizer()
+    config = TrainConfig(hidden=8, algorithm="boil", bn_inner_loop=False).to_dict()
+    path = save_checkpoint(tmp_path / "c.pt", model=model, model_config=MODEL_CONFIG, algorithm="boil",
+                           config=config, step=2)
+    assert load_checkpoint(path).train_config().bn_inner_loop is False
+    old = {k: v for k, v in TrainConfig(hidden=8).to_dict().items() if k != "bn_inner_loop"}
+    path = save_checkpoint(tmp_path / "old.pt", model=model, model_config=MODEL_CONFIG, algorithm="maml",
+                           config=old, step=2)
+    assert load_checkpoint(path).train_config().bn_inner_loop is True
+
+
 def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     model, optimizer = _trained_model_and_optimizer()

@@ -33,6 +33,7 @@ def test_paper_presets_hold_the_published_hyperparameters(name):
         assert getattr(config, key) == value, key
     assert config.outer_lr == 1e-3 and config.iterations == 60000
     assert config.inner_loss == "sum_over_shots"  # the original code's convention
+    assert config.bn_inner_loop is False  # Finn et al.'s code: batch norm learned by the outer loop only
     assert config.name == name
 
 
@@ -85,6 +86,8 @@ def test_toml_file_with_tables_and_round_trip(tmp_path):
     (["save_steps=[-1]"], "save_steps"),
     (["save_steps=[60001]"], "save_steps"),
     (["iterations=-5"], "iterations"),
+    (["bn_inner_loop=1"], "bn_inner_loop"),
+    (["bn_inner_loop=maybe"], "bn_inner_loop"),
 ])
 def test_impossible_values_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key):
@@ -121,3 +124,13 @@ def test_presets_record_the_conventions():
         values = preset_values(name)
         for key in ("inner_loss", "bn_support_query", "queries_train", "queries_test"):
             assert key in values, (name, key)
+
+
+def test_bn_inner_loop_defaults_to_true_and_round_trips_through_toml(tmp_path):
+    assert TrainConfig().bn_inner_loop is True
+    assert load_config(preset="quick").bn_inner_loop is True
+    config = load_config(preset="quick", overrides=["bn_inner_loop=false", "algorithm=boil"])
+    assert (config.bn_inner_loop, config.algorithm) == (False, "boil")
+    path = tmp_path / "config.toml"
+    path.write_text(to_toml(config))
+    assert load_config(path=path) == config

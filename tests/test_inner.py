@@ -80,6 +80,8 @@ CASES = [  # (model factory, trainable, path forced)
     (lambda: conv4("stride", "spatial_mean"), None, "conv4_episode"),
     (lambda: conv4("stride", "spatial_mean"), "head", "head_only"),
     (resnet, None, "per_episode"), (resnet, "head", "head_only"), (resnet, "head", "per_episode"),
+    (conv4, "body", "per_episode"), (conv4, "body", "folded"), (conv4, "body", "conv4_episode"),  # BOIL
+    (resnet, "body", "per_episode"),
 ]
 
 
@@ -188,12 +190,13 @@ def test_adapted_parameters_cover_every_algorithm_and_alias():
     model = Conv4(hidden=4, image_size=16)
     names = [n for n, _ in model.named_parameters()]
     everything, head = names, ["head.weight", "head.bias"]
-    expected = {"maml": everything, "fomaml": everything, "reptile": everything, "anil": head,
+    body = [n for n in names if not n.startswith("head.")]
+    expected = {"maml": everything, "fomaml": everything, "reptile": everything, "anil": head, "boil": body,
                 "multitask": head, "nil_training": head, "multiclass": head, "pretrain": head, "nil": head}
     for algorithm, chosen in expected.items():
         predicate = adapted_parameters(algorithm)
         assert [n for n in names if predicate(n)] == chosen, algorithm
-        assert get_algorithm(algorithm, ignore_unused=True).test_time_trainable(names[0]) == (chosen == everything)
+        assert get_algorithm(algorithm, ignore_unused=True).test_time_trainable(names[0]) == (chosen != head)
     custom = adapted_parameters("maml", trainable=["conv4", "head"])
     assert [n for n in names if custom(n)] == [n for n in names if n.startswith(("conv4.", "head."))]
     from repana.meta.config import from_dict
@@ -201,6 +204,41 @@ def test_adapted_parameters_cover_every_algorithm_and_alias():
     for algorithm, chosen in expected.items():
         config = from_dict({"algorithm": algorithm, "dataset": "glyphs"})
         assert [n for n in names if eval_trainable(config)(n)] == chosen
+        # bn_inner_loop = false: batch norm never adapts at test time either
+        without_bn = eval_trainable(config.replace(bn_inner_loop=False))
+        assert [n for n in names if without_bn(n)] == [n for n in chosen if ".bn." not in n], algorithm
+
+
+def test_batch_norm_parameters_are_named_by_one_predicate():
+    from repana.models import is_batch_norm_parameter
+
+    for net in (Conv4(hidden=4, image_size=16), ResNetSmall(hidden=4, image_size=16, n_blocks=2)):
+        modules = dict(net.named_modules())
+        expected = [n for n, _ in net.named_parameters()
+                    if isinstance(modules[n.rsplit(".", 1)[0]], torch.nn.modules.batchnorm._BatchNorm)]
+        assert [n for n, _ in net.named_parameters() if is_batch_norm_parameter(n)] == expected
+        assert len(expected) >= 8
+
+
+@pytest.mark.parametrize("bn_inner_loop", [True, False])
+def test_test_time_adaptation_follows_the_checkpoints_config(bn_inner_loop):
+    """What evaluation, predict and the analyses adapt (eval_trainable of the run's config): BOIL's head never
+    moves at test time; with bn_inner_loop = false neither does batch norm."""
+    from repana.meta.config import from_dict
+    from repana.meta.train import eval_trainable
+
+    model, batch = conv4(), make_batch(7)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    config = from_dict({"algorithm": "boil", "dataset": "glyphs", "bn_inner_loop": bn_inner_loop})
+    spec = InnerLoop(3, 0.4, eval_trainable(config))
+    for adapted in adapt_tasks(model, params, batch.support_x, batch.support_y, spec):  # the conv4_episode path
+        assert torch.equal(adapted["head.weight"], params["head.weight"])
+        assert torch.equal(adapted["head.bias"], params["head.bias"])
+        assert not torch.equal(adapted["conv1.conv.weight"], params["conv1.conv.weight"])
+        assert torch.equal(adapted["conv2.bn.weight"], params["conv2.bn.weight"]) == (not bn_inner_loop)
+    logits = adapted_query_logits(model, params, batch.support_x, batch.support_y, batch.query_x, spec)
+    torch.testing.assert_close(logits, reference_logits(model, params, batch, 3, 0.4, spec.trainable),
+                               rtol=1e-10, atol=1e-12)
 
 
 def test_freeze_layers_by_name_or_position():

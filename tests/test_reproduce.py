@@ -67,11 +67,15 @@ def test_training_plan_quick_and_paper():
     by_network = {job.network: job.config for job in quick}
     assert [job.name for job in quick][:2] == ["5way-1shot/maml/seed0", "5way-1shot/anil/seed0"]
     assert {k: c.algorithm for k, c in by_network.items()} == {
-        "maml": "maml", "anil": "anil", "multiclass": "pretrain", "multitask": "multitask", "nil": "nil"}
+        "maml": "maml", "anil": "anil", "multiclass": "pretrain", "multitask": "multitask", "nil": "nil",
+        "boil": "boil"}
+    assert by_network["boil"].iterations == 5000 and by_network["boil"].seed == 6
+    assert all(c.bn_inner_loop is False for c in by_network.values())  # the paper preset's convention
     maml = by_network["maml"]
     # Figure 3's stages: 1/6, 1/3 and 1/2 of training (10k, 20k, 30k of 60k) and the final network
-    assert maml.save_steps == [500, 1000, 1500, 3000] and maml.iterations == 3000
-    assert maml.val_every == 200 and by_network["anil"].val_every == 333 and by_network["nil"].val_every == 66
+    assert maml.save_steps == [833, 1667, 2500, 5000] and maml.iterations == 5000
+    assert maml.val_every == 333 and by_network["anil"].val_every == 333 and by_network["nil"].val_every == 66
+    assert (maml.head_input, maml.inner_steps_test) == ("flatten", 10)   # Table 1's network shape and protocol
     paper = {job.network: job.config for job in training_plan("paper", "omniglot")}
     assert paper["maml"].iterations == 60000 and paper["maml"].hidden == 64
     assert {10000, 20000, 30000, 60000} <= set(paper["maml"].save_steps)
@@ -153,13 +157,18 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs):
     tables = out / "tables" / "glyphs-5way-1shot"
     freezing = pd.read_csv(tables / "freezing.csv")
     frozen_sets = ["none", "1", "1,2", "1,2,3", "1,2,3,4"]
-    assert list(freezing["frozen"]) == [f for f in frozen_sets for _ in range(3)] * 2
-    assert list(freezing["protocol"]) == ["run", "paper", "converged"] * 10
-    assert list(freezing["seed"]) == [0] * 15 + [1] * 15
+    assert list(freezing["frozen"]) == [f for f in frozen_sets for _ in range(3)] * 4
+    assert list(freezing["protocol"]) == ["run", "paper", "converged"] * 20
+    assert list(freezing["seed"]) == [0] * 30 + [1] * 30
+    assert list(freezing["label"]) == (["MAML"] * 15 + ["BOIL"] * 15) * 2
     # the run's test steps (the quick default network: Table 1's 10), the paper's 10, the ladder's choice
     assert set(freezing.loc[freezing["protocol"] == "run", "steps"]) == {10}
     assert set(freezing.loc[freezing["protocol"] == "converged", "steps"]) <= {2, 4}
     assert "head needs more steps" in text or "body really adapts" in text or "the body is reused" in text
+    # BOIL: shown as the representation-change counterpoint, without a verdict (no claim of the paper)
+    assert "BOIL: trained with boil, about which the paper makes no claim (no verdict)" in text
+    assert "BOIL (trained with boil, about which the paper makes no claim; no verdict)" in text
+    assert not any(line.startswith("- BOIL") and "**" in line for line in text.splitlines())
     pairs = pd.read_csv(tables / "seed_pair_similarity.csv")
     assert set(pairs["pair"]) == {"MAML-MAML", "ANIL-ANIL", "ANIL-MAML"} and len(set(pairs["model_b"])) == 3
     curves = pd.read_csv(tables / "learning_curves.csv")
@@ -167,6 +176,9 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs):
     assert set(curves["seed"]) == {0, 1}
     anil_inner = pd.read_csv(tables / "inner_loop_similarity_summary.csv").query("label == 'ANIL' and layer != 'head'")
     assert (anil_inner["mean"] > 1 - 1e-6).all()  # ANIL's body never changes in the inner loop
+    summary = pd.read_csv(tables / "inner_loop_similarity_summary.csv")
+    boil_conv4 = summary.query("label == 'BOIL' and layer == 'conv4'")
+    assert len(boil_conv4) and (boil_conv4["mean"] < 1 - 1e-4).all()  # BOIL's body does change
     assert any("5way-1shot/maml/seed1" in m and "iterations" in m for m in messages)
     speed = pd.read_csv(tables / "maml_anil_nil_speed.csv").query("seed == 0")
     # the run's own steps (1 in training, the quick default's 10 at test) and the paper's 5 training / 10 test steps of its 1.7x and 4.1x
@@ -316,7 +328,7 @@ def test_miniimagenet_fixture_end_to_end(tmp_path, monkeypatch):
     # MiniImageNet 5-way 1-shot is a cell of the paper's tables: ours beside the printed values
     assert "46.9 ± 0.2" in text and "44.5 ± 0.8" in text
     freezing = pd.read_csv(out / "tables" / "miniimagenet-5way-1shot" / "freezing.csv")
-    assert len(freezing) == 5 * 3 and freezing["accuracy"].between(0, 1).all()
+    assert list(freezing["label"]) == ["MAML"] * 15 + ["BOIL"] * 15 and freezing["accuracy"].between(0, 1).all()
     assert (out / "runs" / "5way-1shot" / "maml" / "seed0" / "config.toml").read_text().count('"miniimagenet"') == 1
 
 

@@ -3,7 +3,9 @@
 The network is adapted on each test episode with the parameters of conv blocks 1..k held fixed, for
 k = 0 (nothing frozen) to 4 (only the head adapts), and its query accuracy is measured on the same
 episodes each time. If accuracy barely drops, the inner loop's changes to the body do not matter:
-feature reuse. On MiniImageNet 5-way 1-shot the paper's Table 1 prints 44.5, 44.8, 44.8, 44.7, 44.7 %
+feature reuse. BOIL (arXiv 2008.08882), whose inner loop adapts the body only, is run beside MAML as the
+representation-change counterpoint, reported without a verdict (the paper makes no claim about it).
+On MiniImageNet 5-way 1-shot the paper's Table 1 prints 44.5, 44.8, 44.8, 44.7, 44.7 %
 (none, {1}, {1,2}, {1,2,3}, {1,2,3,4} frozen): see :mod:`repana.analysis.paper_values`.
 
 A drop when every conv block is frozen has two readings, and the step count tells them apart:
@@ -227,8 +229,10 @@ def report(tables, context) -> Section:
     if "protocol" not in frame:   # tables of an older repana: the run's protocol only
         frame = frame.assign(protocol="paper")
     summary = over_seeds(frame, ["label", "frozen", "protocol"], "accuracy")
+    algorithms = {label.upper(): context.algorithm(label) for label in context.networks}
     changes = tables.get(f"{NAME}_conv4")
     column = paper_column(context)
+    algorithms = {label.upper(): context.algorithm(label) for label in context.networks}
     findings, views = [], []
     for label, group in summary.groupby("label", sort=False):
         view = {"network": label, "frozen conv blocks": list(dict.fromkeys(group["frozen"]))}
@@ -237,11 +241,14 @@ def report(tables, context) -> Section:
             view[_protocol_header(frame[frame["label"] == label], protocol)] = [pct_seeds(row) for _, row in rows.iterrows()]
         view[f"paper {column} (%)"] = [paper_values.value("Table 1", f, column).printed for f in view["frozen conv blocks"]]
         views.append(pd.DataFrame(view))
-        algorithm = context.algorithm(label.lower()) if label.lower() in context.networks else label.lower()
-        if algorithm not in BODY_ADAPTING:
-            continue
         cells = {protocol: {row["frozen"]: judged_cell(row) for _, row in group[group["protocol"] == protocol].iterrows()}
                  for protocol in set(group["protocol"])}
+        algorithm = algorithms.get(label, label.lower())
+        if not paper_values.judged(algorithm):
+            findings.append(Finding(f"{label}: {_unjudged(algorithm, cells['paper'])}"))
+            continue
+        if algorithm not in BODY_ADAPTING:   # ANIL and the head-only regimes: their body never adapts
+            continue
         frozen_names = list(cells["paper"])
         steps = sorted(set(frame.loc[(frame["label"] == label) & (frame["protocol"] == "paper"), "steps"].astype(int)))
         findings.append(Finding.judged(
@@ -272,6 +279,16 @@ def report(tables, context) -> Section:
     return Section("Freezing layers at test time (paper Table 1)", body, tuple(findings))
 
 
+def _unjudged(algorithm: str, cells: dict) -> str:
+    """The accuracy cost of freezing the whole body, stated without a verdict (no claim of the paper
+    about ``algorithm``; BOIL's body adapts by design, arXiv 2008.08882)."""
+    none, frozen = cells.get("none"), cells.get("1,2,3,4")
+    cost = (f"{{1,2,3,4}} frozen {none[0]:.1f} -> {frozen[0]:.1f} ({frozen[0] - none[0]:+.1f} points)"
+            if none and frozen else "")
+    return (f"trained with {algorithm}, about which the paper makes no claim (no verdict)"
+            + (f"; {cost}" if cost else ""))
+
+
 ANALYSIS = register(Analysis(
-    name=NAME, title="Freezing layers at test time", reference="Table 1", networks=("maml",),
+    name=NAME, title="Freezing layers at test time", reference="Table 1", networks=("maml", "boil"),
     compute=compute, figures=figures, report=report, episode_offset=1))

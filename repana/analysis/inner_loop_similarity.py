@@ -5,7 +5,8 @@ activations of every layer on the episode's query images are compared before ada
 each step. Similarity near 1 means the inner loop left the layer's representation unchanged
 (feature reuse); clearly lower means rapid learning. Each value has beside it the null baseline: the
 same measure on the same arrays with the query datapoints of one side shuffled, i.e. what unrelated
-data of this size scores.
+data of this size scores. BOIL (arXiv 2008.08882), whose inner loop adapts the body only, is run
+beside MAML and ANIL as the representation-change counterpoint, reported without a verdict.
 """
 
 from __future__ import annotations
@@ -159,6 +160,14 @@ def report(tables, context) -> Section:
     if len(maml_all):
         judged_step = step if step is not None else int(maml_all["step"].max())
         findings += layer_findings(maml_all[maml_all["step"] == judged_step], judged_step)
+    algorithms = {label.upper(): context.algorithm(label) for label in context.networks}
+    for label, rows in last.groupby("label", sort=False):
+        if paper_values.judged(algorithms.get(label, "maml")):
+            continue
+        for measure, group in rows.groupby("measure", sort=False):
+            layers = ", ".join(f"{row['layer']} {row['mean']:.2f}" for _, row in group.iterrows())
+            findings.append(Finding(f"{label} (trained with {algorithms[label]}, about which the paper makes no "
+                                    f"claim; no verdict), {measure} before vs after the inner loop: {layers}"))
     by_step = maml_all.pivot_table(index=["measure", "layer"], columns="step", values="mean").round(3)
     by_step.columns = [f"after step {c}" for c in by_step.columns]
     by_step = by_step.reset_index()
@@ -181,5 +190,5 @@ REFERENCE = "Fig. 2"
 
 ANALYSIS = register(Analysis(
     name=NAME, title="Representational change in the inner loop", reference=REFERENCE,
-    networks=("maml", "anil"), compute=compute, figures=figures, report=report,
+    networks=("maml", "anil", "boil"), compute=compute, figures=figures, report=report,
     episode_offset=0, summary_table=f"{NAME}_summary"))

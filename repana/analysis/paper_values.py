@@ -53,6 +53,17 @@ class Verdict(str, Enum):
 AGREES, DISAGREES, NO_VERDICT = Verdict.AGREES, Verdict.DISAGREES, Verdict.NO_VERDICT
 Judgement = tuple[Verdict, str]  # (AGREES | DISAGREES, reason): what every verdict_* rule returns
 
+# The training algorithms the paper's claims are about: MAML and ANIL (Tables 1-3, Figures 2-3, 5) and the
+# other regimes of Tables 4 and 5 (multiclass pretraining, multitask, NIL training; repana's names and
+# aliases). A network trained otherwise (BOIL, arXiv 2008.08882; FOMAML; Reptile) has no claim to be
+# judged against: the analyses report it without a verdict (:func:`judged`).
+PAPER_ALGORITHMS = ("maml", "anil", "multiclass", "pretrain", "multitask", "nil_training", "nil")
+
+
+def judged(algorithm: str) -> bool:
+    """True when the paper makes claims about networks trained with ``algorithm`` (:data:`PAPER_ALGORITHMS`)."""
+    return algorithm in PAPER_ALGORITHMS
+
 
 # --------------------------------------------------------------------------------------------------
 # Where the numbers were read

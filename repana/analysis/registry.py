@@ -337,10 +337,11 @@ class AnalysisContext:
         return self._models[label]
 
     def trainable(self, label: str):
-        """What adapts at test time for network ``label`` (the algorithm spec's one rule)."""
-        from repana.meta.algorithms import adapted_parameters
+        """What adapts at test time for network ``label``: its algorithm's rule under its training config
+        (batch norm left out when the run's ``bn_inner_loop`` is false), :func:`repana.meta.train.eval_trainable`."""
+        from repana.meta.train import eval_trainable
 
-        return adapted_parameters(self.networks[label].algorithm)
+        return eval_trainable(self.config(label))
 
     def with_settings(self, settings: dict, episode_offset: int,
                       networks: tuple[str, ...] | None = None) -> "AnalysisContext":

@@ -15,7 +15,7 @@ from repana.analysis.freezing import (CONVERGENCE_LADDER, FROZEN_SETS, PAPER_TES
 from repana.analysis.inner_loop_similarity import inner_loop_similarity, summarize_inner_loop
 from repana.analysis.registry import Analysis, Finding, Section, register
 from repana.errors import InputError
-from repana.meta.algorithms import adapted_parameters
+from repana.meta.train import eval_trainable
 
 
 def _step_of(source) -> int | None:
@@ -86,7 +86,7 @@ def inner_loop_over_training(stages: Sequence[tuple[str, object]], episodes, *,
         model, checkpoint = _load(source)
         n_steps, step_lr = _inner_loop(checkpoint, steps, lr)
         detail = inner_loop_similarity(model, episodes, steps=n_steps, lr=step_lr,
-                                       trainable=adapted_parameters(checkpoint.algorithm), measures=measures,
+                                       trainable=eval_trainable(checkpoint.train_config()), measures=measures,
                                        layers=layers, min_ratio=min_ratio, label=checkpoint.algorithm,
                                        every_step=False)
         summary = summarize_inner_loop(detail)
@@ -107,7 +107,7 @@ def freezing_over_training(stages: Sequence[tuple[str, object]], episodes, *,
         model, checkpoint = _load(source)
         n_steps, step_lr = _inner_loop(checkpoint, steps, lr)
         frame = freezing_by_protocol(model, episodes, run_steps=n_steps, lr=step_lr,
-                                     trainable=adapted_parameters(checkpoint.algorithm), frozen_sets=frozen_sets,
+                                     trainable=eval_trainable(checkpoint.train_config()), frozen_sets=frozen_sets,
                                      ladder=ladder, paper_steps=paper_steps, label=checkpoint.algorithm)
         frame.insert(0, "train_step", checkpoint.step)
         frame.insert(0, "stage", stage)
@@ -156,7 +156,11 @@ def report(tables, context) -> Section:
     by_protocol = over_seeds(every_protocol, ["stage", "train_step", "protocol", "frozen"], "accuracy")
     freezing = by_protocol[by_protocol["protocol"] == "paper"]
     findings = []
-    for measure, group in similarity.groupby("measure", sort=False):
+    unjudged = sorted({a for a in tables[NAME]["label"] if not paper_values.judged(str(a))})
+    if unjudged:   # Figure 3 is about MAML: no claim to test a network trained otherwise against
+        findings.append(Finding(f"Figure 3: not judged (networks trained with {', '.join(unjudged)}, about "
+                                "which the paper makes no claim)"))
+    for measure, group in ([] if unjudged else similarity.groupby("measure", sort=False)):
         checkpoints = {}
         for step, at_step in freezing.groupby("train_step", sort=True):
             sim = group[group["train_step"] == step]

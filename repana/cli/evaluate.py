@@ -204,8 +204,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(model, episodes, method=method, steps=steps, lr=lr, trainable=names,
                       bn_support_query=config.bn_support_query)
     adapted = sorted({n.split(".", 1)[0] for n in names}, key=model.layer_names.index)
+    from repana.models import is_batch_norm_parameter
+
+    bn_fixed = any(is_batch_norm_parameter(n) and n.split(".", 1)[0] in adapted and n not in names
+                   for n, _ in model.named_parameters())
     how = ("nil (no head: cosine similarity to the support features)" if method == "nil" else
-           f"adapt ({steps} steps, lr {lr:g}, adapting {','.join(adapted) or 'nothing'})")
+           f"adapt ({steps} steps, lr {lr:g}, adapting {','.join(adapted) or 'nothing'}"
+           f"{' (batch norm fixed)' if bn_fixed else ''})")
     print(f"{args.checkpoint}: {config.algorithm} step {ckpt.step}, {how} on {n_episodes} {args.split} episodes "
           f"{config.ways}-way {config.shots}-shot: accuracy {100 * result.accuracy:.2f}% "
           f"± {100 * result.ci95:.2f} (95% CI over episodes)")

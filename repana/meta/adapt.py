@@ -109,20 +109,42 @@ def head_parameters(name: str) -> bool:
     return is_head_parameter(name)
 
 
+def body_parameters(name: str) -> bool:
+    """Every parameter but the head's adapts (BOIL, arXiv 2008.08882: the head is frozen in the inner loop)."""
+    from repana.models import is_head_parameter
+
+    return not is_head_parameter(name)
+
+
+def without_batch_norm(trainable: Trainable) -> Callable[[str], bool]:
+    """``trainable`` minus the batch-norm affine parameters, as a predicate (Finn et al.'s convention,
+    github.com/cbfinn/maml utils.py ``normalize``: batch norm is not in the weights the inner loop updates,
+    so it is learned by the outer loop only). See :func:`repana.models.is_batch_norm_parameter`."""
+    from repana.models import is_batch_norm_parameter
+
+    base = trainable_predicate(trainable)
+
+    def selected(name: str) -> bool:
+        return base(name) and not is_batch_norm_parameter(name)
+
+    selected.__name__ = f"{getattr(base, '__name__', 'trainable')}_without_batch_norm"
+    return selected
+
+
 def trainable_predicate(trainable: Trainable) -> Callable[[str], bool]:
     """``trainable`` (any form :func:`resolve_trainable` takes) as a predicate ``parameter name -> bool``.
 
     Layer names in a collection select all of the layer's parameters; unlike :func:`resolve_trainable`,
     names that match nothing are not checked here (there are no names to check against).
     """
-    from repana.models import is_head_parameter, layer_of
+    from repana.models import layer_of
 
     if trainable is None or trainable == "all":
         return all_parameters
     if trainable == "head":
         return head_parameters
     if trainable == "body":
-        return lambda name: not is_head_parameter(name)
+        return body_parameters
     if callable(trainable):
         return trainable
     wanted = frozenset([trainable] if isinstance(trainable, str) else trainable)

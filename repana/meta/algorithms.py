@@ -17,6 +17,7 @@ name       batch          meta-objective (per task, averaged over the meta-batch
 maml       episodes       query loss after ``inner_steps`` steps on every parameter, second order
 fomaml     episodes       the same, first order (inner gradients treated as constants)
 anil       episodes       the same with only the head adapting (body features computed once)
+boil       episodes       the same with only the body adapting (the head frozen in the inner loop)
 reptile    episodes       direction ``params - adapted params`` (SGD with lr eps = Reptile's step)
 multitask  episodes       query loss of the unadapted network (MAML's setup with no inner loop)
 nil_training episodes     query NLL of the cosine classifier on support features (no head)
@@ -25,8 +26,20 @@ multiclass classification cross-entropy of a classifier over all meta-training c
 
 Aliases used by the training config: ``pretrain`` = multiclass, ``nil`` = nil_training.
 
+BOIL (Oh, Yoo, Kim, Yun, "BOIL: Towards Representation Change for Few-shot Learning", ICLR 2021,
+arXiv 2008.08882) is second-order MAML whose inner loop (training and test time) updates the body only:
+the head gets no inner step (the paper's head inner lr is 0) but is meta-learned in the outer loop. Its
+batch-norm affine parameters are body parameters and adapt in the inner loop (the authors' code,
+github.com/HJ-Yoo/BOIL, ``maml/utils.py`` ``update_parameters``: every meta-parameter whose name lacks
+"classifier" takes the extractor step, and its Conv4 uses affine ``MetaBatchNorm2d``); its inner lr is
+0.5 on the mean support loss for the 4-conv network (``run_4conv.sh``: ``--extractor-step-size=0.5
+--classifier-step-size=0.0``, the same 0.5 as its MAML runs). repana uses the run's own ``inner_lr``.
+
 Hyperparameters: ``inner_steps`` (int), ``inner_lr`` (float, in the convention of
-``loss_reduction``), ``first_order`` (bool), ``loss_reduction`` ("mean" | "sum_div_k"),
+``loss_reduction``), ``first_order`` (bool), ``loss_reduction`` ("mean" | "sum_div_k"), ``bn_inner_loop``
+(bool, default True: the batch-norm affine parameters adapt with the other ``trainable`` ones; False:
+they are left out of the inner loop and of test-time adaptation and learned by the outer loop only, as
+in Finn et al.'s code, :func:`repana.meta.adapt.without_batch_norm`),
 ``bn_support_query`` ("apart": the query batch normalised alone, as in MAML's code; "together": the
 query normalised jointly with the support, one forward of their concatenation with the adapted
 parameters; the inner loop always sees the support batch alone), ``trainable`` (inner-loop parameter subset, see
@@ -49,7 +62,7 @@ from torch.func import functional_call
 
 from repana.errors import ConfigError, InputError
 from repana.meta.adapt import (Trainable, adapt, all_parameters, head_parameters, normalise_loss_reduction,
-                               trainable_predicate)
+                               trainable_predicate, without_batch_norm)
 from repana.meta.batched import task_features
 from repana.meta.inner import InnerLoop, query_logits_by_part
 from repana.meta.nil import nil_logits
@@ -70,7 +83,8 @@ class Algorithm:
     inner_steps: int = 1
     inner_lr: float = 0.4
     first_order: bool = False
-    trainable: Trainable = None          # None: every parameter adapts
+    trainable: Trainable = None          # None: every parameter (without batch norm when not bn_inner_loop)
+    bn_inner_loop: bool = True           # False: batch-norm affine parameters never adapt (outer loop only)
     loss_reduction: str = "mean"
     bn_support_query: str = "apart"
     temperature: float = 1.0
@@ -218,7 +232,8 @@ def _classification_gradients(model, batch) -> tuple[Grads, Metrics]:
 
 # ----- registry ----------------------------------------------------------------------------------
 
-_INNER = {"inner_steps", "inner_lr", "first_order", "loss_reduction", "bn_support_query", "trainable", "fold"}
+_INNER = {"inner_steps", "inner_lr", "first_order", "loss_reduction", "bn_support_query", "trainable", "fold",
+          "bn_inner_loop"}
 # "test_time": what adapts at test time (evaluation, predict, the analyses): "inner" = the parameters
 # the algorithm's own inner loop adapts (its ``trainable``, every parameter by default); "head" = the
 # head only (algorithms with no inner loop in training: their body is used as a fixed feature extractor).
@@ -228,6 +243,8 @@ _SPECS: dict[str, dict[str, Any]] = {
     "fomaml": {"batch_kind": "episodes", "objective": "query", "defaults": {"first_order": True},
                "allowed": _INNER, "test_time": "inner"},
     "anil": {"batch_kind": "episodes", "objective": "query", "defaults": {"trainable": "head"},
+             "allowed": _INNER, "test_time": "inner"},
+    "boil": {"batch_kind": "episodes", "objective": "query", "defaults": {"trainable": "body"},
              "allowed": _INNER, "test_time": "inner"},
     "reptile": {"batch_kind": "episodes", "objective": "reptile", "defaults": {"first_order": True},
                 "allowed": _INNER, "test_time": "inner"},
@@ -280,9 +297,16 @@ def get_algorithm(name: str, *, ignore_unused: bool = False, **hyperparameters) 
         reduction = normalise_loss_reduction(values.get("loss_reduction", "mean"))
     except InputError as err:
         raise ConfigError(str(err)) from None
+    bn_inner_loop = values.get("bn_inner_loop", True)
+    if not isinstance(bn_inner_loop, bool):
+        raise ConfigError(f"bn_inner_loop = {bn_inner_loop!r} must be true or false")
+    trainable = values.get("trainable")
+    if not bn_inner_loop:
+        trainable = without_batch_norm(trainable)
     return Algorithm(name=canonical, batch_kind=spec["batch_kind"], objective=spec["objective"],
                      inner_steps=steps, inner_lr=lr, first_order=bool(values.get("first_order", False)),
-                     trainable=values.get("trainable"), loss_reduction=reduction, bn_support_query=bn,
+                     trainable=trainable, bn_inner_loop=bn_inner_loop, loss_reduction=reduction,
+                     bn_support_query=bn,
                      temperature=temperature, fold=values.get("fold"), test_time=spec["test_time"],
                      hyperparameters=dict(hyperparameters))
 
@@ -295,12 +319,14 @@ def adapted_parameters(algorithm: str, **hyperparameters) -> Callable[[str], boo
     ========================= =================================================
     maml, fomaml, reptile     every parameter (:func:`repana.meta.adapt.all_parameters`)
     anil                      the head (its inner loop's ``trainable="head"``)
+    boil                      the body (its inner loop's ``trainable="body"``)
     multitask, nil_training,  the head (:func:`repana.meta.adapt.head_parameters`): no inner loop
     multiclass                in training, the body is a fixed feature extractor
     ========================= =================================================
 
-    ``hyperparameters`` (e.g. a custom ``trainable``) are those of :func:`get_algorithm`; unused ones
-    are ignored. Combine with :func:`repana.meta.adapt.freeze_layers` to freeze layers further.
+    ``hyperparameters`` (e.g. a custom ``trainable``, ``bn_inner_loop=False`` to leave batch norm out) are
+    those of :func:`get_algorithm`; unused ones are ignored. Combine with
+    :func:`repana.meta.adapt.freeze_layers` to freeze layers further.
     """
     return get_algorithm(algorithm, ignore_unused=True, **hyperparameters).test_time_trainable
 

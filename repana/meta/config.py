@@ -14,6 +14,11 @@ The conventions that silently change results are explicit fields and are written
   convention; :meth:`TrainConfig.mean_loss_inner_lr` does that conversion.
 - ``bn_support_query``: batch-norm statistics of support and query computed ``"apart"`` (each forward
   pass normalises its own batch, as in MAML) or ``"together"``.
+- ``bn_inner_loop``: ``true`` (default): the batch-norm affine parameters adapt in the inner loop with the
+  algorithm's other trainable parameters; ``false``: they are left out of the inner loop and of test-time
+  adaptation (evaluation, predict, the analyses) and learned by the outer loop only, as in Finn et al.'s
+  code (github.com/cbfinn/maml, utils.py ``normalize``: ``tf.contrib.layers.batch_norm`` variables are
+  not in the weights dict the inner loop updates). Configs and checkpoints without the key read as true.
 - ``queries_train`` / ``queries_test``: query examples per class during training and evaluation.
 - ``ci``: evaluation reports a 95% confidence interval over test episodes (``"episodes"``), not the
   standard deviation over seeds.
@@ -44,7 +49,7 @@ DATASET_SPLITS: dict[str, tuple[str, ...]] = {
 # Algorithms with an inner loop in training (need >= 1 inner step); the others have none:
 # multitask (query loss of the unadapted net), nil / nil_training (cosine classifier on support
 # features), pretrain / multiclass (one classifier over all training classes).
-INNER_LOOP_ALGORITHMS = ("maml", "fomaml", "anil", "reptile")
+INNER_LOOP_ALGORITHMS = ("maml", "fomaml", "anil", "boil", "reptile")
 OTHER_ALGORITHMS = ("multitask", "nil", "nil_training", "pretrain", "multiclass")
 ALGORITHMS = INNER_LOOP_ALGORITHMS + OTHER_ALGORITHMS
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -87,6 +92,7 @@ class TrainConfig:
     inner_steps_test: int = 3
     inner_loss: str = "mean"
     bn_support_query: str = "apart"
+    bn_inner_loop: bool = True        # false: batch-norm affine parameters learned in the outer loop only
     batch_size: int = 64              # images per step for "pretrain"/"multitask"
     # --- outer loop ---
     outer_lr: float = 1e-3            # Adam
@@ -327,6 +333,6 @@ def to_toml(config: TrainConfig) -> str:
     """The resolved config as TOML text (what ``config.toml`` of a run holds)."""
     import tomli_w
 
-    header = ("# Resolved repana training config. Conventions: inner_loss, bn_support_query,\n"
+    header = ("# Resolved repana training config. Conventions: inner_loss, bn_support_query, bn_inner_loop,\n"
               "# queries_train/queries_test and ci are recorded because they change results.\n")
     return header + tomli_w.dumps(config.to_dict())

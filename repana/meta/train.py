@@ -102,14 +102,17 @@ def algorithm_hyperparameters(config: TrainConfig) -> dict:
     """Keyword arguments of ``get_algorithm``; the inner lr is passed in mean-loss convention (the
     same number evaluation uses), which is exact: a "sum_over_shots" loss is ``ways`` x the mean."""
     return {"inner_lr": config.mean_loss_inner_lr(), "inner_steps": config.inner_steps_train,
-            "loss_reduction": "mean", "bn_support_query": config.bn_support_query}
+            "loss_reduction": "mean", "bn_support_query": config.bn_support_query,
+            "bn_inner_loop": config.bn_inner_loop}
 
 
 def eval_trainable(config: TrainConfig) -> Callable[[str], bool]:
-    """Which parameters adapt at validation/test (:func:`repana.meta.algorithms.adapted_parameters`)."""
+    """Which parameters adapt at validation/test (:func:`repana.meta.algorithms.adapted_parameters`) for a
+    run with ``config``: its algorithm's rule, batch norm left out when ``config.bn_inner_loop`` is false.
+    The one place evaluation, ``predict`` and the analyses read it from a checkpoint's config."""
     from repana.meta.algorithms import adapted_parameters
 
-    return adapted_parameters(config.algorithm)
+    return adapted_parameters(config.algorithm, bn_inner_loop=config.bn_inner_loop)
 
 
 class BatchSource:

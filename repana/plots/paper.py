@@ -20,7 +20,7 @@ from repana.plots.style import paper_style, styled
 
 MEASURE_NAMES = {"svcca": "SVCCA", "cka": "CKA (linear)", "cka_debiased": "CKA (debiased)",
                  "cca": "mean CCA", "pwcca": "PWCCA", "cka_rbf": "CKA (RBF)", "procrustes": "Procrustes"}
-COLORS = {"maml": "#1f77b4", "anil": "#ff7f0e", "nil": "#2ca02c", "multiclass": "#9467bd",
+COLORS = {"maml": "#1f77b4", "anil": "#ff7f0e", "boil": "#d62728", "nil": "#2ca02c", "multiclass": "#9467bd",
           "multitask": "#8c564b", "random": "#7f7f7f"}
 
 

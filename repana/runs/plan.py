@@ -20,7 +20,7 @@ of :mod:`repana.runs.executors` write the config to ``<run_dir>/job.toml`` inste
 
 Seeds (:func:`expand_jobs`): seed ``k`` of a network trains with ``config.seed + k * SEED_STRIDE``. The
 base configs already carry one offset per network (``RUN_SEED_OFFSETS`` of
-:mod:`repana.analysis.reproduce`: maml 0, anil 1, ..., random body 5), so with a stride larger than every
+:mod:`repana.analysis.reproduce`: maml 0, anil 1, ..., random body 5, boil 6), so with a stride larger than every
 offset no two networks or seeds share an initialisation, and seed 0 keeps today's seeds.
 """
 
@@ -39,7 +39,7 @@ from repana.meta.config import TrainConfig, from_dict, load_toml, to_toml
 from repana.rl.config import RLConfig, is_rl_config_values
 
 # Seed k of a network: base seed (which includes the network's offset) + k * SEED_STRIDE. Larger than
-# every per-network offset of repana.analysis.reproduce (0..5), so seeds never collide.
+# every per-network offset of repana.analysis.reproduce (0..6), so seeds never collide.
 SEED_STRIDE = 1000
 JOB_CONFIG_FILE = "job.toml"
 PLAN_FILE = "plan.jsonl"
