@@ -27,6 +27,7 @@ import importlib
 import math
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -469,6 +470,9 @@ def model_from_factory(factory: str | Callable, weights: str | Path | None = Non
         model = factory(**kwargs)
     except TypeError as error:
         raise InputError(f"calling factory {spec!r} with {kwargs} failed: {error}") from None
+    except Exception as error:  # the user's code failed: one line with its own message
+        raise InputError(f"factory {spec!r} failed when called with {kwargs}: {type(error).__name__}: "
+                         f"{' '.join(str(error).split())}") from None
     if not isinstance(model, nn.Module):
         raise InputError(f"factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:
@@ -505,6 +509,8 @@ def load_inputs(path: str | Path, key: str | Sequence[str] | None = None,
         raise InputError(f"inputs file {str(path)!r} " + ("is a folder, not a file" if path.is_dir()
                                                           else "does not exist"))
     keys = [key] if isinstance(key, str) else (list(key) if key else [])
+    if suffix in NUMPY_MAGIC:
+        _check_numpy_file(path, suffix)
     try:
         if suffix == ".npy":
             data = np.load(path, allow_pickle=False)
@@ -517,16 +523,35 @@ def load_inputs(path: str | Path, key: str | Sequence[str] | None = None,
                 data = _pick(data, keys, path)
         else:
             raise InputError(f"inputs {str(path)!r}: expected a .npy, .npz or .pt file")
-    except ValueError as error:
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as error:
         if isinstance(error, RepanaError):
             raise
-        reason = str(error).splitlines()[0]
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         if "allow_pickle" in reason or "Object arrays" in reason:
             reason = "it holds Python objects (an object-dtype array), not numbers; save a numeric array"
+        else:
+            reason = f"the file is truncated or corrupt ({type(error).__name__}: {reason})"
         raise InputError(f"cannot read inputs {str(path)!r}: {reason}") from None
     if isinstance(data, dict):
         return {name: _input_tensor(value, path, name) for name, value in data.items()}
     return _input_tensor(data, path, None)
+
+
+#: The first bytes of the numpy formats: a .npy header (numpy.lib.format) and a .npz zip archive.
+NUMPY_MAGIC = {".npy": (b"\x93NUMPY", "a .npy file written by numpy.save"),
+               ".npz": (b"PK\x03\x04", "a .npz archive (a zip file written by numpy.savez)")}
+
+
+def _check_numpy_file(path: Path, suffix: str) -> None:
+    """InputError naming what is wrong when ``path`` is empty or does not start like its format."""
+    magic, what = NUMPY_MAGIC[suffix]
+    with open(path, "rb") as handle:
+        head = handle.read(len(magic))
+    if not head:
+        raise InputError(f"cannot read inputs {str(path)!r}: the file is empty (0 bytes), not {what}")
+    if head != magic:
+        raise InputError(f"cannot read inputs {str(path)!r}: it is not {what} (its first bytes are {head!r}); "
+                         f"the file is corrupt or of another format")
 
 
 def _input_tensor(data, path: Path, name: str | None) -> torch.Tensor:

@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from repana.cli.checks import check_seed
 from repana.errors import InputError
 
 CONV_REDUCTIONS = ("flatten", "positions", "mean")
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     shared = _json_object(args.factory_kwargs, "--factory-kwargs")
     kwargs_a = {**shared, **_json_object(args.factory_kwargs_a, "--factory-kwargs-a")}
     kwargs_b = {**shared, **_json_object(args.factory_kwargs_b, "--factory-kwargs-b")}
+    check_seed(args.seed)
     out = Path(args.out)
     _check_writable_folder(out)  # before any work
 
