@@ -399,7 +399,7 @@ def compare_models(model_a: nn.Module, model_b: nn.Module | None, inputs, layers
     """
     for side, model in (("model_a", model_a), ("model_b", model_b)):
         if model is not None and not isinstance(model, nn.Module):
-            raise InputError(f"{side} is a {type(model).__name__}, not a torch.nn.Module; build the model first "
+            raise InputError(f"{side} is of type {type(model).__name__}, not a torch.nn.Module; build the model first "
                              "(repana.compare.model_from_factory builds one from 'package.module:function')")
     if model_a is None:
         raise InputError("model_a is None; give a torch.nn.Module")
