@@ -132,7 +132,7 @@ def test_one_model_against_itself_is_symmetric_and_computed_once_per_pair(rng, m
     assert matrix[0, 1] == pytest.approx(cka(acts["l0"], acts["l1"]), rel=1e-12)
 
 
-def test_readme_compare_example_runs(tmp_path, monkeypatch):
+def test_readme_compare_example_runs(tmp_path, monkeypatch, request):
     """The 'Compare your own models' example of README.md runs, finds the diagonal, and writes its figure."""
     from pathlib import Path
 
@@ -140,9 +140,15 @@ def test_readme_compare_example_runs(tmp_path, monkeypatch):
     section = text.split("## Compare your own models", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("REPANA_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads = torch.get_num_threads()
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     namespace = {"__name__": "readme_example"}
     exec(compile(code, "README.md", "exec"), namespace)
-    assert (tmp_path / "figures" / "compare_example.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "out" / "compare_example.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "figures").exists()  # the committed figures are never rewritten
+    assert torch.get_num_threads() == 1  # the CLI's policy, REPANA_THREADS unset
     frame = namespace["frame"]
     diagonal = frame[(frame.layer_a == frame.layer_b) & (frame.measure == "cka_debiased")].set_index("layer_a")
     off_diagonal = frame[(frame.layer_a != frame.layer_b) & (frame.measure == "cka_debiased")]
