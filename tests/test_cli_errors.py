@@ -328,3 +328,17 @@ def test_data_download_refuses_what_is_not_a_url(tmp_path, capsys):
     one_line_error(capsys, "repana data: error: the URL of archive images_background is 'notaurl', not a URL: give "
                            "https://HOST/PATH (schemes: https, http, ftp, file)")
     assert not (tmp_path / "data" / "omniglot").exists()  # refused before any folder or download
+
+
+def test_compare_with_two_datapoints_says_the_values_are_degenerate(tmp_path, factories, capsys):
+    import pandas as pd
+
+    inputs = tmp_path / "two.npy"
+    np.save(inputs, np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32))
+    with pytest.warns(UserWarning, match="2 of 2 similarity values are degenerate"):
+        assert main(["compare", "--model-a", "cli_error_factories:net", "--inputs", str(inputs), "--layers-a", "0",
+                     "--measure", "cka", "procrustes", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("1 of these values are degenerate (near 1 by construction") == 2
+    frame = pd.read_csv(tmp_path / "out" / "similarity.csv")
+    assert frame["degenerate"].tolist() == [True, True]

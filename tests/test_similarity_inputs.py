@@ -111,6 +111,7 @@ def test_an_unknown_measure_option_is_named(rng):
     assert similarity("svcca", x, x, keep=2) == pytest.approx(1.0)
 
 
+@pytest.mark.filterwarnings("ignore:plain CKA with 2 datapoints:repana.similarity.RepanaWarning")
 def test_plain_cka_of_two_datapoints_warns_that_it_is_degenerate(rng):
     from repana.similarity import RepanaWarning, cka
 

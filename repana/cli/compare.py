@@ -130,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
                                                                sort=False)
         print(f"{measure} (rows: A, columns: B), {int(frame['n_datapoints'].iloc[0])} datapoints")
         print(table.round(3).to_string())
+        flagged = int(frame.loc[frame["measure"] == measure, "degenerate"].sum())
+        if flagged:
+            print(f"{flagged} of these values are degenerate (near 1 by construction: a layer's effective rank "
+                  "reaches its distinct datapoints - 1; column 'degenerate' of similarity.csv)")
     print(f"wrote {out / 'similarity.csv'}, {out / 'heatmap.png'}, {out / 'heatmap.pdf'}", file=sys.stderr)
     return 0
 
