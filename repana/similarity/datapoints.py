@@ -66,8 +66,8 @@ def degenerate_reason(rx: Representation, ry: Representation) -> str | None:
             return (f"{rep.name} has effective rank {rep.rank()} = its {n_distinct} distinct datapoints - 1"
                     f"{repeated} with {rep.d} features: any representation of these datapoints is a linear "
                     f"readout of it, so unrelated representations score near 1 (2 distinct datapoints: exactly 1); use "
-                    f"more distinct datapoints than features (reduction 'mean' or 'positions' for conv maps), cka_debiased "
-                    f"or repana.similarity.null_baseline")
+                    f"more distinct datapoints than features (reduction 'mean' or 'positions' for conv maps), "
+                    f"cka_debiased or repana.similarity.null_baseline")
     return None
 
 
