@@ -7,7 +7,9 @@ covariance cached on first use, :class:`~repana.similarity.Representation`), the
 measure: the per-pair work is only the cross term.
 
 Column schema (:data:`COLUMNS`): ``layer_a, layer_b, measure, value, n_datapoints, n_features_a,
-n_features_b, reduction`` (``"none"`` when both layers are 2-D), plus, where asked, ``episode`` and
+n_features_b, reduction`` (``"none"`` when both layers are 2-D), ``degenerate`` (True when the measure is near 1
+by construction: a side's centred rank reaches its distinct datapoints - 1, :mod:`repana.similarity.datapoints`;
+one :class:`~repana.similarity.RepanaWarning` per frame names the effective rank), plus, where asked, ``episode`` and
 ``scope`` (:func:`compare_episodes`), ``null_value`` (``null_permutations > 0``) and ``note``
 (``errors="note"``).
 
@@ -22,11 +24,13 @@ state_dict file), :func:`load_inputs` and :func:`check_device`.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import importlib
 import math
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -38,12 +42,14 @@ from torch import nn
 from repana.capture import capture_activations
 from repana.errors import InputError, RepanaError
 from repana.progress import progress
+from repana.similarity._arrays import warn
 from repana.similarity.conv import LAYOUT_REDUCTIONS, check_layout, reduce_activations, reduction_options
 from repana.similarity.registry import get_measure
 from repana.similarity.representation import Representation
 from repana.similarity.stats import null_baseline
 
-COLUMNS = ["layer_a", "layer_b", "measure", "value", "n_datapoints", "n_features_a", "n_features_b", "reduction"]
+COLUMNS = ["layer_a", "layer_b", "measure", "value", "n_datapoints", "n_features_a", "n_features_b", "reduction",
+           "degenerate"]
 EPISODE_COLUMNS = COLUMNS + ["episode", "scope", "null_value", "note"]
 #: Measures that need many more datapoints than features (pooled over episodes under ``min_ratio``).
 CCA_FAMILY = ("cca", "cca_r2", "svcca", "pwcca")
@@ -166,6 +172,7 @@ def compare_episodes(acts_a: Sequence[Mapping], acts_b: Sequence[Mapping] | None
     self_comparison = episodes_b is None
     n_episodes = len(episodes_a)
     rows = []
+    degenerate_reasons: list[str] = []
     done: dict[tuple, float] = {}
     for layer_a, layer_b in progress(layer_pairs, desc="compare", unit="pair", enabled=show_progress):
         for spec in specs:
@@ -183,7 +190,7 @@ def compare_episodes(acts_a: Sequence[Mapping], acts_b: Sequence[Mapping] | None
             scope = "episode" if group == 1 else "pooled"
             for start in range(0, n_episodes - group + 1, group):
                 n_rows = sum(x.shape[0] for x in xs[start:start + group])
-                value, null_value, note = float("nan"), float("nan"), ""
+                value, null_value, note, degenerate = float("nan"), float("nan"), "", False
                 rep_a = rep_b = None
                 if min_ratio is not None and spec.name in CCA_FAMILY and n_rows < min_ratio * features:
                     note = (f"skipped: {n_rows} datapoints < {min_ratio} x {features} features even with all "
@@ -203,6 +210,10 @@ def compare_episodes(acts_a: Sequence[Mapping], acts_b: Sequence[Mapping] | None
                         else:
                             value = spec(rep_a, rep_b, **measure_options_)
                             done[key] = value
+                        reason = spec.degenerate_reason(rep_a, rep_b) if np.isfinite(value) else None
+                        if reason is not None:
+                            degenerate = True
+                            degenerate_reasons.append(f"{spec.name} for {layer_a!r} (A) vs {layer_b!r} (B): {reason}")
                         if null_permutations and np.isfinite(value):
                             null_value = null_baseline(spec.name, rep_a, rep_b, n_permutations=null_permutations,
                                                        seed=seed + start, **measure_options_).mean
@@ -213,9 +224,12 @@ def compare_episodes(acts_a: Sequence[Mapping], acts_b: Sequence[Mapping] | None
                         value, null_value, note = float("nan"), float("nan"), str(error)
                 rows.append({"layer_a": layer_a, "layer_b": layer_b, "measure": spec.name, "value": value,
                              "n_datapoints": int(n_rows), "n_features_a": int(xs[0].shape[1]),
-                             "n_features_b": int(ys[0].shape[1]), "reduction": label,
+                             "n_features_b": int(ys[0].shape[1]), "reduction": label, "degenerate": degenerate,
                              "episode": start if group == 1 else f"{start}-{start + group - 1}", "scope": scope,
                              "null_value": null_value, "note": note})
+    if degenerate_reasons:
+        warn(f"{len(degenerate_reasons)} of {len(rows)} similarity values are degenerate (column 'degenerate'), "
+             f"e.g. {degenerate_reasons[0]}")
     return pd.DataFrame(rows, columns=EPISODE_COLUMNS)
 
 
@@ -376,7 +390,21 @@ def compare_models(model_a: nn.Module, model_b: nn.Module | None, inputs, layers
     ``output``, ``outputs_a/_b``, ``forward_kwargs``: see :func:`repana.capture.capture_activations`; layouts
     come from the module types unless ``layout`` names them. Activations are stored on the CPU in float32 (the
     measures work in float64). See :func:`compare_activations` for the other arguments.
+
+    The models run in the mode they are in (train mode: batch norm normalises with the batch's statistics) and
+    are left as they were: the buffers a forward pass updates (batch-norm running statistics and counts, in
+    the models and in ``params_a`` / ``params_b``) are restored afterwards, bit for bit, and so is every
+    module's train/eval flag. Call ``model.eval()`` first to compare with the running statistics.
+    ``device`` must exist here (:func:`check_device`; InputError otherwise).
     """
+    for side, model in (("model_a", model_a), ("model_b", model_b)):
+        if model is not None and not isinstance(model, nn.Module):
+            raise InputError(f"{side} is of type {type(model).__name__}, not a torch.nn.Module; build the model first "
+                             "(repana.compare.model_from_factory builds one from 'package.module:function')")
+    if model_a is None:
+        raise InputError("model_a is None; give a torch.nn.Module")
+    if device is not None:
+        device = check_device(device)
     model_b = model_a if model_b is None else model_b
     layers_b = layers_a if layers_b is None else layers_b
     outputs_b = outputs_a if outputs_b is None else outputs_b
@@ -385,14 +413,41 @@ def compare_models(model_a: nn.Module, model_b: nn.Module | None, inputs, layers
     capture = dict(inputs=inputs, batch_size=batch_size, device=device, max_datapoints=max_datapoints,
                    seed=seed, show_progress=show_progress, output=output, layout=layout,
                    forward_kwargs=forward_kwargs)
-    acts_a = capture_activations(model_a, layers=layers_a, params=params_a, outputs=outputs_a, **capture)
-    same = (model_b is model_a and params_b is params_a and _as_list(layers_b) == _as_list(layers_a)
-            and _as_list(outputs_b) == _as_list(outputs_a))
-    acts_b = None if same else capture_activations(model_b, layers=layers_b, params=params_b, outputs=outputs_b,
-                                                   **capture)
+    with _left_unchanged([model_a, model_b], [params_a, params_b]):
+        acts_a = capture_activations(model_a, layers=layers_a, params=params_a, outputs=outputs_a, **capture)
+        same = (model_b is model_a and params_b is params_a and _as_list(layers_b) == _as_list(layers_a)
+                and _as_list(outputs_b) == _as_list(outputs_a))
+        acts_b = None if same else capture_activations(model_b, layers=layers_b, params=params_b,
+                                                       outputs=outputs_b, **capture)
     return compare_activations(acts_a, acts_b, measures=measures, reduction=reduction, layout=layout,
                                measure_options=measure_options, show_progress=show_progress, pairs=pairs,
                                null_permutations=null_permutations, seed=seed, errors=errors)
+
+
+@contextlib.contextmanager
+def _left_unchanged(models: Sequence[nn.Module], params: Sequence[Mapping | None]):
+    """Restore, on exit, every buffer of ``models`` and every tensor of ``params`` named like a buffer (what a
+    train-mode forward updates in place: batch-norm running statistics) and each module's train/eval flag."""
+    saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    modes: dict[int, tuple[nn.Module, bool]] = {}
+    for model, given in zip(models, params):
+        buffer_names = set()
+        for name, buffer in model.named_buffers():
+            saved.setdefault(id(buffer), (buffer, buffer.detach().clone()))
+            buffer_names.add(name)
+        for name, tensor in (given or {}).items():
+            if name in buffer_names and isinstance(tensor, torch.Tensor):
+                saved.setdefault(id(tensor), (tensor, tensor.detach().clone()))
+        for module in model.modules():
+            modes.setdefault(id(module), (module, module.training))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for tensor, copy in saved.values():
+                tensor.copy_(copy)
+        for module, training in modes.values():
+            module.training = training
 
 
 def _as_list(layers) -> list:
@@ -415,7 +470,7 @@ def check_device(device: str | torch.device) -> torch.device:
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError(f"device {str(device)!r}: PyTorch sees no CUDA GPU on this machine "
-                             f"(torch.cuda.is_available() is False); use --device cpu")
+                             f"(torch.cuda.is_available() is False); use cpu")
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise InputError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
     elif resolved.type == "mps" and not torch.backends.mps.is_available():
@@ -469,6 +524,9 @@ def model_from_factory(factory: str | Callable, weights: str | Path | None = Non
         model = factory(**kwargs)
     except TypeError as error:
         raise InputError(f"calling factory {spec!r} with {kwargs} failed: {error}") from None
+    except Exception as error:  # the user's code failed: one line with its own message
+        raise InputError(f"factory {spec!r} failed when called with {kwargs}: {type(error).__name__}: "
+                         f"{' '.join(str(error).split())}") from None
     if not isinstance(model, nn.Module):
         raise InputError(f"factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:
@@ -505,6 +563,8 @@ def load_inputs(path: str | Path, key: str | Sequence[str] | None = None,
         raise InputError(f"inputs file {str(path)!r} " + ("is a folder, not a file" if path.is_dir()
                                                           else "does not exist"))
     keys = [key] if isinstance(key, str) else (list(key) if key else [])
+    if suffix in NUMPY_MAGIC:
+        _check_numpy_file(path, suffix)
     try:
         if suffix == ".npy":
             data = np.load(path, allow_pickle=False)
@@ -517,16 +577,35 @@ def load_inputs(path: str | Path, key: str | Sequence[str] | None = None,
                 data = _pick(data, keys, path)
         else:
             raise InputError(f"inputs {str(path)!r}: expected a .npy, .npz or .pt file")
-    except ValueError as error:
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as error:
         if isinstance(error, RepanaError):
             raise
-        reason = str(error).splitlines()[0]
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         if "allow_pickle" in reason or "Object arrays" in reason:
             reason = "it holds Python objects (an object-dtype array), not numbers; save a numeric array"
+        else:
+            reason = f"the file is truncated or corrupt ({type(error).__name__}: {reason})"
         raise InputError(f"cannot read inputs {str(path)!r}: {reason}") from None
     if isinstance(data, dict):
         return {name: _input_tensor(value, path, name) for name, value in data.items()}
     return _input_tensor(data, path, None)
+
+
+#: The first bytes of the numpy formats: a .npy header (numpy.lib.format) and a .npz zip archive.
+NUMPY_MAGIC = {".npy": (b"\x93NUMPY", "a .npy file written by numpy.save"),
+               ".npz": (b"PK\x03\x04", "a .npz archive (a zip file written by numpy.savez)")}
+
+
+def _check_numpy_file(path: Path, suffix: str) -> None:
+    """InputError naming what is wrong when ``path`` is empty or does not start like its format."""
+    magic, what = NUMPY_MAGIC[suffix]
+    with open(path, "rb") as handle:
+        head = handle.read(len(magic))
+    if not head:
+        raise InputError(f"cannot read inputs {str(path)!r}: the file is empty (0 bytes), not {what}")
+    if head != magic:
+        raise InputError(f"cannot read inputs {str(path)!r}: it is not {what} (its first bytes are {head!r}); "
+                         f"the file is corrupt or of another format")
 
 
 def _input_tensor(data, path: Path, name: str | None) -> torch.Tensor:

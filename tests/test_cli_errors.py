@@ -209,3 +209,136 @@ def test_an_os_error_during_a_command_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(data_cli, "run_info", refuse)
     assert main(["data", "info"]) == 1
     one_line_error(capsys, "repana data: error: [Errno 13] Permission denied: '/srv/data/omniglot'")
+
+
+FACTORIES = '''
+import torch
+
+
+def net():
+    return torch.nn.Sequential(torch.nn.Linear(3, 4))
+
+
+def factory_that_raises():
+    raise RuntimeError("weights for this net are\\n on another machine")
+'''
+
+
+@pytest.fixture
+def factories(tmp_path, monkeypatch):
+    """An importable module ``cli_error_factories`` with a working factory and one that raises."""
+    (tmp_path / "cli_error_factories.py").write_text(FACTORIES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "cli_error_factories"
+    sys.modules.pop("cli_error_factories", None)
+
+
+def _compare(tmp_path, inputs, factory="cli_error_factories:net"):
+    return main(["compare", "--model-a", factory, "--inputs", str(inputs), "--layers-a", "0",
+                 "--out", str(tmp_path / "compared")])
+
+
+def test_compare_names_unreadable_numpy_inputs(tmp_path, factories, capsys):
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    assert _compare(tmp_path, empty) == 1
+    one_line_error(capsys, f"cannot read inputs '{empty}': the file is empty (0 bytes), not a .npy file "
+                           "written by numpy.save")
+    np.savez(tmp_path / "good.npz", x=np.ones((6, 3), dtype=np.float32))
+    whole = (tmp_path / "good.npz").read_bytes()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(whole[:len(whole) // 2])
+    assert _compare(tmp_path, truncated) == 1
+    one_line_error(capsys, f"cannot read inputs '{truncated}': the file is truncated or corrupt (BadZipFile:")
+    np.save(tmp_path / "good.npy", np.ones((6, 3), dtype=np.float32))
+    cut = tmp_path / "cut.npy"
+    cut.write_bytes((tmp_path / "good.npy").read_bytes()[:100])
+    assert _compare(tmp_path, cut) == 1
+    one_line_error(capsys, f"cannot read inputs '{cut}': the file is truncated or corrupt (ValueError:")
+
+
+def test_a_garbage_npz_is_not_called_an_object_array(tmp_path, factories, capsys):
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not an archive at all" * 4)
+    assert _compare(tmp_path, garbage) == 1
+    err = one_line_error(capsys, f"cannot read inputs '{garbage}': it is not a .npz archive (a zip file written "
+                                 "by numpy.savez) (its first bytes are b'not '); the file is corrupt")
+    assert "object" not in err
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    assert _compare(tmp_path, objects) == 1
+    one_line_error(capsys, "it holds Python objects (an object-dtype array), not numbers")
+
+
+def test_compare_says_the_factory_failed_with_its_message(tmp_path, factories, capsys):
+    np.save(tmp_path / "x.npy", np.ones((6, 3), dtype=np.float32))
+    assert _compare(tmp_path, tmp_path / "x.npy", "cli_error_factories:factory_that_raises") == 1
+    one_line_error(capsys, "repana compare: error: factory 'cli_error_factories:factory_that_raises' failed when "
+                           "called with {}: RuntimeError: weights for this net are on another machine")
+
+
+def test_train_config_that_is_not_text(tmp_path, capsys, no_work):
+    config = tmp_path / "binary.pkl"
+    config.write_bytes(b"\x80\x04\x95\x10\x00\x00")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 1
+    one_line_error(capsys, f"repana train: error: config file {config} is not a TOML text file: byte 0 is not "
+                           "UTF-8 (invalid start byte); give a .toml file")
+
+
+@pytest.mark.parametrize("seed", ["1180591620717411303424", "-1"])
+def test_train_seed_outside_the_seed_range(tmp_path, capsys, no_work, seed):
+    assert main(["train", "--preset", "quick", "--seed", seed, "--out", str(tmp_path / "run")]) == 1
+    one_line_error(capsys, f"repana train: error: seed = {seed} is outside the seed range 0 to 4294967295 "
+                           "(2**32 - 1)")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "analyze"])
+def test_a_text_file_given_as_checkpoint(tmp_path, episode, capsys, command):
+    text = tmp_path / "notes.pt"
+    text.write_text("hello world\nthese are notes, not weights\n")
+    support, query = episode
+    argv = {"evaluate": ["evaluate", str(text)],
+            "predict": ["predict", str(text), "--support", str(support), "--query", str(query)],
+            "analyze": ["analyze", "learning_curves", "--checkpoint", str(text), "--out", str(tmp_path / "a")]}
+    assert main(argv[command]) == 1
+    one_line_error(capsys, f"repana {command}: error: checkpoint {text} is not a torch checkpoint (truncated or "
+                           "corrupt)")
+
+
+@pytest.mark.parametrize("argv", [["evaluate", "CKPT", "--seed", "-1"],
+                                  ["analyze", "learning_curves", "--checkpoint", "CKPT", "--seed", "-1",
+                                   "--out", "OUT"],
+                                  ["data", "show", "--seed", "-1", "--out", "OUT/episode.png"]])
+def test_negative_seeds_are_one_line(checkpoint, tmp_path, capsys, no_work, argv):
+    argv = [str(checkpoint) if a == "CKPT" else a.replace("OUT", str(tmp_path / "out")) for a in argv]
+    assert main(argv) == 1
+    one_line_error(capsys, f"repana {argv[0]}: error: --seed -1 is outside the seed range 0 to 4294967295")
+
+
+def test_data_show_names_the_figure_formats(tmp_path, capsys, no_work):
+    out = tmp_path / "d.xyz"
+    assert main(["data", "show", "glyphs", "--out", str(out)]) == 1
+    one_line_error(capsys, f"repana data: error: --out {out} has format 'xyz'; figures are written as ",
+                   "pdf", "png", "svg", f"(e.g. {tmp_path / 'd.png'})")
+
+
+def test_data_download_refuses_what_is_not_a_url(tmp_path, capsys):
+    assert main(["data", "download", "omniglot", "--url", "images_background=notaurl",
+                 "--data-root", str(tmp_path / "data")]) == 1
+    one_line_error(capsys, "repana data: error: the URL of archive images_background is 'notaurl', not a URL: give "
+                           "https://HOST/PATH (schemes: https, http, ftp, file)")
+    assert not (tmp_path / "data" / "omniglot").exists()  # refused before any folder or download
+
+
+def test_compare_with_two_datapoints_says_the_values_are_degenerate(tmp_path, factories, capsys):
+    import pandas as pd
+
+    inputs = tmp_path / "two.npy"
+    np.save(inputs, np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32))
+    with pytest.warns(UserWarning, match="2 of 2 similarity values are degenerate"):
+        assert main(["compare", "--model-a", "cli_error_factories:net", "--inputs", str(inputs), "--layers-a", "0",
+                     "--measure", "cka", "procrustes", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("1 of these values are degenerate (near 1 by construction") == 2
+    frame = pd.read_csv(tmp_path / "out" / "similarity.csv")
+    assert frame["degenerate"].tolist() == [True, True]

@@ -132,7 +132,7 @@ def test_one_model_against_itself_is_symmetric_and_computed_once_per_pair(rng, m
     assert matrix[0, 1] == pytest.approx(cka(acts["l0"], acts["l1"]), rel=1e-12)
 
 
-def test_readme_compare_example_runs(tmp_path, monkeypatch):
+def test_readme_compare_example_runs(tmp_path, monkeypatch, request):
     """The 'Compare your own models' example of README.md runs, finds the diagonal, and writes its figure."""
     from pathlib import Path
 
@@ -140,9 +140,15 @@ def test_readme_compare_example_runs(tmp_path, monkeypatch):
     section = text.split("## Compare your own models", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("REPANA_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads = torch.get_num_threads()
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     namespace = {"__name__": "readme_example"}
     exec(compile(code, "README.md", "exec"), namespace)
-    assert (tmp_path / "figures" / "compare_example.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "out" / "compare_example.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "figures").exists()  # the committed figures are never rewritten
+    assert torch.get_num_threads() == 1  # the CLI's policy, REPANA_THREADS unset
     frame = namespace["frame"]
     diagonal = frame[(frame.layer_a == frame.layer_b) & (frame.measure == "cka_debiased")].set_index("layer_a")
     off_diagonal = frame[(frame.layer_a != frame.layer_b) & (frame.measure == "cka_debiased")]
@@ -357,3 +363,52 @@ def test_compare_activations_options_nulls_notes_and_pairs(rng):
     assert frame[frame.layer_a == "flat0"]["value"].isna().all()
     same = compare_activations(acts_a, acts_b, measures=["cca"], pairs=[("same", "same")])  # invertible map: 1
     assert same["value"].tolist() == pytest.approx([1.0])
+
+
+def test_compare_models_leaves_train_mode_models_unchanged():
+    """Train-mode batch norm updates its running statistics on every forward pass: they are restored, bit
+    for bit, and so is every module's train / eval flag."""
+    torch.manual_seed(0)
+    model_a = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).train()
+    model_a[3].eval()
+    model_b = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8)).eval()
+    model_b[1].train()
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (model_a, model_b)]
+    modes = [[module.training for module in m.modules()] for m in (model_a, model_b)]
+    inputs = torch.randn(64, 5, generator=torch.Generator().manual_seed(1))
+    frame = compare_models(model_a, model_b, inputs, layers_a=["1"], measures=["cka"], batch_size=16)
+    assert frame["value"].between(0, 1).all()
+    for model, state, mode in zip((model_a, model_b), before, modes):
+        after = model.state_dict()
+        assert list(after) == list(state)
+        assert all(torch.equal(state[key], after[key]) for key in state)
+        assert [module.training for module in model.modules()] == mode
+    assert int(model_a[1].num_batches_tracked) == 0
+
+
+def test_compare_models_refuses_what_is_not_a_model_and_a_missing_device(images):
+    net = conv_net(0)
+    with pytest.raises(InputError, match=r"^model_a is of type str, not a torch.nn.Module"):
+        compare_models("net", None, images, layers_a=["0"])
+    with pytest.raises(InputError, match=r"^model_b is of type int, not a torch.nn.Module"):
+        compare_models(net, 3, images, layers_a=["0"])
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match=r"^device 'cuda': PyTorch sees no CUDA GPU on this machine"):
+            compare_models(net, None, images, layers_a=["0"], device="cuda")
+
+
+def test_two_datapoints_are_flagged_degenerate_with_a_warning():
+    """Two datapoints: every centred representation has rank 1, so plain CKA and Procrustes are 1."""
+    from repana.similarity import RepanaWarning
+
+    rng = np.random.default_rng(0)
+    acts_a = {"a": rng.normal(size=(2, 16)), "b": rng.normal(size=(2, 3))}
+    acts_b = {"a": rng.normal(size=(2, 16)), "b": rng.normal(size=(2, 3))}
+    with pytest.warns(RepanaWarning, match=r"8 of 8 similarity values are degenerate \(column 'degenerate'\), "
+                                           r"e.g. cka for 'a' \(A\) vs 'a' \(B\): A:a has effective rank 1"):
+        frame = compare_activations(acts_a, acts_b, measures=["cka", "procrustes"])
+    assert frame["degenerate"].tolist() == [True] * 8
+    assert np.allclose(frame["value"], 1.0)
+    healthy = compare_activations({"a": rng.normal(size=(200, 4))}, {"a": rng.normal(size=(200, 4))},
+                                  measures=["cka", "procrustes", "svcca"])
+    assert healthy["degenerate"].tolist() == [False] * 3

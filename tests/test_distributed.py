@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -50,10 +53,21 @@ def _one_batch(algorithm: str):
     return model, algo, BatchSource(config, _data()["train"], algo.batch_kind)(1)
 
 
+#: A rank that fails leaves the other blocked in a collective: it gives up after this long, not gloo's 30 min.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=5)
+
+
 def _worker(rank: int, world_size: int, store: str, tmp: str) -> None:
-    """Per algorithm: the meta-gradient of one meta-batch across ranks, then a 3-step training run."""
+    """Per algorithm: the meta-gradient of one meta-batch across ranks, then a 3-step training run.
+
+    Teardown: rank 1 ends its training runs before rank 0, which alone validates and writes checkpoints. A
+    rank that destroyed its gloo process group (and exited) while the other still held its connections
+    could kill that one with SIGABRT ("terminate called without an active exception", gloo's threads
+    torn down by the peer's hang-up). So every rank waits at a barrier until all are done, then leaves the
+    group, and the process group is rendezvoused through a file (no port to race for)."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size,
+                            timeout=COLLECTIVE_TIMEOUT)
     context = DistributedContext(rank=rank, world_size=world_size)
     try:
         for algorithm in ALGORITHMS:
@@ -63,6 +77,8 @@ def _worker(rank: int, world_size: int, store: str, tmp: str) -> None:
                 torch.save({"grads": grads, "metrics": metrics}, f"{tmp}/grads_{algorithm}.pt")
             train(_config(algorithm), f"{tmp}/{algorithm}_rank{rank}", data=_data(), show_progress=False,
                   dist=context)
+        dist.barrier()  # nobody tears down while another rank still works
+        Path(tmp, f"done_rank{rank}").write_text("done")
     finally:
         dist.destroy_process_group()
 
@@ -70,7 +86,13 @@ def _worker(rank: int, world_size: int, store: str, tmp: str) -> None:
 @pytest.fixture(scope="module")
 def two_process_results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist")
-    mp.spawn(_worker, args=(2, str(tmp / "store"), str(tmp)), nprocs=2, join=True)
+    store = tmp / "store"  # a fresh rendezvous file per run, never reused
+    assert not store.exists()
+    context = mp.spawn(_worker, args=(2, str(store), str(tmp)), nprocs=2, join=False)
+    while not context.join():  # raises if a worker fails or dies by a signal
+        pass
+    assert all(process.exitcode == 0 for process in context.processes)
+    assert sorted(p.name for p in tmp.glob("done_rank*")) == ["done_rank0", "done_rank1"]
     return tmp
 
 

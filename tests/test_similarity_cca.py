@@ -195,3 +195,16 @@ def test_cholesky_route_against_the_covariance_reference_with_offsets(rng):
     expected = np.linalg.svd(inverse_sqrt(xc.T @ xc) @ (xc.T @ yc) @ inverse_sqrt(yc.T @ yc), compute_uv=False)
     np.testing.assert_allclose(cca(x, y).coefficients, expected, rtol=0, atol=1e-10)
     assert cca(x, y).mean == pytest.approx(expected.mean(), abs=1e-12)
+
+
+@pytest.mark.parametrize("measure", ["cca", "svcca", "pwcca"])
+def test_repeated_rows_count_once_in_the_sample_size_rule(rng, measure):
+    """5 distinct rows repeated 20 times span 4 centred directions: every canonical correlation is 1 by
+    construction, so the CCA family refuses them as it refuses 5 rows."""
+    x, y = np.repeat(rng.normal(size=(5, 6)), 20, axis=0), np.repeat(rng.normal(size=(5, 6)), 20, axis=0)
+    with pytest.raises(InputError, match=r"100 datapoints but only 5 distinct ones and 4 \+ [34] = [78] directions"):
+        similarity(measure, x, y)
+    # 40 distinct rows repeated twice: 6 + 6 directions fit, and the value is the one of the 40 rows once
+    x, y = rng.normal(size=(40, 6)), rng.normal(size=(40, 6))
+    assert similarity(measure, np.repeat(x, 2, axis=0), np.repeat(y, 2, axis=0)) == pytest.approx(
+        similarity(measure, x, y), abs=1e-10)

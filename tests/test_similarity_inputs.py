@@ -97,3 +97,28 @@ def test_reversed_numpy_views_are_accepted_by_every_input_path():
     assert cka(x_reversed, y_reversed) == pytest.approx(cka(x[::-1].copy(), y[::-1, ::-1].copy()), abs=1e-12)
     assert cca(x_reversed, y_reversed).mean == pytest.approx(cca(x, y).mean, abs=1e-10)  # a row order is irrelevant
     assert procrustes_distance(x_reversed, x_reversed) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_an_unknown_measure_option_is_named(rng):
+    x = rng.normal(size=(20, 3))
+    with pytest.raises(InputError, match=r"^measure 'cka' has no option 'nope'; it takes kernel, debiased, "
+                                         r"sigma_fraction, form, bandwidth$"):
+        similarity("cka", x, x, nope=1)
+    with pytest.raises(InputError, match=r"^measure 'procrustes' has no option 'keep'; it takes no options$"):
+        similarity("procrustes", x, x, keep=2)
+    with pytest.raises(InputError, match="measure 'cca' has no option 'keep'; it takes rtol"):
+        similarity("cca", x, x, keep=2)
+    assert similarity("svcca", x, x, keep=2) == pytest.approx(1.0)
+
+
+@pytest.mark.filterwarnings("ignore:plain CKA with 2 datapoints:repana.similarity.RepanaWarning")
+def test_plain_cka_of_two_datapoints_warns_that_it_is_degenerate(rng):
+    from repana.similarity import RepanaWarning, cka
+
+    x, y = rng.normal(size=(2, 16)), rng.normal(size=(2, 16))
+    with pytest.warns(RepanaWarning, match="plain CKA is degenerate here: X has effective rank 1 = its 2 distinct"):
+        assert cka(x, y) == pytest.approx(1.0)
+    with pytest.warns(RepanaWarning, match="cka is degenerate here: X has effective rank 4 = its 5 distinct "
+                                           r"datapoints - 1 \(100 rows, 5 distinct\) with 16 features"):
+        similarity("cka", np.repeat(rng.normal(size=(5, 16)), 20, axis=0),
+                   np.repeat(rng.normal(size=(5, 16)), 20, axis=0))

@@ -22,6 +22,7 @@ def test_procrustes_hand_derived():
     assert similarity("procrustes", X_HAND, Y_HAND) == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore::repana.similarity.RepanaWarning")  # the wide case is degenerate on purpose
 def test_procrustes_invariances_and_wide_inputs(rng):
     x = rng.normal(size=(80, 12))
     y = np.tanh(x @ rng.normal(size=(12, 9))) + 0.3 * rng.normal(size=(80, 9))
@@ -78,3 +79,35 @@ def test_layouts_are_named_and_sequence_reductions():
         reduce_activations(torch.zeros(2, 3, 4, 4), "conv", "first")
     with pytest.raises(InputError, match=r"not flat \(n, features\)"):
         reduce_activations(seq, "flat", None)
+
+
+def test_procrustes_is_named_like_cka_and_svcca_and_the_module_import_still_works(rng):
+    import repana.similarity as similarity_package
+    from repana.similarity import procrustes
+    from repana.similarity.procrustes import procrustes_similarity as from_module
+
+    x, y = rng.normal(size=(30, 4)), rng.normal(size=(30, 5))
+    assert procrustes is procrustes_similarity is from_module
+    assert "procrustes" in similarity_package.__all__
+    assert procrustes(x, y) == similarity("procrustes", x, y)
+
+
+@pytest.mark.parametrize("shape", [(2, 16), (50, 20000)])
+def test_procrustes_on_unrelated_saturated_data_warns_with_the_effective_rank(rng, shape):
+    """2 datapoints, or 50 x 20000 Gaussian data: the centred rank is n - 1, unrelated data score near 1."""
+    from repana.similarity import RepanaWarning
+
+    x, y = rng.normal(size=shape), rng.normal(size=shape)
+    with pytest.warns(RepanaWarning, match=rf"procrustes is degenerate here: X has effective rank {shape[0] - 1} "
+                                           rf"= its {shape[0]} distinct datapoints - 1"):
+        value = procrustes_similarity(x, y)
+    assert value > 0.999
+
+
+def test_procrustes_on_healthy_data_does_not_warn(rng):
+    import warnings
+
+    x, y = rng.normal(size=(200, 8)), rng.normal(size=(200, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert procrustes_similarity(x, y) < 0.5

@@ -237,7 +237,7 @@ EXAMPLE = textwrap.dedent('''\
     frame = compare_models(model_a, model_b, batch, layers_a=["embeddings", "encoder.layer.?"],
                            measures=["cka", "cka_debiased"], reduction="tokens", batch_size=32)
     figure = plot_similarity_heatmap(frame, label_a="BERT, seed 0", label_b="BERT, seed 1")
-    atomic_savefig(figure, "figures/transformer_example.png", dpi=150)
+    atomic_savefig(figure, "out/transformer_example.png", dpi=150)
 ''')
 
 
@@ -250,7 +250,8 @@ def test_readme_transformer_example_runs(transformers, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "readme_transformer_example"}
     exec(compile(EXAMPLE, "README.md", "exec"), namespace)
-    assert (tmp_path / "figures" / "transformer_example.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "out" / "transformer_example.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "figures").exists()  # the committed figures are never rewritten
     frame = namespace["frame"]
     cka_values = frame[frame.measure == "cka"].set_index(["layer_a", "layer_b"])["value"]
     # Two random networks share only the structure of their inputs (the same tokens at the same positions):

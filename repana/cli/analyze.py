@@ -25,7 +25,7 @@ import argparse
 from pathlib import Path
 
 from repana.analysis.registry import ANALYSIS_MODULES as ANALYSES   # stdlib-only module: --help stays fast
-from repana.cli.checks import check_output_dir
+from repana.cli.checks import check_output_dir, check_seed
 from repana.errors import InputError
 
 
@@ -93,6 +93,7 @@ def run(args) -> int:
     from repana.plots import paper as plots
 
     check_output_dir(args.out, "--out")
+    check_seed(args.seed)
     analysis = get_analysis(args.analysis)
     low, high = analysis.n_checkpoints
     given = len(args.checkpoint)

@@ -86,3 +86,28 @@ def check_checkpoint_file(path: str | os.PathLike) -> Path:
                 else "pass a checkpoint file, e.g. RUN/checkpoints/latest.pt or RUN/checkpoints/step_001000.pt")
         raise InputError(f"{path} is a folder, not a checkpoint file: {hint}")
     return path
+
+
+def check_seed(value: int | None, flag: str = "--seed") -> int | None:
+    """Raise :class:`InputError` unless ``value`` is None or a seed from 0 to
+    :data:`repana.seeds.MAX_SEED`; return it."""
+    from repana.seeds import seed_problem
+
+    if value is not None and (problem := seed_problem(value, flag)) is not None:
+        raise InputError(problem.replace(f"{flag} = ", f"{flag} ", 1))
+    return value
+
+
+def check_figure_file(path: str | os.PathLike, flag: str, example_name: str = "figure.png") -> Path:
+    """:func:`check_output_file`, and :class:`InputError` unless matplotlib can write the file's format
+    (its suffix: png, pdf, svg, ...)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = check_output_file(path, flag, example_name)
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    suffix = path.suffix.lstrip(".").lower()
+    if suffix not in formats:
+        what = f"format {suffix!r}" if suffix else "no file suffix"
+        raise InputError(f"{flag} {path} has {what}; figures are written as {', '.join(formats)} "
+                         f"(e.g. {path.with_suffix('.png')})")
+    return path

@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from repana.cli.checks import check_seed
 from repana.errors import InputError
 
 CONV_REDUCTIONS = ("flatten", "positions", "mean")
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     shared = _json_object(args.factory_kwargs, "--factory-kwargs")
     kwargs_a = {**shared, **_json_object(args.factory_kwargs_a, "--factory-kwargs-a")}
     kwargs_b = {**shared, **_json_object(args.factory_kwargs_b, "--factory-kwargs-b")}
+    check_seed(args.seed)
     out = Path(args.out)
     _check_writable_folder(out)  # before any work
 
@@ -128,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
                                                                sort=False)
         print(f"{measure} (rows: A, columns: B), {int(frame['n_datapoints'].iloc[0])} datapoints")
         print(table.round(3).to_string())
+        flagged = int(frame.loc[frame["measure"] == measure, "degenerate"].sum())
+        if flagged:
+            print(f"{flagged} of these values are degenerate (near 1 by construction: a layer's effective rank "
+                  "reaches its distinct datapoints - 1; column 'degenerate' of similarity.csv)")
     print(f"wrote {out / 'similarity.csv'}, {out / 'heatmap.png'}, {out / 'heatmap.pdf'}", file=sys.stderr)
     return 0
 

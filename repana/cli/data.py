@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from repana.cli.checks import check_output_dir, check_output_file
+from repana.cli.checks import check_figure_file, check_output_dir, check_seed
 from repana.errors import InputError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -164,7 +164,8 @@ def episode_figure(episode, class_names: list[str], title: str = ""):
 
 
 def run_show(args) -> int:
-    check_output_file(args.out, "--out", "episode.png")
+    check_figure_file(args.out, "--out", "episode.png")
+    check_seed(args.seed)
     from repana.data import EpisodeSampler, load_splits
     from repana.io import atomic_savefig
 
@@ -180,7 +181,7 @@ def run_show(args) -> int:
 
 
 def run_grid(args) -> int:
-    check_output_file(args.out, "--out", "grid.png")
+    check_figure_file(args.out, "--out", "grid.png")
     from matplotlib.figure import Figure
 
     from repana.data import load_splits

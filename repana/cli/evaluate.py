@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from repana.cli.checks import check_checkpoint_file, check_device, check_output_file
+from repana.cli.checks import check_checkpoint_file, check_device, check_output_file, check_seed
 from repana.errors import InputError
 
 
@@ -163,6 +163,7 @@ def _use_automatic_threads(model_config: dict, images: int) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     check_checkpoint_file(args.checkpoint)
+    check_seed(args.seed)
     if args.csv is not None:
         check_output_file(args.csv, "--csv", "episodes.csv")
     if args.episodes is not None and args.episodes < 1:

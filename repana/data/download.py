@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -185,6 +186,19 @@ def load_manifest(path: str | os.PathLike) -> dict[str, dict[str, str]]:
     return manifest
 
 
+URL_SCHEMES = ("https", "http", "ftp", "file")  # what urllib.request opens
+
+
+def check_url(url: str, name: str) -> str:
+    """``url`` when urllib can open it (scheme in :data:`URL_SCHEMES` and a location), else InputError
+    naming the archive ``name``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in URL_SCHEMES or not (parts.netloc or parts.path.strip("/")):
+        raise InputError(f"the URL of archive {name} is {url!r}, not a URL: give https://HOST/PATH "
+                         f"(schemes: {', '.join(URL_SCHEMES)})")
+    return url
+
+
 def download_omniglot(root=None, archives=DEFAULT_OMNIGLOT_ARCHIVES, base_url: str | None = None,
                       urls: dict[str, str] | None = None, checksums: dict[str, str] | None = None,
                       manifest: dict[str, dict[str, str]] | None = None, extract: bool = True,
@@ -204,14 +218,18 @@ def download_omniglot(root=None, archives=DEFAULT_OMNIGLOT_ARCHIVES, base_url: s
     unknown = [a for a in archives if a not in entries]
     if unknown:
         raise InputError(f"unknown Omniglot archive(s) {', '.join(unknown)}; known: {', '.join(entries)}")
+    sources = {}
+    for name in archives:
+        file = entries[name].get("file", f"{name}.zip")
+        url = (urls or {}).get(name) or (f"{base_url.rstrip('/')}/{file}" if base_url else None) \
+            or entries[name].get("url") or f"{OMNIGLOT_BASE_URL}/{file}"
+        sources[name] = (file, check_url(url, name))  # every URL before the first download
     folder = resolve_data_root(root) / "omniglot"
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name in archives:
         entry = entries[name]
-        file = entry.get("file", f"{name}.zip")
-        url = (urls or {}).get(name) or (f"{base_url.rstrip('/')}/{file}" if base_url else None) \
-            or entry.get("url") or f"{OMNIGLOT_BASE_URL}/{file}"
+        file, url = sources[name]
         path = download_file(url, folder / file, expected_checksum(entry), timeout=timeout)
         if extract:
             extract_zip(path, folder)

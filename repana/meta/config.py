@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from repana.errors import ConfigError
+from repana.seeds import seed_problem
 
 DATASETS = ("glyphs", "omniglot", "miniimagenet")
 # Split names each dataset knows ("" = the dataset's default: glyphs "default", omniglot "auto" (the
@@ -152,9 +153,11 @@ class TrainConfig:
                 raise ConfigError(f"{key} = {getattr(self, key)} must be at least 1")
         if self.ways < 2:
             raise ConfigError(f"ways = {self.ways} must be at least 2 (a 1-way task has nothing to learn)")
-        for key in ["iterations", "val_every", "checkpoint_every", "inner_steps_test", "seed", "threads"]:
+        for key in ["iterations", "val_every", "checkpoint_every", "inner_steps_test", "threads"]:
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} = {getattr(self, key)} must not be negative")
+        if (problem := seed_problem(self.seed, "seed")) is not None:
+            raise ConfigError(problem)
         for key in ["inner_lr", "outer_lr"]:
             value = getattr(self, key)
             if not (value > 0 and value < float("inf")):
@@ -272,6 +275,9 @@ def load_toml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not a TOML text file: byte {error.start} is not UTF-8 "
+                          f"({error.reason}); give a .toml file") from None
 
 
 def list_presets() -> list[str]:

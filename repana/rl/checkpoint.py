@@ -12,8 +12,6 @@ checkpoint, anything else) raises :class:`repana.errors.CheckpointError` naming 
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -46,13 +44,11 @@ def save_rl_checkpoint(path, *, config: dict, policy_config: dict, state_dict: d
 
 
 def _read(path) -> object:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt): {err}") from err
+    """The unpickled file (``weights_only``); CheckpointError for a missing, empty, truncated or foreign file
+    (:func:`repana.data.safe_pickle.torch_load`: one line naming what the file is)."""
+    from repana.data.safe_pickle import torch_load
+
+    return torch_load(Path(path), what="checkpoint", error_class=CheckpointError)
 
 
 def is_rl_checkpoint(path) -> bool:

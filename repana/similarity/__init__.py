@@ -19,8 +19,13 @@ from repana.similarity.stats import (BootstrapResult, NullBaseline, PermutationR
                                      null_baseline, permutation_test)
 from repana.similarity.streaming import MinibatchCKA, StreamingLinearCKA
 
+#: The Procrustes similarity under the name of its measure, like ``cka`` and ``svcca``. It takes the place of
+#: the submodule's attribute here; ``from repana.similarity.procrustes import procrustes_similarity`` still
+#: imports from the module.
+procrustes = procrustes_similarity
+
 __all__ = [
-    "cca", "svcca", "pwcca", "cka", "procrustes_similarity", "procrustes_distance",
+    "cca", "svcca", "pwcca", "cka", "procrustes", "procrustes_similarity", "procrustes_distance",
     "similarity", "list_measures", "register_measure", "get_measure", "Measure",
     "reduce_conv", "reduce_activations", "REDUCTIONS", "SEQUENCE_REDUCTIONS", "LAYOUTS",
     "bootstrap_ci", "permutation_test", "null_baseline",

@@ -32,7 +32,9 @@ to float64 before any check (see :func:`repana.similarity.cka` for the accepted 
 
 Sample size rule (an error, not a warning): two subspaces of dimensions ``k_x`` and ``k_y`` in the
 ``(n - 1)``-dimensional space of centred datapoints share at least ``k_x + k_y - (n - 1)`` directions, so
-whenever ``k_x + k_y >= n`` at least one canonical correlation is exactly 1 by construction. Every
+whenever ``k_x + k_y >= n`` at least one canonical correlation is exactly 1 by construction. ``n`` counts
+distinct datapoints (:func:`repana.similarity.datapoints.distinct_datapoints`): 5 rows repeated 20 times
+are 5 datapoints. Every
 CCA-family measure raises :class:`~repana.errors.InputError` then, naming the numbers and the fixes.
 Even below that limit CCA is biased upwards when ``n`` is not much larger than ``k_x + k_y``.
 """
@@ -45,6 +47,7 @@ import numpy as np
 import torch
 
 from repana.errors import InputError
+from repana.similarity.datapoints import distinct_datapoints
 from repana.similarity.representation import Representation, as_representation, check_pair
 
 WEIGHTS_FROM = ("x", "y")
@@ -196,12 +199,15 @@ def _check_sample_size(n: int, kx: int, ky: int, rx: Representation, ry: Represe
     if kx == 0 or ky == 0:
         raise InputError(f"{measure}: {rx.name if kx == 0 else ry.name} has no direction above the rank "
                          f"tolerance (numerically constant)")
-    if kx + ky >= n:
+    distinct = n if kx + ky >= n else distinct_datapoints(rx, ry)
+    if kx + ky >= distinct:
+        counted = f"{n} datapoints" if distinct == n else f"{n} datapoints but only {distinct} distinct ones"
         raise InputError(
-            f"{measure}: {n} datapoints but {kx} + {ky} = {kx + ky} directions kept in {rx.name} "
-            f"({rx.d} features) and {ry.name} ({ry.d} features); with n <= k_x + k_y at least one canonical "
-            f"correlation is 1 by construction. Needs more than {kx + ky} datapoints: use svcca with fewer "
-            f"directions (keep=<int>), reduce_conv(acts, 'positions') or 'mean' for conv maps, or more datapoints")
+            f"{measure}: {counted} and {kx} + {ky} = {kx + ky} directions kept in {rx.name} "
+            f"({rx.d} features) and {ry.name} ({ry.d} features); with distinct datapoints <= k_x + k_y at least "
+            f"one canonical correlation is 1 by construction. Needs more than {kx + ky} distinct datapoints: use "
+            f"svcca with fewer directions (keep=<int>), reduce_conv(acts, 'positions') or 'mean' for conv maps, "
+            f"or more datapoints")
 
 
 def _canonical_correlations(rx: Representation, ry: Representation, kx: int, ky: int, rtol: float | None,

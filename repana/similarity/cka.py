@@ -22,6 +22,7 @@ import torch
 
 from repana.errors import InputError
 from repana.similarity._arrays import warn
+from repana.similarity.datapoints import warn_if_degenerate
 from repana.similarity.representation import BANDWIDTHS, Representation, as_representation, check_pair
 
 KERNELS = ("linear", "rbf")
@@ -52,12 +53,17 @@ def cka(X, Y, kernel: str = "linear", debiased: bool = False, sigma_fraction: fl
             (both exact; forcing one is for testing and benchmarking; ``"feature"`` is linear-only).
 
     Returns:
-        CKA as a Python float in [0, 1] (debiased: can dip below 0).
+        CKA as a Python float in [0, 1] (debiased: can dip below 0). Plain CKA warns (RepanaWarning) when the
+        value is degenerate: a side's centred rank reaches its distinct datapoints - 1
+        (:mod:`repana.similarity.datapoints`).
     """
     rx = as_representation(X, "X", min_datapoints=4 if debiased else 2)
     ry = as_representation(Y, "Y", min_datapoints=4 if debiased else 2)
-    return cka_from_representations(rx, ry, kernel=kernel, debiased=debiased,
-                                    sigma_fraction=sigma_fraction, form=form, bandwidth=bandwidth)
+    value = cka_from_representations(rx, ry, kernel=kernel, debiased=debiased,
+                                     sigma_fraction=sigma_fraction, form=form, bandwidth=bandwidth)
+    if not debiased:
+        warn_if_degenerate("plain CKA", rx, ry)
+    return value
 
 
 def cka_from_representations(rx: Representation, ry: Representation, kernel: str = "linear",

@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from repana.similarity.datapoints import warn_if_degenerate
 from repana.similarity.representation import Representation, as_representation, check_pair
 
 
@@ -19,8 +20,14 @@ def procrustes_similarity(X, Y) -> float:
     """``||X^T Y||_*`` of centred, unit-Frobenius-norm ``X (n, d_x)`` and ``Y (n, d_y)``; 1 iff ``Y = X R``.
 
     Inputs as for every measure (any float dtype, lists, DataFrames; any magnitude: the unit-norm scaling
-    happens after an exact power-of-two rescaling, so 1e200-scaled data give the same value, never 0)."""
-    return procrustes_similarity_from_representations(as_representation(X, "X"), as_representation(Y, "Y"))
+    happens after an exact power-of-two rescaling, so 1e200-scaled data give the same value, never 0).
+    Warns (RepanaWarning) when the value is degenerate: a side's centred rank reaches its distinct
+    datapoints - 1 (:mod:`repana.similarity.datapoints`). Also exported as ``repana.similarity.procrustes``,
+    named like ``cka`` and ``svcca``."""
+    rx, ry = as_representation(X, "X"), as_representation(Y, "Y")
+    value = procrustes_similarity_from_representations(rx, ry)
+    warn_if_degenerate("procrustes", rx, ry)
+    return value
 
 
 def procrustes_distance(X, Y) -> float:
