@@ -98,6 +98,9 @@ def init_from_environment(device: str = "cpu") -> tuple[DistributedContext | Non
 
 
 def shutdown() -> None:
-    """Leave the process group (if any)."""
+    """Leave the process group (if any), after every rank has arrived: a rank that tore its gloo group down
+    while a peer still validated or wrote checkpoints aborted that peer ("terminate called without an active
+    exception")."""
     if torch_dist.is_initialized():
+        torch_dist.barrier()
         torch_dist.destroy_process_group()
