@@ -56,7 +56,7 @@ def check_count(value: int, flag: str, limit: int, minimum: int = 1, what: str =
 def check_inner_lr(lr: float, steps: int | None = None, name: str = "inner lr") -> float:
     """``lr`` when it is a finite number in ``[0, MAX_INNER_LR]``, else an :class:`InputError` naming it
     as ``name`` (e.g. "--lr"), with ``steps`` when given."""
-    with_steps = "" if steps is None else f" (with {steps} inner steps)"
+    with_steps = "" if steps is None else f" (with {steps} inner step{'' if steps == 1 else 's'})"
     try:
         lr = float(lr)
     except (TypeError, ValueError):

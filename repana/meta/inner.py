@@ -182,8 +182,8 @@ def check_finite_logits(logits: torch.Tensor, spec: InnerLoop) -> torch.Tensor:
         if spec.steps == 0:
             raise InputError("the network gives non-finite query logits before any inner step (non-finite "
                              "weights or inputs)")
-        raise InputError(f"the inner loop diverged: {spec.steps} steps of lr {spec.lr:g} give non-finite query "
-                         "logits; use a smaller lr or fewer steps")
+        raise InputError(f"the inner loop diverged after {_steps_of(spec)}: non-finite query logits; use a "
+                         "smaller lr or fewer steps")
     return logits
 
 
@@ -191,8 +191,12 @@ def check_finite_params(params: Mapping[str, torch.Tensor], spec: InnerLoop) -> 
     """Raise :class:`InputError` naming ``spec``'s lr and steps when an adapted weight is not finite."""
     bad = next((n for n, p in params.items() if not bool(torch.isfinite(p.detach()).all())), None)
     if bad is not None:
-        raise InputError(f"the inner loop diverged: {spec.steps} steps of lr {spec.lr:g} give non-finite "
-                         f"adapted weights ({bad}); use a smaller lr or fewer steps")
+        raise InputError(f"the inner loop diverged after {_steps_of(spec)}: non-finite adapted weights ({bad}); "
+                         "use a smaller lr or fewer steps")
+
+
+def _steps_of(spec: InnerLoop) -> str:
+    return f"{spec.steps} step{'' if spec.steps == 1 else 's'} of lr {spec.lr:g}"
 
 
 def _as_batch(support_x, support_y, query_x=None):
