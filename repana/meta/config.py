@@ -322,8 +322,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 def _fit_save_steps(values: dict, source: str) -> None:
     """Drop the ``save_steps`` of ``values`` beyond its ``iterations`` (a ConfigWarning names them)."""
     iterations, save_steps = values.get("iterations"), values.get("save_steps")
-    if not isinstance(iterations, int) or not isinstance(save_steps, list):
-        return
+    if not isinstance(iterations, int) or not 1 <= iterations <= MAX_ITERATIONS or not isinstance(save_steps, list):
+        return   # impossible iterations: validate names them
     beyond = [s for s in save_steps if isinstance(s, int) and s > iterations]
     if beyond:
         values["save_steps"] = [s for s in save_steps if s not in beyond]
