@@ -23,3 +23,7 @@ class CheckpointError(RepanaError):
 
 class ConfigError(RepanaError, ValueError):
     """A configuration with unknown keys or impossible values."""
+
+
+class ConfigWarning(UserWarning):
+    """A configuration that runs, but not entirely as written (the warning says what changed)."""

@@ -342,3 +342,90 @@ def test_compare_with_two_datapoints_says_the_values_are_degenerate(tmp_path, fa
     assert out.count("1 of these values are degenerate (near 1 by construction") == 2
     frame = pd.read_csv(tmp_path / "out" / "similarity.csv")
     assert frame["degenerate"].tolist() == [True, True]
+
+
+# ----- values that gave silent wrong results or unbounded work: refused at once -----
+
+@pytest.mark.parametrize("lr, needle", [("nan", "--lr nan (with 1 inner step) is not a finite number"),
+                                        ("1e308", "--lr 1e+308 (with 1 inner step) is above the limit of 100"),
+                                        ("-1", "--lr -1 (with 1 inner step) must not be negative")])
+def test_evaluate_and_predict_refuse_a_non_finite_or_absurd_lr(lr, needle, checkpoint, episode, capsys, no_work):
+    assert main(["evaluate", str(checkpoint), "--steps", "1", "--lr", lr]) == 1
+    one_line_error(capsys, "repana evaluate: error: " + needle)
+    support, query = episode
+    assert main(["predict", str(checkpoint), "--support", str(support), "--query", str(query), "--steps", "1",
+                 "--lr", lr]) == 1
+    one_line_error(capsys, "repana predict: error: " + needle)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--episodes", "1000000000"], "--episodes 1000000000 is above the limit of 100,000"),
+    (["--steps", "100000000"], "--steps 100000000 is above the limit of 1,000"),
+])
+def test_evaluate_refuses_work_above_the_limits(argv, needle, checkpoint, capsys, no_work):
+    assert main(["evaluate", str(checkpoint), *argv]) == 1
+    one_line_error(capsys, needle, "repana/limits.py")
+
+
+@pytest.fixture
+def no_analysis_work(monkeypatch, no_work):
+    import repana.analysis.registry as registry
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the analysis loaded a checkpoint before checking its arguments")
+
+    monkeypatch.setattr(registry, "load_analysis_checkpoint", refuse)
+
+
+@pytest.mark.parametrize("argv, needle", [(["--lr", "nan"], "--lr nan is not a finite number"),
+                                          (["--queries", "0"], "--queries 0 must be at least 1"),
+                                          (["--episodes", "1000000000"],
+                                           "--episodes 1000000000 is above the limit of 100,000")])
+def test_analyze_checks_lr_queries_and_episodes_before_working(argv, needle, checkpoint, tmp_path, capsys,
+                                                               no_analysis_work):
+    assert main(["analyze", "freezing", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "a"), *argv]) == 1
+    one_line_error(capsys, "repana analyze: error: " + needle)
+
+
+def test_evaluate_refuses_contradictory_layer_sets(checkpoint, capsys):
+    assert main(["evaluate", str(checkpoint), "--freeze", "conv1", "--adapt", "conv1"]) == 1
+    one_line_error(capsys, "--freeze and --adapt both name conv1")
+    # the checkpoint is ANIL's: the head adapts, so freezing it leaves nothing to adapt
+    assert main(["evaluate", str(checkpoint), "--freeze", "head"]) == 1
+    one_line_error(capsys, "--freeze head freezes every layer that adapts (head)", "pass --adapt with no layer")
+    assert main(["evaluate", str(checkpoint), "--freeze", "conv1", "--adapt", "conv2", "head", "--episodes", "2"]) == 0
+    assert "adapting conv2,head" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("iterations, needle", [
+    ("0", "iterations = 0 must be at least 1"),
+    ("99999999999999999999999", "iterations = 99999999999999999999999 is above the limit of 1,000,000"),
+])
+def test_train_refuses_no_iterations_and_absurd_iterations(iterations, needle, tmp_path, capsys, no_work):
+    assert main(["train", "--preset", "quick", "--iterations", iterations, "--out", str(tmp_path / "run")]) == 1
+    one_line_error(capsys, "repana train: error: " + needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_refused_pickle_checkpoint_advises_what_the_command_has(tmp_path, capsys):
+    """evaluate has no --unsafe-pickle (only compare does): the advice is load_checkpoint in Python."""
+    import fractions
+
+    path = tmp_path / "obj.pt"
+    torch.save({"format": "repana-checkpoint", "x": fractions.Fraction(1, 3)}, path)
+    assert main(["evaluate", str(path)]) == 1
+    err = one_line_error(capsys, "repana evaluate: error:", "load_checkpoint(path, unsafe_pickle=True)")
+    assert "--unsafe-pickle" not in err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--dataset", "omniglot", "--data-root", "MISSING"], "Omniglot not found under"),
+    (["--threads", "-1"], "--threads -1 must be at least 1"),
+    (["--seeds", "100000"], "--seeds 100000 is above the limit of 100"),
+    (["--max-workers", "4"], "--max-workers: --plan only writes the jobs"),
+])
+def test_reproduce_plan_refuses_what_its_jobs_could_not_do(argv, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "--out", "out", "--plan", "plan", *argv]) == 1
+    one_line_error(capsys, "repana reproduce: error: " + needle)
+    assert not (tmp_path / "plan").exists()

@@ -49,10 +49,13 @@ def test_train_resume_and_evaluate(tmp_path, capsys):
     assert float(match.group(1)) == pytest.approx(100 * frame.accuracy.mean(), abs=0.01)
     assert float(match.group(2)) == pytest.approx(100 * 1.96 * frame.accuracy.std(ddof=0) / 10 ** 0.5, abs=0.01)
 
-    # adapting conv4 + head with conv4 frozen leaves only the head adapting
+    # a layer both adapted and frozen is a contradiction, refused; the run's default minus --freeze is not
     assert main(["evaluate", str(run / "checkpoints" / "latest.pt"), "--episodes", "5", "--adapt", "conv4,head",
-                 "--freeze", "conv4", "--steps", "1"]) == 0
-    assert "adapting head)" in capsys.readouterr().out
+                 "--freeze", "conv4", "--steps", "1"]) == 1
+    assert "--freeze and --adapt both name conv4" in capsys.readouterr().err
+    assert main(["evaluate", str(run / "checkpoints" / "latest.pt"), "--episodes", "5", "--adapt", "conv4,head",
+                 "--steps", "1"]) == 0
+    assert "adapting conv4,head)" in capsys.readouterr().out
 
     # an existing run is not overwritten without --resume
     assert main(["train", "--preset", "quick", "--iterations", "4", *TINY, "--out", str(run)]) == 1
@@ -143,3 +146,42 @@ def test_tensorboard_missing_is_one_line(tmp_path, capsys, monkeypatch):
     assert err == ("repana train: error: TensorBoard logging needs the tensorboard package, which is not "
                    "installed: pip install 'repana[tensorboard]' (or: pip install tensorboard)")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_short_run_keeps_the_presets_checkpoints_that_fit_and_says_so(tmp_path, capsys):
+    run = tmp_path / "short"
+    assert main(["train", "--preset", "quick", "--set", "iterations=2", "--set", "hidden=8",
+                 "--set", "val_episodes=5", "--set", "threads=1", "--out", str(run)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["repana train: warning: iterations = 2: the preset quick's save_steps [100, 200] lie beyond the "
+                   "run, so only [0] are kept (set save_steps to choose others)"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest.pt", "step_000000.pt",
+                                                                       "step_000002.pt"]
+
+
+def test_two_trains_on_one_run_folder_the_second_names_the_first(tmp_path, capsys):
+    """A second writer is refused with the holder's pid; metrics.csv has each step once."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    root = Path(__file__).resolve().parents[1]
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from repana.run_lock import locked_run_folder\n"
+                               "with locked_run_folder(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)",
+                               str(run)], stdout=subprocess.PIPE, text=True, cwd=root)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["train", "--preset", "quick", "--iterations", "2", *TINY, "--out", str(run)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err == (f"repana train: error: run folder {run} is in use: process {holder.pid} is training in it "
+                       f"(lock {run / '.repana.lock'}); wait for it to end or choose another --out")
+        assert not (run / "metrics.csv").exists() and not (run / "config.toml").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the killed holder's lock file is left behind; the kernel released its lock, so the run takes it over
+    assert (run / ".repana.lock").read_text().strip() == str(holder.pid)
+    assert main(["train", "--preset", "quick", "--iterations", "2", *TINY, "--out", str(run)]) == 0
+    steps = pd.read_csv(run / "metrics.csv").query("split == 'train'").step.tolist()
+    assert steps == [2]

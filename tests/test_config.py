@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
+import warnings
 
 import pytest
 
-from repana.errors import ConfigError
+from repana.errors import ConfigError, ConfigWarning
 from repana.meta.config import (TrainConfig, list_presets, load_config, parse_override, preset_values,
                                 to_toml)
 
@@ -134,3 +136,38 @@ def test_bn_inner_loop_defaults_to_true_and_round_trips_through_toml(tmp_path):
     path = tmp_path / "config.toml"
     path.write_text(to_toml(config))
     assert load_config(path=path) == config
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"iterations": 0}, "iterations = 0 must be at least 1"),
+    ({"iterations": 10 ** 23}, "iterations = 100000000000000000000000 is above the limit of 1,000,000"),
+    ({"test_episodes": 10 ** 9}, "test_episodes = 1000000000 is above the limit of 100,000"),
+    ({"inner_steps_test": 10 ** 8}, "inner_steps_test = 100000000 is above the limit of 1,000"),
+    ({"queries_test": 10 ** 6}, "queries_test = 1000000 is above the limit of 600"),
+    ({"inner_lr": 101.0}, "inner_lr = 101 (101 on the mean loss) is above the limit of 100"),
+])
+def test_no_iterations_and_sizes_above_the_limits_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(preset="quick", overrides=overrides)
+
+
+def test_the_lr_limit_applies_in_the_mean_loss_convention():
+    # MAML's 20-way Omniglot: 0.1 summed over 20 classes is 2.0 on the mean loss, far below the limit
+    assert load_config(preset="omniglot-20way-1shot").mean_loss_inner_lr() == pytest.approx(2.0)
+    with pytest.raises(ConfigError, match=re.escape("inner_lr = 6 (120 on the mean loss) is above the limit")):
+        load_config(preset="omniglot-20way-1shot", overrides={"inner_lr": 6.0})
+
+
+def test_a_shortened_run_keeps_the_save_steps_that_fit_and_warns():
+    assert load_config(preset="quick").save_steps == [0, 100, 200]
+    with pytest.warns(ConfigWarning, match=re.escape("save_steps [100, 200] lie beyond the run, so only [0] are "
+                                                     "kept")):
+        assert load_config(preset="quick", overrides={"iterations": 2}).save_steps == [0]
+    with pytest.warns(ConfigWarning, match=re.escape("[200] lie beyond")):
+        assert load_config(preset="quick", overrides={"iterations": 150}).save_steps == [0, 100]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # nothing dropped, nothing said
+        assert load_config(preset="quick", overrides={"iterations": 300}).save_steps == [0, 100, 200]
+    # save_steps given with the iterations are the user's: beyond the run they stay an error
+    with pytest.raises(ConfigError, match="save_steps"):
+        load_config(preset="quick", overrides={"iterations": 2, "save_steps": [0, 5]})

@@ -151,3 +151,45 @@ def test_folded_evaluation_logits_equal_the_per_episode_loop_in_float64(pooling,
     grouped = evaluate(model, batch, steps=4, lr=0.5, bn_support_query=bn_support_query)
     looped = evaluate(model, batch, steps=4, lr=0.5, bn_support_query=bn_support_query, fold=False)
     np.testing.assert_array_equal(grouped.per_episode, looped.per_episode)
+
+
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), 1e308, -0.5])
+def test_a_non_finite_negative_or_absurd_lr_is_refused_before_any_episode(model, lr):
+    from repana.meta.inner import InnerLoop
+
+    batch = episodes(0)
+    with pytest.raises(InputError, match="lr"):
+        evaluate(model, batch, steps=3, lr=lr)
+    with pytest.raises(InputError, match="lr"):
+        predict(model, batch.support_x[0], batch.support_y[0], batch.query_x[0], steps=3, lr=lr)
+    with pytest.raises(InputError, match="lr"):   # every caller of the inner-loop dispatcher
+        InnerLoop(3, lr)
+
+
+def test_too_many_inner_steps_are_refused_with_the_limit(model):
+    from repana.limits import MAX_INNER_STEPS
+
+    with pytest.raises(InputError, match=f"above the limit of {MAX_INNER_STEPS:,}"):
+        evaluate(model, episodes(0), steps=100_000_000, lr=0.4)
+
+
+def _diverging_model(model):
+    """``model`` with its head scaled by 1e30: one inner step of lr 0.4 sends the adapted weights to inf."""
+    diverging = copy.deepcopy(model)
+    with torch.no_grad():
+        diverging.head.weight.mul_(1e30)
+    return diverging
+
+
+@pytest.mark.parametrize("fold", [None, True, False])
+def test_an_inner_loop_that_diverges_is_an_error_naming_lr_and_steps(model, fold):
+    from repana.meta.inner import InnerLoop, adapt_tasks
+
+    diverging, batch = _diverging_model(model), episodes(0)
+    with pytest.raises(InputError, match="diverged after 2 steps of lr 0.4: non-finite query logits"):
+        evaluate(diverging, batch, steps=2, lr=0.4, fold=fold)
+    params = {n: p.detach() for n, p in diverging.named_parameters()}
+    with pytest.raises(InputError, match="diverged after 2 steps of lr 0.4: non-finite adapted weights"):
+        adapt_tasks(diverging, params, batch.support_x, batch.support_y, InnerLoop(2, 0.4))
+    # the same network with a sane head is evaluated as before
+    assert 0 <= evaluate(model, batch, steps=2, lr=0.4, fold=fold).accuracy <= 1

@@ -248,3 +248,14 @@ def test_rl_resume_keeps_the_recorded_threads_and_refuses_an_explicit_change(tmp
     assert torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)["runtime"]["threads"] == 1
     monkeypatch.setenv("REPANA_ALLOW_THREAD_CHANGE", "1")
     train_rl(config.replace(iterations=3, torch_threads=2), tmp_path / "run", progress_bar=False)
+
+
+def test_a_held_run_folder_is_refused_before_any_work(tmp_path):
+    import os
+
+    from repana.run_lock import RunFolderBusy, locked_run_folder
+
+    with locked_run_folder(tmp_path / "run"):
+        with pytest.raises(RunFolderBusy, match=f"is in use: process {os.getpid()} is training in it"):
+            train_rl(dict(TINY_NAV, dtype="float32"), tmp_path / "run", iterations=1, algorithm="maml")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".repana.lock"]

@@ -134,3 +134,22 @@ def test_local_executor_runs_rl_jobs_and_resumes_an_interrupted_one(tmp_path):
     uninterrupted = load_rl_checkpoint(tmp_path / "straight" / "checkpoints" / "latest.pt")["state_dict"]
     assert all(torch.equal(resumed["state_dict"][k], v) for k, v in uninterrupted.items())
     assert [r.status for r in run_jobs([maml, anil], executor="local", log=lines.append)] == ["reused", "reused"]
+
+
+def test_a_job_whose_run_folder_another_process_holds_is_reported_not_trained_twice(tmp_path):
+    import os
+
+    from repana.data.glyphs import load_glyph_splits
+    from repana.run_lock import locked_run_folder
+
+    data = load_glyph_splits(n_train=40, n_val=8, n_test=20)
+    (job,) = expand_jobs({"maml": load_config(overrides={**TINY, "name": "maml", "algorithm": "maml", "seed": 0})},
+                         seeds=1, settings=["5way-1shot"], runs_dir=tmp_path)
+    lines = []
+    with locked_run_folder(job.run_dir):   # held as by another process (flock: per open file, not per process)
+        with pytest.raises(JobsFailedError) as failure:
+            run_jobs([job], executor="inline", data=data, log=lines.append)
+    ((status, error),) = [(r.status, r.error) for r in failure.value.results]
+    assert status == "failed" and f"is in use: process {os.getpid()} is training in it" in error
+    assert sorted(p.name for p in job.run_dir.iterdir()) == [".repana.lock"]   # neither job.toml nor metrics
+    assert [r.status for r in run_jobs([job], executor="inline", data=data, log=lines.append)] == ["trained"]

@@ -262,3 +262,26 @@ def test_rl_job_command_goes_through_repana_train(tmp_path, capsys):
     # the shell line of the plan skips the finished job
     shell = job.shell_command()
     assert subprocess.run(["bash", "-c", shell.split(" || ")[0]]).returncode == 0
+
+
+def test_expand_jobs_refuses_more_seeds_than_the_limit():
+    with pytest.raises(ConfigError, match=r"^seeds = 100000 is above the limit of 100 per network"):
+        expand_jobs(base_configs(), seeds=100_000, settings=["5way-1shot"])
+
+
+def test_a_reproduction_plan_carries_threads_and_checks_its_data(tmp_path):
+    from repana.analysis.reproduce import write_reproduction_plan
+
+    path = write_reproduction_plan(tmp_path / "plan", out=tmp_path / "out", only=["freezing"], threads=3)
+    jobs = read_plan(path)
+    assert jobs and {job.config.threads for job in jobs} == {3}
+    assert "#SBATCH --cpus-per-task=3" in (tmp_path / "plan" / "slurm.sh").read_text()
+    rl = read_plan(write_reproduction_plan(tmp_path / "rl-plan", out=tmp_path / "out", rl_envs=["2d-navigation"],
+                                           threads=2))
+    assert {job.config.torch_threads for job in rl} == {2}
+    from repana.errors import DataError
+
+    with pytest.raises(DataError, match="Omniglot not found under"):
+        write_reproduction_plan(tmp_path / "missing-plan", dataset="omniglot", data_root=tmp_path / "MISSING",
+                                out=tmp_path / "out", only=["freezing"])
+    assert not (tmp_path / "missing-plan").exists()

@@ -303,6 +303,10 @@ def reproduce(preset: str = "quick", dataset: str = "glyphs", data_root: str | P
     if rl_envs:
         return _reproduce_rl(preset, rl_envs, selected, entries, out, iterations_scale, rl_overrides, seeds,
                              threads, show_progress, log, executor, max_workers, address)
+    if data is None:
+        from repana.data.registry import check_dataset_files
+
+        check_dataset_files(dataset, data_root)   # before any job is started on data it would not find
     needed = sorted({net for analysis in selected for net in analysis.networks}, key=network_order)
     plan = training_plan(preset, dataset, data_root, iterations_scale, train_overrides, settings, seeds, needed,
                          runs_dir=out / "runs", device=device)
@@ -350,12 +354,19 @@ def write_reproduction_plan(plan_dir: str | Path, preset: str = "quick", dataset
                             analyses_dir: str | Path | None = None, only: list[str] | None = None,
                             settings: list[str] | None = None, seeds: int = 1, device: str = "cpu",
                             iterations_scale: float = 1.0, train_overrides: dict | None = None,
-                            rl_envs=None, rl_overrides: dict | None = None) -> Path:
+                            rl_envs=None, rl_overrides: dict | None = None, threads: int | None = None) -> Path:
     """The training jobs :func:`reproduce` would run, written as a plan for another scheduler (SLURM arrays,
     GNU parallel: see :func:`repana.runs.write_plan`); returns the plan file. Run folders are those of
     ``<out>/runs``, so ``reproduce`` with the same arguments afterwards reuses them. ``rl_envs``: the RL
-    jobs of those environments instead (:func:`rl_training_plan`)."""
+    jobs of those environments instead (:func:`rl_training_plan`). ``threads``: torch threads of every
+    job (its config's ``threads`` / ``torch_threads``, and the SLURM array's ``--cpus-per-task``; None:
+    automatic, one CPU per SLURM task). The dataset's files are checked first
+    (:func:`repana.data.registry.check_dataset_files`): a plan whose jobs cannot find their data is not
+    written."""
+    from repana.data.registry import check_dataset_files
     from repana.runs import write_plan
+
+    cpus = {"cpus_per_job": threads} if threads else {}
 
     entries = load_entries(preset, analyses_dir)
     kind = "rl" if rl_envs else "supervised"
@@ -366,14 +377,19 @@ def write_reproduction_plan(plan_dir: str | Path, preset: str = "quick", dataset
     known = {name for name in known if _chosen(name, only)}
     if rl_envs:
         networks = {net for name in known for net in get_analysis(name).networks}
+        if threads:
+            rl_overrides = {**(rl_overrides or {}), "torch_threads": threads}
         plan = rl_training_plan(preset, rl_envs, iterations_scale, rl_overrides, seeds,
                                 [n for n in RL_RUNS if n in networks], runs_dir=Path(out).resolve() / "runs")
-        return write_plan(plan, plan_dir)
+        return write_plan(plan, plan_dir, **cpus)
     needed = sorted({net for name in known for net in get_analysis(name).networks}, key=network_order)
     root = Path(data_root).resolve() if data_root else None
+    check_dataset_files(dataset, root)
+    if threads:
+        train_overrides = {**(train_overrides or {}), "threads": threads}
     plan = training_plan(preset, dataset, root, iterations_scale, train_overrides, settings, seeds, needed,
                          runs_dir=Path(out).resolve() / "runs", device=device)
-    return write_plan(plan, plan_dir)
+    return write_plan(plan, plan_dir, **cpus)
 
 
 def _analyse_setting(setting: str, jobs: list[Job], selected: list, entries: dict, preset: str, data: dict,

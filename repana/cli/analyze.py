@@ -27,6 +27,7 @@ from pathlib import Path
 from repana.analysis.registry import ANALYSIS_MODULES as ANALYSES   # stdlib-only module: --help stays fast
 from repana.cli.checks import check_output_dir, check_seed
 from repana.errors import InputError
+from repana.limits import check_command_options
 
 
 def register(subparsers) -> None:
@@ -100,8 +101,7 @@ def run(args) -> int:
     if given < low or (high is not None and given > high):
         wanted = f"exactly {low}" if low == high else f"at least {low}" if high is None else f"{low} to {high}"
         raise InputError(f"analysis {analysis.name!r} takes {wanted} --checkpoint (got {given})")
-    if args.episodes is not None and args.episodes < 1:
-        raise InputError("--episodes must be at least 1")
+    check_command_options(episodes=args.episodes, steps=args.steps, lr=args.lr, queries=args.queries)
     if analysis.kind == "rl":
         given = [f"--{flag.replace('_', '-')}" for flag in ("steps", "lr", "dataset", "data_root", "iterations")
                  if getattr(args, flag) is not None]

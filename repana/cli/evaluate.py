@@ -12,6 +12,7 @@ from pathlib import Path
 
 from repana.cli.checks import check_checkpoint_file, check_device, check_output_file, check_seed
 from repana.errors import InputError
+from repana.limits import check_command_options
 
 
 def register(subparsers) -> None:
@@ -86,7 +87,8 @@ def _layers(values: list[str] | str | None) -> list[str]:
 
 def trainable_names(model, config, adapt_layers: list[str] | str | None, freeze: list[str] | str | None) -> list[str]:
     """Parameter names of ``model`` (a torch module) that adapt: the run's default (or
-    ``adapt_layers``) minus ``freeze``."""
+    ``adapt_layers``) minus ``freeze``. A layer named in both, or a ``freeze`` that leaves nothing of
+    what would adapt, is an InputError (``adapt_layers=[]`` asks for no adaptation explicitly)."""
     from repana.meta.train import eval_trainable
 
     names = [n for n, _ in model.named_parameters()]
@@ -94,13 +96,22 @@ def trainable_names(model, config, adapt_layers: list[str] | str | None, freeze:
     for layer in _layers(adapt_layers) + _layers(freeze):
         if layer not in layers:
             raise InputError(f"layer {layer!r} does not exist; layers are {', '.join(model.layer_names)}")
+    frozen = set(_layers(freeze))
     if adapt_layers is not None:
+        both = [layer for layer in model.layer_names if layer in frozen and layer in set(_layers(adapt_layers))]
+        if both:
+            raise InputError(f"--freeze and --adapt both name {', '.join(both)}: a layer either adapts or stays "
+                             "frozen; name it in one of them")
         chosen = [n for n in names if n.split(".", 1)[0] in set(_layers(adapt_layers))]
     else:
         default = eval_trainable(config)
         chosen = [n for n in names if default(n)]
-    frozen = set(_layers(freeze))
-    return [n for n in chosen if n.split(".", 1)[0] not in frozen]
+    kept = [n for n in chosen if n.split(".", 1)[0] not in frozen]
+    if chosen and not kept:
+        raise InputError(f"--freeze {' '.join(_layers(freeze))} freezes every layer that adapts "
+                         f"({', '.join(sorted({n.split('.', 1)[0] for n in chosen}, key=model.layer_names.index))}), "
+                         "so nothing would adapt; to evaluate without adaptation pass --adapt with no layer")
+    return kept
 
 
 # ----- evaluate -----
@@ -166,8 +177,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     check_seed(args.seed)
     if args.csv is not None:
         check_output_file(args.csv, "--csv", "episodes.csv")
-    if args.episodes is not None and args.episodes < 1:
-        raise InputError(f"--episodes {args.episodes} must be at least 1")
+    check_command_options(episodes=args.episodes, steps=args.steps, lr=args.lr)
     from repana.rl.checkpoint import is_rl_checkpoint
 
     if is_rl_checkpoint(args.checkpoint):
@@ -230,6 +240,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     check_checkpoint_file(args.checkpoint)
     _refuse_rl_checkpoint(args.checkpoint, "predict")
+    check_command_options(steps=args.steps, lr=args.lr)
     device = check_device(args.device)
     if args.out is not None:
         check_output_file(args.out, "--out", "predictions.csv")

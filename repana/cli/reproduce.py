@@ -15,7 +15,8 @@ jobs in parallel worker processes, one per free core or GPU; ``--executor ray`` 
 cluster at ``--address``), runs every analysis of ``analyses/*.toml``, writes
 ``<out>/tables/<setting>/*.csv``, ``<out>/figures/<setting>/*.png|pdf`` and ``<out>/report.md``.
 ``--plan DIR`` only writes the plan (one ``repana train`` command per job, a GNU parallel list and a
-SLURM array script) for another scheduler; rerun without ``--plan`` once the jobs are done.
+SLURM array script) for another scheduler, after checking that the dataset's files are there; ``--threads``
+goes into every job (and the SLURM array's --cpus-per-task). Rerun without ``--plan`` once the jobs are done.
 Rerunning an interrupted command continues where it stopped; a failed job leaves the others intact.
 
 ``--rl`` reproduces Table 2's RL rows instead of the supervised analyses (their own report): MAML and
@@ -33,6 +34,7 @@ import argparse
 from pathlib import Path
 
 from repana.cli.checks import check_device, check_output_dir
+from repana.limits import MAX_SEEDS
 
 
 def register(subparsers) -> None:
@@ -83,6 +85,17 @@ def run(args) -> int:
 
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}: train at least 1 seed per network (the paper uses 3)")
+    if args.seeds > MAX_SEEDS:
+        raise ConfigError(f"--seeds {args.seeds} is above the limit of {MAX_SEEDS} (each seed trains every network "
+                          "of every setting; the paper uses 3); see repana/limits.py")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads {args.threads} must be at least 1 (leave it out for the automatic count)")
+    if args.plan:
+        unused = [flag for flag, value in (("--max-workers", args.max_workers), ("--address", args.address),
+                                           (f"--executor {args.executor}", args.executor != "local")) if value]
+        if unused:
+            raise ConfigError(f"{', '.join(unused)}: --plan only writes the jobs for another scheduler, which "
+                              "chooses where they run; drop them, or drop --plan to run the jobs here")
     if args.rl and args.device != "cpu":
         raise ConfigError(f"--device {args.device}: RL jobs train on the CPU; drop --device with --rl")
     check_device(args.device)
@@ -104,7 +117,7 @@ def run(args) -> int:
     if args.plan:
         from repana.analysis.reproduce import write_reproduction_plan
 
-        path = write_reproduction_plan(plan_dir=args.plan, device=args.device, **common)
+        path = write_reproduction_plan(plan_dir=args.plan, device=args.device, threads=args.threads, **common)
         print(f"plan: {path} (run its commands, then rerun this command without --plan for the analyses)")
         return 0
     report = reproduce(threads=args.threads, executor=args.executor, max_workers=args.max_workers,

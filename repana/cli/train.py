@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tomllib
+import warnings
 from pathlib import Path
 
 from repana.cli.checks import check_device, check_output_dir
-from repana.errors import ConfigError, InputError
+from repana.errors import ConfigError, ConfigWarning, InputError
 
 # mirrors repana.rl.config.PRESETS (that module imports torch; this one must stay light)
 RL_PRESETS = ("rl-2dnav", "rl-halfcheetah-dir", "rl-halfcheetah-vel")
@@ -73,7 +75,15 @@ def resolve_config(args: argparse.Namespace):
         if args.resume and args.out is not None:
             return read_run_config(args.out).replace(**overrides)
         raise ConfigError("give --preset NAME or --config FILE (or --out RUN --resume)")
-    return load_config(preset=args.preset, path=args.config, overrides=overrides)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConfigWarning)
+        config = load_config(preset=args.preset, path=args.config, overrides=overrides)
+    for warning in caught:   # one line each, as the errors are
+        if issubclass(warning.category, ConfigWarning):
+            print(f"repana train: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    return config
 
 
 def _read_toml(path: Path) -> dict | None:

@@ -20,6 +20,7 @@ import torch
 
 from repana.data.dataset import ImageClassDataset
 from repana.errors import InputError
+from repana.limits import MAX_EPISODES, check_count
 
 
 @dataclass
@@ -296,9 +297,11 @@ def fixed_episodes(ds: ImageClassDataset, n_episodes: int = 600, ways: int = 5, 
                    queries: int = 15, seed: int = 0) -> FixedEpisodes:
     """The same ``n_episodes`` tasks for every algorithm and ablation evaluated with this seed.
 
-    Returns a :class:`FixedEpisodes` (indices; images are materialised per chunk).
+    Returns a :class:`FixedEpisodes` (indices; images are materialised per chunk). At most
+    :data:`repana.limits.MAX_EPISODES` episodes (their indices are held in memory).
     """
     _check_positive("n_episodes", n_episodes)
+    check_count(n_episodes, "n_episodes =", MAX_EPISODES, what="166x the paper's 600 test episodes")
     sampler = EpisodeSampler(ds, ways=ways, shots=shots, queries=queries, seed=seed)
     indices, class_ids = sampler.sample_indices(n_episodes)
     return FixedEpisodes(ds, indices, class_ids, shots)

@@ -29,6 +29,26 @@ def list_datasets() -> list[str]:
     return list(DATASETS)
 
 
+def check_dataset_files(name: str, root=None):
+    """The folder holding dataset ``name``'s files under the data ``root`` (None for glyphs, which are
+    generated); a :class:`repana.errors.DataError` naming what is missing otherwise. Reads no image: the
+    check a plan makes before it writes jobs that would all load this data."""
+    from repana.paths import resolve_data_root
+
+    if name not in DATASETS:
+        raise InputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if name == "glyphs":
+        return None
+    root = resolve_data_root(root)
+    if name == "omniglot":
+        from repana.data.omniglot import find_omniglot_folder
+
+        return find_omniglot_folder(root)
+    from repana.data.miniimagenet import find_miniimagenet_folder
+
+    return find_miniimagenet_folder(root)[0]
+
+
 def load_splits(name: str, root=None, split: str | None = None, **options) -> dict[str, ImageClassDataset]:
     """``{"train", "val", "test"}`` :class:`ImageClassDataset` of dataset ``name``.
 

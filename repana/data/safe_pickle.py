@@ -72,6 +72,7 @@ def safe_load(path: str | os.PathLike):
 # pickle stream starting with protocol 2 and this magic number.
 TORCH_LEGACY_PREFIX = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 UNSAFE_OPTION = "--unsafe-pickle"
+UNSAFE_ADVICE = f"pass {UNSAFE_OPTION}"   # repana compare's opt-in; what torch_load advises by default
 
 
 def is_pickle_stream(path: str | os.PathLike) -> bool:
@@ -114,13 +115,14 @@ def _weights_only_refusal(message: str) -> str | None:
 
 
 def torch_load(path: str | os.PathLike, *, unsafe_pickle: bool = False, what: str = "file",
-               error_class: type[Exception] = DataError, map_location="cpu"):
+               error_class: type[Exception] = DataError, map_location="cpu", opt_in: str = UNSAFE_ADVICE):
     """``torch.load`` of ``path`` (``weights_only`` unless ``unsafe_pickle``) with one clear error line.
 
     Raises ``error_class`` naming the file when it does not exist, when it is not a torch file at all
     (random bytes, a truncated archive: "not a torch checkpoint (truncated or corrupt)"), when safe
-    loading refused a pickled object (torch's reason in full, and ``--unsafe-pickle`` as the opt-in
-    for trusted files), or when torch cannot read it otherwise.
+    loading refused a pickled object (torch's reason in full, and ``opt_in`` as the way to load a
+    trusted file: ``--unsafe-pickle`` of ``repana compare`` by default; callers on other paths name
+    theirs), or when torch cannot read it otherwise.
     """
     import pickle
     import zipfile
@@ -151,8 +153,7 @@ def torch_load(path: str | os.PathLike, *, unsafe_pickle: bool = False, what: st
         if refusal is not None:
             raise error_class(f"{what} {path} holds pickled Python objects that safe loading (torch.load "
                               f"weights_only=True) refuses, and nothing in it was run: {refusal} If you trust "
-                              f"the file, pass {UNSAFE_OPTION} to load it with full pickle (which can run "
-                              "code)") from None
+                              f"the file, {opt_in} (full pickle, which can run code)") from None
         first = " ".join(message.split("\n\n", 1)[0].split())
         raise error_class(f"{what} {path} is truncated or corrupt and cannot be read "
                           f"({type(error).__name__}: {first})") from None

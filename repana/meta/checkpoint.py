@@ -239,6 +239,10 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
+# evaluate, predict, analyze and train have no --unsafe-pickle: the opt-in for a trusted checkpoint is Python
+CHECKPOINT_UNSAFE_ADVICE = "load it in Python with repana.meta.checkpoint.load_checkpoint(path, unsafe_pickle=True)"
+
+
 def load_checkpoint(path: str | Path, expected_model_config: dict | None = None,
                     unsafe_pickle: bool = False) -> Checkpoint:
     """Read and check a checkpoint (CPU tensors).
@@ -252,7 +256,8 @@ def load_checkpoint(path: str | Path, expected_model_config: dict | None = None,
     from repana.data.safe_pickle import torch_load
 
     path = Path(path)
-    payload = torch_load(path, unsafe_pickle=unsafe_pickle, what="checkpoint", error_class=CheckpointError)
+    payload = torch_load(path, unsafe_pickle=unsafe_pickle, what="checkpoint", error_class=CheckpointError,
+                         opt_in=CHECKPOINT_UNSAFE_ADVICE)
     if isinstance(payload, dict) and payload.get("format") == "repana-rl-checkpoint":
         raise CheckpointError(f"{path} is an RL checkpoint (a meta-trained policy), not a repana checkpoint of "
                               "a supervised model: `repana evaluate` takes it (returns before / after "

@@ -30,12 +30,14 @@ import dataclasses
 import os
 import tomllib
 import typing
+import warnings
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from repana.errors import ConfigError
+from repana.errors import ConfigError, ConfigWarning
+from repana.limits import MAX_EPISODES, MAX_INNER_LR, MAX_INNER_STEPS, MAX_ITERATIONS, MAX_QUERIES
 from repana.seeds import seed_problem
 
 DATASETS = ("glyphs", "omniglot", "miniimagenet")
@@ -53,6 +55,16 @@ DATASET_SPLITS: dict[str, tuple[str, ...]] = {
 INNER_LOOP_ALGORITHMS = ("maml", "fomaml", "anil", "boil", "reptile")
 OTHER_ALGORITHMS = ("multitask", "nil", "nil_training", "pretrain", "multiclass")
 ALGORITHMS = INNER_LOOP_ALGORITHMS + OTHER_ALGORITHMS
+# (key, upper limit, reason): repana.limits holds the numbers and their sources
+LIMITS: tuple[tuple[str, int, str], ...] = (
+    ("iterations", MAX_ITERATIONS, "16x the paper's longest run"),
+    ("inner_steps_train", MAX_INNER_STEPS, "100x the paper's 10 steps"),
+    ("inner_steps_test", MAX_INNER_STEPS, "100x the paper's 10 steps"),
+    ("val_episodes", MAX_EPISODES, "166x the paper's 600 test episodes"),
+    ("test_episodes", MAX_EPISODES, "166x the paper's 600 test episodes"),
+    ("queries_train", MAX_QUERIES, "the images of a MiniImageNet class"),
+    ("queries_test", MAX_QUERIES, "the images of a MiniImageNet class"),
+)
 CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": DATASETS,
     "algorithm": ALGORITHMS,
@@ -153,7 +165,14 @@ class TrainConfig:
                 raise ConfigError(f"{key} = {getattr(self, key)} must be at least 1")
         if self.ways < 2:
             raise ConfigError(f"ways = {self.ways} must be at least 2 (a 1-way task has nothing to learn)")
-        for key in ["iterations", "val_every", "checkpoint_every", "inner_steps_test", "threads"]:
+        if self.iterations < 1:
+            raise ConfigError(f"iterations = {self.iterations} must be at least 1 (a run with no meta-iteration "
+                              "has no training loss or accuracy to report)")
+        for key, limit, why in LIMITS:
+            if getattr(self, key) > limit:
+                raise ConfigError(f"{key} = {getattr(self, key)} is above the limit of {limit:,} ({why}); "
+                                  "see repana/limits.py")
+        for key in ["val_every", "checkpoint_every", "inner_steps_test", "threads"]:
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} = {getattr(self, key)} must not be negative")
         if (problem := seed_problem(self.seed, "seed")) is not None:
@@ -162,6 +181,10 @@ class TrainConfig:
             value = getattr(self, key)
             if not (value > 0 and value < float("inf")):
                 raise ConfigError(f"{key} = {value} must be a positive finite number")
+        if self.mean_loss_inner_lr() > MAX_INNER_LR:
+            raise ConfigError(f"inner_lr = {self.inner_lr:g} ({self.mean_loss_inner_lr():g} on the mean loss) is above "
+                              f"the limit of {MAX_INNER_LR:g} (50x the largest of the paper's settings); "
+                              "see repana/limits.py")
         if self.algorithm in INNER_LOOP_ALGORITHMS and self.inner_steps_train < 1:
             raise ConfigError(f"inner_steps_train = {self.inner_steps_train}: {self.algorithm} needs at "
                               "least 1 inner step in training")
@@ -308,11 +331,26 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def _fit_save_steps(values: dict, source: str) -> None:
+    """Drop the ``save_steps`` of ``values`` beyond its ``iterations`` (a ConfigWarning names them)."""
+    iterations, save_steps = values.get("iterations"), values.get("save_steps")
+    if not isinstance(iterations, int) or not 1 <= iterations <= MAX_ITERATIONS or not isinstance(save_steps, list):
+        return   # impossible iterations: validate names them
+    beyond = [s for s in save_steps if isinstance(s, int) and s > iterations]
+    if beyond:
+        values["save_steps"] = [s for s in save_steps if s not in beyond]
+        warnings.warn(f"iterations = {iterations}: the {source}'s save_steps {beyond} lie beyond the run, so only "
+                      f"{values['save_steps']} are kept (set save_steps to choose others)", ConfigWarning,
+                      stacklevel=3)
+
+
 def load_config(preset: str | None = None, path: str | Path | None = None,
                 overrides: Iterable[str] | Mapping[str, Any] = ()) -> TrainConfig:
     """Defaults <- preset or TOML file <- overrides, validated.
 
     ``overrides``: strings ``"key=value"`` or a mapping. The preset's name becomes ``name`` unless set.
+    Overrides that shorten ``iterations`` without naming ``save_steps`` keep the preset's or file's
+    save_steps that fit in the run; a :class:`repana.errors.ConfigWarning` names those dropped.
     """
     if preset is not None and path is not None:
         raise ConfigError("give either a preset or a config file, not both")
@@ -332,6 +370,9 @@ def load_config(preset: str | None = None, path: str | Path | None = None,
     overridden = dict(items)
     if "dataset" in overridden and overridden["dataset"] != base_dataset and "split" not in overridden:
         values["split"] = ""
+    # a run shortened by the overrides keeps the preset's or file's save_steps that fit, and says so
+    if "iterations" in overridden and "save_steps" not in overridden:
+        _fit_save_steps(values, str(path or (f"preset {preset}" if preset else "config")))
     return from_dict(values, source=str(path or (f"preset {preset}" if preset else "config")))
 
 

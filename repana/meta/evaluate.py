@@ -8,7 +8,10 @@ Conventions (each changes the numbers; all are stated in docs/meta.md):
   The model is put in ``eval()`` mode while evaluating (matters only for ``bn_stats="running"``).
 * **Adaptation** (``method="adapt"``): ``steps`` first-order gradient steps of size ``lr`` on the
   support loss of the ``trainable`` parameters (all by default; ``{"conv4", "head"}`` freezes
-  conv1..conv3 — the layer-freezing ablation; an empty set means no adaptation).
+  conv1..conv3 — the layer-freezing ablation; an empty set means no adaptation). A non-finite lr, one
+  above :data:`repana.limits.MAX_INNER_LR` or more than :data:`repana.limits.MAX_INNER_STEPS` steps are
+  refused before any episode; an inner loop that diverges (non-finite logits) raises InputError naming
+  lr and steps (:mod:`repana.meta.inner`).
 * **NIL** (``method="nil"``): the head is dropped; see :mod:`repana.meta.nil`.
 * **Confidence interval**: ``ci95 = 1.96 * std(per_episode) / sqrt(n_episodes)`` with the population
   std (``ddof=0``, as numpy's default in the MAML/ANIL evaluation code), over *episodes* — not a std
@@ -26,6 +29,7 @@ import numpy as np
 import torch
 
 from repana.errors import InputError
+from repana.limits import MAX_INNER_STEPS, check_count, check_inner_lr
 from repana.meta.adapt import Trainable, normalise_loss_reduction
 from repana.meta.batched import task_features
 from repana.meta.inner import InnerLoop, query_logits_by_part
@@ -157,8 +161,11 @@ def _check_options(method: str, steps: int, lr: float, loss_reduction: str, bn_s
         raise InputError(f"method = {method!r} is not one of {METHODS}")
     if steps < 0:
         raise InputError(f"steps = {steps} must not be negative")
-    if method == "adapt" and steps > 0 and lr <= 0:
-        raise InputError(f"lr = {lr} must be positive")
+    if method == "adapt":
+        check_count(steps, "inner steps", MAX_INNER_STEPS, minimum=0, what="100x the paper's 10 test steps")
+        check_inner_lr(lr, steps)
+        if steps > 0 and lr <= 0:
+            raise InputError(f"lr = {lr} must be positive")
     if bn_support_query not in ("apart", "together"):
         raise InputError(f"bn_support_query = {bn_support_query!r} is not 'apart' or 'together'")
     return normalise_loss_reduction(loss_reduction)

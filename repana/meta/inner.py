@@ -26,6 +26,10 @@ otherwise (evaluation: detached parameters or ``torch.no_grad``) the steps are f
 logits are constants. The loss convention is handled once, by :func:`repana.meta.adapt.mean_loss_lr`:
 every path runs on the mean support loss.
 
+Bad steps are refused on every path: :class:`InnerLoop` takes a finite ``lr`` in ``[0, MAX_INNER_LR]`` and at
+most ``MAX_INNER_STEPS`` steps (:mod:`repana.limits`), and logits (or adapted weights) that are not finite, an
+inner loop that diverged, raise :class:`InputError` naming lr and steps instead of becoming predictions.
+
 Public API (what training, :mod:`repana.meta.evaluate` and :mod:`repana.analysis` call)::
 
     query_logits_by_part(model, params, support_x, support_y, query_x, spec) -> Iterator[(slice, logits)]
@@ -46,6 +50,7 @@ import torch
 from torch.func import functional_call
 
 from repana.errors import InputError
+from repana.limits import MAX_INNER_STEPS, check_count, check_inner_lr
 from repana.meta.adapt import (Trainable, adapt, first_trainable_layer, mean_loss_lr, normalise_loss_reduction,
                                resolve_trainable)
 from repana.meta.batched import (TRAIN_FOLD_BYTES, can_batch_head_only, can_fold, cpu_fold_pays, fold_group_size,
@@ -74,8 +79,8 @@ class InnerLoop:
     fold: bool | None = None
 
     def __post_init__(self):
-        if self.steps < 0:
-            raise InputError(f"steps = {self.steps} must not be negative")
+        check_count(self.steps, "inner steps", MAX_INNER_STEPS, minimum=0, what="100x the paper's 10 test steps")
+        check_inner_lr(self.lr, self.steps)
         if self.bn_support_query not in ("apart", "together"):
             raise InputError(f"bn_support_query = {self.bn_support_query!r} is not 'apart' or 'together'")
         normalise_loss_reduction(self.loss_reduction)
@@ -143,12 +148,13 @@ def query_logits_by_part(model: torch.nn.Module, params: Mapping[str, torch.Tens
     if path == "unadapted":
         with torch.set_grad_enabled(graph):
             logits = _unadapted_logits(model, params, support_x, query_x, together)
-        yield slice(0, tasks), logits  # outside the `with`: grad mode is the caller's while it holds the part
+        yield slice(0, tasks), check_finite_logits(logits, spec)  # outside the `with`: grad mode is the caller's while it holds the part
         return
     lr = mean_loss_lr(spec.lr, spec.loss_reduction, support_y)
     if path == "head_only":
-        yield slice(0, tasks), head_only_query_logits(model, params, support_x, support_y, query_x, spec.steps, lr,
-                                                      spec.trainable, first_order, "mean", together)
+        logits = head_only_query_logits(model, params, support_x, support_y, query_x, spec.steps, lr,
+                                        spec.trainable, first_order, "mean", together)
+        yield slice(0, tasks), check_finite_logits(logits, spec)
         return
     for start in range(0, tasks, group):
         part = slice(start, start + group)
@@ -166,7 +172,31 @@ def query_logits_by_part(model: torch.nn.Module, params: Mapping[str, torch.Tens
                     adapted = {n: p.detach() for n, p in adapted.items()}
                 logits = _episode_query_logits(model, adapted, support_x[start], query_x[start], together)
             logits = logits.unsqueeze(0)
-        yield part, logits
+        yield part, check_finite_logits(logits, spec)
+
+
+def check_finite_logits(logits: torch.Tensor, spec: InnerLoop) -> torch.Tensor:
+    """``logits`` when every value is finite, else an :class:`InputError` naming ``spec``'s lr and steps
+    (the inner loop diverged: a step too large for these weights, or non-finite weights)."""
+    if not bool(torch.isfinite(logits.detach()).all()):
+        if spec.steps == 0:
+            raise InputError("the network gives non-finite query logits before any inner step (non-finite "
+                             "weights or inputs)")
+        raise InputError(f"the inner loop diverged after {_steps_of(spec)}: non-finite query logits; use a "
+                         "smaller lr or fewer steps")
+    return logits
+
+
+def check_finite_params(params: Mapping[str, torch.Tensor], spec: InnerLoop) -> None:
+    """Raise :class:`InputError` naming ``spec``'s lr and steps when an adapted weight is not finite."""
+    bad = next((n for n, p in params.items() if not bool(torch.isfinite(p.detach()).all())), None)
+    if bad is not None:
+        raise InputError(f"the inner loop diverged after {_steps_of(spec)}: non-finite adapted weights ({bad}); "
+                         "use a smaller lr or fewer steps")
+
+
+def _steps_of(spec: InnerLoop) -> str:
+    return f"{spec.steps} step{'' if spec.steps == 1 else 's'} of lr {spec.lr:g}"
 
 
 def _as_batch(support_x, support_y, query_x=None):
@@ -201,7 +231,9 @@ def adapt_tasks(model: torch.nn.Module, params: Mapping[str, torch.Tensor], supp
         else:
             adapted = adapt(model, params, support_x[t], support_y[t], spec.steps, spec.lr, spec.trainable,
                             first_order=True, loss_reduction=spec.loss_reduction)
-        out.append({n: p.detach() for n, p in adapted.items()})
+        adapted = {n: p.detach() for n, p in adapted.items()}
+        check_finite_params(adapted, spec)
+        out.append(adapted)
     return out[0] if single else out
 
 

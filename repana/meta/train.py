@@ -15,6 +15,7 @@ parameters of an uninterrupted run, and ``metrics.csv`` is cut back to the check
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -34,6 +35,7 @@ from repana.meta.checkpoint import (Checkpoint, capture_rng_state, load_checkpoi
                                     restore_rng_state, save_checkpoint)
 from repana.meta.config import TrainConfig, from_dict, load_toml, to_toml
 from repana.progress import progress
+from repana.run_lock import locked_run_folder
 
 METRICS_COLUMNS = ("step", "split", "loss", "accuracy", "elapsed_s")
 # Keys that may differ between a run's config.toml and the config given to resume it.
@@ -341,13 +343,23 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, device
     thread count than the run's checkpoint records (default: ``$REPANA_ALLOW_THREAD_CHANGE`` = 1; else a
     ConfigError, as results are bit-identical only at the same count). Torch threads while training:
     :func:`training_threads` (``config.threads = 0``: automatic, or the resumed checkpoint's count).
+    The writer holds the run folder's lock (:mod:`repana.run_lock`) while it trains: a second process
+    training in the same folder gets :class:`repana.run_lock.RunFolderBusy` naming this one's pid.
     Returns a :class:`RunSummary`.
     """
+    config = config.validate()
+    writer = dist is None or dist.rank == 0
+    with locked_run_folder(run_dir) if writer else contextlib.nullcontext():
+        return _train_holding_the_folder(config, Path(run_dir), resume, device, data, algorithm, callback,
+                                         show_progress, dist, loggers, allow_thread_change)
+
+
+def _train_holding_the_folder(config: TrainConfig, run_dir: Path, resume: bool, device, data, algorithm, callback,
+                              show_progress, dist, loggers, allow_thread_change) -> RunSummary:
+    """:func:`train` once the run folder's lock is held (rank 0) or not needed (other ranks)."""
     from repana.models import build_model
     from repana.meta.evaluate import evaluate
 
-    config = config.validate()
-    run_dir = Path(run_dir)
     device = torch.device(device)
     writer = dist is None or dist.rank == 0
     ckpt_dir = run_dir / "checkpoints"

@@ -28,6 +28,7 @@ import torch
 from repana.errors import ConfigError, RepanaError
 from repana.io import atomic_save_csv, atomic_write_text
 from repana.progress import progress
+from repana.run_lock import locked_run_folder
 from repana.rl.checkpoint import load_rl_checkpoint, save_rl_checkpoint
 from repana.rl.config import RLConfig, resolve_config
 from repana.rl.envs import action_size, observation_size
@@ -157,12 +158,20 @@ def train_rl(config_or_preset, run_dir, resume: bool = True, progress_bar: bool 
     ``overrides`` replace config fields (``iterations=50, algorithm="anil"``). With ``resume`` a run
     folder holding ``checkpoints/latest.pt`` continues from it (its config must match except for
     ``iterations`` and ``checkpoint_every``); without, such a folder is refused.
-    ``callback(iteration, metrics)`` runs after each meta-update (tests use it to interrupt).
+    ``callback(iteration, metrics)`` runs after each meta-update (tests use it to interrupt). The run
+    folder's lock is held while it trains: a second process in the same folder gets
+    :class:`repana.run_lock.RunFolderBusy` naming this one's pid.
     """
     config = resolve_config(config_or_preset)
     if overrides:
         config = config.replace(**overrides)
-    run_dir = Path(run_dir)
+    with locked_run_folder(run_dir):
+        return _train_rl_holding_the_folder(config, Path(run_dir), resume, progress_bar, callback)
+
+
+def _train_rl_holding_the_folder(config: RLConfig, run_dir: Path, resume: bool, progress_bar: bool | None,
+                                 callback) -> dict:
+    """:func:`train_rl` once the run folder's lock (:mod:`repana.run_lock`) is held."""
     latest = run_dir / "checkpoints" / "latest.pt"
     if latest.exists() and not resume:
         raise ConfigError(f"{run_dir} already holds an RL run; pass resume=True or use a new folder")

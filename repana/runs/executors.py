@@ -16,7 +16,8 @@ and ``CUDA_VISIBLE_DEVICES``.
   a file system every node sees.
 
 Before anything runs, a job whose final checkpoint exists is ``"reused"``, one whose run folder was
-trained with other settings fails with that reason, and the others are started with ``--resume``
+trained with other settings fails with that reason, one whose run folder another process is training in
+now (its lock is held, :mod:`repana.run_lock`) fails naming that process, and the others are started with ``--resume``
 (``"resumed"`` when they already hold a checkpoint). A failing job does not stop the others: once all
 have finished, :class:`JobsFailedError` names each failed job with its error line, and rerunning the same
 jobs trains only what is still missing.
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from repana.errors import ConfigError, RepanaError
+from repana.run_lock import RunFolderBusy, check_run_folder_free
 from repana.runs.plan import Job, check_same_run, newest_checkpoint_step, write_job_config
 
 EXECUTORS = ("local", "ray", "inline")
@@ -180,8 +182,9 @@ def _prepare(jobs: Sequence[Job], say: _Log) -> tuple[list[JobResult], list[tupl
     done, to_run = [], []
     for job in jobs:
         try:
+            check_run_folder_free(job.run_dir)   # trained by another process now: neither rewritten nor run twice
             check_same_run(job)
-        except ConfigError as error:
+        except (ConfigError, RunFolderBusy) as error:
             say(job, f"FAILED before starting: {error}")
             done.append(JobResult(job.name, "failed", job.run_dir, error=str(error)))
             continue

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from repana.errors import ConfigError
+from repana.limits import MAX_SEEDS
 from repana.io import atomic_write_text
 from repana.meta.config import TrainConfig, from_dict, load_toml, to_toml
 from repana.rl.config import RLConfig, is_rl_config_values
@@ -193,6 +194,9 @@ def _check_seed_offsets(base_configs: Mapping) -> None:
 def _check_seeds(seeds) -> None:
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"seeds = {seeds!r}: train at least 1 seed per network (the paper uses 3)")
+    if seeds > MAX_SEEDS:
+        raise ConfigError(f"seeds = {seeds} is above the limit of {MAX_SEEDS} per network (the paper uses 3); "
+                          "see repana/limits.py")
 
 
 def expand_rl_jobs(base_configs: Mapping[str, Mapping[str, RLConfig]], seeds: int, runs_dir: str | Path = "runs"
