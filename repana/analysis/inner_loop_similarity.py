@@ -143,6 +143,7 @@ def layer_findings(maml: pd.DataFrame, inner_step: int) -> list[Finding]:
 
 
 def report(tables, context) -> Section:
+    from repana.analysis import paper_values
     from repana.analysis.report import figure_markdown, markdown_table
 
     summary = seed_summary(tables[f"{NAME}_summary"])
