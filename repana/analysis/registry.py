@@ -132,10 +132,6 @@ class Analysis:
     kind: str = "supervised"                                # checkpoints it reads: "supervised" or "rl"
     optional: bool = False                                  # reproduce: run only when named (--only), e.g. a grid
 
-    def table_file(self, table: str) -> str:
-        """CSV file name of one of its tables."""
-        return f"{table}.csv"
-
     def check_table_names(self, tables: Mapping[str, Any]) -> None:
         bad = [t for t in tables if t != self.name and not t.startswith(self.name + "_")]
         if bad:
