@@ -133,8 +133,8 @@ def compare_episodes(acts_a: Sequence[Mapping], acts_b: Sequence[Mapping] | None
             B (:func:`repana.similarity.null_baseline`, seed ``seed + first episode of the group``); NaN when
             the value is not finite.
         dtype: cast the reduced activations to this dtype before preparing them (None: keep). The rank
-            tolerance of CCA-family measures comes from the prepared dtype: ``torch.float64`` reproduces
-            ``repana.analysis.common.episode_similarity_rows``, which cast to float64 first.
+            tolerance of CCA-family measures comes from the prepared dtype (the paper analyses,
+            :func:`repana.analysis.common.episode_rows`, use ``torch.float64``).
 
     Returns:
         DataFrame with the columns :data:`EPISODE_COLUMNS`: ``episode`` (int, or ``"a-b"`` for a pooled group),

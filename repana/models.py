@@ -65,11 +65,6 @@ def is_batch_norm_parameter(name: str) -> bool:
         any(a == "shortcut" and b == "1" for a, b in zip(parts, parts[1:]))
 
 
-def head_parameter_names(names) -> list[str]:
-    """The names among ``names`` that :func:`is_head_parameter` selects, in order."""
-    return [n for n in names if is_head_parameter(n)]
-
-
 def layer_of(name: str) -> str:
     """The layer (a name in ``model.layer_names``) a parameter belongs to: ``"conv2.bn.weight"`` -> ``"conv2"``."""
     return name.split(".", 1)[0]

@@ -172,3 +172,16 @@ def test_errors_name_the_problem(tmp_path, checkpoints, capsys):
     assert main(["analyze", "freezing", "--checkpoint", str(checkpoints["maml"]), "--out", str(out),
                  "--set", "episodez=3"]) == 1
     assert "has no setting 'episodez'" in capsys.readouterr().err
+
+
+def test_older_analysis_names_give_the_current_analysis_with_a_note(tmp_path, capsys):
+    renamed = {"inner-loop": "inner_loop_similarity", "dynamics": "training_dynamics", "comparison": "maml_anil_nil",
+               "similarity": "maml_anil_similarity", "regimes": "training_regimes"}
+    for old, new in renamed.items():
+        assert get_analysis(old).name == new
+        assert capsys.readouterr().err == f"note: analysis {old!r} is now {new!r}\n"
+    assert get_analysis("head-needed").name == "head_needed" and capsys.readouterr().err == ""
+    # through the command line: the note, then the analysis runs its own checks (here: a missing checkpoint)
+    assert main(["analyze", "inner-loop", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "note: analysis 'inner-loop' is now 'inner_loop_similarity'" and "does not exist" in err[1]

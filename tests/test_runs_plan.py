@@ -285,3 +285,19 @@ def test_a_reproduction_plan_carries_threads_and_checks_its_data(tmp_path):
         write_reproduction_plan(tmp_path / "missing-plan", dataset="omniglot", data_root=tmp_path / "MISSING",
                                 out=tmp_path / "out", only=["freezing"])
     assert not (tmp_path / "missing-plan").exists()
+
+
+def test_a_run_written_before_a_setting_existed_has_its_default(tmp_path):
+    """config.toml of a run lacking a key (bn_inner_loop) reads as the key's default, not as a difference."""
+    from repana.meta.config import load_config, to_toml
+    from repana.runs.plan import Job, saved_config_differences
+
+    config = load_config(preset="quick", overrides={"bn_inner_loop": True})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    text = "\n".join(line for line in to_toml(config).splitlines() if not line.startswith("bn_inner_loop"))
+    (run_dir / "config.toml").write_text(text + "\n")
+    assert saved_config_differences(Job("5way-1shot/maml/seed0", config, run_dir)) == []
+    other = config.replace(bn_inner_loop=False)
+    assert saved_config_differences(Job("5way-1shot/maml/seed0", other, run_dir)) == [
+        "bn_inner_loop = False (run has True)"]

@@ -1173,12 +1173,6 @@ NOTES: tuple[str, ...] = (
     "below to 3.0 points above \"matches\"/\"comparable\"; 0.03 \"the same\" similarity), plus the "
     "reproduction's own noise. By the same band the issue's quick run (MAML 69.6, ANIL 75.1) does not agree "
     "with \"ANIL matches MAML\": ANIL 5.5 points above is outside what the paper calls comparable.",
-    "**Earlier repana text that this contradicts** (in modules this change does not edit): "
-    "`repana/analysis/freezing.py` gives the paper's 1-shot freezing row as 46.9, 46.5, 46.4, 46.3, 46.3 "
-    "(printed: 44.5, 44.8, 44.8, 44.7, 44.7), and `report.py` uses that row, says \"paper: -0.6 points\" "
-    "(printed: +0.2 in 1-shot, -1.5 in 5-shot), labels the paper's ± \"95% CI\", files the 1.7x / 4.1x "
-    "speed-ups under MiniImageNet 5-way 1-shot, and gives one regime order for Table 5 (it holds for 1-shot "
-    "only). `comparison.py`'s \"paper's 5 training / 10 test steps\" for the speed-ups is not in the text read.",
 )
 
 
@@ -1197,7 +1191,7 @@ def paper_markdown() -> str:
              f"- Version: {SOURCE.version}.", f"- Read in: {SOURCE.address}.",
              f"- How: {SOURCE.how_read}.",
              f"- Pages: {SOURCE.page_numbers}.", f"- Not in the text read: {SOURCE.lacks}.", "",
-             "## Notes (where the issue or earlier code differs from the text)", ""]
+             "## Notes (where the issue differs from the text)", ""]
     lines += [f"{i}. {note}" for i, note in enumerate(NOTES, 1)]
     for name, cells in TABLES.items():
         lines += ["", f"## {name}", "", f"Where: {cells[0].location}.", "",

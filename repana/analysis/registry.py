@@ -20,6 +20,7 @@ Each analysis module (``repana/analysis/<name>.py``) declares, in one place, eve
 from __future__ import annotations
 
 import importlib
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -132,10 +133,6 @@ class Analysis:
     kind: str = "supervised"                                # checkpoints it reads: "supervised" or "rl"
     optional: bool = False                                  # reproduce: run only when named (--only), e.g. a grid
 
-    def table_file(self, table: str) -> str:
-        """CSV file name of one of its tables."""
-        return f"{table}.csv"
-
     def check_table_names(self, tables: Mapping[str, Any]) -> None:
         bad = [t for t in tables if t != self.name and not t.startswith(self.name + "_")]
         if bad:
@@ -197,10 +194,22 @@ def check_checkpoint_kind(analysis: Analysis, checkpoint, where: str | Path | No
                      f"reads RL checkpoints (`repana train --preset rl-2dnav ...`): analyse it with one of {fitting}")
 
 
+# Older analysis names (``-`` and ``_`` are the same) -> the current name: get_analysis accepts both.
+RENAMED_ANALYSES = {"inner_loop": "inner_loop_similarity", "dynamics": "training_dynamics",
+                    "comparison": "maml_anil_nil", "similarity": "maml_anil_similarity",
+                    "regimes": "training_regimes"}
+
+
 def get_analysis(name: str) -> Analysis:
-    """The analysis called ``name`` (``-`` and ``_`` are the same); ConfigError naming the choices."""
+    """The analysis called ``name`` (``-`` and ``_`` are the same); ConfigError naming the choices.
+
+    A name of :data:`RENAMED_ANALYSES` gives the analysis it is now, with one note on stderr.
+    """
     _load_all()
     key = name.replace("-", "_")
+    if key in RENAMED_ANALYSES:
+        key = RENAMED_ANALYSES[key]
+        print(f"note: analysis {name!r} is now {key!r}", file=sys.stderr)
     if key not in _REGISTRY:
         raise ConfigError(f"unknown analysis {name!r}; choose one of {', '.join(list_analyses())}")
     return _REGISTRY[key]

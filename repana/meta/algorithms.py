@@ -329,8 +329,3 @@ def adapted_parameters(algorithm: str, **hyperparameters) -> Callable[[str], boo
     :func:`repana.meta.adapt.freeze_layers` to freeze layers further.
     """
     return get_algorithm(algorithm, ignore_unused=True, **hyperparameters).test_time_trainable
-
-
-def with_hyperparameters(algo: Algorithm, **changes) -> Algorithm:
-    """A copy of ``algo`` with some hyperparameters changed (validated again)."""
-    return get_algorithm(algo.name, **{**algo.hyperparameters, **changes})

@@ -126,12 +126,6 @@ class RLCheckpoint:
     def step(self) -> int:
         return self.iteration
 
-    def rl_config(self):
-        """The run's :class:`repana.rl.config.RLConfig`."""
-        from repana.rl.config import RLConfig
-
-        return RLConfig.from_dict(dict(self.data["config"]))
-
     def policy(self):
         """``(policy, RLConfig)`` with the checkpoint's weights."""
         policy, config, _ = load_policy(self.data)

@@ -273,7 +273,11 @@ def saved_config_differences(job: Job) -> list[str]:
     else:
         from repana.meta.train import RESUMABLE_CHANGES
 
-    saved, wanted = load_toml(saved_path), job.config.to_dict()
+    import dataclasses
+
+    # a key the run's config.toml lacks was written before that setting existed: the run has its default
+    defaults = {f.name: f.default for f in dataclasses.fields(job.config) if f.default is not dataclasses.MISSING}
+    saved, wanted = {**defaults, **load_toml(saved_path)}, job.config.to_dict()
     return [f"{key} = {wanted[key]!r} (run has {saved.get(key)!r})" for key in sorted(wanted)
             if key not in RESUMABLE_CHANGES and key != "name" and saved.get(key) != wanted[key]]
 
