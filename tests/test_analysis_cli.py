@@ -17,7 +17,7 @@ from repana.models import Conv4
 
 # tiny settings that override every analysis's preset (the flags of `repana analyze`)
 FAST = ["--episodes", "2", "--measure", "cka_debiased", "--iterations", "2", "--preset", "quick"]
-FAST_SETTINGS = {"inner_loop_similarity": ["steps=1"], "maml_anil_nil": ["speed_repeats=0"],
+FAST_SETTINGS = {"inner_loop_similarity": ["record_steps=[1]"], "maml_anil_nil": ["speed_repeats=0"],
                  "convergence": ["inner_steps=[1]", "eval_every=2", "cost_repeats=1"]}
 
 

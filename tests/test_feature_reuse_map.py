@@ -19,6 +19,8 @@ def test_regime_rule():
     assert regime(drop_paper=20.0, drop_converged=1.0, tolerance=1.5) == "head_steps"
     assert regime(drop_paper=20.0, drop_converged=8.0, tolerance=1.5) == "adapts"
     assert regime(drop_paper=-3.0, drop_converged=-4.0, tolerance=1.5) == "reused"   # freezing helps
+    # each drop against its own allowance: a noisy paper-protocol drop does not excuse a clear converged one
+    assert regime(drop_paper=30.0, drop_converged=12.3, tolerance=14.2, converged_tolerance=3.1) == "adapts"
 
 
 def _detail_rows(head_input, hidden, seed, none, frozen, anil, nil):

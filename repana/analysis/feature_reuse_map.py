@@ -157,17 +157,20 @@ def _per_seed(detail: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def regime(drop_paper: float, drop_converged: float, tolerance: float) -> str:
-    """A cell's regime (a key of :data:`REGIMES`) from its mean drops in points."""
+def regime(drop_paper: float, drop_converged: float, tolerance: float,
+           converged_tolerance: float | None = None) -> str:
+    """A cell's regime (a key of :data:`REGIMES`) from its mean drops in points: ``tolerance`` is the allowance
+    of the paper-protocol drop, ``converged_tolerance`` (default the same) that of the converged drop."""
     if drop_paper <= tolerance:
         return "reused"
-    return "head_steps" if drop_converged <= tolerance else "adapts"
+    allowed = tolerance if converged_tolerance is None else converged_tolerance
+    return "head_steps" if drop_converged <= allowed else "adapts"
 
 
 def summarize_cells(detail: pd.DataFrame, tolerance: float) -> pd.DataFrame:
     """Per cell (head_input, hidden): every quantity's mean and std over seeds (``<quantity>_std``), the number
     of seeds and the regime (:func:`regime`; ``tolerance``: points within which freezing costs nothing, or the
-    std over seeds of the drop when larger)."""
+    std over seeds of that drop when larger: each protocol's drop against its own spread)."""
     per_seed = _per_seed(detail)
     quantities = [c for c in per_seed.columns if c not in ("head_input", "hidden", "seed")]
     records = []
@@ -177,8 +180,9 @@ def summarize_cells(detail: pd.DataFrame, tolerance: float) -> pd.DataFrame:
             values = group[quantity].to_numpy(dtype=np.float64)
             record[quantity] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
             record[f"{quantity}_std"] = float(np.nanstd(values, ddof=1)) if np.isfinite(values).sum() > 1 else float("nan")
-        allowed = max(tolerance, np.nan_to_num(record["drop_paper_std"]))
-        record["regime"] = regime(record["drop_paper"], record["drop_converged"], allowed)
+        record["regime"] = regime(record["drop_paper"], record["drop_converged"],
+                                  max(tolerance, np.nan_to_num(record["drop_paper_std"])),
+                                  max(tolerance, np.nan_to_num(record["drop_converged_std"])))
         records.append(record)
     return pd.DataFrame.from_records(records)
 
@@ -227,13 +231,22 @@ def report(tables, context) -> Section:
     summary = ("Feature reuse holds (the frozen body loses nothing once the head has the steps it needs) in "
                + (", ".join(holds) if holds else "no cell") + "; the last conv block takes over part of the adaptation in "
                + (", ".join(flips) if flips else "no cell") + ".")
-    body = ("MAML and ANIL trained alike on each network shape (head input x width); per cell, mean ± std over seeds. "
+    configs = [context.config(label) for label in context.networks]
+    budgets = ", ".join(f"{algorithm} {iterations}" for algorithm, iterations in
+                        sorted({(c.algorithm, c.iterations) for c in configs}))
+    bn = sorted({c.bn_inner_loop for c in configs})
+    trained = (f"Budgets: {budgets} meta-iterations of {configs[0].meta_batch_size} tasks; batch norm "
+               + ("adapts in the inner loop" if bn == [True] else "stays out of the inner loop" if bn == [False]
+                  else "in the inner loop for some networks only")
+               + f"; each network's own test-time steps ({', '.join(sorted({str(c.inner_steps_test) for c in configs}))}) "
+               "are the run's protocol. ")
+    body = (trained + "MAML and ANIL trained alike on each network shape (head input x width); per cell, mean ± std over seeds. "
             "`drop`: MAML's accuracy with nothing frozen minus with conv1-4 frozen at test time, in points, under the "
             "run's test-time steps, the paper's (10) and with the support loss converged (steps used in brackets). "
             "conv4 / head: similarity of MAML's activations before vs after its inner loop (1 = unchanged). "
             "NIL: MAML's body with no head and no adaptation. Regime: 'reused' when freezing costs at most "
-            f"max({_tolerance():g}, std over seeds) points under the paper's protocol, 'head_steps' when that holds "
-            "only at convergence, 'adapts' otherwise.\n\n" + summary + "\n\n" + markdown_table(cells_view(cells))
+            f"max({_tolerance():g}, its std over seeds) points under the paper's protocol, 'head_steps' when that holds "
+            "only with the support loss converged, 'adapts' otherwise.\n\n" + summary + "\n\n" + markdown_table(cells_view(cells))
             + "\n\n" + figure_markdown(NAME, "Where feature reuse holds"))
     return Section("Where feature reuse holds: a map across networks", body, tuple(findings))
 

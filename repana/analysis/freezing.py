@@ -108,12 +108,14 @@ def freezing_by_protocol(model: torch.nn.Module, episodes, *, run_steps: int, lr
                          trainable: Callable[[str], bool] = all_parameters,
                          frozen_sets: Sequence[Sequence[int]] = FROZEN_SETS, paper_steps: int = PAPER_TEST_STEPS,
                          ladder: Sequence[int] = CONVERGENCE_LADDER, target: float = CONVERGED_SUPPORT_LOSS,
-                         label: str = "") -> pd.DataFrame:
+                         label: str = "", ladder_episodes=None) -> pd.DataFrame:
     """:func:`freezing_accuracy` under each test-time protocol of :data:`PROTOCOLS` (module docstring).
 
     Returns one row per (frozen set, protocol): label, frozen, n_frozen, protocol, steps, accuracy (fraction),
     ci95 (over episodes), support_loss (mean support cross-entropy after adaptation, nats), converged (the
     support loss at most ``target``), n_episodes, lr. Steps are in the mean-loss convention of ``lr``.
+    ``ladder_episodes``: the episodes the convergence criterion is searched on (default ``episodes``; a subset
+    bounds the search's cost, the chosen step count is then evaluated on every episode).
     """
     from repana.meta.evaluate import evaluate, support_loss
 
@@ -121,10 +123,11 @@ def freezing_by_protocol(model: torch.nn.Module, episodes, *, run_steps: int, lr
     rows = []
     for frozen in progress(frozen_sets, desc=f"freezing {label}".strip(), unit="set"):
         adapted = freeze_layers(trainable, frozen, model.layer_names)
-        settled = converged_steps(model, episodes, lr=lr, trainable=adapted, ladder=ladder, target=target)
+        settled = converged_steps(model, episodes if ladder_episodes is None else ladder_episodes, lr=lr,
+                                  trainable=adapted, ladder=ladder, target=target)
         for protocol, steps in (("run", run_steps), ("paper", paper_steps), ("converged", settled[0])):
             result = evaluate(model, episodes, method="adapt", steps=steps, lr=lr, trainable=adapted)
-            loss = (settled[1] if protocol == "converged"
+            loss = (settled[1] if protocol == "converged" and ladder_episodes is None
                     else float(support_loss(model, episodes, steps=steps, lr=lr, trainable=adapted).mean()))
             rows.append({"label": label, "frozen": frozen_name(frozen), "n_frozen": len(frozen),
                          "protocol": protocol, "steps": int(steps), "accuracy": float(result.accuracy),
@@ -168,6 +171,19 @@ def conv4_change(model: torch.nn.Module, episodes, *, steps: int, lr: float, tra
     return float(1.0 - detail["value"].mean())
 
 
+def _ladder_episodes(context, episodes):
+    """The first ``ladder_episodes`` (setting) of ``episodes``, the convergence search's sample; None: all."""
+    count = context.settings.get("ladder_episodes")
+    if count is None or int(count) >= len(episodes):
+        return None
+    from repana.data.episodes import Episodes
+
+    whole = next(iter(episodes.chunks(len(episodes)))) if hasattr(episodes, "chunks") else episodes
+    part = slice(0, int(count))
+    return Episodes(whole.support_x[part], whole.support_y[part], whole.query_x[part], whole.query_y[part],
+                    whole.class_ids[part])
+
+
 def compute(context) -> dict[str, pd.DataFrame]:
     """Every network of ``context``, its own test-time rule narrowed by each frozen set, under each protocol;
     and conv4's inner-loop change of the body-adapting networks (``freezing_conv4``)."""
@@ -179,6 +195,7 @@ def compute(context) -> dict[str, pd.DataFrame]:
         model = context.model(label)
         frames.append(freezing_by_protocol(model, episodes, run_steps=context.steps, lr=context.lr,
                                            trainable=context.trainable(label), ladder=ladder,
+                                           ladder_episodes=_ladder_episodes(context, episodes),
                                            paper_steps=int(settings.get("paper_steps", PAPER_TEST_STEPS)),
                                            label=label.upper()))
         if context.algorithm(label) in BODY_ADAPTING:

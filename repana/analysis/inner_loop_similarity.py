@@ -34,7 +34,8 @@ def inner_loop_similarity(model: torch.nn.Module, episodes, *, steps: int, lr: f
                           trainable: Callable[[str], bool], measures: Sequence[str] = DEFAULT_MEASURES,
                           layers: Sequence[str] = LAYERS, reduction: str | None = None,
                           min_ratio: float = 5.0, null: bool = True, label: str = "",
-                          every_step: bool = True, seed: int = 0) -> pd.DataFrame:
+                          every_step: bool = True, seed: int = 0,
+                          record_steps: Sequence[int] | None = None) -> pd.DataFrame:
     """Similarity of each layer's query activations before vs after the inner loop, per episode.
 
     ``episodes``: :class:`repana.data.Episodes` (support and query per task). ``trainable``: which
@@ -44,7 +45,8 @@ def inner_loop_similarity(model: torch.nn.Module, episodes, *, steps: int, lr: f
     :func:`repana.compare.compare_episodes` for the pooling rule (``min_ratio``).
 
     Returns a tidy DataFrame, one row per (step, episode or pooled group, layer, measure): columns
-    label, step (1..steps; only ``steps`` when ``every_step`` is False), then the columns of
+    label, step (1..steps; only ``steps`` when ``every_step`` is False; ``record_steps`` and ``steps`` when
+    ``record_steps`` is given: the similarity costs more than the steps, so long inner loops record a few), then the columns of
     :func:`repana.compare.compare_episodes` (layer_a = layer_b, measure, value, n_datapoints, n_features_a,
     n_features_b, reduction, episode, scope, null_value, note).
     """
@@ -55,13 +57,17 @@ def inner_loop_similarity(model: torch.nn.Module, episodes, *, steps: int, lr: f
     n_tasks = len(episodes)
     if n_tasks < 1:
         raise InputError("no episodes given")
-    before, after = [], {s: [] for s in range(1, steps + 1)}
+    if record_steps is not None:
+        recorded = sorted({int(s) for s in record_steps if 1 <= int(s) <= steps} | {steps})
+    else:
+        recorded = list(range(1, steps + 1)) if every_step else [steps]
+    before, after = [], {s: [] for s in recorded}
     for index in progress(range(n_tasks), desc=f"inner-loop similarity {label}".strip(), unit="episode"):
         task = episodes[index]
         trajectory = adapt_trajectory(model, dict(model.named_parameters()), task.support_x, task.support_y,
                                       InnerLoop(steps, lr, trainable))
         before.append(_query_activations(model, task.query_x, layers, trajectory[0]))
-        for step in (range(1, steps + 1) if every_step else [steps]):
+        for step in recorded:
             after[step].append(_query_activations(model, task.query_x, layers, trajectory[step]))
     frames = [episode_rows(before, acts, layers, measures, reduction=reduction, min_ratio=min_ratio, null=null,
                            seed=seed + step).assign(label=label, step=step)
@@ -85,7 +91,8 @@ def compute(context) -> dict[str, pd.DataFrame]:
     steps = int(settings.get("steps", context.steps))
     frames = [inner_loop_similarity(context.model(label), episodes, steps=steps, lr=context.lr,
                                     trainable=context.trainable(label), measures=settings["measures"],
-                                    min_ratio=settings.get("min_ratio", 5.0), label=label.upper())
+                                    min_ratio=settings.get("min_ratio", 5.0), label=label.upper(),
+                                    record_steps=settings.get("record_steps"))
               for label in context.networks]
     detail = pd.concat(frames, ignore_index=True)
     return {NAME: detail, f"{NAME}_summary": summarize_inner_loop(detail)}

@@ -178,5 +178,5 @@ def report(tables, context) -> Section:
 
 ANALYSIS = register(Analysis(
     name=NAME, title="Learning curves", reference="Fig. 5",
-    networks=("maml", "anil", "multiclass", "multitask", "nil"), n_checkpoints=(1, None), compute=compute,
+    networks=("maml", "anil", "multiclass", "multitask", "nil", "boil"), n_checkpoints=(1, None), compute=compute,
     figures=figures, report=report, episode_offset=8, across_seeds=True))
