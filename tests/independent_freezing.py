@@ -23,16 +23,18 @@ import torch.nn.functional as F
 
 
 def independent_freezing_accuracy(model: torch.nn.Module, episodes, *, frozen: Sequence[int], steps: int, lr: float,
-                                  head_only: bool = False) -> np.ndarray:
+                                  head_only: bool = False, batch_norm: bool = True) -> np.ndarray:
     """Per-episode query accuracy (float64, ``(n_episodes,)``) after ``steps`` SGD steps of ``lr`` (mean loss)
-    on every parameter outside conv blocks ``frozen`` (``head_only``: the head alone, as ANIL)."""
+    on every parameter outside conv blocks ``frozen`` (``head_only``: the head alone, as ANIL; ``batch_norm``
+    False: batch norm's scale and shift stay fixed, as Finn et al.'s code keeps them out of the inner loop)."""
     frozen_prefixes = tuple(f"conv{block}." for block in frozen)
     accuracies = []
     for index in range(len(episodes)):
         task = episodes[index]
         network = copy.deepcopy(model).eval()
         adapted = [parameter for name, parameter in network.named_parameters()
-                   if not name.startswith(frozen_prefixes) and (not head_only or name.startswith("head."))]
+                   if not name.startswith(frozen_prefixes) and (not head_only or name.startswith("head."))
+                   and (batch_norm or ".bn." not in name)]
         for parameter in network.parameters():
             parameter.requires_grad_(False)
         for parameter in adapted:
@@ -51,8 +53,8 @@ def independent_freezing_accuracy(model: torch.nn.Module, episodes, *, frozen: S
 def main(argv: list[str] | None = None) -> int:
     from repana.analysis.freezing import FROZEN_SETS, frozen_name, freezing_accuracy
     from repana.data import fixed_episodes, load_splits
-    from repana.meta.algorithms import adapted_parameters
     from repana.meta.checkpoint import load_checkpoint
+    from repana.meta.train import eval_trainable
     from repana.meta.evaluate import confidence_interval95
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,12 +72,14 @@ def main(argv: list[str] | None = None) -> int:
                               queries=15, seed=args.seed).chunks(args.episodes).__next__()
     lr = config.mean_loss_inner_lr()
     head_only = checkpoint.algorithm == "anil"
-    print(f"{args.checkpoint}: {checkpoint.algorithm}, lr {lr:g} (mean loss), {args.episodes} episodes")
+    print(f"{args.checkpoint}: {checkpoint.algorithm}, lr {lr:g} (mean loss), {args.episodes} episodes, batch norm "
+          f"{'adapting' if config.bn_inner_loop else 'fixed'} in the inner loop")
     print("steps  frozen    independent   repana        |diff|  CI     agree")
     for steps in args.steps or [config.inner_steps_test]:
-        ours = freezing_accuracy(model, episodes, steps=steps, lr=lr, trainable=adapted_parameters(checkpoint.algorithm))
+        ours = freezing_accuracy(model, episodes, steps=steps, lr=lr, trainable=eval_trainable(config))
         for frozen, (_, row) in zip(FROZEN_SETS, ours.iterrows()):
-            check = independent_freezing_accuracy(model, episodes, frozen=frozen, steps=steps, lr=lr, head_only=head_only)
+            check = independent_freezing_accuracy(model, episodes, frozen=frozen, steps=steps, lr=lr, head_only=head_only,
+                                                  batch_norm=config.bn_inner_loop)
             ci = max(confidence_interval95(check), row["ci95"])
             diff = abs(check.mean() - row["accuracy"])
             print(f"{steps:5d}  {frozen_name(frozen):8s}  {100 * check.mean():6.2f}%      {100 * row['accuracy']:6.2f}%"

@@ -77,3 +77,13 @@ def test_reading_tells_the_two_explanations_apart():
     assert freezing_reading(30.0, 1.0, 1.5).startswith("the body is reused but the head needs more steps")
     text = freezing_reading(30.0, 8.0, 1.5, conv4_change=0.12)
     assert text.startswith("the body really adapts") and "0.120" in text and "8.0" in text
+
+
+def test_independent_check_with_batch_norm_outside_the_inner_loop():
+    from repana.models import is_batch_norm_parameter
+
+    model, episodes = tiny_model(seed=7), tiny_episodes(tasks=8, seed=8)
+    outside = lambda name: not is_batch_norm_parameter(name)   # noqa: E731
+    ours = freezing_accuracy(model, episodes, steps=5, lr=0.3, trainable=outside, frozen_sets=((1,),)).iloc[0]
+    check = independent_freezing_accuracy(model, episodes, frozen=(1,), steps=5, lr=0.3, batch_norm=False)
+    assert check.mean() == pytest.approx(ours["accuracy"], abs=1e-9)

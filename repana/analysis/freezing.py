@@ -146,7 +146,8 @@ def freezing_reading(drop_paper: float, drop_converged: float, tolerance: float,
     """
     change = "" if conv4_change is None else f"; conv4's representation changes by {conv4_change:.3f} (1 - similarity) in the inner loop"
     if drop_paper <= tolerance:
-        return f"the body is reused: freezing all four conv blocks costs {drop_paper:+.1f} points under the paper's protocol"
+        return (f"the body is reused: freezing all four conv blocks changes accuracy by {-drop_paper:+.1f} points under "
+                "the paper's protocol")
     if drop_converged <= tolerance:
         return (f"the body is reused but the head needs more steps: freezing all four conv blocks costs "
                 f"{drop_paper:.1f} points under the paper's protocol and {drop_converged:+.1f} once the support loss "
@@ -232,10 +233,14 @@ def _ends(accuracy, frozen: list[str], column: str = "") -> str:
     return f"none {accuracy('none'):.1f} -> {most} {accuracy(most):.1f} %" + (f" ({column})" if column else "")
 
 
-def _protocol_header(frame: pd.DataFrame, protocol: str) -> str:
-    steps = sorted(set(frame.loc[frame["protocol"] == protocol, "steps"].astype(int)))
-    names = {"run": "run's protocol", "paper": "paper's protocol", "converged": "support loss converged"}
-    return f"{names[protocol]}, {'/'.join(map(str, steps))} steps (%)"
+PROTOCOL_HEADERS = {"run": "run's protocol (%)", "paper": "paper's protocol (%)",
+                    "converged": "support loss converged (%)"}
+
+
+def _steps_of(frame: pd.DataFrame, label: str, frozen: str, protocol: str) -> str:
+    """The test-time steps behind one cell ("30", or "30/100" when seeds differ)."""
+    chosen = frame[(frame["label"] == label) & (frame["frozen"] == frozen) & (frame["protocol"] == protocol)]
+    return "/".join(str(s) for s in sorted(set(chosen["steps"].astype(int))))
 
 
 def report(tables, context) -> Section:
@@ -255,7 +260,8 @@ def report(tables, context) -> Section:
         view = {"network": label, "frozen conv blocks": list(dict.fromkeys(group["frozen"]))}
         for protocol in (p for p in PROTOCOLS if p in set(group["protocol"])):
             rows = group[group["protocol"] == protocol]
-            view[_protocol_header(frame[frame["label"] == label], protocol)] = [pct_seeds(row) for _, row in rows.iterrows()]
+            view[PROTOCOL_HEADERS[protocol]] = [f"{pct_seeds(row)} [{_steps_of(frame, label, row['frozen'], protocol)} steps]"
+                                                for _, row in rows.iterrows()]
         view[f"paper {column} (%)"] = [paper_values.value("Table 1", f, column).printed for f in view["frozen conv blocks"]]
         views.append(pd.DataFrame(view))
         cells = {protocol: {row["frozen"]: judged_cell(row) for _, row in group[group["protocol"] == protocol].iterrows()}

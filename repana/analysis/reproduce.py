@@ -455,7 +455,7 @@ def _analyse_setting(setting: str, jobs: list[Job], selected: list, entries: dic
     facts = {"config": config.to_dict(), "paper_config": _paper_config(config).to_dict(),
              "setting": setting, "dataset": dataset, "ways": config.ways, "shots": config.shots,
              "queries": ANALYSIS_QUERIES, "inner_steps_test": reference.steps, "inner_lr": reference.lr,
-             "hidden": config.hidden, "pooling": config.pooling,
+             "hidden": "/".join(str(h) for h in sorted({job.config.hidden for job in jobs})), "pooling": config.pooling,
              "runs": {job.name: {"algorithm": job.config.algorithm, "iterations": job.config.iterations,
                                  "train_s": seconds_per_iteration(job.run_dir) * job.config.iterations}
                       for job in jobs},
