@@ -22,7 +22,7 @@ TINY = {
     "feature_reuse_map": ('episodes = 3\nsimilarity_episodes = 2\nladder = [2, 4]\npaper_steps = 2\n'
                           'measures = ["svcca", "cka_debiased"]\n'),
     "rl_returns": "tasks = 3\ntask_seed = 7\n",
-    "rl_policy_similarity": 'tasks = 2\ntask_seed = 7\nmeasures = ["cca", "svcca", "cka"]\nmax_datapoints = 500\n',
+    "rl_policy_similarity": 'tasks = 4\ntask_seed = 7\nmeasures = ["cca", "svcca", "cka"]\nmax_datapoints = 500\n',
     "convergence": ("inner_steps = [1, 2]\niterations = 2\nmeta_batch_size = 2\neval_every = 2\nepisodes = 2\n"
                     "inner_lr = 0.1\nl2 = 0.1\nhead_hidden = 8\ncost_repeats = 1\n"),
 }
@@ -74,7 +74,7 @@ def test_training_plan_quick_and_paper():
     maml = by_network["maml"]
     # Figure 3's stages: 1/6, 1/3 and 1/2 of training (10k, 20k, 30k of 60k) and the final network
     assert maml.save_steps == [833, 1667, 2500, 5000] and maml.iterations == 5000
-    assert maml.val_every == 333 and by_network["anil"].val_every == 333 and by_network["nil"].val_every == 66
+    assert maml.val_every == 333 and by_network["anil"].val_every == 333 and by_network["nil"].val_every == 133
     assert (maml.head_input, maml.inner_steps_test) == ("flatten", 10)   # Table 1's network shape and protocol
     paper = {job.network: job.config for job in training_plan("paper", "omniglot")}
     assert paper["maml"].iterations == 60000 and paper["maml"].hidden == 64
@@ -172,7 +172,7 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs):
     pairs = pd.read_csv(tables / "seed_pair_similarity.csv")
     assert set(pairs["pair"]) == {"MAML-MAML", "ANIL-ANIL", "ANIL-MAML"} and len(set(pairs["model_b"])) == 3
     curves = pd.read_csv(tables / "learning_curves.csv")
-    assert set(curves["algorithm"]) == {"maml", "anil", "multiclass", "multitask", "nil_training"}
+    assert set(curves["algorithm"]) == {"maml", "anil", "multiclass", "multitask", "nil_training", "boil"}
     assert set(curves["seed"]) == {0, 1}
     anil_inner = pd.read_csv(tables / "inner_loop_similarity_summary.csv").query("label == 'ANIL' and layer != 'head'")
     assert (anil_inner["mean"] > 1 - 1e-6).all()  # ANIL's body never changes in the inner loop

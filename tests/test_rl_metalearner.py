@@ -42,7 +42,10 @@ def test_anil_body_activations_identical_after_adaptation():
     before = policy.hidden(states)
     after = policy.hidden(states, adapted)
     for layer in before:
-        assert torch.equal(before[layer], after[layer])
+        # the same body weights (a per-task view of their memory), applied task by task: equal up to float64
+        # rounding, whose last bit depends on the CPU's matmul kernels
+        assert adapted["layer1.weight"].data_ptr() == policy.params()["layer1.weight"].data_ptr()
+        torch.testing.assert_close(before[layer], after[layer], rtol=0, atol=1e-12)
     mean_before, _ = policy(states)
     mean_after, _ = policy(states, adapted)
     assert (mean_before - mean_after).abs().max() > 1e-4      # the head did adapt

@@ -47,8 +47,11 @@ def policy_similarity(checkpoint, n_tasks: int = 5, measures=("svcca", "cka"), s
             before_acts["mu"] = policy(states)[0]
             after_acts["mu"] = policy(states, task_params)[0]
             for layer in before_acts:
+                # a measure that refuses a task's states (too few distinct ones for CCA's directions) gives NaN
+                # with its reason in the report, not a failed analysis
                 frame = compare_activations({layer: before_acts[layer].double()},
-                                            {layer: after_acts[layer].double()}, measures=list(measures))
+                                            {layer: after_acts[layer].double()}, measures=list(measures),
+                                            errors="note")
                 for _, row in frame.iterrows():
                     rows.append({"task": t, "layer": layer, "measure": row["measure"], "value": row["value"],
                                  "n_datapoints": int(row["n_datapoints"]),
