@@ -125,10 +125,14 @@ def freezing_by_protocol(model: torch.nn.Module, episodes, *, run_steps: int, lr
         adapted = freeze_layers(trainable, frozen, model.layer_names)
         settled = converged_steps(model, episodes if ladder_episodes is None else ladder_episodes, lr=lr,
                                   trainable=adapted, ladder=ladder, target=target)
+        measured: dict[int, tuple] = {}   # protocols with the same step count share one evaluation
         for protocol, steps in (("run", run_steps), ("paper", paper_steps), ("converged", settled[0])):
-            result = evaluate(model, episodes, method="adapt", steps=steps, lr=lr, trainable=adapted)
-            loss = (settled[1] if protocol == "converged" and ladder_episodes is None
-                    else float(support_loss(model, episodes, steps=steps, lr=lr, trainable=adapted).mean()))
+            if steps not in measured:
+                result = evaluate(model, episodes, method="adapt", steps=steps, lr=lr, trainable=adapted)
+                loss = (settled[1] if protocol == "converged" and ladder_episodes is None
+                        else float(support_loss(model, episodes, steps=steps, lr=lr, trainable=adapted).mean()))
+                measured[steps] = (result, loss)
+            result, loss = measured[steps]
             rows.append({"label": label, "frozen": frozen_name(frozen), "n_frozen": len(frozen),
                          "protocol": protocol, "steps": int(steps), "accuracy": float(result.accuracy),
                          "ci95": float(result.ci95), "support_loss": loss, "converged": bool(loss <= target),

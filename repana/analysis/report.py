@@ -218,7 +218,7 @@ def deviations_markdown(facts: dict) -> str:
     if len({iterations for _, iterations in budgets}) > 1:
         lines.append("- Budgets differ between training regimes ("
                      + ", ".join(f"{algorithm} {iterations}" for algorithm, iterations in budgets)
-                     + " meta-iterations): each was set where its learning curve had flattened at this width; the "
+                     + " meta-iterations); the learning-curve section says which curves had flattened by then. The "
                      "paper trains every regime 60000 iterations.")
     if facts.get("dataset") == "glyphs":
         lines.append("- Data: the procedural glyph set stands in for Omniglot (offline); the paper's Table 1 and "
