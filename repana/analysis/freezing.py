@@ -287,11 +287,7 @@ def report(tables, context) -> Section:
         if "converged" in cells and "1,2,3,4" in cells["paper"]:
             tolerance = max(paper_values.FREEZING_TOLERANCE_POINTS, cells["paper"]["1,2,3,4"][1])
             drop = {p: cells[p]["none"][0] - cells[p]["1,2,3,4"][0] for p in ("paper", "converged")}
-            change = None
-            if changes is not None and "seed" in changes:
-                change = float(changes.loc[changes["label"] == label, "change"].mean())
-            elif changes is not None:
-                change = float(changes.loc[changes["label"] == label, "change"].mean())
+            change = None if changes is None else float(changes.loc[changes["label"] == label, "change"].mean())
             findings.append(Finding(f"{label}: {freezing_reading(drop['paper'], drop['converged'], tolerance, change)}"))
     steps_note = (f"Three test-time protocols: the run's own steps ({context.steps}), the paper's (Table 1 is "
                   f"MiniImageNet, evaluated with {PAPER_TEST_STEPS} steps) and enough steps for the support loss "
