@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from repana.analysis.feature_reuse_map import (MAP_VARIANTS, NETWORKS, regime, split_network, summarize_cells)
+from repana.analysis.feature_reuse_map import (MAP_VARIANT_RUNS, NETWORKS, base_cells, factor_rows, regime,
+                                               split_network, summarize_cells)
 from repana.analysis.reproduce import network_values, reproduce, training_plan, write_reproduction_plan
 from repana.errors import ConfigError
 
@@ -59,7 +60,8 @@ def test_summarize_cells_by_hand():
     assert mean32["drop_converged_std"] == pytest.approx(np.std([2.0, 4.0], ddof=1))
     assert mean32["anil_minus_maml"] == pytest.approx(-1.5)       # (-1 - 2) / 2
     assert mean32["nil_minus_maml"] == pytest.approx(-4.5)        # (-6 - 3) / 2
-    assert mean32["converged_steps"] == 100 and mean32["conv4_cka_debiased"] == pytest.approx(0.9)
+    assert mean32["converged_steps"] == 100 and mean32["converged_steps_min"] == 100
+    assert mean32["conv4_cka_debiased"] == pytest.approx(0.9)
     assert mean32["regime"] == "adapts"                           # 3.0 > max(1.5, std of the paper drop = 0)
     flat = cells.loc[("flatten", 32)]
     assert flat["drop_paper"] == pytest.approx(-5.0) and flat["regime"] == "reused"
@@ -74,11 +76,19 @@ def test_network_names_and_plan():
     with pytest.raises(ConfigError, match="unknown network"):
         network_values("protonet-flatten32")
     plan = training_plan("quick", "glyphs", networks=list(NETWORKS), seeds=2)
-    assert len(plan) == len(MAP_VARIANTS) * 2 * 2
+    assert len(plan) == sum(len(runs) for runs in MAP_VARIANT_RUNS.values()) * 2 == 28
     shapes = {(job.network, job.seed_index): (job.config.head_input, job.config.hidden, job.config.algorithm,
                                                job.config.seed) for job in plan}
     assert shapes["maml-flatten64", 1][:3] == ("flatten", 64, "maml")
     assert shapes["anil-mean32", 0][:3] == ("spatial_mean", 32, "anil")
+    # the other factors: each changes one value of a width-32 shape, MAML only
+    configs = {job.network: job.config for job in plan if job.seed_index == 0}
+    assert configs["maml-mean32-lr0.1"].inner_lr == 0.1 and configs["maml-mean32"].inner_lr == 0.4
+    assert configs["maml-flatten32-short"].iterations == 2000 and configs["maml-flatten32"].iterations == 6000
+    assert configs["maml-mean32-classes100"].train_classes == 100 and configs["maml-mean32"].train_classes == 0
+    assert "anil-mean32-lr0.1" not in configs
+    paper = {job.network: job.config for job in training_plan("paper", "glyphs", networks=["maml-mean32-short"])}
+    assert paper["maml-mean32-short"].iterations == 20000     # a third of the paper preset's 60000
     assert len({seed for *_, seed in shapes.values()}) == len(plan)   # no two networks share an initialisation
     # the map is not part of the default reproduction, and its plan has only the grid's networks
     default = {job.network for job in training_plan("quick", "glyphs")}
@@ -90,7 +100,7 @@ def test_plan_of_the_map_only(tmp_path):
     import json
 
     jobs = [json.loads(line) for line in plan_file.read_text().splitlines() if line.strip()]
-    assert len(jobs) == 16 and {job["name"].split("/")[1] for job in jobs} == set(NETWORKS)
+    assert len(jobs) == 28 and {job["name"].split("/")[1] for job in jobs} == set(NETWORKS)
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +112,11 @@ def tiny_map(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("map")
     entries = _tiny_entries(folder / "analyses")
-    glyphs = load_glyph_splits(n_train=40, n_val=8, n_test=20)
+    glyphs = load_glyph_splits(n_train=120, n_val=8, n_test=20)   # 120: the classes100 networks draw 100
     messages: list[str] = []
     report = reproduce("quick", "glyphs", out=folder / "out", analyses_dir=entries, only=["feature_reuse_map"],
-                       iterations_scale=0.001, data=glyphs, train_overrides={"meta_batch_size": 2}, seeds=1,
+                       iterations_scale=0.005, data=glyphs, seeds=1,
+                       train_overrides={"meta_batch_size": 2, "val_episodes": 4},   # validation would dominate
                        log=messages.append)
     return folder, report, messages
 
@@ -116,9 +127,17 @@ def test_map_through_reproduce(tiny_map):
     assert "Where feature reuse holds: a map across networks -- glyphs-5way-1shot" in text
     assert "Freezing layers at test time" not in text            # only the named analysis ran
     tables = folder / "out" / "tables" / "glyphs-5way-1shot"
-    cells = pd.read_csv(tables / "feature_reuse_map_cells.csv")
+    every_cell = pd.read_csv(tables / "feature_reuse_map_cells.csv")
+    cells = every_cell[base_cells(every_cell)]
     assert sorted(zip(cells["head_input"], cells["hidden"])) == [("flatten", 32), ("flatten", 64),
                                                                   ("spatial_mean", 32), ("spatial_mean", 64)]
+    assert set(cells["iterations"]) == {30} and set(cells["train_classes"]) == {0}
+    # the other factors, each beside its grid cell: 3 factors x 2 shapes
+    factors = factor_rows(every_cell)
+    assert len(factors) == 6 and set(factors["shape"]) == {"flatten/32", "spatial_mean/32"}
+    assert {change.split(" (")[0] for change in factors["change"]} == {"inner lr 0.5", "meta-iterations 10",
+                                                                        "training classes 100"}
+    assert "**Other factors**" in text and "moves the answer" in text
     assert set(cells["regime"]) <= {"reused", "head_steps", "adapts"}
     detail = pd.read_csv(tables / "feature_reuse_map.csv")
     maml = detail[(detail["algorithm"] == "maml") & (detail["head_input"] == "flatten") & (detail["hidden"] == 64)]
@@ -164,3 +183,26 @@ def test_map_needs_maml(tiny_map, tmp_path, capsys):
     assert main(["analyze", "feature_reuse_map", "--checkpoint", str(anil), "--out", str(tmp_path / "x"),
                  "--set", "episodes=2"]) != 0
     assert "needs MAML checkpoints" in capsys.readouterr().err
+
+
+def test_other_factors_beside_their_grid_cell():
+    """Cells off the grid (another inner lr) are compared with the grid cell of their shape; the regime moves
+    when the frozen body's drop crosses the allowance."""
+    rows = []
+    for lr, frozen in ((2.0, {"run": .60, "paper": .70, "converged": .80}), (0.5, {"run": .95, "paper": .955, "converged": .96})):
+        for seed in (0, 1):
+            rows += [dict(row, inner_lr=lr, iterations=6000, train_classes=0)
+                     for row in _detail_rows("spatial_mean", 32, seed, {"run": .96, "paper": .96, "converged": .96},
+                                             frozen, anil=.95, nil=.90)]
+    # a second grid shape, so that the grid's factor values are the common ones
+    rows += [dict(row, inner_lr=2.0, iterations=6000, train_classes=0)
+             for row in _detail_rows("flatten", 32, 0, {"run": .9, "paper": .9, "converged": .9},
+                                     {"run": .9, "paper": .9, "converged": .9}, anil=.9, nil=.9)]
+    cells = summarize_cells(pd.DataFrame(rows), tolerance=1.5)
+    assert list(base_cells(cells)) == [True, False, True]   # cells sorted: flatten, mean at lr 0.5, mean at lr 2
+    factors = factor_rows(cells)
+    assert len(factors) == 1
+    row = factors.iloc[0]
+    assert row["change"] == "inner lr 0.5 (grid 2)" and row["shape"] == "spatial_mean/32"
+    assert row["drop_paper"] == pytest.approx(0.5) and row["grid_drop_paper"] == pytest.approx(26.0)
+    assert (row["regime"], row["grid_regime"], row["moves"]) == ("reused", "adapts", True)

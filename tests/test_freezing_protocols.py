@@ -87,3 +87,21 @@ def test_independent_check_with_batch_norm_outside_the_inner_loop():
     ours = freezing_accuracy(model, episodes, steps=5, lr=0.3, trainable=outside, frozen_sets=((1,),)).iloc[0]
     check = independent_freezing_accuracy(model, episodes, frozen=(1,), steps=5, lr=0.3, batch_norm=False)
     assert check.mean() == pytest.approx(ours["accuracy"], abs=1e-9)
+
+
+def test_protocols_judge_convergence_on_the_search_episodes():
+    """With a search subset, every protocol's support loss is the mean over that subset, measured once per
+    step count (the ladder's measurements are reused)."""
+    model, episodes = tiny_model(), tiny_episodes(tasks=6)
+    subset = tiny_episodes(tasks=2)
+    frame = freezing_by_protocol(model, episodes, run_steps=2, paper_steps=7, lr=0.5, ladder=(2, 50),
+                                 frozen_sets=((),), label="M", ladder_episodes=subset)
+    for _, row in frame.iterrows():
+        expected = support_loss(model, subset, steps=int(row["steps"]), lr=0.5).mean()
+        assert row["support_loss"] == pytest.approx(expected, rel=1e-12)
+        assert row["n_episodes"] == 6
+    losses = {}
+    converged_steps(model, subset, lr=0.5, trainable=all_parameters, ladder=(2, 50), target=-1.0, losses=losses)
+    assert set(losses) == {2, 50}
+    losses[2] = 0.0    # a value already measured is read, not measured again
+    assert converged_steps(model, subset, lr=0.5, trainable=all_parameters, ladder=(2, 50), losses=losses)[:2] == (2, 0.0)

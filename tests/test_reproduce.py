@@ -69,12 +69,12 @@ def test_training_plan_quick_and_paper():
     assert {k: c.algorithm for k, c in by_network.items()} == {
         "maml": "maml", "anil": "anil", "multiclass": "pretrain", "multitask": "multitask", "nil": "nil",
         "boil": "boil"}
-    assert by_network["boil"].iterations == 5000 and by_network["boil"].seed == 6
+    assert by_network["boil"].iterations == 3000 and by_network["boil"].seed == 6
     assert all(c.bn_inner_loop is False for c in by_network.values())  # the paper preset's convention
     maml = by_network["maml"]
     # Figure 3's stages: 1/6, 1/3 and 1/2 of training (10k, 20k, 30k of 60k) and the final network
     assert maml.save_steps == [833, 1667, 2500, 5000] and maml.iterations == 5000
-    assert maml.val_every == 333 and by_network["anil"].val_every == 333 and by_network["nil"].val_every == 133
+    assert maml.val_every == 333 and by_network["anil"].val_every == 333 and by_network["nil"].val_every == 333
     assert (maml.head_input, maml.inner_steps_test) == ("flatten", 10)   # Table 1's network shape and protocol
     paper = {job.network: job.config for job in training_plan("paper", "omniglot")}
     assert paper["maml"].iterations == 60000 and paper["maml"].hidden == 64
@@ -110,7 +110,7 @@ def test_seeds_and_settings_expand_the_plan():
             training_plan("quick", "omniglot", **bad)
 
 
-def test_report_end_to_end_and_resume(tmp_path, glyphs):
+def test_report_end_to_end_and_resume(tmp_path, glyphs, monkeypatch):
     entries = _tiny_entries(tmp_path / "analyses")
     out = tmp_path / "out"
     messages = []
@@ -186,6 +186,24 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs):
         ("this run", "train", 1), ("this run", "inference", 10), ("paper", "train", 5), ("paper", "inference", 10),
         ("this run", "training_run", 1)}
     assert "with 5 training / 10 test steps" in text
+
+    # The analyses in 2 forked worker processes give the same tables (timings aside).
+    import shutil
+
+    import repana.analysis.reproduce as reproduce_module
+
+    shutil.copytree(out / "runs", tmp_path / "forked" / "runs")
+    monkeypatch.setattr(reproduce_module, "analysis_workers", lambda executor, max_workers=None: 2)
+    reproduce("quick", "glyphs", out=tmp_path / "forked", analyses_dir=entries, iterations_scale=0.001, data=glyphs,
+              train_overrides=SMALL, seeds=2, log=messages.append)
+    monkeypatch.undo()
+    timings = {"elapsed_s", "seconds", "ratio", "seconds_per_episode", "speedup"}
+    csvs = sorted(path.relative_to(out) for path in (out / "tables").rglob("*.csv"))
+    assert csvs == sorted(path.relative_to(tmp_path / "forked") for path in (tmp_path / "forked" / "tables").rglob("*.csv"))
+    for csv in csvs:
+        inline, forked = pd.read_csv(out / csv), pd.read_csv(tmp_path / "forked" / csv)
+        kept = [column for column in inline.columns if column not in timings]
+        pd.testing.assert_frame_equal(inline[kept], forked[kept], check_exact=True, obj=str(csv))
 
     # Rerun: nothing is trained or computed again.
     messages.clear()
@@ -358,6 +376,13 @@ def test_learning_curves_pair_runs_validated_at_different_iterations():
     flat = flattening(curves).set_index("algorithm")
     assert not flat.loc["up", "flattened"] and flat.loc["up", "rise"] == pytest.approx(0.4 / 3, abs=1e-9)
     assert flat.loc["flat", "flattened"]
+    # a noisy rise is a plateau up to 3 points over the last third, a trend above
+    noise = [0.04 * (-1) ** i for i in range(len(steps))]
+    for total, flattened in ((0.02, True), (0.06, False)):
+        rising = pd.DataFrame({"algorithm": "noisy", "step": steps,
+                               "val_accuracy": [0.5 + total * s / 500 + e for s, e in zip(steps, noise)]})
+        row = flattening(rising).iloc[0]
+        assert row["rise"] < 2 * row["rise_se"] and bool(row["flattened"]) is flattened, (total, row.to_dict())
 
 
 def test_learning_curves_table_puts_networks_of_different_lengths_on_one_grid():

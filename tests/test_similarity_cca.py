@@ -208,3 +208,24 @@ def test_repeated_rows_count_once_in_the_sample_size_rule(rng, measure):
     x, y = rng.normal(size=(40, 6)), rng.normal(size=(40, 6))
     assert similarity(measure, np.repeat(x, 2, axis=0), np.repeat(y, 2, axis=0)) == pytest.approx(
         similarity(measure, x, y), abs=1e-10)
+
+
+def test_distinct_datapoints_counts_rows_by_value_and_stops_early(rng):
+    """The count is exact across blocks of rows (1200 rows: 300 distinct, each 4 times, shuffled), pairs count
+    a row once only when both sides repeat it, -0.0 equals 0.0, and ``stop_at`` returns as soon as it is reached."""
+    from repana.similarity.datapoints import distinct_datapoints
+    from repana.similarity.representation import as_representation
+
+    base = rng.normal(size=(300, 3))
+    order = rng.permutation(1200)
+    x = np.repeat(base, 4, axis=0)[order]
+    rx = as_representation(x, "X")
+    assert distinct_datapoints(rx) == 300
+    assert distinct_datapoints(rx, stop_at=41) == 41
+    assert distinct_datapoints(rx, stop_at=5000) == 300
+    # beside a side whose rows all differ, every row of the pair is distinct
+    assert distinct_datapoints(rx, as_representation(rng.normal(size=(1200, 2)), "Y")) == 1200
+    # column 0 centres to -0.0 in the first row and 0.0 in the second: the same value
+    signed = np.array([[-0.0, 1.0], [0.0, 1.0], [0.0, 3.0]])
+    assert np.signbit(signed[0, 0] - signed[:, 0].mean())
+    assert distinct_datapoints(as_representation(signed, "X")) == 2

@@ -43,15 +43,34 @@ MAP_VARIANTS: dict[str, dict] = {
     "mean32": {"head_input": "spatial_mean", "hidden": 32},
     "flatten64": {"head_input": "flatten", "hidden": 64},
     "mean64": {"head_input": "spatial_mean", "hidden": 64},
+    # Other factors, each changed alone on both width-32 shapes (the one where the body is reused and the one
+    # where conv4 adapts), MAML only (the regime is MAML's): a 4x smaller inner learning rate (in training and
+    # at test), a third of the training budget (MAP_BUDGET_FRACTIONS), a tenth of the glyphs' 1000 training
+    # classes (on Omniglot: 120 of its 1200 characters).
+    "flatten32-lr0.1": {"head_input": "flatten", "hidden": 32, "inner_lr": 0.1},
+    "mean32-lr0.1": {"head_input": "spatial_mean", "hidden": 32, "inner_lr": 0.1},
+    "flatten32-short": {"head_input": "flatten", "hidden": 32},
+    "mean32-short": {"head_input": "spatial_mean", "hidden": 32},
+    "flatten32-classes100": {"head_input": "flatten", "hidden": 32, "train_classes": 100},
+    "mean32-classes100": {"head_input": "spatial_mean", "hidden": 32, "train_classes": 100},
 }
+# Variants trained for a fraction of the budget (at the quick preset and at the paper's).
+MAP_BUDGET_FRACTIONS = {"flatten32-short": 1 / 3, "mean32-short": 1 / 3}
+# The algorithms trained per variant: MAML and ANIL on the network shapes, MAML alone for the other factors.
 MAP_RUNS = ("maml", "anil")
+SHAPE_VARIANTS = ("flatten32", "mean32", "flatten64", "mean64")
+MAP_VARIANT_RUNS = {name: (MAP_RUNS if name in SHAPE_VARIANTS else ("maml",)) for name in MAP_VARIANTS}
 # The grid's budgets at the quick preset (meta-iterations of 4 tasks; the paper preset: its presets' 60000), equal
 # for MAML and ANIL: at 3000 the flattened-head MAML networks still gained 5-14 points over the last third of
 # training on the glyphs, so every cell trains 6000.
 MAP_QUICK_ITERATIONS = {"maml": 6000, "anil": 6000}
 # The grid's networks adapt batch norm's scale and offset in the inner loop with the other parameters.
 MAP_QUICK_VALUES = {"bn_inner_loop": True}
-NETWORKS = tuple(f"{run}-{variant}" for variant in MAP_VARIANTS for run in MAP_RUNS)
+NETWORKS = tuple(f"{run}-{variant}" for variant, runs in MAP_VARIANT_RUNS.items() for run in runs)
+# What makes a cell, read from each network's config: its shape, then the other factors.
+SHAPE_KEYS = ("head_input", "hidden")
+FACTOR_KEYS = ("inner_lr", "iterations", "train_classes")
+CELL_KEYS = SHAPE_KEYS + FACTOR_KEYS
 SIMILARITY_LAYERS = ("conv4", "head")
 SIMILARITY_MEASURES = ("svcca", "cka_debiased")
 # a cell's regime, from its mean drops (points) against the tolerance of the freezing verdict
@@ -60,9 +79,11 @@ REGIMES = {"reused": "body reused (freezing costs nothing under the paper's prot
            "adapts": "conv4 takes over part of the adaptation (the drop stays at convergence)"}
 
 
-def cell_of(config) -> tuple[str, int]:
-    """``(head_input, hidden)`` of a :class:`repana.meta.config.TrainConfig`: the map's cell."""
-    return config.head_input, int(config.hidden)
+def cell_of(config) -> tuple:
+    """The map's cell of a :class:`repana.meta.config.TrainConfig`: its values of :data:`CELL_KEYS` (head input,
+    width, inner learning rate on the mean support loss, meta-iterations, training classes with 0 for all)."""
+    return (config.head_input, int(config.hidden), round(float(config.mean_loss_inner_lr()), 6),
+            int(config.iterations), int(config.train_classes))
 
 
 def _seed_of(label: str, index: int) -> int:
@@ -77,11 +98,10 @@ def _network_rows(context, label: str, seed: int, settings: dict) -> list[dict]:
 
     config = context.config(label)
     algorithm = context.algorithm(label)
-    head_input, hidden = cell_of(config)
     steps, lr = int(config.inner_steps_test), float(config.mean_loss_inner_lr())
     model, trainable = context.model(label), context.trainable(label)
     episodes = context.episodes(int(settings["episodes"]))
-    base = {"head_input": head_input, "hidden": hidden, "algorithm": algorithm, "network": label, "seed": seed}
+    base = {**dict(zip(CELL_KEYS, cell_of(config))), "algorithm": algorithm, "network": label, "seed": seed}
     rows = []
     if algorithm == "anil":
         result = evaluate(model, episodes, method="adapt", steps=steps, lr=lr, trainable=trainable)
@@ -132,16 +152,17 @@ def _tolerance() -> float:
 
 
 def _per_seed(detail: pd.DataFrame) -> pd.DataFrame:
-    """One row per (cell, seed): the map's quantities in percent / similarity units."""
+    """One row per (cell, seed): the map's quantities in percent / similarity units (NaN where the cell has no
+    such network, e.g. ANIL - MAML in a MAML-only cell)."""
     records = []
-    for (head_input, hidden, seed), group in detail.groupby(["head_input", "hidden", "seed"], sort=False):
+    for (*cell, seed), group in detail.groupby([*_cell_keys(detail), "seed"], sort=False):
         def value(quantity, protocol=None, algorithm="maml"):
             chosen = group[(group["quantity"] == quantity) & (group["algorithm"] == algorithm)]
             if protocol is not None:
                 chosen = chosen[chosen["protocol"] == protocol]
             return float(chosen["value"].mean()) if len(chosen) else float("nan")
 
-        record = {"head_input": head_input, "hidden": int(hidden), "seed": int(seed),
+        record = {**dict(zip(_cell_keys(detail), cell)), "seed": int(seed),
                   "maml_accuracy": 100 * value("accuracy", "run")}
         for protocol in PROTOCOLS:
             record[f"drop_{protocol}"] = 100 * (value("accuracy", protocol) - value("accuracy_body_frozen", protocol))
@@ -157,6 +178,11 @@ def _per_seed(detail: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
+def _cell_keys(frame: pd.DataFrame) -> list[str]:
+    """The cell columns ``frame`` has (tables written before the other factors have the shape's alone)."""
+    return [key for key in CELL_KEYS if key in frame.columns]
+
+
 def regime(drop_paper: float, drop_converged: float, tolerance: float,
            converged_tolerance: float | None = None) -> str:
     """A cell's regime (a key of :data:`REGIMES`) from its mean drops in points: ``tolerance`` is the allowance
@@ -168,18 +194,25 @@ def regime(drop_paper: float, drop_converged: float, tolerance: float,
 
 
 def summarize_cells(detail: pd.DataFrame, tolerance: float) -> pd.DataFrame:
-    """Per cell (head_input, hidden): every quantity's mean and std over seeds (``<quantity>_std``), the number
+    """Per cell (:data:`CELL_KEYS`): every quantity's mean and std over seeds (``<quantity>_std``), the number
     of seeds and the regime (:func:`regime`; ``tolerance``: points within which freezing costs nothing, or the
     std over seeds of that drop when larger: each protocol's drop against its own spread)."""
     per_seed = _per_seed(detail)
-    quantities = [c for c in per_seed.columns if c not in ("head_input", "hidden", "seed")]
+    keys = _cell_keys(per_seed)
+    quantities = [c for c in per_seed.columns if c not in (*keys, "seed")]
     records = []
-    for (head_input, hidden), group in per_seed.groupby(["head_input", "hidden"], sort=True):
-        record = {"head_input": head_input, "hidden": int(hidden), "n_seeds": int(group["seed"].nunique())}
+    for cell, group in per_seed.groupby(keys, sort=True):
+        if not np.isfinite(group["maml_accuracy"].to_numpy(dtype=np.float64)).any():
+            continue   # no MAML network of this cell (an ANIL network trained unlike every MAML one)
+        record = {**dict(zip(keys, cell)), "n_seeds": int(group["seed"].nunique())}
+        record["hidden"] = int(record["hidden"])
         for quantity in quantities:
             values = group[quantity].to_numpy(dtype=np.float64)
             record[quantity] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
             record[f"{quantity}_std"] = float(np.nanstd(values, ddof=1)) if np.isfinite(values).sum() > 1 else float("nan")
+        # step counts are not averaged: the range over seeds
+        record["converged_steps"] = int(group["converged_steps"].max())
+        record["converged_steps_min"] = int(group["converged_steps"].min())
         record["regime"] = regime(record["drop_paper"], record["drop_converged"],
                                   max(tolerance, np.nan_to_num(record["drop_paper_std"])),
                                   max(tolerance, np.nan_to_num(record["drop_converged_std"])))
@@ -187,16 +220,63 @@ def summarize_cells(detail: pd.DataFrame, tolerance: float) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
+def base_cells(cells: pd.DataFrame) -> pd.Series:
+    """Which cells are the network-shape grid (True) and which change another factor (False): a cell is on
+    the grid when its values of :data:`FACTOR_KEYS` are the ones most cells share."""
+    factors = [key for key in FACTOR_KEYS if key in cells.columns]
+    if not factors or cells.empty:
+        return pd.Series(True, index=cells.index)
+    common = cells[factors].apply(tuple, axis=1).value_counts().idxmax()
+    return cells[factors].apply(tuple, axis=1) == common
+
+
+def factor_rows(cells: pd.DataFrame) -> pd.DataFrame:
+    """Each cell off the grid beside the grid cell of its shape: columns shape ("flatten/32"), change (what
+    differs, e.g. "inner lr 0.5 (grid 2)"), drop at 10 steps and converged for both, conv4 debiased CKA for
+    both, the regimes, and ``moves`` (True when the regime differs from the grid cell's)."""
+    on_grid = base_cells(cells)
+    grid = cells[on_grid].set_index(list(SHAPE_KEYS))
+    names = {"inner_lr": "inner lr", "iterations": "meta-iterations", "train_classes": "training classes"}
+    rows = []
+    for _, cell in cells[~on_grid].iterrows():
+        shape = (cell["head_input"], int(cell["hidden"]))
+        reference = grid.loc[shape] if shape in grid.index else None
+        if reference is None:
+            continue
+        changes = [f"{names[key]} {_factor_text(key, cell[key])} (grid {_factor_text(key, reference[key])})"
+                   for key in FACTOR_KEYS if key in cells.columns and cell[key] != reference[key]]
+        rows.append({"shape": f"{shape[0]}/{shape[1]}", "change": "; ".join(changes),
+                     "maml_accuracy": cell["maml_accuracy"], "grid_maml_accuracy": reference["maml_accuracy"],
+                     "drop_paper": cell["drop_paper"], "grid_drop_paper": reference["drop_paper"],
+                     "drop_converged": cell["drop_converged"], "grid_drop_converged": reference["drop_converged"],
+                     "conv4_cka_debiased": cell["conv4_cka_debiased"],
+                     "grid_conv4_cka_debiased": reference["conv4_cka_debiased"],
+                     "regime": cell["regime"], "grid_regime": reference["regime"],
+                     "moves": bool(cell["regime"] != reference["regime"])})
+    return pd.DataFrame.from_records(rows)
+
+
+def _factor_text(key: str, value) -> str:
+    if key == "train_classes":
+        return "all" if int(value) == 0 else str(int(value))
+    return f"{float(value):g}" if key == "inner_lr" else str(int(value))
+
+
 def figures(tables, context) -> dict:
     from repana.plots import paper as plots
 
-    return {NAME: lambda: plots.feature_reuse_map_figure(tables[f"{NAME}_cells"])}
+    cells = tables[f"{NAME}_cells"]
+    return {NAME: lambda: plots.feature_reuse_map_figure(cells[base_cells(cells)])}
 
 
 def _fmt(mean: float, std: float, digits: int = 1) -> str:
     if not np.isfinite(mean):
         return "n/a"
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if np.isfinite(std) else "")
+
+
+def _steps_range(low, high) -> str:
+    return f"{int(low)}" if int(low) == int(high) else f"{int(low)}-{int(high)}"
 
 
 def cells_view(cells: pd.DataFrame) -> pd.DataFrame:
@@ -206,8 +286,9 @@ def cells_view(cells: pd.DataFrame) -> pd.DataFrame:
         "MAML (%)": [_fmt(m, s) for m, s in zip(cells["maml_accuracy"], cells["maml_accuracy_std"])],
         "drop, run's steps": [_fmt(m, s) for m, s in zip(cells["drop_run"], cells["drop_run_std"])],
         "drop, 10 steps": [_fmt(m, s) for m, s in zip(cells["drop_paper"], cells["drop_paper_std"])],
-        "drop, converged": [_fmt(m, s) + f" ({int(n)} st.)" for m, s, n in
-                            zip(cells["drop_converged"], cells["drop_converged_std"], cells["converged_steps"])],
+        "drop, converged": [_fmt(m, s) + f" ({_steps_range(low, high)} st.)" for m, s, low, high in
+                            zip(cells["drop_converged"], cells["drop_converged_std"],
+                                cells.get("converged_steps_min", cells["converged_steps"]), cells["converged_steps"])],
         "conv4 SVCCA / CKA": [f"{a:.3f} / {b:.3f}" for a, b in zip(cells["conv4_svcca"], cells["conv4_cka_debiased"])],
         "head SVCCA / CKA": [f"{a:.3f} / {b:.3f}" for a, b in zip(cells["head_svcca"], cells["head_cka_debiased"])],
         "ANIL - MAML": [_fmt(m, s) for m, s in zip(cells["anil_minus_maml"], cells["anil_minus_maml_std"])],
@@ -215,10 +296,24 @@ def cells_view(cells: pd.DataFrame) -> pd.DataFrame:
         "regime": cells["regime"]})
 
 
+def factors_view(rows: pd.DataFrame) -> pd.DataFrame:
+    """:func:`factor_rows` as the report prints it (each quantity "changed cell (grid cell)")."""
+    def pair(column: str, digits: int = 1) -> list[str]:
+        return [f"{a:.{digits}f} ({b:.{digits}f})" for a, b in zip(rows[column], rows[f"grid_{column}"])]
+
+    return pd.DataFrame({"shape": rows["shape"], "change (grid value)": rows["change"],
+                         "MAML % (grid)": pair("maml_accuracy"), "drop, 10 steps (grid)": pair("drop_paper"),
+                         "drop, converged (grid)": pair("drop_converged"),
+                         "conv4 CKA (grid)": pair("conv4_cka_debiased", 3),
+                         "regime (grid)": [f"{a} ({b})" for a, b in zip(rows["regime"], rows["grid_regime"])],
+                         "moves the answer": ["yes" if moves else "no" for moves in rows["moves"]]})
+
+
 def report(tables, context) -> Section:
     from repana.analysis.report import figure_markdown, markdown_table
 
-    cells = tables[f"{NAME}_cells"]
+    every_cell = tables[f"{NAME}_cells"]
+    cells = every_cell[base_cells(every_cell)]
     findings = []
     for _, cell in cells.iterrows():
         findings.append(Finding(
@@ -248,6 +343,19 @@ def report(tables, context) -> Section:
             f"max({_tolerance():g}, its std over seeds) points under the paper's protocol, 'head_steps' when that holds "
             "only with the support loss converged, 'adapts' otherwise.\n\n" + summary + "\n\n" + markdown_table(cells_view(cells))
             + "\n\n" + figure_markdown(NAME, "Where feature reuse holds"))
+    factors = factor_rows(every_cell)
+    if len(factors):
+        moved = [f"{row['shape']} with {row['change']}" for _, row in factors.iterrows() if row["moves"]]
+        kept = [f"{row['shape']} with {row['change']}" for _, row in factors.iterrows() if not row["moves"]]
+        body += ("\n\n**Other factors**, each changed alone on a grid shape (MAML only; inner lr on the mean support "
+                 "loss, used in training and at test). The regime moves for "
+                 + ("; ".join(moved) if moved else "none of them") + ", and stays for "
+                 + ("; ".join(kept) if kept else "none") + ".\n\n" + markdown_table(factors_view(factors)))
+        for _, row in factors.iterrows():
+            findings.append(Finding(
+                f"{row['shape']} with {row['change']}: regime {row['regime']} (grid: {row['grid_regime']}); freezing "
+                f"costs {row['drop_paper']:.1f} points at 10 steps and {row['drop_converged']:.1f} converged "
+                f"(grid {row['grid_drop_paper']:.1f} / {row['grid_drop_converged']:.1f})"))
     return Section("Where feature reuse holds: a map across networks", body, tuple(findings))
 
 

@@ -85,22 +85,28 @@ def freezing_accuracy(model: torch.nn.Module, episodes, *, steps: int, lr: float
 
 
 def converged_steps(model: torch.nn.Module, episodes, *, lr: float, trainable: Callable[[str], bool],
-                    ladder: Sequence[int] = CONVERGENCE_LADDER,
-                    target: float = CONVERGED_SUPPORT_LOSS) -> tuple[int, float, bool]:
+                    ladder: Sequence[int] = CONVERGENCE_LADDER, target: float = CONVERGED_SUPPORT_LOSS,
+                    losses: dict[int, float] | None = None) -> tuple[int, float, bool]:
     """The first step count of ``ladder`` whose mean support cross-entropy over ``episodes`` is at most
-    ``target`` nats: ``(steps, that loss, True)``; ``(ladder[-1], its loss, False)`` when none is."""
+    ``target`` nats: ``(steps, that loss, True)``; ``(ladder[-1], its loss, False)`` when none is.
+
+    ``losses``: ``{steps: mean support loss}`` already measured on these episodes with this ``lr`` and
+    ``trainable``; read instead of measured again, and filled with every step count measured here."""
     from repana.meta.evaluate import support_loss
 
     if not ladder or any(int(s) < 1 for s in ladder):
         raise InputError(f"convergence ladder {list(ladder)} must hold step counts of at least 1")
+    losses = {} if losses is None else losses
     loss = float("nan")
-    for steps in ladder:
-        loss = float(support_loss(model, episodes, steps=int(steps), lr=lr, trainable=trainable).mean())
+    for steps in map(int, ladder):
+        if steps not in losses:
+            losses[steps] = float(support_loss(model, episodes, steps=steps, lr=lr, trainable=trainable).mean())
+        loss = losses[steps]
         if not np.isfinite(loss):
             raise InputError(f"the support loss is not finite after {steps} steps of lr {lr}: the test-time "
                              "inner loop diverges; use a smaller lr")
         if loss <= target:
-            return int(steps), loss, True
+            return steps, loss, True
     return int(ladder[-1]), loss, False
 
 
@@ -112,27 +118,29 @@ def freezing_by_protocol(model: torch.nn.Module, episodes, *, run_steps: int, lr
     """:func:`freezing_accuracy` under each test-time protocol of :data:`PROTOCOLS` (module docstring).
 
     Returns one row per (frozen set, protocol): label, frozen, n_frozen, protocol, steps, accuracy (fraction),
-    ci95 (over episodes), support_loss (mean support cross-entropy after adaptation, nats), converged (the
-    support loss at most ``target``), n_episodes, lr. Steps are in the mean-loss convention of ``lr``.
-    ``ladder_episodes``: the episodes the convergence criterion is searched on (default ``episodes``; a subset
-    bounds the search's cost, the chosen step count is then evaluated on every episode).
+    ci95 (over episodes), support_loss (mean support cross-entropy after adaptation, nats, over the episodes
+    the convergence criterion is searched on), converged (that support loss at most ``target``), n_episodes,
+    lr. Steps are in the mean-loss convention of ``lr``. ``ladder_episodes``: the episodes the convergence
+    criterion is searched and judged on (default ``episodes``; a subset bounds the search's cost, accuracy is
+    then measured on every episode).
     """
     from repana.meta.evaluate import evaluate, support_loss
 
     _check_frozen_sets(frozen_sets)
+    search = episodes if ladder_episodes is None else ladder_episodes
     rows = []
     for frozen in progress(frozen_sets, desc=f"freezing {label}".strip(), unit="set"):
         adapted = freeze_layers(trainable, frozen, model.layer_names)
-        settled = converged_steps(model, episodes if ladder_episodes is None else ladder_episodes, lr=lr,
-                                  trainable=adapted, ladder=ladder, target=target)
-        measured: dict[int, tuple] = {}   # protocols with the same step count share one evaluation
+        losses: dict[int, float] = {}   # support losses on the search episodes, shared by the protocols
+        settled = converged_steps(model, search, lr=lr, trainable=adapted, ladder=ladder, target=target,
+                                  losses=losses)
+        results: dict[int, object] = {}   # protocols with the same step count share one evaluation
         for protocol, steps in (("run", run_steps), ("paper", paper_steps), ("converged", settled[0])):
-            if steps not in measured:
-                result = evaluate(model, episodes, method="adapt", steps=steps, lr=lr, trainable=adapted)
-                loss = (settled[1] if protocol == "converged" and ladder_episodes is None
-                        else float(support_loss(model, episodes, steps=steps, lr=lr, trainable=adapted).mean()))
-                measured[steps] = (result, loss)
-            result, loss = measured[steps]
+            if steps not in results:
+                results[steps] = evaluate(model, episodes, method="adapt", steps=steps, lr=lr, trainable=adapted)
+            if steps not in losses:
+                losses[steps] = float(support_loss(model, search, steps=steps, lr=lr, trainable=adapted).mean())
+            result, loss = results[steps], losses[steps]
             rows.append({"label": label, "frozen": frozen_name(frozen), "n_frozen": len(frozen),
                          "protocol": protocol, "steps": int(steps), "accuracy": float(result.accuracy),
                          "ci95": float(result.ci95), "support_loss": loss, "converged": bool(loss <= target),

@@ -32,7 +32,7 @@ from repana.analysis.registry import (ANALYSIS_QUERIES, PRESETS, AnalysisContext
 from repana.errors import ConfigError, InputError
 from repana.io import atomic_save_csv, atomic_write_text
 from repana.runs.plan import Job
-from repana.analysis.feature_reuse_map import MAP_QUICK_ITERATIONS, MAP_QUICK_VALUES
+from repana.analysis.feature_reuse_map import MAP_BUDGET_FRACTIONS, MAP_QUICK_ITERATIONS, MAP_QUICK_VALUES, split_network
 
 __all__ = ["reproduce", "training_plan", "rl_training_plan", "load_entries", "default_analyses_dir"]
 
@@ -54,12 +54,14 @@ QUICK_OVERRIDES = {"hidden": 32, "meta_batch_size": 4, "queries_train": 5, "log_
 # MiniImageNet evaluation). Finn et al.'s Omniglot network (spatial mean, 3 test steps) is a cell of the
 # feature-reuse map, which shows how the answer changes with the head's input.
 QUICK_SHAPE = {"head_input": "flatten", "inner_steps_test": 10}
-# Budgets (meta-iterations of 4 tasks): MAML, ANIL and BOIL alike; with the flattened head MAML still gained
-# 5-14 points over the last third of 3000 on the glyphs, so they train 5000. Multiclass pretraining (64 images a
-# step) had flattened by 4500 and multitask training by 1000; NIL training still rose 3.4 ± 1.2 points over the
-# last third of 1000, so it trains 2000 (learning_curves.flattening; the report lists the budgets among its
-# deviations).
-QUICK_ITERATIONS = {"maml": 5000, "anil": 5000, "multiclass": 4500, "multitask": 1000, "nil": 2000, "boil": 5000}
+# Budgets (meta-iterations of 4 tasks; learning_curves.flattening judges each curve over its last third, and
+# the report lists the budgets among its deviations). MAML, ANIL and NIL training alike: with the flattened head
+# MAML still gained 5-14 points over the last third of 3000 on the glyphs, and NIL training 3 points over the
+# last third of 2000 (it levels off at 88-90 % from about 3600 on, 2 seeds), so they train 5000. BOIL's
+# validation accuracy reached 97-98 % by iteration 2400 and stayed there (2 seeds), so it trains 3000.
+# Multiclass pretraining (64 images a step) levels off at 92-94 % from iteration 1800 on, so it trains 2400;
+# multitask training had flattened by 1000.
+QUICK_ITERATIONS = {"maml": 5000, "anil": 5000, "multiclass": 2400, "multitask": 1000, "nil": 5000, "boil": 3000}
 QUICK_VALIDATIONS = 15        # validation points along each quick run (the learning curves)
 QUICK_VAL_EPISODES = 50
 # MAML's saved checkpoints, as fractions of training: the paper's Figure 3 uses 10000, 20000 and 30000 of
@@ -157,8 +159,9 @@ def training_plan(preset: str, dataset: str, data_root: str | Path | None = None
             # (load_splits(dataset, root)); the preset's "maml" split needs all 1623 Omniglot characters
             values: dict = {"name": name, "algorithm": RUNS[run], "dataset": dataset, "split": "",
                             "data_root": str(data_root) if data_root else ""}
+            fraction = MAP_BUDGET_FRACTIONS.get(split_network(name)[1], 1.0)
             if preset == "quick":
-                budget = MAP_QUICK_ITERATIONS[run] if variant else QUICK_ITERATIONS[run]
+                budget = MAP_QUICK_ITERATIONS[run] * fraction if variant else QUICK_ITERATIONS[run]
                 iterations = max(10, int(budget * iterations_scale))
                 values.update(QUICK_OVERRIDES, **(MAP_QUICK_VALUES if variant else QUICK_SHAPE), iterations=iterations,
                               checkpoint_every=0,
@@ -168,6 +171,10 @@ def training_plan(preset: str, dataset: str, data_root: str | Path | None = None
                                         if name == "maml" else [])
             # a map variant's shape wins over the run-wide overrides: it is what the grid varies
             config = load_config(preset=f"{family}-{cell}", overrides={**values, **(overrides or {}), **variant})
+            if preset == "paper" and fraction != 1.0:
+                iterations = max(1, round(config.iterations * fraction))
+                config = config.replace(iterations=iterations,
+                                        save_steps=[step for step in config.save_steps if step <= iterations])
             if preset == "paper" and name == "maml":
                 config = config.replace(save_steps=sorted(set(config.save_steps) | {
                     round(f * config.iterations) for f in SAVE_FRACTIONS}))
@@ -237,27 +244,49 @@ class TableCache:
     log: Callable[[str], None]
     reused: list[str] = field(default_factory=list)
 
+    def read(self, name: str, key: str, subfolder: str = "") -> dict[str, pd.DataFrame] | None:
+        """The analysis's tables read back from ``folder/subfolder`` when they were computed from ``key``, else None."""
+        folder = self.folder / subfolder
+        key_file = folder / f"{name}.key"
+        if not key_file.exists():
+            return None
+        saved_key, *table_names = key_file.read_text().split()
+        csvs = [folder / f"{table}.csv" for table in table_names]
+        if saved_key != key or not table_names or not all(csv.exists() for csv in csvs):
+            return None
+        self.log(f"[analysis] {name}: reusing {', '.join(str(csv) for csv in csvs)}")
+        self.reused.append(name)
+        return {table: pd.read_csv(csv) for table, csv in zip(table_names, csvs)}
+
+    def write(self, name: str, key: str, tables: dict[str, pd.DataFrame], subfolder: str = "",
+              seconds: float | None = None) -> None:
+        """Write computed tables (each CSV atomically), then the key file that marks them complete."""
+        folder = self.folder / subfolder
+        for table, frame in tables.items():
+            atomic_save_csv(frame, folder / f"{table}.csv")
+        atomic_write_text(folder / f"{name}.key", " ".join([key, *tables]) + "\n")
+        took = "" if seconds is None else f" in {seconds:.0f} s"
+        self.log(f"[analysis] {name}{' ' + subfolder if subfolder else ''}: {sum(len(f) for f in tables.values())} "
+                 f"rows{took} -> {folder}/{name}*.csv")
+
     def get(self, name: str, key: str, compute: Callable[[], dict[str, pd.DataFrame]],
             subfolder: str = "") -> tuple[dict, bool]:
         """The analysis's tables (CSVs in ``folder/subfolder``), and whether they were read back (True)
-        or computed (False)."""
-        folder = self.folder / subfolder
-        key_file = folder / f"{name}.key"
-        if key_file.exists():
-            saved_key, *table_names = key_file.read_text().split()
-            csvs = [folder / f"{table}.csv" for table in table_names]
-            if saved_key == key and table_names and all(csv.exists() for csv in csvs):
-                self.log(f"[analysis] {name}: reusing {', '.join(str(csv) for csv in csvs)}")
-                self.reused.append(name)
-                return {table: pd.read_csv(csv) for table, csv in zip(table_names, csvs)}, True
+        or computed here (False)."""
+        tables = self.read(name, key, subfolder)
+        if tables is not None:
+            return tables, True
         start = time.perf_counter()
         tables = compute()
-        for table, frame in tables.items():
-            atomic_save_csv(frame, folder / f"{table}.csv")
-        atomic_write_text(key_file, " ".join([key, *tables]) + "\n")
-        self.log(f"[analysis] {name}{' ' + subfolder if subfolder else ''}: {sum(len(f) for f in tables.values())} "
-                 f"rows in {time.perf_counter() - start:.0f} s -> {folder}/{name}*.csv")
+        self.write(name, key, tables, subfolder, time.perf_counter() - start)
         return tables, False
+
+
+def _timed(compute: Callable[[], dict]) -> Callable[[], tuple[dict, float]]:
+    def run():
+        start = time.perf_counter()
+        return compute(), time.perf_counter() - start
+    return run
 
 
 def reproduce(preset: str = "quick", dataset: str = "glyphs", data_root: str | Path | None = None,
@@ -336,7 +365,8 @@ def reproduce(preset: str = "quick", dataset: str = "glyphs", data_root: str | P
     for setting in dict.fromkeys(setting_name(job) for job in plan):
         jobs = [job for job in plan if setting_name(job) == setting]
         found, setting_facts, computed = _analyse_setting(setting, jobs, selected, entries, preset,
-                                                          data_for(dataset), data_root, out, log)
+                                                          data_for(dataset), data_root, out, log,
+                                                          analysis_workers(executor, max_workers))
         sections += found
         facts.append(setting_facts)
         for name, result in computed.items():
@@ -348,6 +378,18 @@ def reproduce(preset: str = "quick", dataset: str = "glyphs", data_root: str | P
     report = write_report(out, sections, context_facts)
     log(f"[reproduce] report written to {report} ({time.perf_counter() - t_start:.0f} s)")
     return report
+
+
+def analysis_workers(executor: str, max_workers: int | None = None) -> int:
+    """Worker processes for a reproduction's analyses: one (this process) with the inline executor, else the
+    usable cores divided by this process's torch threads, at most ``max_workers``. One-threaded workers
+    share the cores without spinning thread pools, so a busy core slows them and nothing more."""
+    from repana.runtime import usable_cores
+
+    if executor == "inline":
+        return 1
+    workers = max(1, usable_cores() // max(1, torch.get_num_threads()))
+    return min(workers, max_workers) if max_workers else workers
 
 
 def write_reproduction_plan(plan_dir: str | Path, preset: str = "quick", dataset: str = "glyphs",
@@ -394,13 +436,16 @@ def write_reproduction_plan(plan_dir: str | Path, preset: str = "quick", dataset
 
 
 def _analyse_setting(setting: str, jobs: list[Job], selected: list, entries: dict, preset: str, data: dict,
-                     data_root, out: Path, log: Callable[[str], None]) -> tuple[list, dict, dict]:
+                     data_root, out: Path, log: Callable[[str], None], workers: int = 1) -> tuple[list, dict, dict]:
     """Every selected analysis on one setting's runs: per seed (tables gain a ``seed`` column) or, for
-    analyses that compare seeds, on all of them at once. Returns the report sections, the setting's facts
-    and {analysis: (tables, context)}."""
+    analyses that compare seeds, on all of them at once. The analyses whose tables are not on disk yet run
+    in up to ``workers`` forked processes (:func:`repana.runs.forked.run_forked`), each with this process's
+    torch thread count; tables are written as each finishes, then figures and report sections in order.
+    Returns the report sections, the setting's facts and {analysis: (tables, context)}."""
     from repana.analysis.maml_anil_nil import seconds_per_iteration
     from repana.meta.checkpoint import load_checkpoint
     from repana.plots import paper as plots
+    from repana.runs.forked import run_forked
 
     seeds = sorted({job.seed_index for job in jobs})
     checkpoints = {(job.network, job.seed_index): load_checkpoint(job.final_checkpoint) for job in jobs}
@@ -416,14 +461,11 @@ def _analyse_setting(setting: str, jobs: list[Job], selected: list, entries: dic
     every_seed = context_for({f"{net}/seed{k}": ckpt for (net, k), ckpt in checkpoints.items()})
     cache = TableCache(out / "tables" / setting, log)
     figures_dir = out / "figures" / setting
-    sections, computed = [], {}
+    sections, computed, units = [], {}, []    # units: (analysis, seed or None, context, key)
     for analysis in selected:
         settings = entries[analysis.name]["settings"]
         if len(seeds) < analysis.min_seeds:
             log(f"[analysis] {analysis.name}: not run ({len(seeds)} seed(s); it needs {analysis.min_seeds})")
-            sections.append(Section(f"{analysis.title} (paper {analysis.reference})",
-                                    f"Not run: this analysis compares networks of {analysis.min_seeds} or more seeds; "
-                                    f"this reproduction trained {len(seeds)} (`--seeds`).", (), setting))
             continue
         if analysis.across_seeds:
             labels = tuple(label for label in every_seed.networks if label.split("/")[0] in analysis.networks)
@@ -431,18 +473,34 @@ def _analyse_setting(setting: str, jobs: list[Job], selected: list, entries: dic
         else:
             contexts = {seed: per_seed[seed].with_settings(settings, analysis.episode_offset,
                                                            networks=analysis.networks) for seed in seeds}
-        parts, all_reused = {}, True
         for seed, context in contexts.items():
             key = _fingerprint({"settings": context.settings, "setting": setting, "preset": preset,
                                 "steps": context.steps, "lr": context.lr}, context.input_files(analysis))
-            tables, reused = cache.get(analysis.name, key, lambda: _checked(analysis, analysis.compute(context)),
-                                       subfolder="" if seed is None else f"seed{seed}")
-            all_reused &= reused
-            parts[seed] = tables
-        tables = _combine_seeds(parts)
+            units.append((analysis, seed, context, key))
+    subfolder = lambda seed: "" if seed is None else f"seed{seed}"
+    tables_of = {(analysis.name, seed): cache.read(analysis.name, key, subfolder(seed))
+                 for analysis, seed, _, key in units}
+    missing = [unit for unit in units if tables_of[(unit[0].name, unit[1])] is None]
+
+    def finished(index: int, result: tuple[dict, float]) -> None:
+        analysis, seed, _, key = missing[index]
+        tables_of[(analysis.name, seed)] = result[0]
+        cache.write(analysis.name, key, result[0], subfolder(seed), result[1])
+
+    run_forked([_timed(lambda a=analysis, c=context: _checked(a, a.compute(c))) for analysis, _, context, _ in missing],
+               workers=workers, threads=max(1, torch.get_num_threads()), on_done=finished)
+    for analysis in selected:
+        if len(seeds) < analysis.min_seeds:
+            sections.append(Section(f"{analysis.title} (paper {analysis.reference})",
+                                    f"Not run: this analysis compares networks of {analysis.min_seeds} or more seeds; "
+                                    f"this reproduction trained {len(seeds)} (`--seeds`).", (), setting))
+            continue
+        mine = [unit for unit in units if unit[0] is analysis]
+        tables = _combine_seeds({seed: tables_of[(analysis.name, seed)] for _, seed, _, _ in mine})
         for table, frame in tables.items():
             atomic_save_csv(frame, cache.folder / f"{table}.csv")
-        context = next(iter(contexts.values()))
+        context = mine[0][2]
+        all_reused = not any(unit[0] is analysis for unit in missing)
         for stem, build in analysis.figures(tables, context).items():
             target = figures_dir / stem
             if all_reused and target.with_suffix(".png").exists() and target.with_suffix(".pdf").exists():

@@ -12,7 +12,8 @@
 A reproduction is a plan of independent training jobs (setting x network x seed) and then the analyses.
 It trains what is missing (reusing and resuming the runs in ``<out>/runs``; ``--executor local`` runs
 jobs in parallel worker processes, one per free core or GPU; ``--executor ray`` as Ray tasks on the
-cluster at ``--address``), runs every analysis of ``analyses/*.toml``, writes
+cluster at ``--address``), runs every analysis of ``analyses/*.toml`` (each analysis and seed in its own
+worker process, one per usable core, unless ``--executor inline``), writes
 ``<out>/tables/<setting>/*.csv``, ``<out>/figures/<setting>/*.png|pdf`` and ``<out>/report.md``.
 ``--plan DIR`` only writes the plan (one ``repana train`` command per job, a GNU parallel list and a
 SLURM array script) for another scheduler, after checking that the dataset's files are there; ``--threads``
@@ -59,8 +60,10 @@ def register(subparsers) -> None:
     parser.add_argument("--executor", choices=("local", "inline", "ray"), default="local",
                         help="where training jobs run: local worker processes (default), inline (this process), "
                              "ray (a Ray cluster; pip install 'repana[ray]')")
-    parser.add_argument("--max-workers", type=int, metavar="N", help="local executor: parallel jobs (default: free "
-                                                                       "cores, or visible GPUs with --device cuda)")
+    parser.add_argument("--max-workers", type=int, metavar="N",
+                        help="local executor: parallel training jobs (default: free cores, or visible GPUs with --device "
+                             "cuda); with any executor but inline, also the most analysis worker processes (default: "
+                             "usable cores / --threads)")
     parser.add_argument("--address", metavar="HOST:PORT", help="ray: the cluster's address (default: a local instance)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the training jobs run")
     parser.add_argument("--rl", action="store_true",

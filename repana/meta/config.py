@@ -87,6 +87,7 @@ class TrainConfig:
     dataset: str = "omniglot"
     data_root: str = ""               # "" -> REPANA_DATA_ROOT or ~/.cache/repana/data
     split: str = ""                   # dataset-specific split name; "" -> the dataset's default
+    train_classes: int = 0            # 0: every class of the training split; N: a fixed subset of N of them
     image_size: int = 28              # pixels (square); 28 for Omniglot, 84 for MiniImageNet
     ways: int = 5
     shots: int = 1
@@ -172,7 +173,7 @@ class TrainConfig:
             if getattr(self, key) > limit:
                 raise ConfigError(f"{key} = {getattr(self, key)} is above the limit of {limit:,} ({why}); "
                                   "see repana/limits.py")
-        for key in ["val_every", "checkpoint_every", "inner_steps_test", "threads"]:
+        for key in ["val_every", "checkpoint_every", "inner_steps_test", "threads", "train_classes"]:
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} = {getattr(self, key)} must not be negative")
         if (problem := seed_problem(self.seed, "seed")) is not None:
@@ -206,7 +207,11 @@ class TrainConfig:
         return self
 
     def check_classes(self, n_classes: Mapping[str, int]) -> None:
-        """Raise ConfigError when an episode needs more ways than a split has classes."""
+        """Raise ConfigError when an episode needs more ways than a split has classes, or ``train_classes``
+        more than the training split has."""
+        if self.train_classes and "train" in n_classes and self.train_classes > n_classes["train"]:
+            raise ConfigError(f"train_classes = {self.train_classes} is more than the {n_classes['train']} classes of "
+                              f"the training split of {self.dataset!r} (0 trains on all of them)")
         for split, count in n_classes.items():
             if self.ways > count:
                 raise ConfigError(f"ways = {self.ways} is more than the {count} classes of the "

@@ -326,6 +326,19 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+# The subset of training classes a run with ``train_classes = N`` meta-learns from: fixed, whatever the run's seed,
+# so that runs of one size differ only in their own randomness.
+TRAIN_CLASS_SUBSET_SEED = 20_200_426
+
+
+def training_classes(dataset, count: int):
+    """``count`` classes of ``dataset`` (an :class:`repana.data.ImageClassDataset`), drawn without replacement
+    by a generator of fixed seed (:data:`TRAIN_CLASS_SUBSET_SEED`) and kept in the dataset's order: the training
+    split of a run with ``train_classes = count``."""
+    chosen = np.random.default_rng(TRAIN_CLASS_SUBSET_SEED).choice(dataset.n_classes, size=int(count), replace=False)
+    return dataset.subset(np.sort(chosen))
+
+
 def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, device: str | torch.device = "cpu",
           data: Mapping | None = None, algorithm=None,
           callback: Callable[[int, dict], None] | None = None, show_progress: bool | None = None,
@@ -385,9 +398,11 @@ def _train_holding_the_folder(config: TrainConfig, run_dir: Path, resume: bool, 
     data = data if data is not None else load_data(config)
     algorithm = algorithm if algorithm is not None else make_algorithm(config)
     batch_kind = algorithm.batch_kind
-    n_classes = data["train"].n_classes if batch_kind == "classification" else config.ways
     config.check_classes({s: data[s].n_classes for s in ("train", "val")
-                          if s in data and (s == "val" or batch_kind == "episodes")})
+                          if s in data and (s == "val" or batch_kind == "episodes" or config.train_classes)})
+    if config.train_classes:
+        data = {**data, "train": training_classes(data["train"], config.train_classes)}
+    n_classes = data["train"].n_classes if batch_kind == "classification" else config.ways
 
     set_global_seeds(config.seed)
     model_config = config.model_config(n_classes)

@@ -199,7 +199,7 @@ def _check_sample_size(n: int, kx: int, ky: int, rx: Representation, ry: Represe
     if kx == 0 or ky == 0:
         raise InputError(f"{measure}: {rx.name if kx == 0 else ry.name} has no direction above the rank "
                          f"tolerance (numerically constant)")
-    distinct = n if kx + ky >= n else distinct_datapoints(rx, ry)
+    distinct = n if kx + ky >= n else distinct_datapoints(rx, ry, stop_at=kx + ky + 1)
     if kx + ky >= distinct:
         counted = f"{n} datapoints" if distinct == n else f"{n} datapoints but only {distinct} distinct ones"
         raise InputError(

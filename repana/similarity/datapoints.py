@@ -23,30 +23,28 @@ import torch
 from repana.similarity._arrays import warn
 from repana.similarity.representation import Representation
 
-_KEY_SEED = 20_191_909  # fixed: the same inputs always give the same row keys
+_BLOCK_ROWS = 512
 
 
-def _row_keys(rep: Representation) -> torch.Tensor:
-    """``(n,)`` float64: each row of the data times one fixed random vector. Equal rows give equal keys, and
-    distinct rows equal keys only on a measure-zero set (then :func:`distinct_datapoints` compares rows)."""
-    def compute():
-        data, _ = rep._product_operand()  # raw or centred: equal rows stay equal either way
-        generator = torch.Generator().manual_seed(_KEY_SEED + rep.d)
-        direction = torch.randn(rep.d, dtype=torch.float64, generator=generator).to(data.device)
-        return data @ direction
-    return rep.cached("row_keys", compute)
-
-
-def distinct_datapoints(rx: Representation, ry: Representation | None = None) -> int:
+def distinct_datapoints(rx: Representation, ry: Representation | None = None, stop_at: int | None = None) -> int:
     """Number of distinct rows of ``rx`` (and ``ry`` beside it): the datapoints a comparison really has.
 
-    Exact: when the row keys of the pair are all different the rows are too; otherwise the rows themselves
-    are compared (``torch.unique``, only then, as it sorts whole rows)."""
-    keys = _row_keys(rx) if ry is None else _row_keys(rx) + 2.0 * _row_keys(ry)
-    if torch.unique(keys).numel() == rx.n:
-        return rx.n
-    data = rx.centered if ry is None else torch.cat([rx.centered, ry.centered], dim=1)
-    return int(torch.unique(data, dim=0).shape[0])
+    Exact: rows are compared by value (their float64 bytes, with -0.0 read as 0.0). ``stop_at``: stop counting
+    once that many distinct rows are found and return ``stop_at``: what a caller that only asks "more than
+    k?" needs, in the time of about k rows instead of a pass over all of them (conv maps with spatial
+    positions as datapoints have thousands of rows, and one blank background repeats many of them).
+    """
+    limit = rx.n if stop_at is None else min(int(stop_at), rx.n)
+    seen: set[bytes] = set()
+    for start in range(0, rx.n, _BLOCK_ROWS):   # blocks: an early stop converts only the rows it reads
+        rows = slice(start, start + _BLOCK_ROWS)
+        block = rx.centered[rows] if ry is None else torch.cat([rx.centered[rows], ry.centered[rows]], dim=1)
+        # + 0.0 turns -0.0 into 0.0, so that equal values have equal bytes
+        for row in (block.detach().to("cpu", torch.float64) + 0.0).contiguous().numpy():
+            seen.add(row.tobytes())
+            if len(seen) >= limit:
+                return limit
+    return len(seen)
 
 
 def is_saturated(rep: Representation, n_distinct: int) -> bool:
@@ -59,7 +57,8 @@ def is_saturated(rep: Representation, n_distinct: int) -> bool:
 def degenerate_reason(rx: Representation, ry: Representation) -> str | None:
     """Why a measure that saturates (plain CKA, Procrustes) is near 1 by construction on this pair, naming the
     effective rank; None when neither side is saturated."""
-    n_distinct = distinct_datapoints(rx, ry)
+    # saturation needs distinct datapoints <= d + 1 (is_saturated), so counting stops above the larger d + 1
+    n_distinct = distinct_datapoints(rx, ry, stop_at=max(rx.d, ry.d) + 2)
     for rep in (rx, ry):
         if is_saturated(rep, n_distinct):
             repeated = "" if n_distinct == rep.n else f" ({rep.n} rows, {n_distinct} distinct)"
