@@ -30,8 +30,9 @@ from repana.errors import InputError
 from repana.limits import check_command_options
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("analyze", help="run one of the paper's analyses on checkpoints",
+def register(subparsers, help_text: str) -> None:
+    """Add the ``repana analyze`` parser to ``subparsers``, listed with ``help_text``."""
+    parser = subparsers.add_parser("analyze", help=help_text,
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("analysis", metavar="ANALYSIS", help="one of: " + ", ".join(ANALYSES))
     parser.add_argument("--checkpoint", action="append", required=True, metavar="[LABEL=]PATH",

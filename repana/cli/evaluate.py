@@ -15,9 +15,10 @@ from repana.errors import InputError
 from repana.limits import check_command_options
 
 
-def register(subparsers) -> None:
+def register_evaluate(subparsers, help_text: str) -> None:
+    """Add the ``repana evaluate`` parser to ``subparsers``, listed with ``help_text``."""
     ev = subparsers.add_parser(
-        "evaluate", help="few-shot accuracy ± 95%% CI of a checkpoint on fixed test episodes",
+        "evaluate", help=help_text,
         description="Adapt a checkpoint on each of N fixed test episodes and report the mean query "
                     "accuracy with its 95% confidence interval over episodes (1.96 * std / sqrt(N)). "
                     "On an RL checkpoint: the returns before / after one adaptation step on N held-out "
@@ -49,8 +50,11 @@ def register(subparsers) -> None:
     ev.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     ev.set_defaults(func=run_evaluate)
 
+
+def register_predict(subparsers, help_text: str) -> None:
+    """Add the ``repana predict`` parser to ``subparsers``, listed with ``help_text``."""
     pr = subparsers.add_parser(
-        "predict", help="classify query images after adapting a checkpoint on labelled support images",
+        "predict", help=help_text,
         description="SUPPORT holds one subfolder per label with that label's images (the same number in "
                     "each); QUERY holds the images to classify (flat, or in label subfolders to also get "
                     "the accuracy). Images are read with Pillow, converted to the checkpoint's channels and "

@@ -20,9 +20,10 @@ from repana.errors import ConfigError, ConfigWarning, InputError
 RL_PRESETS = ("rl-2dnav", "rl-halfcheetah-dir", "rl-halfcheetah-vel")
 
 
-def register(subparsers) -> None:
+def register(subparsers, help_text: str) -> None:
+    """Add the ``repana train`` parser to ``subparsers``, listed with ``help_text``."""
     parser = subparsers.add_parser(
-        "train", help="meta-train MAML / FOMAML / ANIL / Reptile / baselines",
+        "train", help=help_text,
         description="Meta-train a Conv4 from a preset or TOML config into a run folder (config.toml, "
                     "metrics.csv, checkpoints/). Under torchrun the meta-batch is split across ranks. "
                     "The rl-* presets (or a TOML with an RL config) meta-train a Gaussian MLP policy with "
