@@ -56,7 +56,8 @@ from repana.errors import ConfigError
 __all__ = ["retain_freed_memory", "retain_freed_memory_from_env", "DEFAULT_RETAIN_BYTES", "ENV_VAR",
            "configure_process_defaults", "usable_cores", "default_threads", "THREAD_ENV_DEFAULTS",
            "MAX_DEFAULT_THREADS", "THREADS_ENV", "PARALLEL_MIN_MACS", "threads_from_env", "explicit_threads", "idle_cores",
-           "thread_rule", "choose_threads", "similarity_threads", "conv4_macs_per_image", "conv4_threads"]
+           "thread_rule", "choose_threads", "similarity_threads", "conv4_macs_per_image", "conv4_threads",
+           "set_conv4_threads"]
 
 DEFAULT_RETAIN_BYTES = 1 << 30   # 1 GiB: every map of the paper's networks at CPU batch sizes fits
 ENV_VAR = "REPANA_RETAIN_FREED_MIB"
@@ -325,6 +326,16 @@ def conv4_threads(model_config: dict, images: int, environ=None) -> int:
     if model_config.get("arch", "conv4") != "conv4":
         return choose_threads(None, environ)
     return choose_threads(conv4_macs_per_image(**model_config) * int(images), environ)
+
+
+def set_conv4_threads(model_config: dict, images: int) -> None:
+    """Set torch's CPU thread count to :func:`conv4_threads` for running this Conv4 on ``images`` images
+    at a time: ``$REPANA_THREADS`` (or an ``OMP_NUM_THREADS`` set outside repana), else one thread for
+    Omniglot-size episodes and the idle cores for MiniImageNet-size ones. The evaluating commands
+    (``repana evaluate``, ``predict``, ``analyze``) call it before their work; it imports torch."""
+    import torch
+
+    torch.set_num_threads(conv4_threads(model_config, images))
 
 
 def configure_process_defaults(environ=None) -> dict[str, str]:

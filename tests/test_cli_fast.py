@@ -55,8 +55,36 @@ def test_importing_repana_and_its_runtime_setup_imports_nothing_heavy():
     pytest.param(name, marks=pytest.mark.xfail(reason=NOT_YET_LIGHT[name], strict=False))
     if name in NOT_YET_LIGHT else name for name in COMMANDS])
 def test_sub_command_parser_imports_nothing_heavy(command):
-    loaded = _heavy_after(f"import repana.cli\nrepana.cli.build_parser(load={command!r})")
+    loaded = _heavy_after(f"import repana.cli\nrepana.cli.build_parser([{command!r}])")
     assert not any(loaded.values()), loaded
+
+
+@pytest.mark.parametrize("argv, imported", [
+    (["--help"], []),
+    (["bogus"], []),
+    (["compare", "--help"], ["repana.cli.compare"]),
+    (["predict", "--help"], ["repana.cli.evaluate"]),
+])
+def test_only_the_named_command_module_is_imported(argv, imported):
+    modules = sorted({where.split(":")[0] for where, _ in COMMANDS.values()})
+    code = ("import contextlib, io, json, sys, repana.cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+            f"    try:\n        repana.cli.main({argv!r})\n"
+            "    except SystemExit:\n        pass\n"
+            f"print(json.dumps([m for m in {modules!r} if m in sys.modules]))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == imported
+
+
+def test_unknown_command_and_no_command_are_usage_errors(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["bogus"])
+    assert exit.value.code == 2
+    assert "argument COMMAND: invalid choice: 'bogus' (choose from 'compare', 'data'" in capsys.readouterr().err
+    assert main([]) == 2 and "usage: repana" in capsys.readouterr().out
 
 
 def test_version_and_help_print(capsys):
@@ -81,7 +109,7 @@ def _sub_parsers(parser: argparse.ArgumentParser, prefix=()):
 
 
 def test_every_sub_command_help_renders_and_lists_its_options():
-    parser = build_parser(load="all")
+    parser = build_parser()
     found = list(_sub_parsers(parser))
     assert {words[0] for words, _ in found} == set(COMMANDS)
     for words, sub in found:
@@ -90,7 +118,7 @@ def test_every_sub_command_help_renders_and_lists_its_options():
 
 
 def test_one_spelling_for_the_data_root():
-    parser = build_parser(load=[name for name in COMMANDS if name not in NOT_YET_LIGHT])
+    parser = build_parser([name for name in COMMANDS if name not in NOT_YET_LIGHT])
     visible = {}
     for words, sub in _sub_parsers(parser):
         for action in sub._actions:

@@ -41,6 +41,16 @@ def test_presets_load():
         RLConfig(env="pong")
 
 
+def test_preset_registry_names_every_bundled_file_and_its_environment():
+    from importlib import resources
+
+    from repana.rl.presets import PRESETS
+
+    files = sorted(path.name for path in resources.files("repana.rl.presets").iterdir() if path.name.endswith(".toml"))
+    assert files == sorted(f"{name}.toml" for name in PRESETS)
+    assert {name: load_preset(name).env for name in PRESETS} == PRESETS
+
+
 @pytest.mark.parametrize("algorithm", ["maml", "anil"])
 def test_seeded_runs_are_identical(tmp_path, algorithm):
     a = train_rl(TINY_NAV, tmp_path / "a", algorithm=algorithm, iterations=2)

@@ -358,18 +358,16 @@ def test_a_run_records_its_automatic_thread_count_and_resume_keeps_it(tmp_path, 
     assert load_checkpoint(run / "checkpoints" / "latest.pt").runtime["threads"] == 2
 
 
-def test_evaluate_and_predict_commands_use_the_automatic_count(monkeypatch):
+def test_set_conv4_threads_uses_the_automatic_count(monkeypatch):
     import torch
-
-    from repana.cli.evaluate import _use_automatic_threads
 
     monkeypatch.delenv("REPANA_THREADS", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     torch.set_num_threads(2)
-    _use_automatic_threads(QUICK_NET, 80)
+    runtime.set_conv4_threads(QUICK_NET, 80)
     assert torch.get_num_threads() == 1
     monkeypatch.setenv("REPANA_THREADS", "2")
-    _use_automatic_threads(QUICK_NET, 80)
+    runtime.set_conv4_threads(QUICK_NET, 80)
     assert torch.get_num_threads() == 2
 
 

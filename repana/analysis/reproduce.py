@@ -31,6 +31,7 @@ from repana.analysis.registry import (ANALYSIS_QUERIES, PRESETS, AnalysisContext
                                      get_analysis, list_analyses, load_entries)
 from repana.errors import ConfigError, InputError
 from repana.io import atomic_save_csv, atomic_write_text
+from repana.rl.presets import PRESETS as RL_PRESET_ENVIRONMENTS
 from repana.runs.plan import Job
 from repana.analysis.feature_reuse_map import MAP_BUDGET_FRACTIONS, MAP_QUICK_ITERATIONS, MAP_QUICK_VALUES, split_network
 
@@ -69,9 +70,8 @@ QUICK_VAL_EPISODES = 50
 SAVE_FRACTIONS = (1 / 6, 1 / 3, 1 / 2, 1.0)
 
 # ----- RL (Table 2's RL rows; repana.rl) -----
-RL_ENVS = ("2d-navigation", "halfcheetah-dir", "halfcheetah-vel")
-RL_PRESETS = {"2d-navigation": "rl-2dnav", "halfcheetah-dir": "rl-halfcheetah-dir",
-              "halfcheetah-vel": "rl-halfcheetah-vel"}
+RL_PRESETS = {env: name for name, env in RL_PRESET_ENVIRONMENTS.items()}   # environment -> its bundled preset
+RL_ENVS = tuple(RL_PRESETS)
 RL_RUNS = ("maml", "anil")          # seeds offset as RUN_SEED_OFFSETS (maml 0, anil 1)
 # The quick preset's RL budgets. 2-D navigation keeps the paper's per-update size (20 tasks x 20
 # trajectories x 100 steps) for 40 of its 500 meta-updates: both algorithms reached about -14 there

@@ -28,10 +28,12 @@ from repana.analysis.registry import ANALYSIS_MODULES as ANALYSES   # stdlib-onl
 from repana.cli.checks import check_output_dir, check_seed
 from repana.errors import InputError
 from repana.limits import check_command_options
+from repana.runtime import set_conv4_threads
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("analyze", help="run one of the paper's analyses on checkpoints",
+def register(subparsers, help_text: str) -> None:
+    """Add the ``repana analyze`` parser to ``subparsers``, listed with ``help_text``."""
+    parser = subparsers.add_parser("analyze", help=help_text,
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("analysis", metavar="ANALYSIS", help="one of: " + ", ".join(ANALYSES))
     parser.add_argument("--checkpoint", action="append", required=True, metavar="[LABEL=]PATH",
@@ -127,12 +129,10 @@ def run(args) -> int:
     context = AnalysisContext(networks=networks, settings=settings, preset=args.preset, steps=args.steps,
                               lr=args.lr, dataset=args.dataset, data_root=args.data_root, queries=args.queries,
                               seed=args.seed, episode_offset=analysis.episode_offset)
-    from repana.cli.evaluate import _use_automatic_threads
-
     first = next(iter(networks.values()))   # torch threads for its network and episodes (repana.runtime)
     if getattr(analysis, "kind", "meta") != "rl" and hasattr(first, "train_config"):   # RL policies: unchanged
         config = first.train_config()
-        _use_automatic_threads(first.model_config, config.ways * (config.shots + config.queries_test))
+        set_conv4_threads(first.model_config, config.ways * (config.shots + config.queries_test))
     tables = analysis.compute(context)
     analysis.check_table_names(tables)
     out = Path(args.out)

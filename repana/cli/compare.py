@@ -23,9 +23,10 @@ CONV_REDUCTIONS = ("flatten", "positions", "mean")
 SEQUENCE_REDUCTIONS = ("tokens", "mean", "first", "flatten")
 
 
-def register(subparsers) -> None:
+def register(subparsers, help_text: str) -> None:
+    """Add the ``repana compare`` parser to ``subparsers``, listed with ``help_text``."""
     parser = subparsers.add_parser(
-        "compare", help="similarity of every layer of model A with every layer of model B",
+        "compare", help=help_text,
         description="Capture the chosen layers of two models on the same inputs and compare every layer of A "
                     "with every layer of B. Writes similarity.csv and heatmap.png / heatmap.pdf to --out. "
                     "Lists are space-separated (--layers-a conv1 conv2 'layer.*').")

@@ -30,8 +30,9 @@ class _DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("data", help="few-shot datasets: info, show an episode, download Omniglot",
+def register(subparsers, help_text: str) -> None:
+    """Add the ``repana data`` parser to ``subparsers``, listed with ``help_text``."""
+    parser = subparsers.add_parser("data", help=help_text,
                                    description="Inspect the few-shot datasets, draw an episode, download Omniglot.")
     commands = parser.add_subparsers(dest="data_command", metavar="ACTION")
 

@@ -13,11 +13,13 @@ from pathlib import Path
 from repana.cli.checks import check_checkpoint_file, check_device, check_output_file, check_seed
 from repana.errors import InputError
 from repana.limits import check_command_options
+from repana.runtime import set_conv4_threads
 
 
-def register(subparsers) -> None:
+def register_evaluate(subparsers, help_text: str) -> None:
+    """Add the ``repana evaluate`` parser to ``subparsers``, listed with ``help_text``."""
     ev = subparsers.add_parser(
-        "evaluate", help="few-shot accuracy ± 95%% CI of a checkpoint on fixed test episodes",
+        "evaluate", help=help_text,
         description="Adapt a checkpoint on each of N fixed test episodes and report the mean query "
                     "accuracy with its 95% confidence interval over episodes (1.96 * std / sqrt(N)). "
                     "On an RL checkpoint: the returns before / after one adaptation step on N held-out "
@@ -49,8 +51,11 @@ def register(subparsers) -> None:
     ev.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     ev.set_defaults(func=run_evaluate)
 
+
+def register_predict(subparsers, help_text: str) -> None:
+    """Add the ``repana predict`` parser to ``subparsers``, listed with ``help_text``."""
     pr = subparsers.add_parser(
-        "predict", help="classify query images after adapting a checkpoint on labelled support images",
+        "predict", help=help_text,
         description="SUPPORT holds one subfolder per label with that label's images (the same number in "
                     "each); QUERY holds the images to classify (flat, or in label subfolders to also get "
                     "the accuracy). Images are read with Pillow, converted to the checkpoint's channels and "
@@ -162,16 +167,6 @@ def run_evaluate_rl(args: argparse.Namespace) -> int:
     return 0
 
 
-def _use_automatic_threads(model_config: dict, images: int) -> None:
-    """torch threads for evaluating this network (repana.runtime.conv4_threads: $REPANA_THREADS, else one
-    thread for Omniglot-size episodes, the idle cores for MiniImageNet-size ones)."""
-    import torch
-
-    from repana.runtime import conv4_threads
-
-    torch.set_num_threads(conv4_threads(model_config, images))
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
     check_checkpoint_file(args.checkpoint)
     check_seed(args.seed)
@@ -211,7 +206,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     config.check_classes({args.split: split.n_classes})
     episodes = fixed_episodes(split, n_episodes=n_episodes, ways=config.ways, shots=config.shots,
                               queries=config.queries_test, seed=0 if args.seed is None else args.seed)
-    _use_automatic_threads(ckpt.model_config, config.ways * (config.shots + config.queries_test))
+    set_conv4_threads(ckpt.model_config, config.ways * (config.shots + config.queries_test))
     result = evaluate(model, episodes, method=method, steps=steps, lr=lr, trainable=names,
                       bn_support_query=config.bn_support_query)
     adapted = sorted({n.split(".", 1)[0] for n in names}, key=model.layer_names.index)
@@ -281,7 +276,7 @@ def run_predict(args: argparse.Namespace) -> int:
     steps = config.inner_steps_test if args.steps is None else args.steps
     lr = config.mean_loss_inner_lr() if args.lr is None else args.lr
     model = ckpt.model(device=device)
-    _use_automatic_threads(ckpt.model_config, len(support.labels) + len(query.files))
+    set_conv4_threads(ckpt.model_config, len(support.labels) + len(query.files))
     predicted = predict(model, support.images, support.labels, query.images, method=method, steps=steps, lr=lr,
                         trainable=eval_trainable(config), bn_support_query=config.bn_support_query)
     rows = [{"file": str(f), "label": labels[i]} for f, i in zip(query.files, predicted.tolist())]

@@ -38,8 +38,9 @@ from repana.cli.checks import check_device, check_output_dir
 from repana.limits import MAX_SEEDS
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("reproduce", help="train, analyse and report the paper's findings",
+def register(subparsers, help_text: str) -> None:
+    """Add the ``repana reproduce`` parser to ``subparsers``, listed with ``help_text``."""
+    parser = subparsers.add_parser("reproduce", help=help_text,
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=("quick", "paper"), default="quick",
                         help="quick: minutes on a laptop CPU; paper: the paper's training lengths")

@@ -1,8 +1,8 @@
 """``repana train``: meta-train from a preset or a TOML config, with overrides, resume and torchrun.
 
-The RL presets (``rl-2dnav``, ``rl-halfcheetah-dir``, ``rl-halfcheetah-vel``), a TOML file holding an
-RL config (one that names an ``env``) and ``--out RUN --resume`` on an RL run folder train a policy
-through :func:`repana.rl.train.train_rl`; everything else trains a supervised model."""
+The RL presets (:data:`repana.rl.presets.PRESETS`), a TOML file holding an RL config (one that names
+an ``env``) and ``--out RUN --resume`` on an RL run folder train a policy through
+:func:`repana.rl.train.train_rl`; everything else trains a supervised model."""
 
 from __future__ import annotations
 
@@ -15,14 +15,13 @@ from pathlib import Path
 
 from repana.cli.checks import check_device, check_output_dir
 from repana.errors import ConfigError, ConfigWarning, InputError
-
-# mirrors repana.rl.config.PRESETS (that module imports torch; this one must stay light)
-RL_PRESETS = ("rl-2dnav", "rl-halfcheetah-dir", "rl-halfcheetah-vel")
+from repana.rl.presets import PRESETS as RL_PRESETS
 
 
-def register(subparsers) -> None:
+def register(subparsers, help_text: str) -> None:
+    """Add the ``repana train`` parser to ``subparsers``, listed with ``help_text``."""
     parser = subparsers.add_parser(
-        "train", help="meta-train MAML / FOMAML / ANIL / Reptile / baselines",
+        "train", help=help_text,
         description="Meta-train a Conv4 from a preset or TOML config into a run folder (config.toml, "
                     "metrics.csv, checkpoints/). Under torchrun the meta-batch is split across ranks. "
                     "The rl-* presets (or a TOML with an RL config) meta-train a Gaussian MLP policy with "

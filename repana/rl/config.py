@@ -17,9 +17,9 @@ from pathlib import Path
 
 from repana.errors import ConfigError
 from repana.rl.envs import check_environment
+from repana.rl.presets import PRESETS
 
 ALGORITHMS = ("maml", "fomaml", "anil")
-PRESETS = ("rl-2dnav", "rl-halfcheetah-dir", "rl-halfcheetah-vel")
 
 
 @dataclass
@@ -90,7 +90,7 @@ def is_rl_config_values(values: dict) -> bool:
 
 
 def load_preset(name: str) -> RLConfig:
-    """The config of ``rl-2dnav``, ``rl-halfcheetah-dir`` or ``rl-halfcheetah-vel``."""
+    """The config of a bundled preset (:data:`repana.rl.presets.PRESETS`, e.g. ``rl-2dnav``)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown RL preset {name!r}; choose one of {', '.join(PRESETS)}")
     text = resources.files("repana.rl.presets").joinpath(f"{name}.toml").read_text()
