@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import tomllib
 
 import pandas as pd
 import pytest
@@ -62,6 +63,20 @@ def test_train_from_an_rl_toml_config(tmp_path, capsys):
     assert load_rl_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["config"]["horizon"] == 5
 
 
+def test_train_takes_the_supervised_key_names_and_the_former_rl_ones(tmp_path):
+    assert main(["train", "--preset", "rl-2dnav", "--set", "threads=1", "--set", "iterations=1",
+                 "--set", "inner_lr=0.05", *TINY, "--out", str(tmp_path / "new")]) == 0
+    assert main(["train", "--preset", "rl-2dnav", "--set", "torch_threads=1", "--set", "iterations=1",
+                 "--set", "fast_lr=0.05", *TINY, "--out", str(tmp_path / "old")]) == 0
+    new = load_rl_checkpoint(tmp_path / "new" / "checkpoints" / "latest.pt")
+    old = load_rl_checkpoint(tmp_path / "old" / "checkpoints" / "latest.pt")
+    assert new["config"] == old["config"] and (new["config"]["threads"], new["config"]["inner_lr"]) == (1, 0.05)
+    written = tomllib.loads((tmp_path / "old" / "config.toml").read_text())
+    assert (written["threads"], written["inner_lr"]) == (1, 0.05) and "torch_threads" not in written
+    for name in new["state_dict"]:
+        assert torch.equal(new["state_dict"][name], old["state_dict"][name]), name
+
+
 def test_list_presets_names_the_rl_presets(capsys):
     assert main(["train", "--list-presets"]) == 0
     names = capsys.readouterr().out.split()
@@ -100,6 +115,7 @@ def test_evaluate_defaults_to_the_runs_own_tasks(nav_run, tmp_path, capsys):
     (["--save-steps", "0", "1", "--data-root", "d"], ["--save-steps, --data-root only apply"]),
     (["--device", "cuda"], ["--device cuda only applies to supervised training"]),
     (["--set", "bogus=1"], ["unknown RL config keys ['bogus']"]),
+    (["--set", "threads=1", "--set", "torch_threads=2"], ["both torch_threads = 2 and threads = 1"]),
     (["--algorithm", "reptile"], ["unknown RL algorithm 'reptile'"]),
 ])
 def test_train_bad_rl_flags_one_line(tmp_path, capsys, flags, needles):

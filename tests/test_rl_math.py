@@ -89,7 +89,7 @@ def _unflatten(policy, flat):
 @pytest.mark.parametrize("algorithm", ["maml", "anil"])
 def test_hvp_through_adaptation_matches_autograd_hessian(algorithm):
     policy = tiny_policy(hidden=(3,))
-    learner = MetaLearner(policy, algorithm, fast_lr=0.3)
+    learner = MetaLearner(policy, algorithm, inner_lr=0.3)
     train, valid = train_valid(policy, learner, n_tasks=2, n_traj=2, horizon=4)
     _, kl, old = learner.surrogate(policy.params(), train, valid)
     theta0 = flatten([p.detach() for p in policy.parameters()])
@@ -111,7 +111,7 @@ def test_hvp_through_adaptation_matches_autograd_hessian(algorithm):
 @pytest.mark.parametrize("algorithm", ["maml", "fomaml", "anil"])
 def test_trpo_step_respects_max_kl_and_lowers_loss(algorithm):
     policy = tiny_policy(hidden=(8,))
-    learner = MetaLearner(policy, algorithm, fast_lr=0.1)
+    learner = MetaLearner(policy, algorithm, inner_lr=0.1)
     train, valid = train_valid(policy, learner, n_tasks=4, n_traj=5, horizon=15)
     loss0, _, old = learner.surrogate(policy.params(), train, valid)
     max_kl = 1e-3

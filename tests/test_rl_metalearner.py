@@ -13,7 +13,7 @@ from rl_helpers import navigation_batch, tiny_policy, train_valid
 @pytest.mark.parametrize("algorithm", ["maml", "fomaml", "anil"])
 def test_batched_meta_gradient_equals_mean_of_per_task(algorithm):
     policy = tiny_policy(hidden=(5, 4))
-    learner = MetaLearner(policy, algorithm, fast_lr=0.2)
+    learner = MetaLearner(policy, algorithm, inner_lr=0.2)
     train, valid = train_valid(policy, learner, n_tasks=3, n_traj=3, horizon=8)
     batched = learner.meta_gradient(train, valid)
     per_task = [learner.meta_gradient(train.select([t]), valid.select([t])) for t in range(3)]
@@ -24,7 +24,7 @@ def test_batched_meta_gradient_equals_mean_of_per_task(algorithm):
 
 def test_batched_adaptation_equals_per_task_adaptation():
     policy = tiny_policy(hidden=(5,))
-    learner = MetaLearner(policy, "maml", fast_lr=0.2)
+    learner = MetaLearner(policy, "maml", inner_lr=0.2)
     _, train = navigation_batch(policy, n_tasks=3, n_traj=3, horizon=8)
     batched = learner.adapt(policy.params(), train)
     for t in range(3):
@@ -35,7 +35,7 @@ def test_batched_adaptation_equals_per_task_adaptation():
 
 def test_anil_body_activations_identical_after_adaptation():
     policy = tiny_policy(hidden=(6, 6))
-    learner = MetaLearner(policy, "anil", fast_lr=0.5)
+    learner = MetaLearner(policy, "anil", inner_lr=0.5)
     _, train = navigation_batch(policy, n_tasks=2, n_traj=3, horizon=10)
     adapted = learner.adapt(policy.params(), train)
     states = train.observations
@@ -49,7 +49,7 @@ def test_anil_body_activations_identical_after_adaptation():
     mean_before, _ = policy(states)
     mean_after, _ = policy(states, adapted)
     assert (mean_before - mean_after).abs().max() > 1e-4      # the head did adapt
-    maml = MetaLearner(policy, "maml", fast_lr=0.5).adapt(policy.params(), train)
+    maml = MetaLearner(policy, "maml", inner_lr=0.5).adapt(policy.params(), train)
     assert not torch.equal(policy.hidden(states, maml)["layer1"], before["layer1"])
 
 

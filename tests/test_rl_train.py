@@ -26,7 +26,7 @@ def _without_time(rows):
 
 def test_presets_load():
     nav = load_preset("rl-2dnav")
-    assert (nav.meta_batch_size, nav.fast_batch_size, nav.horizon, nav.fast_lr) == (20, 20, 100, 0.1)
+    assert (nav.meta_batch_size, nav.fast_batch_size, nav.horizon, nav.inner_lr) == (20, 20, 100, 0.1)
     assert (nav.max_kl, nav.cg_iters, nav.cg_damping, nav.ls_max_steps, nav.ls_backtrack_ratio) == \
         (0.01, 10, 1e-5, 15, 0.8)
     assert nav.hidden_sizes == [100, 100] and nav.gamma == 0.99 and nav.gae_lambda == 1.0
@@ -49,6 +49,56 @@ def test_preset_registry_names_every_bundled_file_and_its_environment():
     files = sorted(path.name for path in resources.files("repana.rl.presets").iterdir() if path.name.endswith(".toml"))
     assert files == sorted(f"{name}.toml" for name in PRESETS)
     assert {name: load_preset(name).env for name in PRESETS} == PRESETS
+
+
+def test_former_key_names_load_into_the_current_fields(tmp_path):
+    from repana.rl.config import resolve_config
+
+    path = tmp_path / "old.toml"
+    path.write_text('env = "2d-navigation"\nfast_lr = 0.3\ntorch_threads = 2\n')
+    config = resolve_config(str(path))
+    assert (config.inner_lr, config.threads) == (0.3, 2)
+    assert "fast_lr" not in config.to_dict() and "torch_threads" not in config.to_dict()
+    assert RLConfig.from_dict({"env": "2d-navigation", "fast_lr": 0.3, "inner_lr": 0.3}).inner_lr == 0.3
+    assert config.replace(torch_threads=1, fast_lr=0.2) == config.replace(threads=1, inner_lr=0.2)
+
+
+@pytest.mark.parametrize("values", [{"fast_lr": 0.3, "inner_lr": 0.1}, {"torch_threads": 2, "threads": 1}])
+def test_a_former_and_a_current_key_with_different_values_are_refused(values):
+    old, new = values
+    with pytest.raises(ConfigError, match=rf"both {old} = .* and {new} = "):
+        RLConfig.from_dict({"env": "2d-navigation", **values})
+    with pytest.raises(ConfigError, match=rf"both {old} = .* and {new} = "):
+        RLConfig().replace(**values)
+
+
+def test_a_checkpoint_with_former_key_names_loads_and_resumes(tmp_path):
+    """A run whose checkpoint and config.toml use ``fast_lr`` / ``torch_threads`` (as runs of earlier
+    versions do) loads its policy and config, and resumes exactly as the run with the current names."""
+    from repana.cli import main
+    from repana.rl.checkpoint import RLCheckpoint, save_rl_checkpoint
+
+    config = RLConfig(**TINY_NAV, iterations=1, threads=1, inner_lr=0.2)
+    train_rl(config, tmp_path / "new", show_progress=False)
+    train_rl(config, tmp_path / "old", show_progress=False)
+    latest = tmp_path / "old" / "checkpoints" / "latest.pt"
+    data = load_rl_checkpoint(latest)
+    old_config = {("fast_lr" if k == "inner_lr" else "torch_threads" if k == "threads" else k): v
+                  for k, v in data["config"].items()}
+    save_rl_checkpoint(latest, **{**{k: data[k] for k in ("policy_config", "state_dict", "iteration", "rng",
+                                                         "metrics", "runtime")}, "config": old_config})
+    toml = tmp_path / "old" / "config.toml"
+    toml.write_text(toml.read_text().replace("inner_lr =", "fast_lr =").replace("threads =", "torch_threads ="))
+    assert "fast_lr" in load_rl_checkpoint(latest)["config"]
+    _, loaded = RLCheckpoint.load(latest).policy()
+    assert loaded == config
+    for run in ("old", "new"):
+        assert main(["train", "--out", str(tmp_path / run), "--resume", "--iterations", "2"]) == 0
+    old, new = _state(tmp_path / "old"), _state(tmp_path / "new")
+    assert old["config"] == new["config"] and old["config"]["inner_lr"] == 0.2
+    assert _without_time(old["metrics"]) == _without_time(new["metrics"])
+    for name in new["state_dict"]:
+        assert torch.equal(old["state_dict"][name], new["state_dict"][name]), name
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "anil"])
@@ -86,8 +136,8 @@ def test_resume_is_exact(tmp_path):
     assert csv["iteration"].tolist() == [0, 1, 2, 3]
     with pytest.raises(ConfigError, match="already holds an RL run"):
         train_rl(TINY_NAV, tmp_path / "cut", iterations=5, resume=False)
-    with pytest.raises(ConfigError, match=r"differs in \['fast_lr'\]"):
-        train_rl(TINY_NAV, tmp_path / "cut", iterations=5, fast_lr=0.2)
+    with pytest.raises(ConfigError, match=r"differs in \['inner_lr'\]"):
+        train_rl(TINY_NAV, tmp_path / "cut", iterations=5, inner_lr=0.2)
 
 
 def test_navigation_smoke_three_iterations(tmp_path):
@@ -208,7 +258,7 @@ def test_cli_reports_rl_errors_in_one_line(tmp_path, capsys):
 # ----- integrity and threads (issue 17, items 3 and 5, on RL runs) -----
 
 def test_rl_checkpoint_carries_a_checksum_verified_on_load(tmp_path, keep_torch_threads):
-    train_rl(RLConfig(**TINY_NAV, iterations=1), tmp_path / "run", progress_bar=False)
+    train_rl(RLConfig(**TINY_NAV, iterations=1), tmp_path / "run", show_progress=False)
     latest = tmp_path / "run" / "checkpoints" / "latest.pt"
     payload = torch.load(latest, weights_only=True)
     assert payload["checksum"]["algorithm"] == "sha256" and payload["runtime"]["threads"] >= 1
@@ -228,7 +278,7 @@ def test_rl_thread_count_sources():
     from repana.rl.train import rl_training_threads
 
     config = RLConfig(**TINY_NAV)
-    assert rl_training_threads(config.replace(torch_threads=3), saved=1, environ={}) == (3, "config")
+    assert rl_training_threads(config.replace(threads=3), saved=1, environ={}) == (3, "config")
     assert rl_training_threads(config, saved=2, environ={"REPANA_THREADS": "1"}) == (1, "REPANA_THREADS")
     assert rl_training_threads(config, saved=2, environ={}) == (2, "checkpoint")
     assert rl_training_threads(config, saved=None, environ={}) == (1, "automatic")   # 3 x 4 x 20 tiny states
@@ -249,15 +299,15 @@ def test_rl_resume_keeps_the_recorded_threads_and_refuses_an_explicit_change(tmp
                                                                            keep_torch_threads):
     monkeypatch.delenv("REPANA_ALLOW_THREAD_CHANGE", raising=False)
     monkeypatch.delenv("REPANA_THREADS", raising=False)
-    config = RLConfig(**TINY_NAV, iterations=1, torch_threads=1)
-    train_rl(config, tmp_path / "run", progress_bar=False)
+    config = RLConfig(**TINY_NAV, iterations=1, threads=1)
+    train_rl(config, tmp_path / "run", show_progress=False)
     with pytest.raises(ConfigError, match=r"trained with 1 torch threads, this process would continue with 2.*"
-                                          r"--set torch_threads=1"):
-        train_rl(config.replace(iterations=2, torch_threads=2), tmp_path / "run", progress_bar=False)
-    train_rl(config.replace(iterations=2, torch_threads=0), tmp_path / "run", progress_bar=False)  # recorded: 1
+                                          r"--set threads=1"):
+        train_rl(config.replace(iterations=2, threads=2), tmp_path / "run", show_progress=False)
+    train_rl(config.replace(iterations=2, threads=0), tmp_path / "run", show_progress=False)  # recorded: 1
     assert torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)["runtime"]["threads"] == 1
     monkeypatch.setenv("REPANA_ALLOW_THREAD_CHANGE", "1")
-    train_rl(config.replace(iterations=3, torch_threads=2), tmp_path / "run", progress_bar=False)
+    train_rl(config.replace(iterations=3, threads=2), tmp_path / "run", show_progress=False)
 
 
 def test_a_held_run_folder_is_refused_before_any_work(tmp_path):

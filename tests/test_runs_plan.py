@@ -221,7 +221,7 @@ def test_rl_jobs_names_seeds_and_plan_files(tmp_path):
     assert {j.kind for j in jobs} == {"rl"} and {j.device for j in jobs} == {"cpu"}
     assert jobs[1].run_dir == tmp_path / "runs" / "rl-2d-navigation" / "maml" / "seed1"
     assert jobs[1].final_checkpoint == jobs[1].run_dir / "checkpoints" / "step_000003.pt"
-    assert jobs[0].command(threads=2)[-2:] == ["--set", "torch_threads=2"]
+    assert jobs[0].command(threads=2)[-2:] == ["--set", "threads=2"]
     path = write_plan(jobs, tmp_path / "plan")
     again = read_plan(path)
     assert [(j.name, j.kind, j.config) for j in again] == [(j.name, j.kind, j.config) for j in jobs]
@@ -254,8 +254,11 @@ def test_rl_job_command_goes_through_repana_train(tmp_path, capsys):
     assert job.final_checkpoint.exists() and (job.run_dir / "checkpoints" / "latest.pt").exists()
     lines = []
     assert run_jobs([job], log=lines.append)[0].status == "reused"
-    changed = Job(job.name, job.config.replace(fast_lr=0.2), job.run_dir)
-    with pytest.raises(JobsFailedError, match=r"fast_lr = 0.2 \(run has 0.1\)"):
+    saved = job.run_dir / "config.toml"   # the run folder's config with the former RL key names: the same run
+    saved.write_text(saved.read_text().replace("inner_lr =", "fast_lr =").replace("threads =", "torch_threads ="))
+    assert "fast_lr = 0.1" in saved.read_text() and run_jobs([job], log=lines.append)[0].status == "reused"
+    changed = Job(job.name, job.config.replace(inner_lr=0.2), job.run_dir)
+    with pytest.raises(JobsFailedError, match=r"inner_lr = 0.2 \(run has 0.1\)"):
         run_jobs([changed], log=lines.append)
     with pytest.raises(ConfigError, match="RL jobs train on the CPU"):
         run_jobs([job], device="cuda", log=lines.append)
@@ -278,7 +281,7 @@ def test_a_reproduction_plan_carries_threads_and_checks_its_data(tmp_path):
     assert "#SBATCH --cpus-per-task=3" in (tmp_path / "plan" / "slurm.sh").read_text()
     rl = read_plan(write_reproduction_plan(tmp_path / "rl-plan", out=tmp_path / "out", rl_envs=["2d-navigation"],
                                            threads=2))
-    assert {job.config.torch_threads for job in rl} == {2}
+    assert {job.config.threads for job in rl} == {2}
     from repana.errors import DataError
 
     with pytest.raises(DataError, match="Omniglot not found under"):

@@ -108,7 +108,7 @@ def write_report(out: str | Path, sections: list, context: dict) -> Path:
     ways, shots, queries, inner_steps_test, inner_lr, hidden, pooling, runs ({run folder: {algorithm,
     iterations, train_s}}) and reused (analyses read back); or, for an RL reproduction, one dict per
     environment with kind "rl", setting, env, meta_batch_size, fast_batch_size, horizon, hidden_sizes,
-    fast_lr, adapt_log_std, runs and reused. Returns the report's path.
+    inner_lr, adapt_log_std, runs and reused. Returns the report's path.
     """
     rl = bool(context["settings"]) and all(facts.get("kind") == "rl" for facts in context["settings"])
     described = [_rl_setting_line(facts) if rl else _setting_line(facts) for facts in context["settings"]]
@@ -279,6 +279,6 @@ def _rl_setting_line(facts: dict) -> str:
     return (f"- **{facts['setting']}**: Gaussian MLP policy ({hidden} hidden ReLU units, learned log-std"
             f"{', adapted in the inner loop' if facts['adapt_log_std'] else ', not adapted'}); per meta-update "
             f"{facts['meta_batch_size']} tasks x {facts['fast_batch_size']} trajectories of {facts['horizon']} steps "
-            f"before and after one policy-gradient step of lr {facts['fast_lr']:g}, TRPO outer loop; "
+            f"before and after one policy-gradient step of lr {facts['inner_lr']:g}, TRPO outer loop; "
             f"{len(facts['runs'])} training runs ({budgets}; {np.nansum(train_s) / 60:.1f} min of training in all)"
             + _reused(facts) + ".")

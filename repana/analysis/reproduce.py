@@ -402,7 +402,7 @@ def write_reproduction_plan(plan_dir: str | Path, preset: str = "quick", dataset
     GNU parallel: see :func:`repana.runs.write_plan`); returns the plan file. Run folders are those of
     ``<out>/runs``, so ``reproduce`` with the same arguments afterwards reuses them. ``rl_envs``: the RL
     jobs of those environments instead (:func:`rl_training_plan`). ``threads``: torch threads of every
-    job (its config's ``threads`` / ``torch_threads``, and the SLURM array's ``--cpus-per-task``; None:
+    job (its config's ``threads``, and the SLURM array's ``--cpus-per-task``; None:
     automatic, one CPU per SLURM task). The dataset's files are checked first
     (:func:`repana.data.registry.check_dataset_files`): a plan whose jobs cannot find their data is not
     written."""
@@ -421,7 +421,7 @@ def write_reproduction_plan(plan_dir: str | Path, preset: str = "quick", dataset
     if rl_envs:
         networks = {net for name in known for net in get_analysis(name).networks}
         if threads:
-            rl_overrides = {**(rl_overrides or {}), "torch_threads": threads}
+            rl_overrides = {**(rl_overrides or {}), "threads": threads}
         plan = rl_training_plan(preset, rl_envs, iterations_scale, rl_overrides, seeds,
                                 [n for n in RL_RUNS if n in networks], runs_dir=Path(out).resolve() / "runs")
         return write_plan(plan, plan_dir, **cpus)
@@ -597,7 +597,7 @@ def _reproduce_rl(preset: str, rl_envs, selected: list, entries: dict, out: Path
         config = jobs[0].config
         facts.append({"kind": "rl", "setting": setting, "env": config.env, "meta_batch_size": config.meta_batch_size,
                       "fast_batch_size": config.fast_batch_size, "horizon": config.horizon,
-                      "hidden_sizes": config.hidden_sizes, "fast_lr": config.fast_lr,
+                      "hidden_sizes": config.hidden_sizes, "inner_lr": config.inner_lr,
                       "adapt_log_std": config.adapt_log_std,
                       "runs": {job.name: {"algorithm": job.config.algorithm, "iterations": job.config.iterations,
                                           "train_s": rl_seconds_per_update(job.run_dir) * job.config.iterations}

@@ -4,7 +4,7 @@ Each RL checkpoint (repana.rl) is evaluated on held-out tasks: by default its ow
 tasks (``halfcheetah_tasks`` for HalfCheetah) from the task distribution, drawn from a stream derived from
 its run's seed that no training run draws from (:func:`repana.rl.evaluate.evaluation_tasks`); with
 ``task_seed`` an integer, every checkpoint on the same tasks of that seed. The policy adapts with its own
-inner loop (one policy-gradient step of its run's ``fast_lr`` on its run's ``fast_batch_size``
+inner loop (one policy-gradient step of its run's ``inner_lr`` on its run's ``fast_batch_size``
 trajectories) and is rolled out again. Per run: the mean return over tasks and its 95% t-interval, the
 task source (``eval_tasks``) and, for 2-D navigation, the sample's mean goal distance; per (environment,
 algorithm): mean ± standard deviation over seeds (the paper's ±), beside the paper's numbers

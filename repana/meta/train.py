@@ -246,21 +246,20 @@ def find_resume_checkpoint(run_dir: Path) -> Checkpoint | None:
 
 def _check_resume_threads(checkpoint: Checkpoint, threads: int, allow_change: bool) -> None:
     """:func:`check_resume_threads` for a supervised checkpoint."""
-    check_resume_threads(checkpoint.runtime.get("threads"), threads, checkpoint.path, allow_change,
-                         flag="threads")
+    check_resume_threads(checkpoint.runtime.get("threads"), threads, checkpoint.path, allow_change)
 
 
-def check_resume_threads(saved: int | None, threads: int, path, allow_change: bool, flag: str = "threads") -> None:
+def check_resume_threads(saved: int | None, threads: int, path, allow_change: bool) -> None:
     """ConfigError when a run would continue with another torch thread count (``threads``) than its checkpoint
     at ``path`` records (``saved``; None: not recorded): floating-point sums are split per thread, so the
-    parameters would no longer be bit-identical to an uninterrupted run. ``flag``: the config key that
-    sets the count (``threads``; RL runs: ``torch_threads``)."""
+    parameters would no longer be bit-identical to an uninterrupted run (the error names the config key
+    ``threads`` of supervised and RL runs)."""
     if saved is None or int(saved) == threads or allow_change:
         return
     raise ConfigError(
         f"{path} was trained with {saved} torch threads, this process would continue with {threads}: "
         f"results are bit-identical to an uninterrupted run only at the same thread count. Pass "
-        f"--set {flag}={saved} to continue exactly, or set {ALLOW_THREAD_CHANGE_ENV}=1 "
+        f"--set threads={saved} to continue exactly, or set {ALLOW_THREAD_CHANGE_ENV}=1 "
         f"to continue with {threads} threads anyway")
 
 

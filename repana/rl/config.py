@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,6 +21,25 @@ from repana.rl.envs import check_environment
 from repana.rl.presets import PRESETS
 
 ALGORITHMS = ("maml", "fomaml", "anil")
+
+#: Former names of RLConfig fields, accepted for configs and checkpoints that use them: {old: new}.
+#: The fields share TrainConfig's names (``threads``, ``inner_lr``).
+RENAMED_KEYS = {"torch_threads": "threads", "fast_lr": "inner_lr"}
+
+
+def canonical_keys(values: Mapping) -> dict:
+    """A copy of ``values`` with every former key name (:data:`RENAMED_KEYS`) replaced by the current one;
+    ConfigError naming both when ``values`` gives a former name and its current one different values."""
+    result = dict(values)
+    for old, new in RENAMED_KEYS.items():
+        if old not in result:
+            continue
+        value = result.pop(old)
+        if new in result and result[new] != value:
+            raise ConfigError(f"RL config gives both {old} = {value!r} and {new} = {result[new]!r} "
+                              f"({old} is the former name of {new}); keep only {new}")
+        result[new] = value
+    return result
 
 
 @dataclass
@@ -31,7 +51,7 @@ class RLConfig:
     meta_batch_size: int = 20          # tasks per meta-update
     fast_batch_size: int = 20          # trajectories per task, before and after adaptation
     horizon: int = 100
-    fast_lr: float = 0.1
+    inner_lr: float = 0.1              # step size of the inner policy-gradient step
     num_steps: int = 1
     adapt_log_std: bool = True         # does the inner loop adapt log_std (for every algorithm)
     hidden_sizes: list = field(default_factory=lambda: [100, 100])
@@ -48,7 +68,7 @@ class RLConfig:
     n_envs: int = 8                    # HalfCheetah: sub-environments of the vector env
     vector_mode: str = "sync"          # HalfCheetah: "sync" (in process) or "async" (worker processes)
     checkpoint_every: int = 10
-    torch_threads: int = 0             # 0: leave torch's setting alone
+    threads: int = 0                   # torch CPU threads; 0: automatic (repana.rl.train.rl_training_threads)
 
     def __post_init__(self):
         self.validate()
@@ -65,15 +85,18 @@ class RLConfig:
             raise ConfigError(f"RL config dtype must be float32 or float64, got {self.dtype!r}")
         if self.vector_mode not in ("sync", "async"):
             raise ConfigError(f"RL config vector_mode must be 'sync' or 'async', got {self.vector_mode!r}")
-        if not 0 < self.ls_backtrack_ratio < 1 or self.max_kl <= 0 or self.fast_lr <= 0:
-            raise ConfigError("RL config needs 0 < ls_backtrack_ratio < 1, max_kl > 0 and fast_lr > 0")
+        if not 0 < self.ls_backtrack_ratio < 1 or self.max_kl <= 0 or self.inner_lr <= 0:
+            raise ConfigError("RL config needs 0 < ls_backtrack_ratio < 1, max_kl > 0 and inner_lr > 0")
         self.hidden_sizes = [int(h) for h in self.hidden_sizes]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "RLConfig":
+    def from_dict(cls, values: Mapping) -> "RLConfig":
+        """A validated RLConfig from a flat mapping; former key names (:data:`RENAMED_KEYS`) load into
+        their fields, unknown keys raise ConfigError."""
+        values = canonical_keys(values)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -81,7 +104,8 @@ class RLConfig:
         return cls(**values)
 
     def replace(self, **changes) -> "RLConfig":
-        return RLConfig.from_dict({**self.to_dict(), **changes})
+        """A copy with ``changes`` (current or former key names) applied."""
+        return RLConfig.from_dict({**self.to_dict(), **canonical_keys(changes)})
 
 
 def is_rl_config_values(values: dict) -> bool:

@@ -23,13 +23,13 @@ def masked_task_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class MetaLearner:
-    def __init__(self, policy: GaussianMLPPolicy, algorithm: str = "maml", fast_lr: float = 0.1,
+    def __init__(self, policy: GaussianMLPPolicy, algorithm: str = "maml", inner_lr: float = 0.1,
                  num_steps: int = 1, adapt_log_std: bool = True):
         self.policy = policy
         self.algorithm = algorithm
         self.adapted_names = adapted_parameter_names(policy, algorithm, adapt_log_std)
         self.first_order = algorithm == "fomaml"
-        self.fast_lr, self.num_steps = fast_lr, num_steps
+        self.inner_lr, self.num_steps = inner_lr, num_steps
 
     def inner_loss(self, params: dict, episodes: Episodes) -> torch.Tensor:
         """Per-task REINFORCE losses with baseline-corrected advantages, ``(T,)``."""
@@ -49,7 +49,7 @@ class MetaLearner:
                 grads = torch.autograd.grad(loss, targets, create_graph=not first_order)
                 current = dict(current)
                 for name, grad in zip(self.adapted_names, grads):
-                    current[name] = current[name] - self.fast_lr * grad
+                    current[name] = current[name] - self.inner_lr * grad
         return current
 
     def surrogate(self, params: dict, train: Episodes, valid: Episodes, old: tuple | None = None,

@@ -30,7 +30,7 @@ from repana.io import atomic_save_csv, atomic_write_text
 from repana.progress import progress
 from repana.run_lock import locked_run_folder
 from repana.rl.checkpoint import load_rl_checkpoint, save_rl_checkpoint
-from repana.rl.config import RLConfig, resolve_config
+from repana.rl.config import RLConfig, canonical_keys, resolve_config
 from repana.rl.envs import action_size, observation_size
 from repana.rl.metalearner import MetaLearner
 from repana.rl.policy import GaussianMLPPolicy
@@ -40,7 +40,7 @@ from repana.rl.tasks import TaskSampler
 
 
 # Config keys that may change when a run is resumed (everything else must match the saved run).
-RESUMABLE_CHANGES = frozenset({"iterations", "checkpoint_every", "torch_threads"})
+RESUMABLE_CHANGES = frozenset({"iterations", "checkpoint_every", "threads"})
 
 
 class PolicyDivergedError(RepanaError):
@@ -55,7 +55,7 @@ def build_policy(config: RLConfig) -> GaussianMLPPolicy:
 
 
 def build_learner(policy, config: RLConfig) -> MetaLearner:
-    return MetaLearner(policy, config.algorithm, fast_lr=config.fast_lr, num_steps=config.num_steps,
+    return MetaLearner(policy, config.algorithm, inner_lr=config.inner_lr, num_steps=config.num_steps,
                        adapt_log_std=config.adapt_log_std)
 
 
@@ -95,7 +95,7 @@ def check_healthy(metrics: dict, config: RLConfig, iteration: int, run_dir: Path
         raise PolicyDivergedError(
             f"meta-update {iteration}: |log_std| reached {metrics['log_std_max']:.3g} > max_abs_log_std="
             f"{config.max_abs_log_std}; stopped, {run_dir / 'checkpoints' / 'latest.pt'} holds the last "
-            "good policy (lower max_kl or fast_lr)")
+            "good policy (lower max_kl or inner_lr)")
 
 
 def config_toml(config: RLConfig) -> str:
@@ -120,7 +120,7 @@ def rl_forward_macs(config: RLConfig) -> int:
 
 
 def rl_training_threads(config: RLConfig, saved: int | None = None, environ=None) -> tuple[int, str]:
-    """The torch CPU thread count of an RL run and where it comes from: ``config.torch_threads`` ("config"),
+    """The torch CPU thread count of an RL run and where it comes from: ``config.threads`` ("config"),
     ``$REPANA_THREADS`` or an ``OMP_NUM_THREADS`` set outside repana, the count the resumed checkpoint
     records (``saved``: "checkpoint", so a resumed run continues bit-identically), else ("automatic") one
     thread below :data:`RL_PARALLEL_MIN_MACS` per batched forward (:func:`rl_forward_macs`) and the idle
@@ -133,8 +133,8 @@ def rl_training_threads(config: RLConfig, saved: int | None = None, environ=None
     """
     from repana.runtime import choose_threads, explicit_threads
 
-    if config.torch_threads:
-        return int(config.torch_threads), "config"
+    if config.threads:
+        return int(config.threads), "config"
     given = explicit_threads(environ)
     if given:
         return given
@@ -150,14 +150,15 @@ def final_checkpoint_path(run_dir, iterations: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{int(iterations):06d}.pt"
 
 
-def train_rl(config_or_preset, run_dir, resume: bool = True, progress_bar: bool | None = None,
+def train_rl(config_or_preset, run_dir, resume: bool = True, show_progress: bool | None = None,
              callback=None, **overrides) -> dict:
     """Meta-train (or resume) a policy in ``run_dir``; returns the last metrics row.
 
     ``config_or_preset``: an RLConfig, a dict, a preset name (``rl-2dnav``...) or a TOML path;
     ``overrides`` replace config fields (``iterations=50, algorithm="anil"``). With ``resume`` a run
     folder holding ``checkpoints/latest.pt`` continues from it (its config must match except for
-    ``iterations`` and ``checkpoint_every``); without, such a folder is refused.
+    ``iterations``, ``checkpoint_every`` and ``threads``); without, such a folder is refused.
+    ``show_progress``: draw the progress bar (None: :func:`repana.progress.progress_enabled` decides).
     ``callback(iteration, metrics)`` runs after each meta-update (tests use it to interrupt). The run
     folder's lock is held while it trains: a second process in the same folder gets
     :class:`repana.run_lock.RunFolderBusy` naming this one's pid.
@@ -166,10 +167,10 @@ def train_rl(config_or_preset, run_dir, resume: bool = True, progress_bar: bool 
     if overrides:
         config = config.replace(**overrides)
     with locked_run_folder(run_dir):
-        return _train_rl_holding_the_folder(config, Path(run_dir), resume, progress_bar, callback)
+        return _train_rl_holding_the_folder(config, Path(run_dir), resume, show_progress, callback)
 
 
-def _train_rl_holding_the_folder(config: RLConfig, run_dir: Path, resume: bool, progress_bar: bool | None,
+def _train_rl_holding_the_folder(config: RLConfig, run_dir: Path, resume: bool, show_progress: bool | None,
                                  callback) -> dict:
     """:func:`train_rl` once the run folder's lock (:mod:`repana.run_lock`) is held."""
     latest = run_dir / "checkpoints" / "latest.pt"
@@ -180,7 +181,7 @@ def _train_rl_holding_the_folder(config: RLConfig, run_dir: Path, resume: bool, 
     threads, source = rl_training_threads(config, saved_threads)
     if source != "checkpoint":
         from repana.meta.train import ALLOW_THREAD_CHANGE_ENV, check_resume_threads
-        check_resume_threads(saved_threads, threads, latest, flag="torch_threads",
+        check_resume_threads(saved_threads, threads, latest,
                              allow_change=os.environ.get(ALLOW_THREAD_CHANGE_ENV, "") not in ("", "0"))
     torch.set_num_threads(threads)
 
@@ -191,7 +192,7 @@ def _train_rl_holding_the_folder(config: RLConfig, run_dir: Path, resume: bool, 
     rows: list[dict] = []
     start = 0
     if data is not None:
-        saved = dict(data["config"])
+        saved = canonical_keys(data["config"])
         changed = sorted(k for k, v in config.to_dict().items()
                          if saved.get(k) != v and k not in RESUMABLE_CHANGES)
         if changed:
@@ -216,7 +217,7 @@ def _train_rl_holding_the_folder(config: RLConfig, run_dir: Path, resume: bool, 
     began = time.perf_counter()
     sampler = make_sampler(config.env, config.horizon, n_envs=config.n_envs, mode=config.vector_mode)
     bar = progress(range(start, config.iterations), desc=f"{config.algorithm} {config.env}",
-                   total=config.iterations, initial=start, enabled=progress_bar, unit="update")
+                   total=config.iterations, initial=start, enabled=show_progress, unit="update")
     try:
         for iteration in bar:
             metrics = meta_iteration(learner, sampler, tasks.sample(config.meta_batch_size), config, generator)

@@ -287,11 +287,10 @@ def _run_inline(to_run: list[tuple[Job, int | None]], threads: int | None, data:
         say(job, _start_message(job, resume_step, f"in this process, {job.device}"))
         start = time.perf_counter()
         try:
+            config = job.config.replace(threads=threads) if threads else job.config
             if job.kind == "rl":
-                config = job.config.replace(torch_threads=threads) if threads else job.config
-                train_rl(config, job.run_dir, resume=True, progress_bar=show_progress)
+                train_rl(config, job.run_dir, resume=True, show_progress=show_progress)
             else:
-                config = job.config.replace(threads=threads) if threads else job.config
                 train(config, job.run_dir, resume=True, device=job.device, data=data, show_progress=show_progress)
             error = None if job.final_checkpoint.exists() else f"train ended without writing {job.final_checkpoint}"
         except Exception as exception:  # one job's failure must not stop the others

@@ -37,7 +37,7 @@ from repana.errors import ConfigError
 from repana.limits import MAX_SEEDS
 from repana.io import atomic_write_text
 from repana.meta.config import TrainConfig, from_dict, load_toml, to_toml
-from repana.rl.config import RLConfig, is_rl_config_values
+from repana.rl.config import RLConfig, canonical_keys, is_rl_config_values
 
 # Seed k of a network: base seed (which includes the network's offset) + k * SEED_STRIDE. Larger than
 # every per-network offset of repana.analysis.reproduce (0..6), so seeds never collide.
@@ -114,7 +114,7 @@ class Job:
         args = [*program, "train", "--config", str(config_path or self.config_path), "--out", str(self.run_dir),
                 "--resume", "--device", self.device]
         if threads is not None:
-            args += ["--set", f"{'torch_threads' if self.kind == 'rl' else 'threads'}={int(threads)}"]
+            args += ["--set", f"threads={int(threads)}"]
         return args
 
     def shell_command(self, config_path: str | Path | None = None) -> str:
@@ -264,12 +264,15 @@ def expand_jobs(base_configs: Mapping[str, TrainConfig], seeds: int, settings: I
 
 def saved_config_differences(job: Job) -> list[str]:
     """``key = wanted (run has saved)`` for every setting of the job that its existing run folder was
-    trained with differently (keys that may change on resume excepted); ``[]`` when none or no run yet."""
+    trained with differently (keys that may change on resume excepted; an RL run's former key names,
+    :data:`repana.rl.config.RENAMED_KEYS`, read as the current ones); ``[]`` when none or no run yet."""
     saved_path = job.run_dir / "config.toml"
     if not saved_path.exists():
         return []
+    saved_values = load_toml(saved_path)
     if job.kind == "rl":
         from repana.rl.train import RESUMABLE_CHANGES
+        saved_values = canonical_keys(saved_values)
     else:
         from repana.meta.train import RESUMABLE_CHANGES
 
@@ -277,7 +280,7 @@ def saved_config_differences(job: Job) -> list[str]:
 
     # a key the run's config.toml lacks was written before that setting existed: the run has its default
     defaults = {f.name: f.default for f in dataclasses.fields(job.config) if f.default is not dataclasses.MISSING}
-    saved, wanted = {**defaults, **load_toml(saved_path)}, job.config.to_dict()
+    saved, wanted = {**defaults, **saved_values}, job.config.to_dict()
     return [f"{key} = {wanted[key]!r} (run has {saved.get(key)!r})" for key in sorted(wanted)
             if key not in RESUMABLE_CHANGES and key != "name" and saved.get(key) != wanted[key]]
 
