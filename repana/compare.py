@@ -19,7 +19,7 @@ takes its layout from ``layout=`` or from the capture (module types, :func:`repa
 otherwise the comparison refuses it: the same shape means opposite things for a 1-D conv and a transformer.
 
 Also the library side of ``repana compare``: :func:`model_from_factory` (an importable factory plus a
-state_dict file), :func:`load_inputs` and :func:`check_device`.
+state_dict file), :func:`load_inputs`; devices are checked by :func:`repana.devices.check_device`.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from repana.capture import capture_activations
+from repana.devices import check_device
 from repana.errors import InputError, RepanaError
 from repana.progress import progress
 from repana.similarity._arrays import warn
@@ -395,7 +396,7 @@ def compare_models(model_a: nn.Module, model_b: nn.Module | None, inputs, layers
     are left as they were: the buffers a forward pass updates (batch-norm running statistics and counts, in
     the models and in ``params_a`` / ``params_b``) are restored afterwards, bit for bit, and so is every
     module's train/eval flag. Call ``model.eval()`` first to compare with the running statistics.
-    ``device`` must exist here (:func:`check_device`; InputError otherwise).
+    ``device`` must exist here (:func:`repana.devices.check_device`; InputError otherwise).
     """
     for side, model in (("model_a", model_a), ("model_b", model_b)):
         if model is not None and not isinstance(model, nn.Module):
@@ -459,23 +460,6 @@ def _as_list(layers) -> list:
 # ----- loading models and inputs from files (the library side of `repana compare`) -----
 
 FACTORY_HINT = "a factory is given as 'package.module:function' (importable from PYTHONPATH or the current folder)"
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch.device, or InputError when it names a GPU that PyTorch does not see."""
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise InputError(f"device {device!r}: {error}; use cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"device {str(device)!r}: PyTorch sees no CUDA GPU on this machine "
-                             f"(torch.cuda.is_available() is False); use cpu")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise InputError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    elif resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError(f"device {str(device)!r}: MPS is not available on this machine; use cpu")
-    return resolved
 
 
 def import_factory(spec: str):

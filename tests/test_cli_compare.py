@@ -225,7 +225,7 @@ def test_user_errors_are_one_line_without_traceback(setup, capsys, case):
     if case == "cuda":
         if torch.cuda.is_available():
             pytest.skip("this machine has a GPU")
-        extra, message = ["--device", "cuda"], "PyTorch sees no CUDA GPU"
+        extra, message = ["--device", "cuda"], "--device cuda: no CUDA GPU is available here"
     elif case in ("size", "channels"):
         shape = (20, 1, 7, 7) if case == "size" else (20, 3, 5, 5)
         np.save(tmp_path / "bad.npy", np.zeros(shape, dtype=np.float32))

@@ -87,7 +87,7 @@ def test_predict_on_a_missing_gpu(checkpoint, episode, capsys, no_work):
 
 def test_a_device_that_does_not_exist(checkpoint, capsys, no_work):
     assert main(["evaluate", str(checkpoint), "--device", "gpu"]) == 1
-    one_line_error(capsys, "--device 'gpu' is not a device: use cpu, cuda or cuda:N")
+    one_line_error(capsys, "--device 'gpu' is not a device: use cpu, cuda, cuda:N, mps")
 
 
 def test_evaluate_checks_its_csv_before_evaluating(checkpoint, blocker, capsys, no_work):

@@ -393,7 +393,7 @@ def test_compare_models_refuses_what_is_not_a_model_and_a_missing_device(images)
     with pytest.raises(InputError, match=r"^model_b is of type int, not a torch.nn.Module"):
         compare_models(net, 3, images, layers_a=["0"])
     if not torch.cuda.is_available():
-        with pytest.raises(InputError, match=r"^device 'cuda': PyTorch sees no CUDA GPU on this machine"):
+        with pytest.raises(InputError, match=r"^device cuda: no CUDA GPU is available here"):
             compare_models(net, None, images, layers_a=["0"], device="cuda")
 
 

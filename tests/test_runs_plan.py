@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from repana.errors import ConfigError
+from repana.errors import ConfigError, InputError
 from repana.meta.config import TrainConfig, load_config, to_toml
 from repana.runs import (SEED_STRIDE, Job, JobsFailedError, expand_jobs, parse_setting, read_plan, run_jobs,
                          seed_for, write_plan)
@@ -131,8 +131,11 @@ def test_executor_errors_are_one_clear_line(tmp_path, monkeypatch):
     jobs = expand_jobs(base_configs(), seeds=1, settings=["5way-1shot"], runs_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"^executor 'slurm' is not one of local, ray, inline$"):
         run_jobs(jobs, executor="slurm")
-    with pytest.raises(ConfigError, match=r"^device 'gpu' is not cpu, cuda or cuda:N$"):
+    with pytest.raises(InputError, match=r"^device 'gpu' is not a device: use cpu, cuda, cuda:N$"):
         run_jobs(jobs, device="gpu")
+    # a job's device is only named here (its node may have GPUs this one lacks), and jobs train on cpu or cuda
+    with pytest.raises(InputError, match=r"^device 'mps' is not a device here: use cpu, cuda, cuda:N$"):
+        run_jobs(jobs, device="mps")
 
     import builtins
 
@@ -177,7 +180,7 @@ def test_local_executor_spreads_jobs_over_gpus_and_splits_cores(tmp_path, monkey
 
     monkeypatch.setattr(executors, "execute_job", fake_job)
     monkeypatch.setattr(executors, "visible_gpus", lambda: ["3", "5"])
-    monkeypatch.setattr(executors, "free_cores", lambda: 16)
+    monkeypatch.setattr(executors, "usable_cores", lambda: 16)
     results = run_jobs(jobs, log=lambda line: None)
     assert [r.status for r in results] == ["trained"] * 6
     assert {device for _, device, _, _ in calls} == {"cuda"}

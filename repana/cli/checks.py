@@ -1,6 +1,6 @@
 """Checks the commands run on their arguments before any work, so that a bad device, an output path
 that cannot be written or a folder given for a file is one clear line at once, not a traceback after
-minutes of computing. Light to import: torch is imported inside :func:`check_device` only."""
+minutes of computing. Light to import (no torch). Devices: :func:`repana.devices.check_device`."""
 
 from __future__ import annotations
 
@@ -9,31 +9,6 @@ import tempfile
 from pathlib import Path
 
 from repana.errors import InputError
-
-
-def check_device(text: str, flag: str = "--device"):
-    """``text`` as a ``torch.device`` that exists on this machine, else :class:`InputError`."""
-    import torch
-
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise InputError(f"{flag} {text!r} is not a device: use cpu, cuda or cuda:N") from None
-    if device.type == "cpu":
-        return device
-    backend = getattr(torch, device.type, None)
-    if device.type == "mps":
-        backend = getattr(torch.backends, "mps", None)
-    available = getattr(backend, "is_available", None)
-    if available is None or not available():
-        built = " (this torch is built without CUDA)" if device.type == "cuda" and torch.version.cuda is None else ""
-        what = "CUDA GPU" if device.type == "cuda" else f"{device.type} device"
-        raise InputError(f"{flag} {text}: no {what} is available here{built}; use --device cpu")
-    count = getattr(backend, "device_count", None)
-    if device.index is not None and count is not None and device.index >= count():
-        raise InputError(f"{flag} {text}: this machine has {count()} {device.type} device(s), "
-                         f"{device.type}:0 to {device.type}:{count() - 1}")
-    return device
 
 
 def _nearest_existing(path: Path) -> Path:

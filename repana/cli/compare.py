@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_writable_folder(out)  # before any work
 
-    from repana.compare import check_device, compare_models, load_inputs, model_from_factory
+    from repana.compare import compare_models, load_inputs, model_from_factory
+    from repana.devices import check_device
     import torch
 
     from repana.runtime import similarity_threads
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from repana.io import atomic_save_csv, atomic_savefig
     from repana.plots.similarity import plot_similarity_heatmap
 
-    device = check_device(args.device)
+    device = check_device(args.device, "--device")
     model_a = model_from_factory(args.model_a, args.weights_a, kwargs_a, unsafe_pickle=args.unsafe_pickle,
                                  device=device)
     if args.model_b is None and args.weights_b is None and args.factory_kwargs_b is None:

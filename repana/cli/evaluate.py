@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from repana.cli.checks import check_checkpoint_file, check_device, check_output_file, check_seed
+from repana.cli.checks import check_checkpoint_file, check_output_file, check_seed
+from repana.devices import check_device
 from repana.errors import InputError
 from repana.limits import check_command_options
 from repana.runtime import set_conv4_threads
@@ -177,7 +178,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if is_rl_checkpoint(args.checkpoint):
         return run_evaluate_rl(args)
-    device = check_device(args.device)
+    device = check_device(args.device, "--device")
     import numpy as np
     import pandas as pd
 
@@ -236,7 +237,7 @@ def run_predict(args: argparse.Namespace) -> int:
     check_checkpoint_file(args.checkpoint)
     _refuse_rl_checkpoint(args.checkpoint, "predict")
     check_command_options(steps=args.steps, lr=args.lr)
-    device = check_device(args.device)
+    device = check_device(args.device, "--device")
     if args.out is not None:
         check_output_file(args.out, "--out", "predictions.csv")
     import pandas as pd

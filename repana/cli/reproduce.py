@@ -11,7 +11,7 @@
 
 A reproduction is a plan of independent training jobs (setting x network x seed) and then the analyses.
 It trains what is missing (reusing and resuming the runs in ``<out>/runs``; ``--executor local`` runs
-jobs in parallel worker processes, one per free core or GPU; ``--executor ray`` as Ray tasks on the
+jobs in parallel worker processes, one per usable core or GPU; ``--executor ray`` as Ray tasks on the
 cluster at ``--address``), runs every analysis of ``analyses/*.toml`` (each analysis and seed in its own
 worker process, one per usable core, unless ``--executor inline``), writes
 ``<out>/tables/<setting>/*.csv``, ``<out>/figures/<setting>/*.png|pdf`` and ``<out>/report.md``.
@@ -34,7 +34,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from repana.cli.checks import check_device, check_output_dir
+from repana.cli.checks import check_output_dir
+from repana.devices import check_device
 from repana.limits import MAX_SEEDS
 
 
@@ -62,7 +63,7 @@ def register(subparsers, help_text: str) -> None:
                         help="where training jobs run: local worker processes (default), inline (this process), "
                              "ray (a Ray cluster; pip install 'repana[ray]')")
     parser.add_argument("--max-workers", type=int, metavar="N",
-                        help="local executor: parallel training jobs (default: free cores, or visible GPUs with --device "
+                        help="local executor: parallel training jobs (default: usable cores, or visible GPUs with --device "
                              "cuda); with any executor but inline, also the most analysis worker processes (default: "
                              "usable cores / --threads)")
     parser.add_argument("--address", metavar="HOST:PORT", help="ray: the cluster's address (default: a local instance)")
@@ -102,7 +103,7 @@ def run(args) -> int:
                               "chooses where they run; drop them, or drop --plan to run the jobs here")
     if args.rl and args.device != "cpu":
         raise ConfigError(f"--device {args.device}: RL jobs train on the CPU; drop --device with --rl")
-    check_device(args.device)
+    check_device(args.device, "--device")
     common = dict(preset=args.preset, dataset=args.dataset, data_root=data_root, out=args.out,
                   analyses_dir=args.analyses, only=only, settings=args.setting, seeds=args.seeds)
     if args.rl_envs and not args.rl:

@@ -13,7 +13,8 @@ import tomllib
 import warnings
 from pathlib import Path
 
-from repana.cli.checks import check_device, check_output_dir
+from repana.cli.checks import check_output_dir
+from repana.devices import check_device
 from repana.errors import ConfigError, ConfigWarning, InputError
 from repana.rl.presets import PRESETS as RL_PRESETS
 
@@ -182,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if is_rl_request(args):
         return run_rl(args)
-    check_device(args.device)
+    check_device(args.device, "--device")
     loggers = []
     if args.tensorboard:
         from repana.tensorboard import TensorBoardLog, check_tensorboard

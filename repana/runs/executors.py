@@ -6,7 +6,7 @@ whose output is appended to ``<run_dir>/train.log``. A separate process per job,
 down with it (a dead pool worker fails every pending future) and gives each job its own thread count
 and ``CUDA_VISIBLE_DEVICES``.
 
-- ``executor="local"``: up to one job per free core (``os.sched_getaffinity``), or one per visible GPU
+- ``executor="local"``: up to one job per usable core (:func:`repana.runtime.usable_cores`), or one per visible GPU
   with ``device="cuda"``; each job gets ``cores // workers`` torch threads, so workers x threads <= cores.
 - ``executor="inline"``: one job after another in this process (``repana.meta.train.train``, or
   ``repana.rl.train.train_rl`` for RL jobs), the only executor that takes already loaded datasets
@@ -39,7 +39,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from repana.devices import parse_device
 from repana.errors import ConfigError, RepanaError
+from repana.runtime import usable_cores
 from repana.run_lock import RunFolderBusy, check_run_folder_free
 from repana.runs.plan import Job, check_same_run, newest_checkpoint_step, write_job_config
 
@@ -138,10 +140,9 @@ def execute_job(job_values: dict, threads: int | None = None, env: dict | None =
 # ----- devices -----
 
 def _check_device(device: str) -> str:
-    text = str(device).strip().lower()
-    if text == "cpu" or text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
-        return text
-    raise ConfigError(f"device {device!r} is not cpu, cuda or cuda:N")
+    """A job's device as text: cpu, cuda or cuda:N (:func:`repana.devices.parse_device`). Only the name is
+    checked here: the jobs may run on other nodes (Ray, SLURM), whose GPUs this process does not see."""
+    return str(parse_device(device, kinds=("cpu", "cuda")))
 
 
 def visible_gpus() -> list[str]:
@@ -151,14 +152,6 @@ def visible_gpus() -> list[str]:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     listed = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     return listed[:count] if "CUDA_VISIBLE_DEVICES" in os.environ else [str(i) for i in range(count)]
-
-
-def free_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 # ----- the common frame: what to run, logging, the final verdict -----
@@ -222,7 +215,7 @@ def run_jobs(jobs: Sequence[Job], executor: str = "local", max_workers: int | No
     at ``address``; None starts a local instance) or ``"inline"`` (in this process, one after another;
     ``data``: ``{"train", "val"}`` datasets every job uses instead of loading its config's;
     ``show_progress``: its training bars). ``max_workers``: jobs at a time (local; default one
-    per free core, or per visible GPU on CUDA). ``device``: overrides every job's device (``cpu``,
+    per usable core, or per visible GPU on CUDA). ``device``: overrides every job's device (``cpu``,
     ``cuda``, ``cuda:N``). ``cpus_per_job``: torch threads per job (local default ``cores // workers``;
     Ray default 1, also the task's ``num_cpus``). ``log``: receives one line per job start and finish.
     Raises :class:`JobsFailedError` after all jobs ended when any failed; ConfigError before any job
@@ -309,7 +302,7 @@ def _run_local(to_run: list[tuple[Job, int | None]], max_workers: int | None, cp
                say: _Log) -> list[JobResult]:
     if not to_run:
         return []
-    cores = free_cores()
+    cores = usable_cores()
     spread = any(job.device == "cuda" for job, _ in to_run)
     gpus: list[str] = []
     if any(job.device.startswith("cuda") for job, _ in to_run):
