@@ -7,7 +7,8 @@ backward needs (each block's input, conv output, batch-norm statistics, pooling 
 and a backward written out with the ATen kernels autograd calls for the same ops
 (``convolution_backward``, ``native_batch_norm_backward``, ``max_pool2d_with_indices_backward``,
 ``threshold_backward``; the cross-entropy through ``_log_softmax_backward_data``), on the same tensors in
-the same layouts. So the logits and adapted parameters are bit-identical to the autograd version of this
+the same layouts. These kernels are private ATen API: tests/test_aten_kernels.py checks each one's schema and
+its gradient against autograd on the installed torch, and fails loudly when an upgrade changes them. So the logits and adapted parameters are bit-identical to the autograd version of this
 path that repana ran before (checked on the benchmark's networks and on a trained checkpoint), and equal
 to :func:`repana.meta.adapt.adapt` + a query forward to rounding (float64 tests, 1e-10). What it saves
 over autograd or a clone-and-adapt loop: the graph and the engine's bookkeeping at every step (about 25
