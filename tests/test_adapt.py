@@ -218,11 +218,11 @@ def test_freezing_everything_or_zero_steps_means_no_adaptation(setup):
         assert all(adapted[n] is p for n, p in params.items())
 
 
-def test_sum_div_k_equals_mean_loss_with_n_times_the_lr(setup):
+def test_sum_over_shots_equals_mean_loss_with_n_times_the_lr(setup):
     model, batch = setup
     params = {n: p.detach() for n, p in model.named_parameters()}
     summed = adapt(model, params, batch.support_x[0], batch.support_y[0], steps=2, lr=0.1, first_order=True,
-                   loss_reduction="sum_div_k")
+                   loss_reduction="sum_over_shots")
     mean = adapt(model, params, batch.support_x[0], batch.support_y[0], steps=2, lr=0.1 * WAYS, first_order=True)
     for n in params:
         torch.testing.assert_close(summed[n], mean[n], rtol=1e-9, atol=1e-12)
@@ -267,13 +267,13 @@ def test_folded_task_batch_equals_per_episode_reference(setup, algorithm, first_
         assert grads["conv1.conv.bias"].abs().max() < 1e-12 * max(1.0, grads["conv1.conv.weight"].abs().max())
 
 
-def test_folded_layout_with_stride_pooling_and_sum_div_k(setup):
+def test_folded_layout_with_stride_pooling_and_sum_over_shots(setup):
     torch.manual_seed(1)
     model = Conv4(in_channels=1, n_classes=WAYS, hidden=4, image_size=16, pooling="stride").double()
     _, batch = setup
-    folded, _ = get_algorithm("maml", inner_steps=1, inner_lr=0.1, loss_reduction="sum_div_k",
+    folded, _ = get_algorithm("maml", inner_steps=1, inner_lr=0.1, loss_reduction="sum_over_shots",
                               fold=True).meta_gradients(model, batch)
-    loop, _ = get_algorithm("maml", inner_steps=1, inner_lr=0.1, loss_reduction="sum_div_k",
+    loop, _ = get_algorithm("maml", inner_steps=1, inner_lr=0.1, loss_reduction="sum_over_shots",
                             fold=False).meta_gradients(model, batch)
     assert_grads_equal(folded, loop)
     with pytest.raises(InputError, match="fold=True"):
@@ -336,7 +336,7 @@ def test_cpu_folds_tasks_only_where_it_pays(monkeypatch):
     assert calls
 
 
-@pytest.mark.parametrize("loss_reduction", ["mean", "sum_div_k"])
+@pytest.mark.parametrize("loss_reduction", ["mean", "sum_over_shots"])
 @pytest.mark.parametrize("train_weight,train_bias", [(True, True), (True, False), (False, True)])
 def test_first_order_head_steps_in_closed_form_equal_the_autograd_steps(loss_reduction, train_weight, train_bias):
     """First-order head adaptation writes the cross-entropy gradient out; the second-order path takes

@@ -29,17 +29,17 @@ from repana.errors import InputError
 Params = dict[str, torch.Tensor]
 Trainable = None | str | Callable[[str], bool] | Iterable[str]
 
-LOSS_REDUCTIONS = ("mean", "sum_div_k")
-# Names other parts of repana (the training config) use for the same conventions.
-_REDUCTION_ALIASES = {"sum_over_shots": "sum_div_k"}
+LOSS_REDUCTIONS = ("mean", "sum_over_shots")   # the values of TrainConfig.inner_loss, the one vocabulary
+# Former spelling, accepted for code that uses it.
+_REDUCTION_ALIASES = {"sum_div_k": "sum_over_shots"}
 
 
 def normalise_loss_reduction(loss_reduction: str) -> str:
-    """``"mean"`` or ``"sum_div_k"`` (``"sum_over_shots"`` is accepted as an alias of the latter)."""
+    """``"mean"`` or ``"sum_over_shots"`` (``"sum_div_k"`` is accepted as an alias of the latter)."""
     value = _REDUCTION_ALIASES.get(loss_reduction, loss_reduction)
     if value not in LOSS_REDUCTIONS:
         raise InputError(f"loss_reduction = {loss_reduction!r} is not one of {LOSS_REDUCTIONS}: 'mean' averages "
-                         "the support loss over examples; 'sum_div_k' sums it and divides by the shots K "
+                         "the support loss over examples; 'sum_over_shots' sums it and divides by the shots K "
                          "(original MAML code; its inner lr is N times a 'mean' lr)")
     return value
 
@@ -49,7 +49,7 @@ def mean_loss_lr(lr: float, loss_reduction: str, support_y: torch.Tensor) -> flo
     ``loss_reduction`` loss: the one place the loss convention is handled (every inner loop of repana
     runs on the mean loss).
 
-    "sum_div_k" (the loss summed over the n support examples and divided by the shots K) is n / K
+    "sum_over_shots" (the loss summed over the n support examples and divided by the shots K) is n / K
     (= ways, for balanced episodes) times the mean, so its steps are those of ``lr * n / K`` on the
     mean. ``support_y``: int64 ``(n,)`` or ``(tasks, n)`` (balanced episodes: the first task's K).
     """
@@ -213,7 +213,7 @@ def adapt(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x:
             ``loss_reduction``).
         trainable: which parameters adapt (see :func:`resolve_trainable`); the rest stay the same tensors.
         first_order: drop second-order terms (FOMAML, evaluation).
-        loss_reduction: "mean" or "sum_div_k" (converted into the lr by :func:`mean_loss_lr`).
+        loss_reduction: "mean" or "sum_over_shots" (converted into the lr by :func:`mean_loss_lr`).
 
     Returns:
         A new dict with the same keys; adapted tensors for trainable names, the given ones otherwise.

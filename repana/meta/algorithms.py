@@ -36,7 +36,7 @@ github.com/HJ-Yoo/BOIL, ``maml/utils.py`` ``update_parameters``: every meta-para
 --classifier-step-size=0.0``, the same 0.5 as its MAML runs). repana uses the run's own ``inner_lr``.
 
 Hyperparameters: ``inner_steps`` (int), ``inner_lr`` (float, in the convention of
-``loss_reduction``), ``first_order`` (bool), ``loss_reduction`` ("mean" | "sum_div_k"), ``bn_inner_loop``
+``loss_reduction``), ``first_order`` (bool), ``loss_reduction`` ("mean" | "sum_over_shots"), ``bn_inner_loop``
 (bool, default True: the batch-norm affine parameters adapt with the other ``trainable`` ones; False:
 they are left out of the inner loop and of test-time adaptation and learned by the outer loop only, as
 in Finn et al.'s code, :func:`repana.meta.adapt.without_batch_norm`),

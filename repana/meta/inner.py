@@ -64,7 +64,7 @@ PATHS = ("unadapted", "head_only", "per_episode", "conv4_episode", "folded")
 @dataclass(frozen=True)
 class InnerLoop:
     """How tasks adapt: ``steps`` gradient steps of size ``lr`` (in the convention of ``loss_reduction``:
-    "mean" | "sum_div_k") on the support loss of the ``trainable`` parameters (see
+    "mean" | "sum_over_shots") on the support loss of the ``trainable`` parameters (see
     :func:`repana.meta.adapt.resolve_trainable`; :func:`repana.meta.adapt.freeze_layers` narrows it);
     ``first_order`` drops second-order terms (training only: without a graph steps are first order);
     ``bn_support_query``: "apart" | "together" (query normalised with the support); ``fold``: None
