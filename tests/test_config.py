@@ -7,6 +7,7 @@ import tomllib
 import warnings
 
 import pytest
+import torch
 
 from repana.errors import ConfigError, ConfigWarning
 from repana.meta.config import (TrainConfig, list_presets, load_config, parse_override, preset_values,
@@ -114,6 +115,26 @@ def test_more_ways_than_classes_is_an_error():
     config = TrainConfig(ways=20)
     with pytest.raises(ConfigError, match="ways = 20 is more than the 15 classes of the 'val' split"):
         config.check_classes({"train": 100, "val": 15})
+
+
+def test_a_subset_of_training_classes_is_checked_and_fixed():
+    from repana.data.dataset import ImageClassDataset
+    from repana.meta.train import training_classes
+
+    TrainConfig(ways=5, train_classes=40).check_classes({"train": 100, "val": 15})
+    with pytest.raises(ConfigError, match=r"train_classes = 120 is more than the 100 classes of the training split"):
+        TrainConfig(ways=5, train_classes=120).check_classes({"train": 100})
+    with pytest.raises(ConfigError, match="ways = 5 is more than the 3 classes of the 'train' split"):
+        TrainConfig(ways=5, train_classes=3).check_classes({"train": 100})
+    with pytest.raises(ConfigError, match="train_classes = -1 must not be negative"):
+        TrainConfig(train_classes=-1).validate()
+    images = torch.zeros(60, 1, 4, 4, dtype=torch.uint8)
+    labels = torch.arange(60) % 30
+    data = ImageClassDataset(images, labels, [f"c{k}" for k in range(30)], "toy")
+    subset = training_classes(data, 10)
+    assert subset.n_classes == 10 and len(subset.labels) == 20
+    assert subset.class_names == training_classes(data, 10).class_names            # the same for every run
+    assert subset.class_names == sorted(subset.class_names, key=lambda n: int(n[1:]))   # in the dataset's order
 
 
 def test_zero_inner_steps_allowed_for_classifier_baselines():

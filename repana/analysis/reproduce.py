@@ -276,9 +276,8 @@ class TableCache:
         tables = self.read(name, key, subfolder)
         if tables is not None:
             return tables, True
-        start = time.perf_counter()
-        tables = compute()
-        self.write(name, key, tables, subfolder, time.perf_counter() - start)
+        tables, seconds = _timed(compute)()
+        self.write(name, key, tables, subfolder, seconds)
         return tables, False
 
 

@@ -207,12 +207,14 @@ class TrainConfig:
         return self
 
     def check_classes(self, n_classes: Mapping[str, int]) -> None:
-        """Raise ConfigError when an episode needs more ways than a split has classes, or ``train_classes``
-        more than the training split has."""
-        if self.train_classes and "train" in n_classes and self.train_classes > n_classes["train"]:
-            raise ConfigError(f"train_classes = {self.train_classes} is more than the {n_classes['train']} classes of "
-                              f"the training split of {self.dataset!r} (0 trains on all of them)")
+        """Raise ConfigError when an episode needs more ways than a split has classes (the training split: its
+        ``train_classes`` when set, or more classes than it has)."""
         for split, count in n_classes.items():
+            if split == "train" and self.train_classes:
+                if self.train_classes > count:
+                    raise ConfigError(f"train_classes = {self.train_classes} is more than the {count} classes of "
+                                      f"the training split of {self.dataset!r} (0 trains on all of them)")
+                count = self.train_classes
             if self.ways > count:
                 raise ConfigError(f"ways = {self.ways} is more than the {count} classes of the "
                                   f"{split!r} split of {self.dataset!r}")
