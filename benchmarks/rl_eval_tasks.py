@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from repana.rl.checkpoint import load_policy
+from repana.meta.checkpoint import load_checkpoint
 from repana.rl.evaluate import (EVAL_SEED, NAV_MEAN_GOAL_DISTANCE, adapted_rollouts, evaluate_policy,
                                 evaluation_tasks, goal_distance, summarize)
 
@@ -49,8 +49,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1000, 2000, 1, 1001, 2001])
     parser.add_argument("--noise-seeds", type=int, nargs="+", default=[EVAL_SEED, 1, 2, 3, 4, 5])
     args = parser.parse_args()
-    policy, config, data = load_policy(args.checkpoint)
-    print(f"{config.algorithm} {config.env}, {int(data['iteration'])} meta-updates, run seed {config.seed}")
+    checkpoint = load_checkpoint(args.checkpoint, kind="rl")
+    policy, config = checkpoint.model(), checkpoint.train_config()
+    print(f"{config.algorithm} {config.env}, {checkpoint.step} meta-updates, run seed {config.seed}")
 
     started = time.perf_counter()
     frame, protocol = evaluate_policy(policy, config, n_tasks=40, task_seed=EVAL_SEED)

@@ -114,7 +114,7 @@ def test_rl_returns_table_and_verdict_over_seeds(tmp_path, rl_checkpoints, capsy
 
 def test_rl_returns_evaluates_each_run_on_its_own_tasks(tmp_path, rl_checkpoints, capsys):
     from repana.analysis.registry import AnalysisContext
-    from repana.rl.checkpoint import RLCheckpoint
+    from repana.meta.checkpoint import load_checkpoint
     from repana.rl.evaluate import evaluate_rl
 
     out = tmp_path / "returns"
@@ -127,7 +127,7 @@ def test_rl_returns_evaluates_each_run_on_its_own_tasks(tmp_path, rl_checkpoints
     assert per_run["eval_tasks"].tolist() == [f"per-seed sample: SeedSequence({s}, spawn_key=(1048576,))"
                                               for s in (0, 2, 1001)]
     assert per_run["mean_goal_distance"].nunique() == 3   # three seeds, three task samples
-    context = AnalysisContext(networks={"maml": RLCheckpoint.load(rl_checkpoints["maml"])}, settings={})
+    context = AnalysisContext(networks={"maml": load_checkpoint(rl_checkpoints["maml"], kind="rl")}, settings={})
     tables = {"rl_returns": per_run, "rl_returns_table2": pd.read_csv(out / "rl_returns_table2.csv")}
     body = get_analysis("rl_returns").report(tables, context).body
     assert "4 held-out tasks per run, each run's own sample from the task distribution" in body
@@ -180,9 +180,9 @@ def test_rl_analyses_on_halfcheetah_checkpoints(tmp_path, capsys):
     table = pd.read_csv(tmp_path / "r" / "rl_returns_table2.csv")
     assert list(table["paper_printed"]) == ["-139.0 ± 18.9", "-120.9 ± 6.3"]
     from repana.analysis.registry import AnalysisContext
-    from repana.rl.checkpoint import RLCheckpoint
+    from repana.meta.checkpoint import load_checkpoint
 
-    context = AnalysisContext(networks={"maml": RLCheckpoint.load(paths[1])}, settings={"task_seed": 7, "tasks": 2})
+    context = AnalysisContext(networks={"maml": load_checkpoint(paths[1], kind="rl")}, settings={"task_seed": 7, "tasks": 2})
     section = get_analysis("rl_returns").report(
         {"rl_returns": pd.read_csv(tmp_path / "r" / "rl_returns.csv"), "rl_returns_table2": table}, context)
     assert "HalfCheetah returns are **not comparable**" in section.body
@@ -199,7 +199,7 @@ def test_a_context_holds_checkpoints_of_one_kind(rl_checkpoints, supervised_chec
     from repana.errors import InputError
 
     rl, supervised = load_analysis_checkpoint(rl_checkpoints["anil"]), load_analysis_checkpoint(supervised_checkpoint)
-    assert (rl.kind, rl.algorithm, rl.env, rl.iteration) == ("rl", "anil", "2d-navigation", 2)
+    assert (rl.kind, rl.algorithm, rl.env, rl.step) == ("rl", "anil", "2d-navigation", 2)
     assert supervised.kind == "supervised"
     context = AnalysisContext(networks={"anil": rl}, settings={})
     assert context.kind == "rl" and context.rl_checkpoint("anil") is rl and context.steps is None

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from repana.cli import main
-from repana.rl.checkpoint import load_rl_checkpoint
+from repana.meta.checkpoint import load_checkpoint
 from cli_helpers import one_line_error
 
 TINY = ["--set", "meta_batch_size=2", "--set", "fast_batch_size=2", "--set", "horizon=10",
@@ -26,9 +26,9 @@ def nav_run(tmp_path_factory):
 
 
 def test_train_writes_an_rl_run_folder(nav_run):
-    data = load_rl_checkpoint(nav_run / "checkpoints" / "latest.pt")
-    assert data["iteration"] == 2 and data["config"]["meta_batch_size"] == 2
-    assert data["config"]["hidden_sizes"] == [8, 8] and data["config"]["dtype"] == "float64"
+    data = load_checkpoint(nav_run / "checkpoints" / "latest.pt", kind="rl")
+    assert data.step == 2 and data.config["meta_batch_size"] == 2
+    assert data.config["hidden_sizes"] == [8, 8] and data.config["dtype"] == "float64"
     metrics = pd.read_csv(nav_run / "metrics.csv")
     assert list(metrics["iteration"]) == [0, 1]
     assert (metrics["return_before"] < 0).all() and (metrics["return_after"] < 0).all()
@@ -44,14 +44,14 @@ def test_resume_through_the_cli_is_exact(tmp_path, capsys):
     # without a source: the run folder's own config, iterations raised
     assert main(["train", "--out", str(split), "--resume", "--iterations", "3"]) == 0
     assert "anil 2d-navigation: 3 meta-updates" in capsys.readouterr().out
-    a = load_rl_checkpoint(full / "checkpoints" / "latest.pt")
-    b = load_rl_checkpoint(split / "checkpoints" / "latest.pt")
-    assert a["iteration"] == b["iteration"] == 3 and a["config"]["algorithm"] == "anil"
-    for name in a["state_dict"]:
-        assert torch.equal(a["state_dict"][name], b["state_dict"][name]), name
+    a = load_checkpoint(full / "checkpoints" / "latest.pt", kind="rl")
+    b = load_checkpoint(split / "checkpoints" / "latest.pt", kind="rl")
+    assert a.step == b.step == 3 and a.config["algorithm"] == "anil"
+    for name in a.state_dict:
+        assert torch.equal(a.state_dict[name], b.state_dict[name]), name
     drop = ("elapsed_s",)
-    assert [{k: v for k, v in r.items() if k not in drop} for r in a["metrics"]] == \
-           [{k: v for k, v in r.items() if k not in drop} for r in b["metrics"]]
+    assert [{k: v for k, v in r.items() if k not in drop} for r in a.history] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in b.history]
 
 
 def test_train_from_an_rl_toml_config(tmp_path, capsys):
@@ -60,7 +60,7 @@ def test_train_from_an_rl_toml_config(tmp_path, capsys):
                       'fast_batch_size = 2\nhorizon = 5\nhidden_sizes = [4, 4]\n')
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 0
     assert "fomaml 2d-navigation: 1 meta-updates" in capsys.readouterr().out
-    assert load_rl_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["config"]["horizon"] == 5
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt", kind="rl").config["horizon"] == 5
 
 
 def test_train_takes_the_supervised_key_names_and_the_former_rl_ones(tmp_path):
@@ -68,13 +68,13 @@ def test_train_takes_the_supervised_key_names_and_the_former_rl_ones(tmp_path):
                  "--set", "inner_lr=0.05", *TINY, "--out", str(tmp_path / "new")]) == 0
     assert main(["train", "--preset", "rl-2dnav", "--set", "torch_threads=1", "--set", "iterations=1",
                  "--set", "fast_lr=0.05", *TINY, "--out", str(tmp_path / "old")]) == 0
-    new = load_rl_checkpoint(tmp_path / "new" / "checkpoints" / "latest.pt")
-    old = load_rl_checkpoint(tmp_path / "old" / "checkpoints" / "latest.pt")
-    assert new["config"] == old["config"] and (new["config"]["threads"], new["config"]["inner_lr"]) == (1, 0.05)
+    new = load_checkpoint(tmp_path / "new" / "checkpoints" / "latest.pt", kind="rl")
+    old = load_checkpoint(tmp_path / "old" / "checkpoints" / "latest.pt", kind="rl")
+    assert new.config == old.config and (new.config["threads"], new.config["inner_lr"]) == (1, 0.05)
     written = tomllib.loads((tmp_path / "old" / "config.toml").read_text())
     assert (written["threads"], written["inner_lr"]) == (1, 0.05) and "torch_threads" not in written
-    for name in new["state_dict"]:
-        assert torch.equal(new["state_dict"][name], old["state_dict"][name]), name
+    for name in new.state_dict:
+        assert torch.equal(new.state_dict[name], old.state_dict[name]), name
 
 
 def test_list_presets_names_the_rl_presets(capsys):

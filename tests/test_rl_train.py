@@ -8,7 +8,7 @@ import torch
 
 from repana.errors import CheckpointError, ConfigError
 from repana.rl import train as rl_train
-from repana.rl.checkpoint import is_rl_checkpoint, load_rl_checkpoint
+from repana.meta.checkpoint import checkpoint_kind, load_checkpoint, save_rl_checkpoint
 from repana.rl.config import RLConfig, load_preset
 from repana.rl.train import PolicyDivergedError, train_rl
 
@@ -17,7 +17,7 @@ TINY_NAV = dict(env="2d-navigation", meta_batch_size=3, fast_batch_size=4, horiz
 
 
 def _state(run_dir):
-    return load_rl_checkpoint(run_dir / "checkpoints" / "latest.pt")
+    return load_checkpoint(run_dir / "checkpoints" / "latest.pt", kind="rl")
 
 
 def _without_time(rows):
@@ -76,29 +76,28 @@ def test_a_checkpoint_with_former_key_names_loads_and_resumes(tmp_path):
     """A run whose checkpoint and config.toml use ``fast_lr`` / ``torch_threads`` (as runs of earlier
     versions do) loads its policy and config, and resumes exactly as the run with the current names."""
     from repana.cli import main
-    from repana.rl.checkpoint import RLCheckpoint, save_rl_checkpoint
 
     config = RLConfig(**TINY_NAV, iterations=1, threads=1, inner_lr=0.2)
     train_rl(config, tmp_path / "new", show_progress=False)
     train_rl(config, tmp_path / "old", show_progress=False)
     latest = tmp_path / "old" / "checkpoints" / "latest.pt"
-    data = load_rl_checkpoint(latest)
+    data = load_checkpoint(latest, kind="rl")
     old_config = {("fast_lr" if k == "inner_lr" else "torch_threads" if k == "threads" else k): v
-                  for k, v in data["config"].items()}
-    save_rl_checkpoint(latest, **{**{k: data[k] for k in ("policy_config", "state_dict", "iteration", "rng",
-                                                         "metrics", "runtime")}, "config": old_config})
+                  for k, v in data.config.items()}
+    save_rl_checkpoint(latest, config=old_config, policy_config=data.model_config, state_dict=data.state_dict,
+                       iteration=data.step, rng=data.rng, metrics=data.history, runtime=data.runtime)
     toml = tmp_path / "old" / "config.toml"
     toml.write_text(toml.read_text().replace("inner_lr =", "fast_lr =").replace("threads =", "torch_threads ="))
-    assert "fast_lr" in load_rl_checkpoint(latest)["config"]
-    _, loaded = RLCheckpoint.load(latest).policy()
+    assert "fast_lr" in load_checkpoint(latest, kind="rl").config
+    loaded = load_checkpoint(latest, kind="rl").train_config()
     assert loaded == config
     for run in ("old", "new"):
         assert main(["train", "--out", str(tmp_path / run), "--resume", "--iterations", "2"]) == 0
     old, new = _state(tmp_path / "old"), _state(tmp_path / "new")
-    assert old["config"] == new["config"] and old["config"]["inner_lr"] == 0.2
-    assert _without_time(old["metrics"]) == _without_time(new["metrics"])
-    for name in new["state_dict"]:
-        assert torch.equal(old["state_dict"][name], new["state_dict"][name]), name
+    assert old.config == new.config and old.config["inner_lr"] == 0.2
+    assert _without_time(old.history) == _without_time(new.history)
+    for name in new.state_dict:
+        assert torch.equal(old.state_dict[name], new.state_dict[name]), name
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "anil"])
@@ -106,9 +105,9 @@ def test_seeded_runs_are_identical(tmp_path, algorithm):
     a = train_rl(TINY_NAV, tmp_path / "a", algorithm=algorithm, iterations=2)
     b = train_rl(TINY_NAV, tmp_path / "b", algorithm=algorithm, iterations=2)
     sa, sb = _state(tmp_path / "a"), _state(tmp_path / "b")
-    assert _without_time(sa["metrics"]) == _without_time(sb["metrics"])
-    for name in sa["state_dict"]:
-        assert torch.equal(sa["state_dict"][name], sb["state_dict"][name])
+    assert _without_time(sa.history) == _without_time(sb.history)
+    for name in sa.state_dict:
+        assert torch.equal(sa.state_dict[name], sb.state_dict[name])
     c = train_rl(TINY_NAV, tmp_path / "c", algorithm=algorithm, iterations=2, seed=1)
     assert c["return_before"] != a["return_before"]
 
@@ -125,13 +124,13 @@ def test_resume_is_exact(tmp_path):
 
     with pytest.raises(Stop):
         train_rl(TINY_NAV, tmp_path / "cut", iterations=4, callback=interrupt)
-    assert _state(tmp_path / "cut")["iteration"] == 2
+    assert _state(tmp_path / "cut").step == 2
     train_rl(TINY_NAV, tmp_path / "cut", iterations=4)
     full, cut = _state(tmp_path / "full"), _state(tmp_path / "cut")
-    assert cut["iteration"] == 4
-    assert _without_time(full["metrics"]) == _without_time(cut["metrics"])
-    for name in full["state_dict"]:
-        assert torch.equal(full["state_dict"][name], cut["state_dict"][name])
+    assert cut.step == 4
+    assert _without_time(full.history) == _without_time(cut.history)
+    for name in full.state_dict:
+        assert torch.equal(full.state_dict[name], cut.state_dict[name])
     csv = pd.read_csv(tmp_path / "cut" / "metrics.csv")
     assert csv["iteration"].tolist() == [0, 1, 2, 3]
     with pytest.raises(ConfigError, match="already holds an RL run"):
@@ -147,7 +146,7 @@ def test_navigation_smoke_three_iterations(tmp_path):
     assert len(frame) == 3 and frame[["return_before", "return_after"]].notna().all().all()
     assert -200 < last["return_before"] < 0 and last["env_steps"] == 2 * 3 * 4 * 20
     assert (tmp_path / "run" / "config.toml").read_text().count("2d-navigation") == 1
-    assert is_rl_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+    assert (checkpoint_kind(tmp_path / "run" / "checkpoints" / "latest.pt") == "rl")
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -165,7 +164,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(PolicyDivergedError, match="non-finite return_after.*latest.pt holds the last good"):
         train_rl(TINY_NAV, tmp_path / "run", iterations=5)
     state = _state(tmp_path / "run")
-    assert state["iteration"] == 2 and len(state["metrics"]) == 2
+    assert state.step == 2 and len(state.history) == 2
     monkeypatch.setattr(rl_train, "meta_iteration", real)
     with pytest.raises(PolicyDivergedError, match="log_std"):
         train_rl(TINY_NAV, tmp_path / "std", iterations=2, max_abs_log_std=1e-9)
@@ -175,13 +174,13 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 def test_non_rl_checkpoint_is_refused(tmp_path):
     path = tmp_path / "supervised.pt"
     torch.save({"format": "repana-checkpoint", "format_version": 1, "state_dict": {}}, path)
-    assert not is_rl_checkpoint(path)
+    assert not (checkpoint_kind(path) == "rl")
     with pytest.raises(CheckpointError, match="not an RL checkpoint.*'repana-checkpoint'.*supervised"):
-        load_rl_checkpoint(path)
+        load_checkpoint(path, kind="rl")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        load_rl_checkpoint(junk)
+        load_checkpoint(junk, kind="rl")
     from repana.rl.evaluate import evaluate_rl
     with pytest.raises(CheckpointError):
         evaluate_rl(path)
@@ -216,7 +215,7 @@ def test_halfcheetah_smoke_three_iterations(tmp_path, mujoco_available, env):
     last = train_rl(config, tmp_path / "run", iterations=3, algorithm="anil")
     assert last["iteration"] == 2 and last["env_steps"] == 2 * 2 * 2 * 15
     assert math.isfinite(last["return_after"])
-    assert load_rl_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["iteration"] == 3
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt", kind="rl").step == 3
 
 
 def test_async_workers_give_the_same_rollouts_as_in_process(mujoco_available):
@@ -265,13 +264,13 @@ def test_rl_checkpoint_carries_a_checksum_verified_on_load(tmp_path, keep_torch_
     payload["state_dict"]["mu.bias"][0] += 1e-12            # one weight changed after writing
     torch.save(payload, tmp_path / "changed.pt")
     with pytest.raises(CheckpointError, match=r"changed\.pt: checksum mismatch: the file is corrupt"):
-        load_rl_checkpoint(tmp_path / "changed.pt")
+        load_checkpoint(tmp_path / "changed.pt", kind="rl")
     payload = torch.load(latest, weights_only=True)
     payload["state_dict"]["log_std"][0] = float("nan")
     del payload["checksum"]                                 # an older checkpoint: no checksum, still checked
     torch.save(payload, tmp_path / "nan.pt")
     with pytest.raises(CheckpointError, match="non-finite weights .* in log_std"):
-        load_rl_checkpoint(tmp_path / "nan.pt")
+        load_checkpoint(tmp_path / "nan.pt", kind="rl")
 
 
 def test_rl_thread_count_sources():

@@ -110,7 +110,7 @@ def test_local_executor_runs_rl_jobs_and_resumes_an_interrupted_one(tmp_path):
     interrupted run resumes, bitwise equal to the uninterrupted one, and finished runs are reused."""
     import torch
 
-    from repana.rl.checkpoint import load_rl_checkpoint
+    from repana.meta.checkpoint import load_checkpoint
     from repana.rl.config import RLConfig
     from repana.rl.train import train_rl
     from repana.runs import expand_rl_jobs
@@ -126,13 +126,13 @@ def test_local_executor_runs_rl_jobs_and_resumes_an_interrupted_one(tmp_path):
     assert [r.status for r in results] == ["trained", "resumed"], lines
     assert any("resuming from step 1" in line for line in lines)
     for job in (maml, anil):
-        final = load_rl_checkpoint(job.final_checkpoint)
-        assert final["iteration"] == 3 and len(final["metrics"]) == 3
+        final = load_checkpoint(job.final_checkpoint, kind="rl")
+        assert final.step == 3 and len(final.history) == 3
     straight = train_rl(anil.config, tmp_path / "straight")
-    resumed = load_rl_checkpoint(anil.final_checkpoint)
-    assert resumed["metrics"][-1]["return_after"] == straight["return_after"]
-    uninterrupted = load_rl_checkpoint(tmp_path / "straight" / "checkpoints" / "latest.pt")["state_dict"]
-    assert all(torch.equal(resumed["state_dict"][k], v) for k, v in uninterrupted.items())
+    resumed = load_checkpoint(anil.final_checkpoint, kind="rl")
+    assert resumed.history[-1]["return_after"] == straight["return_after"]
+    uninterrupted = load_checkpoint(tmp_path / "straight" / "checkpoints" / "latest.pt", kind="rl").state_dict
+    assert all(torch.equal(resumed.state_dict[k], v) for k, v in uninterrupted.items())
     assert [r.status for r in run_jobs([maml, anil], executor="local", log=lines.append)] == ["reused", "reused"]
 
 

@@ -168,16 +168,11 @@ def list_analyses(kind: str | None = None) -> list[str]:
 
 
 def load_analysis_checkpoint(path: str | Path):
-    """A checkpoint for the analyses: :class:`repana.rl.checkpoint.RLCheckpoint` for an RL checkpoint, else
-    :func:`repana.meta.checkpoint.load_checkpoint`'s :class:`Checkpoint` (CheckpointError for anything else).
-    Both have ``kind``, ``algorithm`` and ``path``."""
-    from repana.rl.checkpoint import RLCheckpoint, is_rl_checkpoint
-
-    if is_rl_checkpoint(path):
-        return RLCheckpoint.load(path)
+    """A checkpoint of either kind for the analyses (:class:`repana.meta.checkpoint.Checkpoint`; its ``kind``
+    says which analyses read it; CheckpointError for anything else)."""
     from repana.meta.checkpoint import load_checkpoint
 
-    return load_checkpoint(path)
+    return load_checkpoint(path, kind=None)
 
 
 def check_checkpoint_kind(analysis: Analysis, checkpoint, where: str | Path | None = None) -> None:
@@ -322,7 +317,7 @@ class AnalysisContext:
 
     # typed access ----------------------------------------------------------------------------
     def rl_checkpoint(self, label: str):
-        """Network ``label`` as a :class:`repana.rl.checkpoint.RLCheckpoint` (InputError for a supervised one)."""
+        """Network ``label``, an RL :class:`repana.meta.checkpoint.Checkpoint` (InputError for a supervised one)."""
         checkpoint = self.networks[label]
         if checkpoint.kind != "rl":
             raise InputError(f"network {label!r} is a supervised checkpoint; this analysis reads RL checkpoints")

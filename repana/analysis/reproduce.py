@@ -562,7 +562,7 @@ def _reproduce_rl(preset: str, rl_envs, selected: list, entries: dict, out: Path
     the selected RL analyses on every environment's runs (all seeds at once), write the report."""
     from repana.analysis.report import write_report
     from repana.plots import paper as plots
-    from repana.rl.checkpoint import RLCheckpoint
+    from repana.meta.checkpoint import load_checkpoint
     from repana.runs import run_jobs
 
     networks = {net for analysis in selected for net in analysis.networks}
@@ -578,7 +578,7 @@ def _reproduce_rl(preset: str, rl_envs, selected: list, entries: dict, out: Path
     sections, facts = [], []
     for setting in dict.fromkeys(job.setting for job in plan):
         jobs = [job for job in plan if job.setting == setting]
-        networks = {f"{job.network}/seed{job.seed_index}": RLCheckpoint.load(job.final_checkpoint) for job in jobs}
+        networks = {f"{job.network}/seed{job.seed_index}": load_checkpoint(job.final_checkpoint, kind="rl") for job in jobs}
         cache = TableCache(out / "tables" / setting, log)
         for analysis in selected:
             labels = tuple(label for label in networks if label.split("/")[0] in analysis.networks)

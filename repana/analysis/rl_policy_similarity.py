@@ -26,14 +26,14 @@ MEASURE_LABELS = {"cca": "mean CCA (misleading, see text)", "svcca": "SVCCA (99%
 
 def similarity_rows(checkpoints: dict, n_tasks: int, measures, task_seed: int, max_datapoints: int) -> pd.DataFrame:
     """One row per (checkpoint, task, layer, measure): ``label, env, algorithm, seed, task, layer, measure,
-    value, n_datapoints, n_features, adapt_log_std`` (``checkpoints``: label -> RLCheckpoint)."""
+    value, n_datapoints, n_features, adapt_log_std`` (``checkpoints``: label -> RL Checkpoint)."""
     from repana.rl.analysis import policy_similarity
 
     frames = []
     for label, checkpoint in checkpoints.items():
-        frame = policy_similarity(checkpoint.data, n_tasks=int(n_tasks), measures=tuple(measures),
+        frame = policy_similarity(checkpoint, n_tasks=int(n_tasks), measures=tuple(measures),
                                   seed=int(task_seed), max_datapoints=int(max_datapoints))
-        frames.append(frame.assign(label=label, seed=int(checkpoint.data["config"]["seed"])))
+        frames.append(frame.assign(label=label, seed=int(checkpoint.config["seed"])))
     columns = ["label", "env", "algorithm", "seed", "task", "layer", "measure", "value", "n_datapoints",
                "n_features", "adapt_log_std"]
     return pd.concat(frames, ignore_index=True)[columns]

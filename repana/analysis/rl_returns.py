@@ -71,14 +71,14 @@ def fixed_task_seed(settings: dict) -> int | None:
 
 
 def per_run_returns(checkpoints: dict, settings: dict) -> pd.DataFrame:
-    """One row per RL checkpoint (``checkpoints``: label -> :class:`repana.rl.checkpoint.RLCheckpoint`):
+    """One row per RL checkpoint (``checkpoints``: label -> RL :class:`repana.meta.checkpoint.Checkpoint`):
     :data:`PER_RUN_COLUMNS`; returns are undiscounted, averaged over each task's trajectories, then mean
     and 95% CI half width over the held-out tasks (:func:`tasks_for`, :func:`fixed_task_seed`)."""
     from repana.rl.evaluate import evaluate_rl
 
     rows = []
     for label, checkpoint in checkpoints.items():
-        _, summary = evaluate_rl(checkpoint.data, n_tasks=tasks_for(checkpoint.env, settings),
+        _, summary = evaluate_rl(checkpoint, n_tasks=tasks_for(checkpoint.env, settings),
                                  task_seed=fixed_task_seed(settings))
         rows.append({"label": label, **summary})
     return pd.DataFrame(rows)[PER_RUN_COLUMNS]

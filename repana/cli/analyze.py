@@ -68,22 +68,17 @@ def _labelled(specs: list[str]) -> list[tuple[str | None, str]]:
 
 
 def _parse_settings(assignments: list[str], known: dict, name: str) -> dict:
-    """``KEY=VALUE`` strings (VALUE in TOML syntax) -> settings; unknown keys are an InputError."""
-    import tomllib
+    """``KEY=VALUE`` strings (:func:`repana.assignments.parse_assignment`) -> settings; unknown keys are an
+    InputError."""
+    from repana.assignments import parse_assignment
 
     parsed = {}
     for assignment in assignments:
-        key, sep, value = assignment.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise InputError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set episodes=50")
+        key, value = parse_assignment(assignment)
         if key not in known:
             raise InputError(f"--set {key}: analysis {name!r} has no setting {key!r}; its settings are "
                              f"{', '.join(sorted(known))}")
-        try:
-            parsed[key] = tomllib.loads(f"value = {value}")["value"]
-        except tomllib.TOMLDecodeError:
-            parsed[key] = value   # a bare word: a string
+        parsed[key] = value
     return parsed
 
 

@@ -1,7 +1,7 @@
 """``repana evaluate`` (accuracy ± 95% CI over fixed test episodes) and ``repana predict`` (one episode
 given as image files: support subfolders per label, query images) for a checkpoint.
 
-``repana evaluate`` on an RL checkpoint (:func:`repana.rl.checkpoint.is_rl_checkpoint`) reports the
+``repana evaluate`` on an RL checkpoint (a checkpoint whose ``kind`` is ``"rl"``, :func:`repana.meta.checkpoint.checkpoint_kind`) reports the
 policy's returns before / after one adaptation step on held-out tasks (:func:`repana.rl.evaluate.evaluate_rl`)."""
 
 from __future__ import annotations
@@ -124,9 +124,9 @@ def trainable_names(model, config, adapt_layers: list[str] | str | None, freeze:
 
 def _refuse_rl_checkpoint(path: Path, command: str) -> None:
     """One line when ``path`` is an RL checkpoint given to a command that takes supervised ones."""
-    from repana.rl.checkpoint import is_rl_checkpoint
+    from repana.meta.checkpoint import checkpoint_kind
 
-    if is_rl_checkpoint(path):
+    if checkpoint_kind(path) == "rl":
         raise InputError(f"{path} is an RL checkpoint (a meta-trained policy); repana {command} takes supervised "
                          "checkpoints: use `repana evaluate` on it (returns before / after adaptation), "
                          "`repana train --out RUN --resume` to continue its run")
@@ -174,9 +174,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.csv is not None:
         check_output_file(args.csv, "--csv", "episodes.csv")
     check_command_options(episodes=args.episodes, steps=args.steps, lr=args.lr)
-    from repana.rl.checkpoint import is_rl_checkpoint
+    from repana.meta.checkpoint import checkpoint_kind
 
-    if is_rl_checkpoint(args.checkpoint):
+    if checkpoint_kind(args.checkpoint) == "rl":
         return run_evaluate_rl(args)
     device = check_device(args.device, "--device")
     import numpy as np

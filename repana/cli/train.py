@@ -16,7 +16,9 @@ from pathlib import Path
 from repana.cli.checks import check_output_dir
 from repana.devices import check_device
 from repana.errors import ConfigError, ConfigWarning, InputError
+from repana.assignments import parse_assignment
 from repana.rl.presets import PRESETS as RL_PRESETS
+from repana.runs.kinds import RL, SUPERVISED, RunKind, kind_of_values
 
 
 def register(subparsers, help_text: str) -> None:
@@ -94,36 +96,18 @@ def _read_toml(path: Path) -> dict | None:
         return None
 
 
-def _is_rl_values(values: dict | None) -> bool:
-    return isinstance(values, dict) and "env" in values  # repana.rl.config.is_rl_config_values
-
-
-def is_rl_request(args: argparse.Namespace) -> bool:
-    """True when the arguments ask for RL training: an rl-* preset, a TOML file holding an RL config,
-    or ``--resume`` of an RL run folder without a source."""
+def requested_kind(args: argparse.Namespace) -> RunKind:
+    """The kind of run the arguments ask for (:mod:`repana.runs.kinds`): RL for an rl-* preset, a TOML file
+    holding an RL config, or ``--resume`` of an RL run folder without a source; else supervised."""
     if args.preset is not None:
         if args.preset.startswith("rl-") and args.preset not in RL_PRESETS:
             raise ConfigError(f"unknown RL preset {args.preset!r}; choose one of {', '.join(RL_PRESETS)}")
-        return args.preset in RL_PRESETS
+        return RL if args.preset in RL_PRESETS else SUPERVISED
     if args.config is not None:
-        return args.config.is_file() and _is_rl_values(_read_toml(args.config))
+        return kind_of_values(_read_toml(args.config)) if args.config.is_file() else SUPERVISED
     if args.resume and args.out is not None:
-        return _is_rl_values(_read_toml(Path(args.out) / "config.toml"))
-    return False
-
-
-def _parse_rl_override(text: str) -> tuple[str, object]:
-    """``"key=value"`` -> (key, value), the value parsed as TOML (a bare word as a string), as the
-    supervised ``--set`` does; unknown keys are reported by RLConfig."""
-    key, sep, raw = text.partition("=")
-    key, raw = key.strip(), raw.strip()
-    if not sep or not key:
-        raise ConfigError(f"--set {text!r} must look like key=value")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key, value
+        return kind_of_values(_read_toml(Path(args.out) / "config.toml"))
+    return SUPERVISED
 
 
 def _check_rl_flags(args: argparse.Namespace, what: str) -> None:
@@ -145,7 +129,7 @@ def run_rl(args: argparse.Namespace) -> int:
     what = f"the RL preset {args.preset}" if args.preset else (
         f"the RL config {args.config}" if args.config else f"the RL run {args.out}")
     _check_rl_flags(args, what)
-    overrides = dict(_parse_rl_override(text) for text in args.overrides)
+    overrides = dict(parse_assignment(text) for text in args.overrides)   # unknown keys: RLConfig reports them
     for key, value in (("algorithm", args.algorithm), ("iterations", args.iterations), ("seed", args.seed)):
         if value is not None:
             overrides[key] = value
@@ -181,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list_presets:
         print("\n".join(list_presets() + list(RL_PRESETS)))
         return 0
-    if is_rl_request(args):
+    if requested_kind(args) is RL:
         return run_rl(args)
     check_device(args.device, "--device")
     loggers = []

@@ -1,7 +1,9 @@
-"""Checkpoints of a training run: model, optimizer, step, every RNG state, resolved config, metrics.
+"""Checkpoints of a training run, of either kind (:mod:`repana.runs.kinds`): model, optimizer, step, every
+RNG state, resolved config, metrics. One type, :class:`Checkpoint`, whose ``kind`` says which: a
+supervised Conv4 (``"supervised"``) or an RL policy (``"rl"``); one loader, :func:`load_checkpoint`.
 
 A checkpoint is one ``torch.save``d dict holding only tensors and primitive containers, so it loads
-with ``torch.load(weights_only=True)`` (no code runs on load)::
+with ``torch.load(weights_only=True)`` (no code runs on load). A supervised run's::
 
     {"format": "repana-checkpoint", "format_version": 1, "repana_version": "0.1.0",
      "model_config": {...build_model kwargs...}, "algorithm": "anil", "config": {...TrainConfig...},
@@ -9,6 +11,15 @@ with ``torch.load(weights_only=True)`` (no code runs on load)::
      "rng": {"python": [...], "numpy": {...}, "torch": ByteTensor, "cuda": [...], "sampler": {...}},
      "metrics": {"val_accuracy": 0.81, ...}, "runtime": {"threads": 2, "torch_version": ...},
      "checksum": {"algorithm": "sha256", "hex": "..."}}
+
+An RL run's (its format tag says the kind; ``iteration`` counts meta-updates, ``metrics`` holds one row per
+meta-update, ``policy_config`` the GaussianMLPPolicy kwargs)::
+
+    {"format": "repana-rl-checkpoint", "format_version": 1, "repana_version": "0.1.0",
+     "config": {...RLConfig...}, "policy_config": {...}, "state_dict": {...}, "iteration": 120,
+     "rng": {"tasks": "<json of the numpy bit generator state>", "actions": ByteTensor},
+     "metrics": [{"iteration": 0, "return_before": ..., ...}, ...], "runtime": {"threads": 1},
+     "checksum": {...}}
 
 Files are written atomically (``repana.io.atomic_torch_save``): a crash mid-write leaves the previous
 file intact and never a partial file under the final name. Loading a truncated or corrupt file, one
@@ -29,7 +40,7 @@ import random
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,9 +50,13 @@ from repana.errors import CheckpointError
 from repana.io import atomic_torch_save
 
 FORMAT = "repana-checkpoint"
+RL_FORMAT = "repana-rl-checkpoint"
 FORMAT_VERSION = 1
-_REQUIRED = ("format", "format_version", "repana_version", "model_config", "algorithm", "config",
-             "state_dict", "optimizer", "step", "rng", "metrics")
+KIND_OF_FORMAT = {FORMAT: "supervised", RL_FORMAT: "rl"}
+_REQUIRED = {FORMAT: ("format", "format_version", "repana_version", "model_config", "algorithm", "config",
+                      "state_dict", "optimizer", "step", "rng", "metrics"),
+             RL_FORMAT: ("format", "format_version", "config", "policy_config", "state_dict", "iteration", "rng",
+                         "metrics")}
 CHECKSUM_ALGORITHM = "sha256"
 
 
@@ -132,7 +147,13 @@ def restore_rng_state(state: dict) -> None:
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint. ``model()`` rebuilds the Conv4 with its weights."""
+    """A loaded checkpoint of either kind. ``model()`` rebuilds its network (the Conv4, or the RL policy)
+    with its weights; ``train_config()`` its resolved TrainConfig or RLConfig.
+
+    ``model_config``: the network's build kwargs (RL: the policy's); ``step``: completed optimizer steps
+    (RL: meta-updates); ``metrics``: flat numbers (RL: the last meta-update's row); ``history``: RL only,
+    one metrics row per meta-update; ``kind``: ``"supervised"`` or ``"rl"``.
+    """
 
     model_config: dict
     algorithm: str
@@ -146,26 +167,42 @@ class Checkpoint:
     path: Path | None = None
     runtime: dict = field(default_factory=dict)   # threads, torch version, deterministic flags
     verified: bool = False                         # the checksum was present and matched
-    kind: ClassVar[str] = "supervised"             # RL checkpoints (repana.rl.checkpoint.RLCheckpoint): "rl"
+    kind: str = "supervised"                       # or "rl" (repana.runs.kinds)
+    history: list = field(default_factory=list)    # RL: one metrics row per meta-update
 
     def model(self, device: str | torch.device | None = None) -> torch.nn.Module:
-        """The network of this checkpoint, weights loaded, in eval mode, on ``device``."""
-        from repana.models import build_model
-
+        """The network of this checkpoint, weights loaded, on ``device``: the Conv4 in eval mode, or the RL
+        policy in its config's dtype."""
         try:
-            model = build_model(dict(self.model_config))
+            if self.kind == "rl":
+                from repana.rl.policy import GaussianMLPPolicy
+
+                model = GaussianMLPPolicy(**self.model_config).to(getattr(torch, self.train_config().dtype))
+            else:
+                from repana.models import build_model
+
+                model = build_model(dict(self.model_config))
         except (TypeError, ValueError, KeyError) as error:
             raise CheckpointError(f"{self._where()}: cannot build the model from its config "
                                   f"{self.model_config}: {error}") from None
         load_weights(model, self.state_dict, where=self._where())
-        model.eval()
+        if self.kind != "rl":
+            model.eval()
         return model.to(device) if device is not None else model
 
     def train_config(self):
-        """The resolved :class:`repana.meta.config.TrainConfig` of the run."""
-        from repana.meta.config import from_dict
+        """The resolved config of the run: a :class:`repana.meta.config.TrainConfig`, or an
+        :class:`repana.rl.config.RLConfig` for an RL checkpoint (former key names read as current ones)."""
+        from repana.runs.kinds import get_kind
 
-        return from_dict(self.config, source=self._where())
+        return get_kind(self.kind).config_from_dict(self.config, self._where())
+
+    @property
+    def env(self) -> str:
+        """RL: the environment the policy was meta-trained on."""
+        if self.kind != "rl":
+            raise CheckpointError(f"{self._where()} is a supervised checkpoint; it has no environment")
+        return str(self.config["env"])
 
     def _where(self) -> str:
         return f"checkpoint {self.path}" if self.path else "checkpoint"
@@ -220,6 +257,21 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, model_config: d
     return path
 
 
+def save_rl_checkpoint(path, *, config: dict, policy_config: dict, state_dict: dict, iteration: int,
+                       rng: dict, metrics: list, runtime: dict | None = None) -> Path:
+    """Write an RL run's checkpoint atomically (the format in the module docstring), with its checksum.
+    ``rng``: ``{"tasks": json text, "actions": ByteTensor}``; ``metrics``: one row per meta-update;
+    ``runtime``: how the run ran (``{"threads": n}``), read back on resume."""
+    payload = {"format": RL_FORMAT, "format_version": FORMAT_VERSION, "repana_version": __version__,
+               "config": config, "policy_config": policy_config,
+               "state_dict": {k: v.detach().clone() for k, v in state_dict.items()},
+               "iteration": int(iteration), "rng": rng, "metrics": list(metrics), "runtime": dict(runtime or {})}
+    payload["checksum"] = {"algorithm": CHECKSUM_ALGORITHM, "hex": payload_checksum(payload)}
+    path = Path(path)
+    atomic_torch_save(payload, path)
+    return path
+
+
 def runtime_record(threads: int | None = None) -> dict:
     """What a run's numbers depend on beyond its config: torch's intra-op threads (floating-point sums
     are split differently per thread count), the torch version and its deterministic flags."""
@@ -243,38 +295,79 @@ def _to_cpu(obj: Any) -> Any:
 CHECKPOINT_UNSAFE_ADVICE = "load it in Python with repana.meta.checkpoint.load_checkpoint(path, unsafe_pickle=True)"
 
 
-def load_checkpoint(path: str | Path, expected_model_config: dict | None = None,
-                    unsafe_pickle: bool = False) -> Checkpoint:
-    """Read and check a checkpoint (CPU tensors).
-
-    Raises CheckpointError when the file is missing, not a torch file, truncated or corrupt, holds
-    pickled objects that safe loading refuses (``unsafe_pickle=True`` loads a trusted one with full
-    pickle), is not a repana checkpoint, has another format version, fails its checksum, holds
-    non-finite weights, or (with ``expected_model_config``) is of another architecture. A checkpoint
-    without a checksum (written before repana had them) loads with a warning.
-    """
+def _read_payload(path: Path, unsafe_pickle: bool = False) -> dict:
+    """The unpickled checkpoint dict of either kind, its format tag and version checked (CheckpointError)."""
     from repana.data.safe_pickle import torch_load
 
-    path = Path(path)
     payload = torch_load(path, unsafe_pickle=unsafe_pickle, what="checkpoint", error_class=CheckpointError,
                          opt_in=CHECKPOINT_UNSAFE_ADVICE)
-    if isinstance(payload, dict) and payload.get("format") == "repana-rl-checkpoint":
-        raise CheckpointError(f"{path} is an RL checkpoint (a meta-trained policy), not a repana checkpoint of "
-                              "a supervised model: `repana evaluate` takes it (returns before / after "
-                              "adaptation), `repana train --out RUN --resume` continues its run")
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in KIND_OF_FORMAT:
         raise CheckpointError(f"{path} is not a repana checkpoint (no '{FORMAT}' format tag)")
     if payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format version {payload.get('format_version')} (written by repana "
             f"{payload.get('repana_version')}), this repana {__version__} reads version {FORMAT_VERSION}")
-    missing = [k for k in _REQUIRED if k not in payload]
+    return payload
+
+
+def checkpoint_kind(path: str | Path) -> str | None:
+    """``"supervised"`` or ``"rl"`` for a readable repana checkpoint, None for any other file (no exception)."""
+    try:
+        return KIND_OF_FORMAT[_read_payload(Path(path))["format"]]
+    except CheckpointError:
+        return None
+
+
+def as_checkpoint(path_or_checkpoint, kind: str | None = "supervised") -> Checkpoint:
+    """A loaded :class:`Checkpoint` as it is, or the checkpoint at a path (:func:`load_checkpoint`); either must
+    be of ``kind`` (None: either kind)."""
+    if isinstance(path_or_checkpoint, Checkpoint):
+        if kind is not None and path_or_checkpoint.kind != kind:
+            raise CheckpointError(f"{path_or_checkpoint._where()} {_WRONG_KIND[path_or_checkpoint.kind]}")
+        return path_or_checkpoint
+    return load_checkpoint(path_or_checkpoint, kind=kind)
+
+
+_WRONG_KIND = {
+    "rl": "is an RL checkpoint (a meta-trained policy), not a repana checkpoint of a supervised model: `repana "
+          "evaluate` takes it (returns before / after adaptation), `repana train --out RUN --resume` continues its run",
+    "supervised": "is not an RL checkpoint: its format is 'repana-checkpoint' (a supervised checkpoint: use repana "
+                  "evaluate / analyze on it)",
+}
+
+
+def load_checkpoint(path: str | Path, expected_model_config: dict | None = None,
+                    unsafe_pickle: bool = False, kind: str | None = "supervised") -> Checkpoint:
+    """Read and check a checkpoint (CPU tensors).
+
+    ``kind``: the kind the caller takes (``"supervised"``, ``"rl"``, or None for either); a checkpoint of
+    the other kind is a CheckpointError saying what it is. Raises CheckpointError when the file is
+    missing, not a torch file, truncated or corrupt, holds pickled objects that safe loading refuses
+    (``unsafe_pickle=True`` loads a trusted one with full pickle), is not a repana checkpoint, has
+    another format version, fails its checksum, holds non-finite weights, or (with
+    ``expected_model_config``) is of another architecture. A checkpoint without a checksum (written
+    before repana had them) loads with a warning.
+    """
+    path = Path(path)
+    payload = _read_payload(path, unsafe_pickle)
+    found = KIND_OF_FORMAT[payload["format"]]
+    if kind is not None and found != kind:
+        raise CheckpointError(f"{path} {_WRONG_KIND[found]}")
+    missing = [k for k in _REQUIRED[payload["format"]] if k not in payload]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks the entries {missing}; it is corrupt")
     verified = verify_payload(payload, path)
     if not verified:
-        warnings.warn(f"checkpoint {path} has no checksum (written by repana {payload['repana_version']} "
-                      "before checkpoints carried one): loaded without an integrity check", stacklevel=2)
+        warnings.warn(f"checkpoint {path} has no checksum (written by repana "
+                      f"{payload.get('repana_version', 'unknown')} before checkpoints carried one): loaded "
+                      "without an integrity check", stacklevel=2)
+    if found == "rl":
+        rows = [dict(row) for row in payload["metrics"]]
+        return Checkpoint(model_config=dict(payload["policy_config"]), algorithm=str(payload["config"]["algorithm"]),
+                          config=dict(payload["config"]), state_dict=payload["state_dict"],
+                          step=int(payload["iteration"]), rng=payload["rng"], metrics=dict(rows[-1]) if rows else {},
+                          repana_version=payload.get("repana_version", "unknown"), path=path,
+                          runtime=dict(payload.get("runtime") or {}), verified=verified, kind="rl", history=rows)
     if expected_model_config is not None and dict(expected_model_config) != payload["model_config"]:
         differ = sorted(k for k in set(expected_model_config) | set(payload["model_config"])
                         if expected_model_config.get(k) != payload["model_config"].get(k))

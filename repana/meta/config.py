@@ -325,16 +325,12 @@ def preset_values(name: str) -> dict:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"key=value"`` -> (key, value); the value is parsed as TOML, a bare word as a string."""
-    key, sep, raw = text.partition("=")
-    key, raw = key.strip(), raw.strip()
-    if not sep or not key:
-        raise ConfigError(f"override {text!r} must look like key=value")
+    """``"key=value"`` -> (key, value) (:func:`repana.assignments.parse_assignment`), the key checked
+    against TrainConfig's fields."""
+    from repana.assignments import parse_assignment
+
+    key, value = parse_assignment(text, "override")
     _check_keys([key], "overrides")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
     return key, value
 
 

@@ -38,9 +38,7 @@ from repana.progress import progress
 from repana.run_lock import locked_run_folder
 
 METRICS_COLUMNS = ("step", "split", "loss", "accuracy", "elapsed_s")
-# Keys that may differ between a run's config.toml and the config given to resume it.
-RESUMABLE_CHANGES = frozenset({"iterations", "checkpoint_every", "keep_checkpoints", "save_steps",
-                               "log_every", "val_every", "data_root", "threads"})
+from repana.runs.kinds import SUPERVISED_RESUMABLE as RESUMABLE_CHANGES
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 ALLOW_THREAD_CHANGE_ENV = "REPANA_ALLOW_THREAD_CHANGE"
 

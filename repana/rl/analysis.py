@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from repana.compare import compare_activations
-from repana.rl.checkpoint import load_policy
+from repana.meta.checkpoint import as_checkpoint
 from repana.rl.evaluate import EVAL_SEED, adapted_rollouts
 from repana.rl.tasks import draw_tasks
 
@@ -29,8 +29,9 @@ def policy_similarity(checkpoint, n_tasks: int = 5, measures=("svcca", "cka"), s
                       max_datapoints: int = 2000) -> pd.DataFrame:
     """Tidy DataFrame, one row per (task, layer, measure): ``task, layer, measure, value,
     n_datapoints, n_features, algorithm, env, adapt_log_std``. ``checkpoint``: a path or a loaded
-    RL checkpoint dict. Layers: ``layer1``, ``layer2`` (hidden, post-ReLU) and ``mu`` (action mean)."""
-    policy, config, _ = load_policy(checkpoint)
+    RL :class:`repana.meta.checkpoint.Checkpoint`. Layers: ``layer1``, ``layer2`` (hidden, post-ReLU) and ``mu`` (action mean)."""
+    checkpoint = as_checkpoint(checkpoint, kind="rl")
+    policy, config = checkpoint.model(), checkpoint.train_config()
     tasks = draw_tasks(config.env, n_tasks, np.random.default_rng(seed))
     generator = torch.Generator().manual_seed(seed)
     _, adapted, after = adapted_rollouts(policy, config, tasks, generator)

@@ -108,11 +108,6 @@ class RLConfig:
         return RLConfig.from_dict({**self.to_dict(), **canonical_keys(changes)})
 
 
-def is_rl_config_values(values: dict) -> bool:
-    """True when a parsed TOML mapping is an RL config: it names an ``env`` (no supervised key does)."""
-    return isinstance(values, dict) and "env" in values
-
-
 def load_preset(name: str) -> RLConfig:
     """The config of a bundled preset (:data:`repana.rl.presets.PRESETS`, e.g. ``rl-2dnav``)."""
     if name not in PRESETS:

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from repana.rl.checkpoint import load_policy
+from repana.meta.checkpoint import as_checkpoint
 from repana.rl.config import RLConfig
 from repana.rl.sampler import make_sampler
 from repana.rl.tasks import draw_tasks
@@ -131,11 +131,12 @@ def evaluate_rl(checkpoint_path, n_tasks: int = EVAL_TASKS, task_seed: int | Non
     ``iteration``, the task source (``eval_tasks``) and, for 2-D navigation, the sample's
     ``mean_goal_distance`` (NaN otherwise). Raises CheckpointError for anything but an RL checkpoint.
     """
-    policy, config, data = load_policy(checkpoint_path)
+    checkpoint = as_checkpoint(checkpoint_path, kind="rl")
+    policy, config = checkpoint.model(), checkpoint.train_config()
     frame, protocol = evaluate_policy(policy, config, n_tasks=n_tasks, task_seed=task_seed,
                                       n_trajectories=n_trajectories)
     distance = float(frame["goal_distance"].mean()) if "goal_distance" in frame else float("nan")
     summary = {"env": config.env, "algorithm": config.algorithm, "seed": config.seed,
-               "iteration": int(data["iteration"]), "adapt_log_std": config.adapt_log_std,
+               "iteration": checkpoint.step, "adapt_log_std": config.adapt_log_std,
                "eval_tasks": protocol, "mean_goal_distance": distance, **summarize(frame)}
     return frame, summary

@@ -29,8 +29,8 @@ from repana.errors import ConfigError, RepanaError
 from repana.io import atomic_save_csv, atomic_write_text
 from repana.progress import progress
 from repana.run_lock import locked_run_folder
-from repana.rl.checkpoint import load_rl_checkpoint, save_rl_checkpoint
-from repana.rl.config import RLConfig, canonical_keys, resolve_config
+from repana.meta.checkpoint import load_checkpoint, save_rl_checkpoint
+from repana.rl.config import RLConfig, resolve_config
 from repana.rl.envs import action_size, observation_size
 from repana.rl.metalearner import MetaLearner
 from repana.rl.policy import GaussianMLPPolicy
@@ -39,8 +39,7 @@ from repana.rl.sampler import make_sampler
 from repana.rl.tasks import TaskSampler
 
 
-# Config keys that may change when a run is resumed (everything else must match the saved run).
-RESUMABLE_CHANGES = frozenset({"iterations", "checkpoint_every", "threads"})
+from repana.runs.kinds import RL_RESUMABLE as RESUMABLE_CHANGES
 
 
 class PolicyDivergedError(RepanaError):
@@ -176,8 +175,8 @@ def _train_rl_holding_the_folder(config: RLConfig, run_dir: Path, resume: bool, 
     latest = run_dir / "checkpoints" / "latest.pt"
     if latest.exists() and not resume:
         raise ConfigError(f"{run_dir} already holds an RL run; pass resume=True or use a new folder")
-    data = load_rl_checkpoint(latest) if latest.exists() else None
-    saved_threads = (data.get("runtime") or {}).get("threads") if data is not None else None
+    saved_run = load_checkpoint(latest, kind="rl") if latest.exists() else None
+    saved_threads = saved_run.runtime.get("threads") if saved_run is not None else None
     threads, source = rl_training_threads(config, saved_threads)
     if source != "checkpoint":
         from repana.meta.train import ALLOW_THREAD_CHANGE_ENV, check_resume_threads
@@ -191,17 +190,17 @@ def _train_rl_holding_the_folder(config: RLConfig, run_dir: Path, resume: bool, 
     generator = torch.Generator().manual_seed(config.seed + 1)
     rows: list[dict] = []
     start = 0
-    if data is not None:
-        saved = canonical_keys(data["config"])
+    if saved_run is not None:
+        saved = saved_run.train_config().to_dict()
         changed = sorted(k for k, v in config.to_dict().items()
                          if saved.get(k) != v and k not in RESUMABLE_CHANGES)
         if changed:
             raise ConfigError(f"cannot resume {run_dir}: the config differs in {changed}; use a new run folder")
-        policy.load_state_dict(data["state_dict"])
-        tasks.load_state_dict(json.loads(data["rng"]["tasks"]))
-        generator.set_state(data["rng"]["actions"])
-        rows = [dict(r) for r in data["metrics"]]
-        start = int(data["iteration"])
+        policy.load_state_dict(saved_run.state_dict)
+        tasks.load_state_dict(json.loads(saved_run.rng["tasks"]))
+        generator.set_state(saved_run.rng["actions"])
+        rows = [dict(r) for r in saved_run.history]
+        start = saved_run.step
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.toml", config_toml(config))
 

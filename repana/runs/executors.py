@@ -272,19 +272,14 @@ def run_jobs(jobs: Sequence[Job], executor: str = "local", max_workers: int | No
 
 def _run_inline(to_run: list[tuple[Job, int | None]], threads: int | None, data: Mapping | None,
                 show_progress: bool | None, say: _Log) -> list[JobResult]:
-    from repana.meta.train import train
-    from repana.rl.train import train_rl
-
     results = []
     for job, resume_step in to_run:
         say(job, _start_message(job, resume_step, f"in this process, {job.device}"))
         start = time.perf_counter()
         try:
             config = job.config.replace(threads=threads) if threads else job.config
-            if job.kind == "rl":
-                train_rl(config, job.run_dir, resume=True, show_progress=show_progress)
-            else:
-                train(config, job.run_dir, resume=True, device=job.device, data=data, show_progress=show_progress)
+            job.run_kind.train(config, job.run_dir, resume=True, device=job.device,
+                               data=data if job.kind == "supervised" else None, show_progress=show_progress)
             error = None if job.final_checkpoint.exists() else f"train ended without writing {job.final_checkpoint}"
         except Exception as exception:  # one job's failure must not stop the others
             lines = str(exception).strip().splitlines()

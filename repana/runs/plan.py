@@ -36,8 +36,9 @@ from typing import Iterable, Mapping, Sequence
 from repana.errors import ConfigError
 from repana.limits import MAX_SEEDS
 from repana.io import atomic_write_text
-from repana.meta.config import TrainConfig, from_dict, load_toml, to_toml
-from repana.rl.config import RLConfig, canonical_keys, is_rl_config_values
+from repana.meta.config import TrainConfig, load_toml
+from repana.rl.config import RLConfig
+from repana.runs.kinds import RunKind, kind_of_config, kind_of_values
 
 # Seed k of a network: base seed (which includes the network's offset) + k * SEED_STRIDE. Larger than
 # every per-network offset of repana.analysis.reproduce (0..6), so seeds never collide.
@@ -72,9 +73,14 @@ class Job:
     device: str = "cpu"
 
     @property
+    def run_kind(self) -> RunKind:
+        """The job's :class:`repana.runs.kinds.RunKind` (from its config's type)."""
+        return kind_of_config(self.config)
+
+    @property
     def kind(self) -> str:
         """``"rl"`` for an RLConfig, else ``"supervised"`` (the kind of checkpoint it writes)."""
-        return "rl" if isinstance(self.config, RLConfig) else "supervised"
+        return self.run_kind.name
 
     @property
     def config_path(self) -> Path:
@@ -133,8 +139,7 @@ class Job:
     def from_dict(cls, values: Mapping, source: str = "plan") -> "Job":
         try:
             config = values["config"]
-            config = RLConfig.from_dict(dict(config)) if is_rl_config_values(config) else \
-                from_dict(config, source=f"{source}: {values['name']}")
+            config = kind_of_values(config).config_from_dict(config, f"{source}: {values['name']}")
             return cls(name=values["name"], config=config, run_dir=Path(values["run_dir"]),
                        device=values.get("device", "cpu"))
         except KeyError as missing:
@@ -169,11 +174,7 @@ def seed_for(base_seed: int, seed_index: int) -> int:
 
 def config_toml(config: TrainConfig | RLConfig) -> str:
     """A job's config as the TOML text ``repana train --config`` reads (either kind)."""
-    if isinstance(config, RLConfig):
-        from repana.rl.train import config_toml as rl_toml
-
-        return rl_toml(config)
-    return to_toml(config)
+    return kind_of_config(config).config_toml(config)
 
 
 def _check_seed_offsets(base_configs: Mapping) -> None:
@@ -269,12 +270,8 @@ def saved_config_differences(job: Job) -> list[str]:
     saved_path = job.run_dir / "config.toml"
     if not saved_path.exists():
         return []
-    saved_values = load_toml(saved_path)
-    if job.kind == "rl":
-        from repana.rl.train import RESUMABLE_CHANGES
-        saved_values = canonical_keys(saved_values)
-    else:
-        from repana.meta.train import RESUMABLE_CHANGES
+    kind = job.run_kind
+    saved_values = kind.canonical_values(load_toml(saved_path))
 
     import dataclasses
 
@@ -282,7 +279,7 @@ def saved_config_differences(job: Job) -> list[str]:
     defaults = {f.name: f.default for f in dataclasses.fields(job.config) if f.default is not dataclasses.MISSING}
     saved, wanted = {**defaults, **saved_values}, job.config.to_dict()
     return [f"{key} = {wanted[key]!r} (run has {saved.get(key)!r})" for key in sorted(wanted)
-            if key not in RESUMABLE_CHANGES and key != "name" and saved.get(key) != wanted[key]]
+            if key not in kind.resumable_changes and key != "name" and saved.get(key) != wanted[key]]
 
 
 def check_same_run(job: Job) -> None:
@@ -296,14 +293,7 @@ def check_same_run(job: Job) -> None:
 def newest_checkpoint_step(job: Job) -> int | None:
     """The step of the newest ``step_*.pt`` in the job's run folder (RL: of ``latest.pt``; None when it
     has none)."""
-    folder = job.run_dir / "checkpoints"
-    if job.kind == "rl":
-        from repana.rl.checkpoint import is_rl_checkpoint, load_rl_checkpoint
-
-        latest = folder / "latest.pt"
-        return int(load_rl_checkpoint(latest)["iteration"]) if is_rl_checkpoint(latest) else None
-    steps = [int(m.group(1)) for p in folder.glob("step_*.pt") if (m := re.match(r"^step_(\d+)\.pt$", p.name))]
-    return max(steps) if steps else None
+    return job.run_kind.newest_step(job.run_dir)
 
 
 def write_job_config(job: Job) -> Path:
