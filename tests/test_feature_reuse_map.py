@@ -8,7 +8,7 @@ import pytest
 
 from repana.analysis.feature_reuse_map import (MAP_VARIANT_RUNS, NETWORKS, base_cells, factor_rows, regime,
                                                split_network, summarize_cells)
-from repana.analysis.reproduce import network_values, reproduce, training_plan, write_reproduction_plan
+from repana.analysis.reproduce import Reproduction, network_values, training_plan
 from repana.errors import ConfigError
 
 TINY_MAP = {"episodes": 3, "similarity_episodes": 2, "ladder": [2, 4], "paper_steps": 2,
@@ -96,7 +96,7 @@ def test_network_names_and_plan():
 
 
 def test_plan_of_the_map_only(tmp_path):
-    plan_file = write_reproduction_plan(tmp_path / "plan", only=["feature_reuse_map"], out=tmp_path / "out", seeds=2)
+    plan_file = Reproduction(only=["feature_reuse_map"], out=tmp_path / "out", seeds=2).write_plan(tmp_path / "plan")
     import json
 
     jobs = [json.loads(line) for line in plan_file.read_text().splitlines() if line.strip()]
@@ -114,10 +114,7 @@ def tiny_map(tmp_path_factory):
     entries = _tiny_entries(folder / "analyses")
     glyphs = load_glyph_splits(n_train=120, n_val=8, n_test=20)   # 120: the classes100 networks draw 100
     messages: list[str] = []
-    report = reproduce("quick", "glyphs", out=folder / "out", analyses_dir=entries, only=["feature_reuse_map"],
-                       iterations_scale=0.005, data=glyphs, seeds=1,
-                       train_overrides={"meta_batch_size": 2, "val_episodes": 4},   # validation would dominate
-                       log=messages.append)
+    report = Reproduction(preset="quick", dataset="glyphs", out=folder / "out", analyses_dir=entries, only=["feature_reuse_map"], iterations_scale=0.005, seeds=1, overrides={"meta_batch_size": 2, "val_episodes": 4}).run(data=glyphs, log=messages.append)
     return folder, report, messages
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from repana.analysis.reproduce import default_analyses_dir, load_entries, reproduce, training_plan
+from repana.analysis.reproduce import Reproduction, default_analyses_dir, load_entries, training_plan
 from repana.errors import ConfigError
 
 SMALL = {"hidden": 8, "meta_batch_size": 2}  # a tiny Conv4 so the whole pipeline runs in seconds
@@ -114,8 +114,7 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs, monkeypatch):
     entries = _tiny_entries(tmp_path / "analyses")
     out = tmp_path / "out"
     messages = []
-    report = reproduce("quick", "glyphs", out=out, analyses_dir=entries, iterations_scale=0.001, data=glyphs,
-                       train_overrides=SMALL, seeds=2, log=messages.append)
+    report = Reproduction(preset="quick", dataset="glyphs", out=out, analyses_dir=entries, iterations_scale=0.001, overrides=SMALL, seeds=2).run(data=glyphs, log=messages.append)
     text = report.read_text()
     for heading in ("Representational change in the inner loop", "Freezing layers at test time",
                     "MAML vs ANIL vs NIL", "pairs of different seeds (paper Table 3)", "Where the features come from",
@@ -194,8 +193,7 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs, monkeypatch):
 
     shutil.copytree(out / "runs", tmp_path / "forked" / "runs")
     monkeypatch.setattr(reproduce_module, "analysis_workers", lambda executor, max_workers=None: 2)
-    reproduce("quick", "glyphs", out=tmp_path / "forked", analyses_dir=entries, iterations_scale=0.001, data=glyphs,
-              train_overrides=SMALL, seeds=2, log=messages.append)
+    Reproduction(preset="quick", dataset="glyphs", out=tmp_path / "forked", analyses_dir=entries, iterations_scale=0.001, overrides=SMALL, seeds=2).run(data=glyphs, log=messages.append)
     monkeypatch.undo()
     timings = {"elapsed_s", "seconds", "ratio", "seconds_per_episode", "speedup"}
     csvs = sorted(path.relative_to(out) for path in (out / "tables").rglob("*.csv"))
@@ -207,22 +205,19 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs, monkeypatch):
 
     # Rerun: nothing is trained or computed again.
     messages.clear()
-    reproduce("quick", "glyphs", out=out, analyses_dir=entries, iterations_scale=0.001, data=glyphs,
-              train_overrides=SMALL, seeds=2, log=messages.append)
+    Reproduction(preset="quick", dataset="glyphs", out=out, analyses_dir=entries, iterations_scale=0.001, overrides=SMALL, seeds=2).run(data=glyphs, log=messages.append)
     assert all("reused" in m for m in messages if m.startswith("[train] 5way"))
     assert not any("rows in" in m for m in messages)
     # An interrupted run that lost one table recomputes only that one.
     (tables / "seed1" / "training_regimes.csv").unlink()
     messages.clear()
-    reproduce("quick", "glyphs", out=out, analyses_dir=entries, iterations_scale=0.001, data=glyphs,
-              train_overrides=SMALL, seeds=2, log=messages.append)
+    Reproduction(preset="quick", dataset="glyphs", out=out, analyses_dir=entries, iterations_scale=0.001, overrides=SMALL, seeds=2).run(data=glyphs, log=messages.append)
     assert [m.split(":")[0] for m in messages if "rows in" in m] == ["[analysis] training_regimes seed1"]
     # The same folder with other training settings is refused, not silently reused.
     from repana.runs import JobsFailedError
 
     with pytest.raises(JobsFailedError, match="trained with other settings.*hidden"):
-        reproduce("quick", "glyphs", out=out, analyses_dir=entries, iterations_scale=0.001, data=glyphs,
-                  train_overrides={**SMALL, "hidden": 6}, seeds=2, log=messages.append)
+        Reproduction(preset="quick", dataset="glyphs", out=out, analyses_dir=entries, iterations_scale=0.001, overrides={**SMALL, "hidden": 6}, seeds=2).run(data=glyphs, log=messages.append)
 
 
 
@@ -254,8 +249,7 @@ def test_rl_reproduction_end_to_end(tmp_path):
     entries = _tiny_entries(tmp_path / "analyses")
     out = tmp_path / "out"
     messages = []
-    report = reproduce("quick", out=out, analyses_dir=entries, rl_envs=["2d-navigation"], iterations_scale=2 / 40,
-                       rl_overrides=RL_TINY, seeds=2, log=messages.append)
+    report = Reproduction(preset="quick", out=out, analyses_dir=entries, rl_envs=["2d-navigation"], iterations_scale=2 / 40, overrides=RL_TINY, seeds=2).run(log=messages.append)
     text = report.read_text()
     assert text.startswith("# Rapid Learning or Feature Reuse? -- reproduction report, reinforcement learning")
     assert "RL: MAML vs ANIL average return (paper Table 2, RL rows) -- rl-2d-navigation" in text
@@ -277,12 +271,11 @@ def test_rl_reproduction_end_to_end(tmp_path):
         assert (out / "figures" / "rl-2d-navigation" / f"{figure}.png").stat().st_size > 1000
     # Rerun: nothing is trained or computed again
     messages.clear()
-    reproduce("quick", out=out, analyses_dir=entries, rl_envs=["2d-navigation"], iterations_scale=2 / 40,
-              rl_overrides=RL_TINY, seeds=2, log=messages.append)
+    Reproduction(preset="quick", out=out, analyses_dir=entries, rl_envs=["2d-navigation"], iterations_scale=2 / 40, overrides=RL_TINY, seeds=2).run(log=messages.append)
     assert sum("reusing" in m for m in messages if m.startswith("[train]")) == 4
     assert not any("rows in" in m for m in messages)
     with pytest.raises(ConfigError, match="unknown analyses \\['freezing'\\] for a rl reproduction"):
-        reproduce("quick", out=out, analyses_dir=entries, rl_envs=["2d-navigation"], only=["freezing"])
+        Reproduction(preset="quick", out=out, analyses_dir=entries, rl_envs=["2d-navigation"], only=["freezing"]).run()
 
 
 def test_rl_plan_and_flags_through_the_cli(tmp_path, capsys):
@@ -305,7 +298,7 @@ def test_rl_plan_and_flags_through_the_cli(tmp_path, capsys):
 
 def test_unknown_analysis_and_missing_entries_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="unknown analys"):
-        reproduce(only=["nope"], out=tmp_path)
+        Reproduction(only=["nope"], out=tmp_path).run()
     with pytest.raises(ConfigError, match="no analysis entries"):
         load_entries("quick", tmp_path)
 
@@ -338,9 +331,8 @@ def test_miniimagenet_fixture_end_to_end(tmp_path, monkeypatch):
     _write_miniimagenet(tmp_path / "data" / "miniimagenet")
     entries = _tiny_entries(tmp_path / "analyses")
     out = tmp_path / "out"
-    report = reproduce("quick", "miniimagenet", data_root=tmp_path / "data", out=out, analyses_dir=entries,
-                       iterations_scale=0.001, train_overrides={"hidden": 4, "meta_batch_size": 1,
-                                                                "val_episodes": 2}, log=lambda m: None)
+    report = Reproduction(preset="quick", dataset="miniimagenet", data_root=tmp_path / "data", out=out, analyses_dir=entries, iterations_scale=0.001, overrides={"hidden": 4, "meta_batch_size": 1,
+                                                                "val_episodes": 2}).run(log=lambda m: None)
     text = report.read_text()
     assert "miniimagenet-5way-1shot" in text and "Freezing layers at test time" in text
     # MiniImageNet 5-way 1-shot is a cell of the paper's tables: ours beside the printed values

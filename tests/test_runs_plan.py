@@ -276,20 +276,18 @@ def test_expand_jobs_refuses_more_seeds_than_the_limit():
 
 
 def test_a_reproduction_plan_carries_threads_and_checks_its_data(tmp_path):
-    from repana.analysis.reproduce import write_reproduction_plan
+    from repana.analysis.reproduce import Reproduction
 
-    path = write_reproduction_plan(tmp_path / "plan", out=tmp_path / "out", only=["freezing"], threads=3)
+    path = Reproduction(out=tmp_path / "out", only=["freezing"], threads=3).write_plan(tmp_path / "plan")
     jobs = read_plan(path)
     assert jobs and {job.config.threads for job in jobs} == {3}
     assert "#SBATCH --cpus-per-task=3" in (tmp_path / "plan" / "slurm.sh").read_text()
-    rl = read_plan(write_reproduction_plan(tmp_path / "rl-plan", out=tmp_path / "out", rl_envs=["2d-navigation"],
-                                           threads=2))
+    rl = read_plan(Reproduction(out=tmp_path / "out", rl_envs=["2d-navigation"], threads=2).write_plan(tmp_path / "rl-plan"))
     assert {job.config.threads for job in rl} == {2}
     from repana.errors import DataError
 
     with pytest.raises(DataError, match="Omniglot not found under"):
-        write_reproduction_plan(tmp_path / "missing-plan", dataset="omniglot", data_root=tmp_path / "MISSING",
-                                out=tmp_path / "out", only=["freezing"])
+        Reproduction(dataset="omniglot", data_root=tmp_path / "MISSING", out=tmp_path / "out", only=["freezing"]).write_plan(tmp_path / "missing-plan")
     assert not (tmp_path / "missing-plan").exists()
 
 

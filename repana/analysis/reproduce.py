@@ -20,7 +20,7 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +35,7 @@ from repana.rl.presets import PRESETS as RL_PRESET_ENVIRONMENTS
 from repana.runs.plan import Job
 from repana.analysis.feature_reuse_map import MAP_BUDGET_FRACTIONS, MAP_QUICK_ITERATIONS, MAP_QUICK_VALUES, split_network
 
-__all__ = ["reproduce", "training_plan", "rl_training_plan", "load_entries", "default_analyses_dir"]
+__all__ = ["Reproduction", "training_plan", "rl_training_plan", "load_entries", "default_analyses_dir"]
 
 DATASETS = ("glyphs", "omniglot", "miniimagenet")
 DEFAULT_SETTING = "5way-1shot"
@@ -269,16 +269,6 @@ class TableCache:
         self.log(f"[analysis] {name}{' ' + subfolder if subfolder else ''}: {sum(len(f) for f in tables.values())} "
                  f"rows{took} -> {folder}/{name}*.csv")
 
-    def get(self, name: str, key: str, compute: Callable[[], dict[str, pd.DataFrame]],
-            subfolder: str = "") -> tuple[dict, bool]:
-        """The analysis's tables (CSVs in ``folder/subfolder``), and whether they were read back (True)
-        or computed here (False)."""
-        tables = self.read(name, key, subfolder)
-        if tables is not None:
-            return tables, True
-        tables, seconds = _timed(compute)()
-        self.write(name, key, tables, subfolder, seconds)
-        return tables, False
 
 
 def _timed(compute: Callable[[], dict]) -> Callable[[], tuple[dict, float]]:
@@ -288,101 +278,173 @@ def _timed(compute: Callable[[], dict]) -> Callable[[], tuple[dict, float]]:
     return run
 
 
-def reproduce(preset: str = "quick", dataset: str = "glyphs", data_root: str | Path | None = None,
-              out: str | Path = "reproduce", analyses_dir: str | Path | None = None,
-              only: list[str] | None = None, iterations_scale: float = 1.0, train_overrides: dict | None = None,
-              data: dict | None = None, threads: int | None = None, show_progress: bool | None = None,
-              log: Callable[[str], None] | None = None, settings: list[str] | None = None, seeds: int = 1,
-              executor: str = "inline", max_workers: int | None = None, address: str | None = None,
-              device: str = "cpu", rl_envs=None, rl_overrides: dict | None = None) -> Path:
-    """The whole pipeline: train what the selected analyses need (every setting x network x seed), run
-    each registered analysis, write its CSVs and figures, then ``report.md``; returns the report's path.
+@dataclass(frozen=True)
+class Reproduction:
+    """The settings of a reproduction; :meth:`run` does it, :meth:`write_plan` only plans its training.
 
-    ``only``: names of analyses to run (default every registered analysis with an entry). ``settings``:
-    table cells such as ``"20way-1shot"`` (default 5-way 1-shot). ``seeds``: training seeds per network
-    (the paper: 3); tables get a ``seed`` column and the report gives mean ± std over seeds.
-    ``iterations_scale`` multiplies the quick preset's training iterations (tests use a tiny value);
-    ``train_overrides`` changes TrainConfig values of every run (e.g. ``{"hidden": 16}``). ``data``: the
-    ``{"train", "val", "test"}`` datasets of ``dataset``, loaded when None. ``threads``: torch intra-op
-    threads of this process's analyses (None: ``$REPANA_THREADS``, else automatic for the network,
-    :func:`repana.runtime.conv4_threads`); training runs use ``threads = 0`` (automatic) unless overridden. ``executor``: how the training jobs run (:func:`repana.runs.run_jobs`:
-    ``"inline"`` one after another in this process, ``"local"`` worker processes, ``"ray"`` a Ray
-    cluster at ``address``), on ``device``. A failed job leaves the others' runs intact; rerunning
-    trains only what is missing.
-
-    ``rl_envs``: reproduce Table 2's RL rows instead (environments of :data:`RL_ENVS`; the RL analyses
-    only, on MAML and ANIL policies trained by :func:`rl_training_plan`, ``rl_overrides`` changing
-    RLConfig values of every run); ``dataset``, ``settings`` and ``train_overrides`` are then unused.
+    ``preset``: ``"quick"`` (minutes per run on a CPU) or ``"paper"`` (the paper's training lengths).
+    ``dataset``, ``data_root``: the supervised data (glyphs need no files). ``settings``: table cells such
+    as ``"20way-1shot"`` (default 5-way 1-shot). ``rl_envs``: environments of :data:`RL_ENVS` to reproduce
+    Table 2's RL rows instead (the RL analyses only; ``dataset`` and ``settings`` are then unused).
+    ``seeds``: training seeds per network (the paper: 3); tables get a ``seed`` column and the report gives
+    mean ± std over seeds. ``only``: names of analyses to run (default every registered analysis of the
+    kind with an entry in ``analyses_dir``). ``iterations_scale`` multiplies the quick preset's training
+    lengths (tests use a tiny value); ``overrides``: config values of every training run (TrainConfig keys,
+    or RLConfig keys with ``rl_envs``, e.g. ``{"hidden": 16}``). ``executor``: how the training jobs run
+    (:func:`repana.runs.run_jobs`: ``"inline"`` one after another in this process, ``"local"`` worker
+    processes, ``"ray"`` a Ray cluster at ``address``), on ``device``, at most ``max_workers`` at once (which
+    also caps the analysis worker processes). ``threads``: torch intra-op threads of the analyses and of
+    every training run (None: ``$REPANA_THREADS``, else automatic: :func:`repana.runtime.conv4_threads` for
+    the analyses, each run its own). ``show_progress``: progress bars (None: when the output is a terminal).
     """
-    from repana.analysis.report import write_report
-    from repana.data import load_splits
-    from repana.runs import run_jobs
 
-    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
-    out = Path(out)
-    entries = load_entries(preset, analyses_dir)
-    kind = "rl" if rl_envs else "supervised"
-    unknown = sorted(set(only or []) - set(entries))
-    wrong = sorted(set(only or []) & set(entries) - set(list_analyses(kind)))
-    if unknown or wrong:
-        raise ConfigError(f"unknown analyses {unknown + wrong} for a {kind} reproduction; available: "
-                          f"{sorted(set(entries) & set(list_analyses(kind)))}"
-                          + ("" if kind == "rl" else " (the rl_* analyses run with --rl)"))
-    selected = [get_analysis(name) for name in list_analyses(kind) if name in entries and _chosen(name, only)]
-    if rl_envs:
-        return _reproduce_rl(preset, rl_envs, selected, entries, out, iterations_scale, rl_overrides, seeds,
-                             threads, show_progress, log, executor, max_workers, address)
-    if data is None:
-        from repana.data.registry import check_dataset_files
+    preset: str = "quick"
+    dataset: str = "glyphs"
+    data_root: str | Path | None = None
+    out: str | Path = "reproduce"
+    analyses_dir: str | Path | None = None
+    only: tuple[str, ...] | None = None
+    settings: tuple[str, ...] | None = None
+    rl_envs: tuple[str, ...] | None = None
+    seeds: int = 1
+    iterations_scale: float = 1.0
+    overrides: dict | None = None
+    executor: str = "inline"
+    max_workers: int | None = None
+    address: str | None = None
+    device: str = "cpu"
+    threads: int | None = None
+    show_progress: bool | None = None
 
-        check_dataset_files(dataset, data_root)   # before any job is started on data it would not find
-    needed = sorted({net for analysis in selected for net in analysis.networks}, key=network_order)
-    plan = training_plan(preset, dataset, data_root, iterations_scale, train_overrides, settings, seeds, needed,
-                         runs_dir=out / "runs", device=device)
-    t_start = time.perf_counter()
-    log(f"[reproduce] preset {preset}, {', '.join(dict.fromkeys(setting_name(job) for job in plan))}, "
-        f"{seeds} seed(s), {len(plan)} training runs ({executor}), output {out}")
-    training_threads = threads   # the user's count also trains the inline runs; None: each run chooses (automatic)
-    if not threads and plan:   # training runs choose their own (train: threads = 0); the analyses evaluate
-        from repana.runtime import conv4_threads   # these networks episode by episode
+    def __post_init__(self) -> None:
+        for name in ("only", "settings", "rl_envs"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(value) if not isinstance(value, str) else (value,))
+        object.__setattr__(self, "out", Path(self.out))
+        if self.rl_envs is not None:
+            object.__setattr__(self, "rl_envs", tuple(parse_rl_envs(self.rl_envs)))
 
-        job_config = plan[0].config
-        threads = conv4_threads(job_config.model_config(), job_config.ways * (job_config.shots + job_config.queries_test))
-    if threads:
-        torch.set_num_threads(threads)
-    loaded = {dataset: data} if data is not None else {}
+    @property
+    def kind(self) -> str:
+        """``"rl"`` with ``rl_envs``, else ``"supervised"``: the kind of its runs and analyses."""
+        return "rl" if self.rl_envs else "supervised"
 
-    def data_for(name: str) -> dict:
-        if name not in loaded:
-            loaded[name] = load_splits(name, root=data_root)
-        return loaded[name]
+    def selected_analyses(self) -> tuple[list, dict]:
+        """``(analyses to run, in report order; the analyses' TOML entries)``; ConfigError for an unknown name
+        in ``only`` or one of the other kind."""
+        entries = load_entries(self.preset, self.analyses_dir)
+        available = set(entries) & set(list_analyses(self.kind))
+        unknown = sorted(set(self.only or []) - available)
+        if unknown:
+            raise ConfigError(f"unknown analyses {unknown} for a {self.kind} reproduction; available: "
+                              f"{sorted(available)}" + ("" if self.kind == "rl" else " (the rl_* analyses run with --rl)"))
+        only = list(self.only) if self.only else None
+        return [get_analysis(name) for name in list_analyses(self.kind) if name in entries and _chosen(name, only)], entries
 
-    run_jobs(plan, executor=executor, max_workers=max_workers, address=address, device=device,
-             log=lambda message: log(f"[train] {message}"), show_progress=show_progress,
-             **({"data": data_for(dataset), "cpus_per_job": training_threads} if executor == "inline" else {}))
-    sections, facts, results = [], [], {}
-    for setting in dict.fromkeys(setting_name(job) for job in plan):
-        jobs = [job for job in plan if setting_name(job) == setting]
-        found, setting_facts, computed = _analyse_setting(setting, jobs, selected, entries, preset,
-                                                          data_for(dataset), data_root, out, log,
-                                                          analysis_workers(executor, max_workers))
-        sections += found
-        facts.append(setting_facts)
-        for name, result in computed.items():
-            results.setdefault(name, {})[setting] = result
-    sections += [analysis.across_settings(results[analysis.name]) for analysis in selected
-                 if analysis.across_settings is not None and analysis.name in results]
-    context_facts = {"settings": facts, "wall_clock_s": time.perf_counter() - t_start, "seeds": seeds,
-                     "preset": preset}
-    report = write_report(out, sections, context_facts)
-    log(f"[reproduce] report written to {report} ({time.perf_counter() - t_start:.0f} s)")
-    return report
+    def plan(self, analyses: list, runs_dir: Path, overrides: dict | None = None) -> list[Job]:
+        """The training jobs ``analyses`` need (setting x network x seed, or environment x network x seed)."""
+        needed = sorted({net for analysis in analyses for net in analysis.networks}, key=network_order)
+        overrides = {**(self.overrides or {}), **(overrides or {})} or None
+        if self.kind == "rl":
+            return rl_training_plan(self.preset, self.rl_envs, self.iterations_scale, overrides, self.seeds,
+                                    [n for n in RL_RUNS if n in needed], runs_dir=runs_dir)
+        return training_plan(self.preset, self.dataset, self.data_root, self.iterations_scale, overrides,
+                             list(self.settings) if self.settings else None, self.seeds, needed, runs_dir=runs_dir,
+                             device=self.device)
+
+    def write_plan(self, plan_dir: str | Path) -> Path:
+        """The training jobs :meth:`run` would run, written as a plan for another scheduler (SLURM arrays, GNU
+        parallel: :func:`repana.runs.write_plan`); returns the plan file. Run folders are those of
+        ``<out>/runs``, so :meth:`run` with the same settings afterwards reuses them. ``threads`` goes into
+        every job (its config's ``threads`` and the SLURM array's ``--cpus-per-task``; None: automatic, one CPU
+        per SLURM task). The dataset's files are checked first: a plan whose jobs cannot find their data is
+        not written."""
+        from repana.runs import write_plan
+
+        analyses, _ = self.selected_analyses()
+        self._check_data()
+        resolved = replace(self, data_root=str(Path(self.data_root).resolve())) if self.data_root else self
+        plan = resolved.plan(analyses, self.out.resolve() / "runs", {"threads": self.threads} if self.threads else None)
+        return write_plan(plan, plan_dir, **({"cpus_per_job": self.threads} if self.threads else {}))
+
+    def _check_data(self) -> None:
+        if self.kind == "supervised":
+            from repana.data.registry import check_dataset_files
+
+            check_dataset_files(self.dataset, Path(self.data_root).resolve() if self.data_root else None)
+
+    def run(self, data: dict | None = None, log: Callable[[str], None] | None = None) -> Path:
+        """The whole pipeline: train what the selected analyses need, run each analysis, write its CSVs and
+        figures, then ``report.md``; returns the report's path. ``data``: the ``{"train", "val", "test"}``
+        datasets of ``dataset`` (loaded when None). A failed job leaves the others' runs intact; rerunning
+        trains only what is missing and reads back every table already computed from the same runs."""
+        from repana.analysis.report import write_report
+        from repana.runs import run_jobs
+
+        log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        analyses, entries = self.selected_analyses()
+        if data is None:
+            self._check_data()   # before any job is started on data it would not find
+        plan = self.plan(analyses, self.out / "runs")
+        t_start = time.perf_counter()
+        what = (f"RL: {', '.join(dict.fromkeys(job.setting for job in plan))}" if self.kind == "rl"
+                else ", ".join(dict.fromkeys(setting_name(job) for job in plan)))
+        log(f"[reproduce] preset {self.preset}, {what}, {self.seeds} seed(s), {len(plan)} training runs "
+            f"({self.executor}), output {self.out}")
+        loaded = {self.dataset: data} if data is not None else {}
+
+        def data_for() -> dict | None:
+            if self.kind == "rl":
+                return None
+            if self.dataset not in loaded:
+                from repana.data import load_splits
+
+                loaded[self.dataset] = load_splits(self.dataset, root=self.data_root)
+            return loaded[self.dataset]
+
+        inline = {"data": data_for(), "cpus_per_job": self.threads} if self.executor == "inline" else {}
+        run_jobs(plan, executor=self.executor, max_workers=self.max_workers, address=self.address,
+                 device=self.device if self.kind == "supervised" else "cpu",
+                 log=lambda message: log(f"[train] {message}"), show_progress=self.show_progress, **inline)
+        self._set_analysis_threads(plan)
+        sections, facts, results = [], [], {}
+        for setting in dict.fromkeys(_setting_of(job) for job in plan):
+            jobs = [job for job in plan if _setting_of(job) == setting]
+            found, setting_facts, computed = _analyse_setting(self, setting, jobs, analyses, entries, data_for(), log)
+            sections += found
+            facts.append(setting_facts)
+            for name, result in computed.items():
+                results.setdefault(name, {})[setting] = result
+        sections += [analysis.across_settings(results[analysis.name]) for analysis in analyses
+                     if analysis.across_settings is not None and analysis.name in results]
+        report = write_report(self.out, sections, {"settings": facts, "wall_clock_s": time.perf_counter() - t_start,
+                                                   "seeds": self.seeds, "preset": self.preset})
+        log(f"[reproduce] report written to {report} ({time.perf_counter() - t_start:.0f} s)")
+        return report
+
+    def _set_analysis_threads(self, plan: list[Job]) -> None:
+        """Torch threads of this process's analyses: ``threads``, else for supervised networks the automatic
+        count for one episode of the plan's network (:func:`repana.runtime.conv4_threads`); RL analyses keep
+        torch's."""
+        threads = self.threads
+        if not threads and plan and self.kind == "supervised":
+            from repana.runtime import conv4_threads   # the analyses evaluate these networks episode by episode
+
+            config = plan[0].config
+            threads = conv4_threads(config.model_config(), config.ways * (config.shots + config.queries_test))
+        if threads:
+            torch.set_num_threads(threads)
+
+    def analysis_workers(self) -> int:
+        """Worker processes for the analyses: one (this process) with the inline executor, else the usable cores
+        divided by this process's torch threads, at most ``max_workers``. One-threaded workers share the cores
+        without spinning thread pools, so a busy core slows them and nothing more."""
+        return analysis_workers(self.executor, self.max_workers)
 
 
 def analysis_workers(executor: str, max_workers: int | None = None) -> int:
-    """Worker processes for a reproduction's analyses: one (this process) with the inline executor, else the
-    usable cores divided by this process's torch threads, at most ``max_workers``. One-threaded workers
-    share the cores without spinning thread pools, so a busy core slows them and nothing more."""
+    """See :meth:`Reproduction.analysis_workers`."""
     from repana.runtime import usable_cores
 
     if executor == "inline":
@@ -391,76 +453,44 @@ def analysis_workers(executor: str, max_workers: int | None = None) -> int:
     return min(workers, max_workers) if max_workers else workers
 
 
-def write_reproduction_plan(plan_dir: str | Path, preset: str = "quick", dataset: str = "glyphs",
-                            data_root: str | Path | None = None, out: str | Path = "reproduce",
-                            analyses_dir: str | Path | None = None, only: list[str] | None = None,
-                            settings: list[str] | None = None, seeds: int = 1, device: str = "cpu",
-                            iterations_scale: float = 1.0, train_overrides: dict | None = None,
-                            rl_envs=None, rl_overrides: dict | None = None, threads: int | None = None) -> Path:
-    """The training jobs :func:`reproduce` would run, written as a plan for another scheduler (SLURM arrays,
-    GNU parallel: see :func:`repana.runs.write_plan`); returns the plan file. Run folders are those of
-    ``<out>/runs``, so ``reproduce`` with the same arguments afterwards reuses them. ``rl_envs``: the RL
-    jobs of those environments instead (:func:`rl_training_plan`). ``threads``: torch threads of every
-    job (its config's ``threads``, and the SLURM array's ``--cpus-per-task``; None:
-    automatic, one CPU per SLURM task). The dataset's files are checked first
-    (:func:`repana.data.registry.check_dataset_files`): a plan whose jobs cannot find their data is not
-    written."""
-    from repana.data.registry import check_dataset_files
-    from repana.runs import write_plan
-
-    cpus = {"cpus_per_job": threads} if threads else {}
-
-    entries = load_entries(preset, analyses_dir)
-    kind = "rl" if rl_envs else "supervised"
-    known = set(entries) & set(list_analyses(kind))
-    unknown = sorted(set(only or []) - known)
-    if unknown:
-        raise ConfigError(f"unknown analyses {unknown} for a {kind} reproduction; available: {sorted(known)}")
-    known = {name for name in known if _chosen(name, only)}
-    if rl_envs:
-        networks = {net for name in known for net in get_analysis(name).networks}
-        if threads:
-            rl_overrides = {**(rl_overrides or {}), "threads": threads}
-        plan = rl_training_plan(preset, rl_envs, iterations_scale, rl_overrides, seeds,
-                                [n for n in RL_RUNS if n in networks], runs_dir=Path(out).resolve() / "runs")
-        return write_plan(plan, plan_dir, **cpus)
-    needed = sorted({net for name in known for net in get_analysis(name).networks}, key=network_order)
-    root = Path(data_root).resolve() if data_root else None
-    check_dataset_files(dataset, root)
-    if threads:
-        train_overrides = {**(train_overrides or {}), "threads": threads}
-    plan = training_plan(preset, dataset, root, iterations_scale, train_overrides, settings, seeds, needed,
-                         runs_dir=Path(out).resolve() / "runs", device=device)
-    return write_plan(plan, plan_dir, **cpus)
+def _setting_of(job: Job) -> str:
+    """The tables' and figures' folder of a job: ``<dataset>-<N>way-<K>shot``, or ``rl-<env>``."""
+    return job.setting if job.kind == "rl" else setting_name(job)
 
 
-def _analyse_setting(setting: str, jobs: list[Job], selected: list, entries: dict, preset: str, data: dict,
-                     data_root, out: Path, log: Callable[[str], None], workers: int = 1) -> tuple[list, dict, dict]:
-    """Every selected analysis on one setting's runs: per seed (tables gain a ``seed`` column) or, for
-    analyses that compare seeds, on all of them at once. The analyses whose tables are not on disk yet run
-    in up to ``workers`` forked processes (:func:`repana.runs.forked.run_forked`), each with this process's
-    torch thread count; tables are written as each finishes, then figures and report sections in order.
-    Returns the report sections, the setting's facts and {analysis: (tables, context)}."""
-    from repana.analysis.maml_anil_nil import seconds_per_iteration
+def _analysis_contexts(reproduction: Reproduction, jobs: list[Job], data: dict | None) -> tuple[dict, AnalysisContext]:
+    """``({seed: context of that seed's networks}, context of every seed's networks labelled
+    ``<network>/seed<k>``)`` of one setting's runs; the reference network is MAML's where there is one."""
     from repana.meta.checkpoint import load_checkpoint
-    from repana.plots import paper as plots
-    from repana.runs.forked import run_forked
 
-    seeds = sorted({job.seed_index for job in jobs})
-    checkpoints = {(job.network, job.seed_index): load_checkpoint(job.final_checkpoint) for job in jobs}
-    dataset = jobs[0].config.dataset
+    checkpoints = {(job.network, job.seed_index): load_checkpoint(job.final_checkpoint, kind=job.kind) for job in jobs}
+    supervised = {} if reproduction.kind == "rl" else {
+        "data": data, "dataset": jobs[0].config.dataset, "data_root": reproduction.data_root}
 
     def context_for(networks: dict) -> AnalysisContext:
         reference = next((label for label in networks if label.split("/")[0] == "maml"), next(iter(networks)))
-        return AnalysisContext(networks=networks, settings={}, preset=preset, reference=reference,
-                               data=data, dataset=dataset, data_root=data_root)
+        return AnalysisContext(networks=networks, settings={}, preset=reproduction.preset, reference=reference,
+                               **supervised)
 
-    per_seed = {seed: context_for({net: ckpt for (net, k), ckpt in checkpoints.items() if k == seed})
-                for seed in seeds}
-    every_seed = context_for({f"{net}/seed{k}": ckpt for (net, k), ckpt in checkpoints.items()})
+    seeds = sorted({job.seed_index for job in jobs})
+    per_seed = {seed: context_for({net: ckpt for (net, k), ckpt in checkpoints.items() if k == seed}) for seed in seeds}
+    return per_seed, context_for({f"{net}/seed{k}": ckpt for (net, k), ckpt in checkpoints.items()})
+
+
+def _analyse_setting(reproduction: Reproduction, setting: str, jobs: list[Job], selected: list, entries: dict,
+                     data: dict | None, log: Callable[[str], None]) -> tuple[list, dict, dict]:
+    """Every selected analysis on one setting's runs: per seed (tables gain a ``seed`` column) or, for
+    analyses that compare seeds, on all of them at once. The analyses whose tables are not on disk yet run
+    in forked worker processes (:meth:`Reproduction.analysis_workers`, :func:`repana.runs.forked.run_forked`),
+    each with this process's torch thread count; tables are written as each finishes, then figures and
+    report sections in order. Returns the report sections, the setting's facts and {analysis: (tables, context)}."""
+    from repana.runs.forked import run_forked
+
+    preset, out = reproduction.preset, reproduction.out
+    per_seed, every_seed = _analysis_contexts(reproduction, jobs, data)
+    seeds = sorted(per_seed)
     cache = TableCache(out / "tables" / setting, log)
-    figures_dir = out / "figures" / setting
-    sections, computed, units = [], {}, []    # units: (analysis, seed or None, context, key)
+    units = []    # (analysis, seed or None, context, key)
     for analysis in selected:
         settings = entries[analysis.name]["settings"]
         if len(seeds) < analysis.min_seeds:
@@ -486,8 +516,9 @@ def _analyse_setting(setting: str, jobs: list[Job], selected: list, entries: dic
         tables_of[(analysis.name, seed)] = result[0]
         cache.write(analysis.name, key, result[0], subfolder(seed), result[1])
 
-    run_forked([_timed(lambda a=analysis, c=context: _checked(a, a.compute(c))) for analysis, _, context, _ in missing],
-               workers=workers, threads=max(1, torch.get_num_threads()), on_done=finished)
+    run_forked([_timed(lambda a=analysis, c=context: compute_tables(a, c)) for analysis, _, context, _ in missing],
+               workers=reproduction.analysis_workers(), threads=max(1, torch.get_num_threads()), on_done=finished)
+    sections, computed = [], {}
     for analysis in selected:
         if len(seeds) < analysis.min_seeds:
             sections.append(Section(f"{analysis.title} (paper {analysis.reference})",
@@ -496,28 +527,63 @@ def _analyse_setting(setting: str, jobs: list[Job], selected: list, entries: dic
             continue
         mine = [unit for unit in units if unit[0] is analysis]
         tables = _combine_seeds({seed: tables_of[(analysis.name, seed)] for _, seed, _, _ in mine})
-        for table, frame in tables.items():
-            atomic_save_csv(frame, cache.folder / f"{table}.csv")
         context = mine[0][2]
-        all_reused = not any(unit[0] is analysis for unit in missing)
-        for stem, build in analysis.figures(tables, context).items():
-            target = figures_dir / stem
-            if all_reused and target.with_suffix(".png").exists() and target.with_suffix(".pdf").exists():
-                continue
-            plots.save_figure(build(), target)
+        recomputed = any(unit[0] is analysis for unit in missing)
+        write_tables_and_figures(analysis, tables, context, cache.folder, out / "figures" / setting,
+                                 redraw=recomputed)
         computed[analysis.name] = (tables, context)
         sections.append(analysis.report(tables, context).for_setting(setting, f"figures/{setting}/"))
-    reference = per_seed[seeds[0]]
+    return sections, _setting_facts(reproduction, setting, jobs, per_seed[seeds[0]], cache), computed
+
+
+def compute_tables(analysis, context: AnalysisContext) -> dict:
+    """``analysis.compute(context)``, its table names checked against the analysis's declaration."""
+    tables = analysis.compute(context)
+    analysis.check_table_names(tables)
+    return tables
+
+
+def write_tables_and_figures(analysis, tables: dict, context: AnalysisContext, tables_dir: Path, figures_dir: Path,
+                             redraw: bool = True) -> None:
+    """Write an analysis's tables (``<tables_dir>/<table>.csv``, atomically) and draw its figures
+    (``<figures_dir>/<stem>.png`` and ``.pdf``); with ``redraw=False`` a figure whose two files exist is kept.
+    The one "write, draw" step of ``repana reproduce`` and ``repana analyze``."""
+    from repana.plots import paper as plots
+
+    for table, frame in tables.items():
+        atomic_save_csv(frame, Path(tables_dir) / f"{table}.csv")
+    for stem, build in analysis.figures(tables, context).items():
+        target = Path(figures_dir) / stem
+        if not redraw and target.with_suffix(".png").exists() and target.with_suffix(".pdf").exists():
+            continue
+        plots.save_figure(build(), target)
+
+
+def _setting_facts(reproduction: Reproduction, setting: str, jobs: list[Job], reference: AnalysisContext,
+                   cache: "TableCache") -> dict:
+    """What the report states about one setting: its configs (and the paper's), its runs and their
+    training seconds, and which tables were read back."""
+    if reproduction.kind == "rl":
+        config = jobs[0].config
+        return {"kind": "rl", "setting": setting, "env": config.env, "meta_batch_size": config.meta_batch_size,
+                "fast_batch_size": config.fast_batch_size, "horizon": config.horizon,
+                "hidden_sizes": config.hidden_sizes, "inner_lr": config.inner_lr,
+                "adapt_log_std": config.adapt_log_std,
+                "runs": {job.name: {"algorithm": job.config.algorithm, "iterations": job.config.iterations,
+                                    "train_s": rl_seconds_per_update(job.run_dir) * job.config.iterations}
+                         for job in jobs},
+                "reused": cache.reused}
+    from repana.analysis.maml_anil_nil import seconds_per_iteration
+
     config = reference.reference_config
-    facts = {"config": config.to_dict(), "paper_config": _paper_config(config).to_dict(),
-             "setting": setting, "dataset": dataset, "ways": config.ways, "shots": config.shots,
-             "queries": ANALYSIS_QUERIES, "inner_steps_test": reference.steps, "inner_lr": reference.lr,
-             "hidden": "/".join(str(h) for h in sorted({job.config.hidden for job in jobs})), "pooling": config.pooling,
-             "runs": {job.name: {"algorithm": job.config.algorithm, "iterations": job.config.iterations,
-                                 "train_s": seconds_per_iteration(job.run_dir) * job.config.iterations}
-                      for job in jobs},
-             "reused": cache.reused}
-    return sections, facts, computed
+    return {"config": config.to_dict(), "paper_config": _paper_config(config).to_dict(),
+            "setting": setting, "dataset": config.dataset, "ways": config.ways, "shots": config.shots,
+            "queries": ANALYSIS_QUERIES, "inner_steps_test": reference.steps, "inner_lr": reference.lr,
+            "hidden": "/".join(str(h) for h in sorted({job.config.hidden for job in jobs})), "pooling": config.pooling,
+            "runs": {job.name: {"algorithm": job.config.algorithm, "iterations": job.config.iterations,
+                                "train_s": seconds_per_iteration(job.run_dir) * job.config.iterations}
+                     for job in jobs},
+            "reused": cache.reused}
 
 
 def _paper_config(config):
@@ -539,13 +605,6 @@ def _combine_seeds(parts: dict) -> dict:
     return {table: pd.concat(frames, ignore_index=True) for table, frames in combined.items()}
 
 
-def _checked(analysis, tables: dict) -> dict:
-    analysis.check_table_names(tables)
-    return tables
-
-
-# ----- RL: Table 2's RL rows --------------------------------------------------------------------
-
 def rl_seconds_per_update(run_dir) -> float:
     """Training seconds per meta-update from an RL run's metrics.csv (NaN when there is none)."""
     path = Path(run_dir) / "metrics.csv"
@@ -553,56 +612,3 @@ def rl_seconds_per_update(run_dir) -> float:
         return float("nan")
     metrics = pd.read_csv(path)
     return float(metrics["elapsed_s"].iloc[-1] / len(metrics)) if len(metrics) else float("nan")
-
-
-def _reproduce_rl(preset: str, rl_envs, selected: list, entries: dict, out: Path, iterations_scale: float,
-                  rl_overrides: dict | None, seeds: int, threads: int | None, show_progress: bool | None,
-                  log: Callable[[str], None], executor: str, max_workers: int | None, address: str | None) -> Path:
-    """:func:`reproduce` for Table 2's RL rows: train MAML and ANIL policies per environment and seed, run
-    the selected RL analyses on every environment's runs (all seeds at once), write the report."""
-    from repana.analysis.report import write_report
-    from repana.plots import paper as plots
-    from repana.meta.checkpoint import load_checkpoint
-    from repana.runs import run_jobs
-
-    networks = {net for analysis in selected for net in analysis.networks}
-    plan = rl_training_plan(preset, rl_envs, iterations_scale, rl_overrides, seeds,
-                            [n for n in RL_RUNS if n in networks], runs_dir=out / "runs")
-    t_start = time.perf_counter()
-    log(f"[reproduce] preset {preset}, RL: {', '.join(dict.fromkeys(job.setting for job in plan))}, {seeds} seed(s), "
-        f"{len(plan)} training runs ({executor}), output {out}")
-    if threads:
-        torch.set_num_threads(threads)
-    run_jobs(plan, executor=executor, max_workers=max_workers, address=address, device="cpu",
-             log=lambda message: log(f"[train] {message}"), show_progress=show_progress)
-    sections, facts = [], []
-    for setting in dict.fromkeys(job.setting for job in plan):
-        jobs = [job for job in plan if job.setting == setting]
-        networks = {f"{job.network}/seed{job.seed_index}": load_checkpoint(job.final_checkpoint, kind="rl") for job in jobs}
-        cache = TableCache(out / "tables" / setting, log)
-        for analysis in selected:
-            labels = tuple(label for label in networks if label.split("/")[0] in analysis.networks)
-            context = AnalysisContext(networks={label: networks[label] for label in labels},
-                                      settings=entries[analysis.name]["settings"], preset=preset)
-            key = _fingerprint({"settings": context.settings, "setting": setting, "preset": preset},
-                               context.input_files(analysis))
-            tables, reused = cache.get(analysis.name, key, lambda: _checked(analysis, analysis.compute(context)))
-            for stem, build in analysis.figures(tables, context).items():
-                target = out / "figures" / setting / stem
-                if reused and target.with_suffix(".png").exists() and target.with_suffix(".pdf").exists():
-                    continue
-                plots.save_figure(build(), target)
-            sections.append(analysis.report(tables, context).for_setting(setting, f"figures/{setting}/"))
-        config = jobs[0].config
-        facts.append({"kind": "rl", "setting": setting, "env": config.env, "meta_batch_size": config.meta_batch_size,
-                      "fast_batch_size": config.fast_batch_size, "horizon": config.horizon,
-                      "hidden_sizes": config.hidden_sizes, "inner_lr": config.inner_lr,
-                      "adapt_log_std": config.adapt_log_std,
-                      "runs": {job.name: {"algorithm": job.config.algorithm, "iterations": job.config.iterations,
-                                          "train_s": rl_seconds_per_update(job.run_dir) * job.config.iterations}
-                               for job in jobs},
-                      "reused": cache.reused})
-    report = write_report(out, sections, {"settings": facts, "wall_clock_s": time.perf_counter() - t_start,
-                                          "seeds": seeds, "preset": preset})
-    log(f"[reproduce] report written to {report} ({time.perf_counter() - t_start:.0f} s)")
-    return report

@@ -87,8 +87,7 @@ def run(args) -> int:
 
     from repana.analysis.registry import (AnalysisContext, check_checkpoint_kind, get_analysis,
                                          load_analysis_checkpoint, load_settings)
-    from repana.io import atomic_save_csv
-    from repana.plots import paper as plots
+    from repana.analysis.reproduce import compute_tables, write_tables_and_figures
 
     check_output_dir(args.out, "--out")
     check_seed(args.seed)
@@ -128,13 +127,9 @@ def run(args) -> int:
     if getattr(analysis, "kind", "meta") != "rl" and hasattr(first, "train_config"):   # RL policies: unchanged
         config = first.train_config()
         set_conv4_threads(first.model_config, config.ways * (config.shots + config.queries_test))
-    tables = analysis.compute(context)
-    analysis.check_table_names(tables)
+    tables = compute_tables(analysis, context)
     out = Path(args.out)
-    for table, frame in tables.items():
-        atomic_save_csv(frame, out / f"{table}.csv")
-    for stem, build in analysis.figures(tables, context).items():
-        plots.save_figure(build(), out / stem)
+    write_tables_and_figures(analysis, tables, context, out, out)
     shown = tables[analysis.summary_table or analysis.name]
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(shown.to_string(index=False))

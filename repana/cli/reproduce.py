@@ -84,8 +84,7 @@ def run(args) -> int:
     only = [part.strip() for value in args.only for part in value.split(",") if part.strip()] if args.only else None
     # absolute: the runs' config.toml must find the data from any folder (repana evaluate / analyze)
     data_root = str(Path(args.data_root).expanduser().resolve()) if args.data_root else None
-    from repana.analysis.reproduce import reproduce
-
+    from repana.analysis.reproduce import Reproduction
     from repana.errors import ConfigError
 
     if args.seeds < 1:
@@ -104,28 +103,23 @@ def run(args) -> int:
     if args.rl and args.device != "cpu":
         raise ConfigError(f"--device {args.device}: RL jobs train on the CPU; drop --device with --rl")
     check_device(args.device, "--device")
-    common = dict(preset=args.preset, dataset=args.dataset, data_root=data_root, out=args.out,
-                  analyses_dir=args.analyses, only=only, settings=args.setting, seeds=args.seeds)
     if args.rl_envs and not args.rl:
         raise ConfigError("--rl-envs only applies with --rl")
-    if args.rl:
-        from repana.analysis.reproduce import parse_rl_envs
+    if args.rl and args.setting:
+        raise ConfigError("--setting names few-shot cells of the supervised tables; with --rl choose "
+                          "environments with --rl-envs")
+    reproduction = Reproduction(preset=args.preset, dataset=args.dataset, data_root=data_root, out=args.out,
+                                analyses_dir=args.analyses, only=only, settings=args.setting,
+                                rl_envs=(args.rl_envs or ["2d-navigation"]) if args.rl else None, seeds=args.seeds,
+                                executor=args.executor, max_workers=args.max_workers, address=args.address,
+                                device=args.device, threads=args.threads)
+    if any(env.startswith("halfcheetah") for env in reproduction.rl_envs or ()) and not args.plan:
+        from repana.rl.envs import import_gymnasium
 
-        if args.setting:
-            raise ConfigError("--setting names few-shot cells of the supervised tables; with --rl choose "
-                              "environments with --rl-envs")
-        common["rl_envs"] = parse_rl_envs(args.rl_envs or ["2d-navigation"])
-        if any(env.startswith("halfcheetah") for env in common["rl_envs"]) and not args.plan:
-            from repana.rl.envs import import_gymnasium
-
-            import_gymnasium()   # one line naming the extra, before anything trains
+        import_gymnasium()   # one line naming the extra, before anything trains
     if args.plan:
-        from repana.analysis.reproduce import write_reproduction_plan
-
-        path = write_reproduction_plan(plan_dir=args.plan, device=args.device, threads=args.threads, **common)
+        path = reproduction.write_plan(args.plan)
         print(f"plan: {path} (run its commands, then rerun this command without --plan for the analyses)")
         return 0
-    report = reproduce(threads=args.threads, executor=args.executor, max_workers=args.max_workers,
-                       address=args.address, device=args.device, **common)
-    print(f"report: {report}")
+    print(f"report: {reproduction.run()}")
     return 0
