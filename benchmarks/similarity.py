@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from repana.compare import compare_activations  # noqa: E402
+from repana.compare import Comparison  # noqa: E402
 from repana.similarity import RepanaWarning, StreamingLinearCKA, cca, pwcca, similarity  # noqa: E402
 
 warnings.simplefilter("ignore", RepanaWarning)
@@ -215,15 +215,15 @@ def bench_matrix(n_layers: int, n: int, d: int, measures: list[str], device) -> 
     print(f"\n{n_layers} x {n_layers} layer matrix, each layer (n, d) = ({n}, {d}) float32 on {device}")
     total_ours = total_base = 0.0
     for name in measures:
-        ours, ours_mem, frame = measure(lambda: compare_activations(acts_a, acts_b, measures=[name]), device)
+        ours, ours_mem, frame = measure(lambda: Comparison(measures=[name]).activations(acts_a, acts_b), device)
         base, base_mem, values = measure(lambda: [similarity(name, acts_a[a], acts_b[b])
                                                   for a in acts_a for b in acts_b], device)
         assert np.allclose(frame["value"].to_numpy(), values, rtol=1e-9, atol=1e-12)
         total_ours, total_base = total_ours + ours, total_base + base
         print(f"  {name:14s} matrix {ours:8.2f} s   pairwise recomputation {base:8.2f} s   "
               f"speed-up {base / ours:6.2f}x   memory {fmt_bytes(ours_mem)} vs {fmt_bytes(base_mem)}")
-    ours, _, _ = measure(lambda: compare_activations(acts_a, acts_b, measures=measures), device)
-    print(f"  all {len(measures)} measures in one compare_activations call: {ours:.2f} s against "
+    ours, _, _ = measure(lambda: Comparison(measures=measures).activations(acts_a, acts_b), device)
+    print(f"  all {len(measures)} measures in one Comparison.activations call: {ours:.2f} s against "
           f"{total_base:.2f} s pairwise: speed-up {total_base / ours:.2f}x")
 
 

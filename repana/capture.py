@@ -1,5 +1,9 @@
 """Record activations of named submodules of any ``nn.Module`` with forward hooks.
 
+:class:`Capture` holds the settings of a capture (which modules, batching, subsampling, dtype, device),
+validated once; ``Capture(layers=["conv*", "head"]).run(model, inputs, params)`` records them.
+:class:`ActivationRecorder` is the context manager underneath, for forward passes run by the caller.
+
 Hooks sit on the module objects, so they also fire when the model is called as
 ``torch.func.functional_call(model, params, x)`` with another parameter dict: "before" and "after"
 adaptation are the same forward pass with two parameter dicts. Layers are chosen by exact name
@@ -32,6 +36,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import warnings
+from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 import torch
@@ -41,10 +46,11 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.modules.pooling import _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd, _AvgPoolNd, _MaxPoolNd
 
+from repana.devices import check_device
 from repana.errors import InputError, RepanaError
 from repana.progress import progress
 from repana.similarity._arrays import RepanaWarning
-from repana.similarity.conv import check_layout
+from repana.similarity.conv import check_layout, check_layout_option
 
 #: Modules whose outputs are channels-first maps ``(n, C, *spatial)``.
 CONV_MODULES = (_ConvNd, _BatchNorm, _InstanceNorm, nn.GroupNorm, _MaxPoolNd, _AvgPoolNd, _AdaptiveAvgPoolNd,
@@ -214,8 +220,9 @@ def infer_layout(module: nn.Module, activation: torch.Tensor) -> str | None:
     return None
 
 
-def _layer_option(option, name: str, what: str):
-    """``option`` for layer ``name``: one value for all, or a mapping by exact name or glob pattern."""
+def option_for_layer(option, name: str):
+    """``option`` for layer ``name``: one value for all (None included), or from a mapping by exact name, else
+    by the first glob pattern that matches (None when none does)."""
     if not isinstance(option, Mapping):
         return option
     if name in option:
@@ -270,8 +277,8 @@ class ActivationRecorder:
         self._handles.clear()
 
     def _hook(self, name: str):
-        selector = _layer_option(self.output, name, "output")
-        named_layout = _layer_option(self.layout, name, "layout")
+        selector = option_for_layer(self.output, name)
+        named_layout = option_for_layer(self.layout, name)
         if named_layout is not None:
             check_layout(named_layout)
 
@@ -313,140 +320,205 @@ class ActivationRecorder:
             chunks.clear()
 
 
-def capture_activations(model: nn.Module, inputs, layers: str | Iterable[str] | None = None,
-                        params: Mapping | None = None, batch_size: int | None = None, device=None,
-                        to_cpu: bool = True, dtype: torch.dtype | None = torch.float32,
-                        max_datapoints: int | None = None, max_positions: int | None = None, seed: int = 0,
-                        show_progress: bool | None = None, *, output=None, outputs: Iterable | None = None,
-                        layout=None, forward_kwargs: Mapping | None = None) -> Activations:
-    """Activations of ``layers`` for all ``inputs``, as ``{layer: Tensor (n_datapoints, ...)}`` in model order.
+@dataclass(frozen=True, kw_only=True)
+class Capture:
+    """Settings of an activation capture; :meth:`run` records them for a model and its inputs.
+
+    ``Capture(layers=["conv*", "head"], batch_size=64).run(model, inputs)`` -> :class:`Activations`
+    ``{layer: Tensor (n_datapoints, ...)}`` in model order, with ``.layouts``. The settings are validated
+    here, once (InputError naming the setting); what depends on the model is checked by :meth:`run`.
 
     Args:
-        inputs: a tensor ``(n, ...)`` or a dict of tensors ``(n, ...)`` passed as keyword arguments (both split
-            into ``batch_size`` chunks along dim 0; all at once when None), or an iterable of batches (e.g. a
-            DataLoader) yielding tensors, dicts, or tuples whose first element is the input. Dtypes are kept
-            (integer token ids stay integers).
         layers: module names or glob patterns (None: only ``outputs``). Globs skip modules that did not run.
-        params: optional parameter (and buffer) dict: the model is called through
-            ``torch.func.functional_call(model, params, x)``.
-        device: where the forward pass runs (default: the device of the model's first parameter).
-        to_cpu, dtype: where and as what floating activations are stored (detached, under ``torch.no_grad``).
+        outputs: selectors applied to the *model's* return value, each recorded under its selector string,
+            e.g. ``["hidden_states[2]", "last_hidden_state"]`` of a Hugging Face model.
+        output: selector of the recorded part of modules that return tuples, dicts or ModelOutputs
+            (``0``, ``"last_hidden_state"``, ``"hidden_states[3]"``), one for all layers or
+            ``{name or glob: selector}``. Default: element 0 of a tuple (see the module docs).
+        layout: ``"conv"`` | ``"sequence"`` | ``"flat"`` for all layers or ``{name or glob: layout}``,
+            overriding the layouts inferred from the module types (:func:`infer_layout`).
+        batch_size: tensor and dict inputs are split into chunks of this many datapoints along dim 0 (None:
+            all at once); iterables are taken batch by batch as they come.
         max_datapoints: keep at most this many datapoints, a uniform random subset fixed by ``seed``
             (tensor / dict inputs: chosen before the forward pass; iterables: bottom-k of seeded random keys
             per datapoint, so reproducible for the same batch order). Rows keep their input order.
         max_positions: for conv maps ``(n, C, *spatial)``, keep this many spatial positions (the same random
             positions, fixed by ``seed``, for every datapoint): ``(n, C, max_positions)``; for token sequences
             ``(n, T, D)``, this many tokens: ``(n, max_positions, D)``.
-        output: selector of the recorded part of modules that return tuples, dicts or ModelOutputs
-            (``0``, ``"last_hidden_state"``, ``"hidden_states[3]"``), one for all layers or
-            ``{name or glob: selector}``. Default: element 0 of a tuple (see the module docs).
-        outputs: selectors applied to the *model's* return value, each recorded under its selector string,
-            e.g. ``["hidden_states[2]", "last_hidden_state"]`` of a Hugging Face model.
-        layout: ``"conv"`` | ``"sequence"`` | ``"flat"`` for all layers or ``{name or glob: layout}``,
-            overriding the layouts inferred from the module types (:func:`infer_layout`).
+        seed: seed of the datapoint and position subsets.
+        device: where the forward pass runs (default: the device of the model's first parameter); it must
+            exist here (:func:`repana.devices.check_device`).
+        dtype, to_cpu: as what and where floating activations are stored (detached, under ``torch.no_grad``;
+            None: the model's dtype).
         forward_kwargs: extra keyword arguments for every forward call (e.g. ``{"output_hidden_states": True}``).
-
-    Returns:
-        :class:`Activations` (a dict) with ``.layouts``.
-
-    Raises:
-        InputError: unknown layers, an exact layer name that did not run (the message lists the modules that
-            did), outputs that cannot be selected, inputs with no datapoints or dicts with tensors of unequal
-            lengths.
+        show_progress: a progress bar (None: when stderr is a terminal, :func:`repana.progress.progress`).
     """
-    names, exact = resolve_layer_patterns(model, layers) if layers not in (None, [], ()) else ([], set())
-    selectors = [] if outputs is None else ([outputs] if isinstance(outputs, (str, int)) else list(outputs))
-    for selector in selectors:
-        parse_selector(selector)
-        if str(selector) in names:
-            raise InputError(f"output selector {selector!r} has the name of a module; capture it as a layer")
-    if not names and not selectors:
-        raise InputError("no layers requested; give module names or glob patterns such as 'conv*', or outputs=")
-    if max_datapoints is not None and max_datapoints < 1:
-        raise InputError(f"max_datapoints must be >= 1, got {max_datapoints}")
-    if max_positions is not None and max_positions < 1:
-        raise InputError(f"max_positions must be >= 1, got {max_positions}")
-    if batch_size is not None and batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    if device is None:
-        first = next(iter(model.parameters()), None)
-        device = first.device if first is not None else torch.device("cpu")
-    generator = torch.Generator().manual_seed(seed)
-    batches, total = _batches(inputs, batch_size, max_datapoints, generator)
-    positions: dict[str, torch.Tensor] = {}
-    layouts: dict[str, str | None] = {}
 
-    def keep_positions(name, tensor):
-        named = layouts.get(name, recorder.layouts.get(name))
-        if max_positions is None or tensor.ndim < 3 or named == "flat" or (named is None and tensor.ndim == 3):
-            if max_positions is not None and tensor.ndim == 3 and named is None:
+    layers: tuple[str, ...] | None = None
+    outputs: tuple | None = None
+    output: int | str | Mapping | None = None
+    layout: str | Mapping[str, str] | None = None
+    batch_size: int | None = None
+    max_datapoints: int | None = None
+    max_positions: int | None = None
+    seed: int = 0
+    device: str | torch.device | None = None
+    dtype: torch.dtype | None = torch.float32
+    to_cpu: bool = True
+    forward_kwargs: Mapping | None = None
+    show_progress: bool | None = None
+
+    def __post_init__(self):
+        layers = _as_tuple(self.layers)
+        outputs = _as_tuple(self.outputs, scalar=(str, int))
+        for selector in outputs or ():
+            parse_selector(selector)
+        if not layers and not outputs:
+            raise InputError("no layers requested; give module names or glob patterns such as 'conv*', or outputs=")
+        for name in ("batch_size", "max_datapoints", "max_positions"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"{name} must be >= 1, got {value}")
+        object.__setattr__(self, "layers", layers)
+        object.__setattr__(self, "outputs", outputs)
+        object.__setattr__(self, "layout", check_layout_option(self.layout))
+        if self.device is not None:
+            object.__setattr__(self, "device", check_device(self.device))
+
+    def run(self, model: nn.Module, inputs, params: Mapping | None = None) -> Activations:
+        """Activations of the chosen layers and outputs of ``model`` for all ``inputs``.
+
+        Args:
+            inputs: a tensor ``(n, ...)`` or a dict of tensors ``(n, ...)`` passed as keyword arguments, or an
+                iterable of batches (e.g. a DataLoader) yielding tensors, dicts, or tuples whose first element
+                is the input. Dtypes are kept (integer token ids stay integers).
+            params: optional parameter (and buffer) dict: the model is called through
+                ``torch.func.functional_call(model, params, x)``.
+
+        Returns:
+            :class:`Activations` (a dict ``{layer or selector: Tensor (n, ...)}``) with ``.layouts``.
+
+        Raises:
+            InputError: unknown layers, an exact layer name that did not run (the message lists the modules
+                that did), outputs that cannot be selected, inputs with no datapoints or dicts with tensors of
+                unequal lengths.
+        """
+        names, exact = resolve_layer_patterns(model, self.layers) if self.layers else ([], set())
+        selectors = list(self.outputs or ())
+        for selector in selectors:
+            if str(selector) in names:
+                raise InputError(f"output selector {selector!r} has the name of a module; capture it as a layer")
+        device = self.device
+        if device is None:
+            first = next(iter(model.parameters()), None)
+            device = first.device if first is not None else torch.device("cpu")
+        generator = torch.Generator().manual_seed(self.seed)
+        batches, total = _batches(inputs, self.batch_size, self.max_datapoints, generator)
+        layouts: dict[str, str | None] = {}   # of the model's outputs; the recorder keeps the layers'
+        positions = _Positions(self.max_positions, self.seed,
+                               lambda name: layouts.get(name, recorder.layouts.get(name)))
+        streamed = self.max_datapoints is not None and not isinstance(inputs, (torch.Tensor, Mapping))
+        rows = _Rows(self.max_datapoints if streamed else None, generator)
+        ran: set[str] | None = None
+        recorder = ActivationRecorder(model, names, to_cpu=self.to_cpu, dtype=self.dtype, transform=positions,
+                                      output=self.output, layout=self.layout)
+        with recorder, torch.no_grad():
+            for batch in progress(batches, desc="capture", total=total, unit="batch", enabled=self.show_progress):
+                batch = _to_device(batch, device)
+                if ran is None:
+                    ran = set()
+                    with _track_calls(model, ran):
+                        result = _forward(model, params, batch, self.forward_kwargs)
+                else:
+                    result = _forward(model, params, batch, self.forward_kwargs)
+                new = recorder.activations
+                recorder.clear()
+                for selector in selectors:
+                    tensor = select_output(result, selector, f"the output of {type(model).__name__}").detach()
+                    key = str(selector)
+                    if key not in layouts:
+                        layouts[key] = option_for_layer(self.layout, key) or _model_output_layout(model, tensor)
+                    recorder._store(key, tensor, positions(key, tensor))
+                    new[key] = recorder._chunks.pop(key)[0]
+                rows.add(batch, new)
+        activations = rows.activations()
+        not_run = [name for name in names if name not in activations]
+        missing = [name for name in not_run if name in exact]
+        if missing:
+            did_run = [name for name in module_names(model) if name in (ran or set())]
+            raise InputError(f"module(s) {', '.join(map(repr, missing))} did not run in the forward pass; the "
+                             f"modules that ran are: {', '.join(did_run) or 'none'}")
+        names = [name for name in names if name in activations]
+        if not names and not selectors:
+            raise InputError(f"none of the modules matching {list(self.layers)!r} ran in the forward pass")
+        layouts.update(recorder.layouts)
+        if _is_sequence_model(model):  # e.g. attention maps (n, heads, T, T) of a BERT: not conv maps
+            layouts = {key: UNKNOWN_LAYOUT if value is None and activations[key].ndim >= 3 else value
+                       for key, value in layouts.items() if key in activations}
+        keys = names + [str(selector) for selector in selectors]
+        return Activations({key: activations[key] for key in keys}, layouts={key: layouts.get(key) for key in keys})
+
+
+def _as_tuple(value, scalar=(str,)) -> tuple | None:
+    """None, one name or an iterable of names -> a tuple of them (None when empty)."""
+    if value is None:
+        return None
+    values = (value,) if isinstance(value, scalar) else tuple(value)
+    return values or None
+
+
+class _Positions:
+    """The ``max_positions`` random spatial positions (conv maps) or tokens (sequences) kept of each layer,
+    the same for every datapoint, drawn on the layer's first batch from a generator seeded ``seed + 1``."""
+
+    def __init__(self, max_positions: int | None, seed: int, layout_of):
+        self.max_positions, self.seed, self.layout_of = max_positions, seed, layout_of
+        self.chosen: dict[str, torch.Tensor] = {}
+
+    def __call__(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        named = self.layout_of(name)
+        if self.max_positions is None or tensor.ndim < 3 or named == "flat" or (named is None and tensor.ndim == 3):
+            if self.max_positions is not None and tensor.ndim == 3 and named is None:
                 raise InputError(f"max_positions on {name!r} of shape {tuple(tensor.shape)}: is it a conv map "
                                  f"(n, C, L) or a token sequence (n, T, D)? name it with layout=")
             return tensor
         sequence = named == "sequence"
         flat = tensor if sequence else tensor.reshape(tensor.shape[0], tensor.shape[1], -1)
         axis = 1 if sequence else 2
-        if name not in positions:
+        if name not in self.chosen:
             count = flat.shape[axis]
-            chosen = torch.randperm(count, generator=torch.Generator().manual_seed(seed + 1))[:max_positions]
-            positions[name] = chosen.sort().values.to(flat.device)
-        return flat[:, positions[name]] if sequence else flat[:, :, positions[name]]
+            chosen = torch.randperm(count, generator=torch.Generator().manual_seed(self.seed + 1))[:self.max_positions]
+            self.chosen[name] = chosen.sort().values.to(flat.device)
+        return flat[:, self.chosen[name]] if sequence else flat[:, :, self.chosen[name]]
 
-    keys_kept: torch.Tensor | None = None
-    seen = 0
-    chunks: dict[str, list[torch.Tensor]] = {}
-    stored: dict[str, torch.Tensor] = {}
-    streaming_cap = max_datapoints is not None and not isinstance(inputs, (torch.Tensor, Mapping))
-    ran: set[str] | None = None
-    recorder = ActivationRecorder(model, names, to_cpu=to_cpu, dtype=dtype, transform=keep_positions,
-                                  output=output, layout=layout)
-    with recorder, torch.no_grad():
-        for batch in progress(batches, desc="capture", total=total, unit="batch", enabled=show_progress):
-            batch = _to_device(batch, device)
-            if ran is None:
-                ran = set()
-                with _track_calls(model, ran):
-                    result = _forward(model, params, batch, forward_kwargs)
-            else:
-                result = _forward(model, params, batch, forward_kwargs)
-            new = recorder.activations
-            recorder.clear()
-            for selector in selectors:
-                where = f"the output of {type(model).__name__}"
-                tensor = select_output(result, selector, where).detach()
-                key = str(selector)
-                if key not in layouts:
-                    layouts[key] = (layout if isinstance(layout, str) else _layer_option(layout, key, "layout")) \
-                        or _model_output_layout(model, tensor)
-                recorder._store(key, tensor, keep_positions(key, tensor))
-                new[key] = recorder._chunks.pop(key)[0]
-            if streaming_cap:
-                keys = torch.rand(_batch_length(batch), generator=generator)
-                keys_kept, stored = _keep_smallest(keys_kept, stored, keys, seen, new, max_datapoints)
-                seen += keys.shape[0]
-            else:
-                for key, tensor in new.items():
-                    chunks.setdefault(key, []).append(tensor)
-    activations = stored if streaming_cap else {key: parts[0] if len(parts) == 1 else torch.cat(parts)
-                                                for key, parts in chunks.items()}
-    not_run = [name for name in names if name not in activations]
-    missing = [name for name in not_run if name in exact]
-    if missing:
-        did_run = [name for name in module_names(model) if name in (ran or set())]
-        raise InputError(f"module(s) {', '.join(map(repr, missing))} did not run in the forward pass; the modules "
-                         f"that ran are: {', '.join(did_run) or 'none'}")
-    names = [name for name in names if name in activations]
-    if not names and not selectors:
-        raise InputError(f"none of the modules matching {layers!r} ran in the forward pass")
-    if streaming_cap:  # restore input order among the kept datapoints
-        order = torch.argsort(keys_kept[:, 1])
-        activations = {name: tensor[order.to(tensor.device)] for name, tensor in activations.items()}
-    layouts.update(recorder.layouts)
-    if _is_sequence_model(model):  # e.g. attention maps (n, heads, T, T) of a BERT: not conv maps
-        layouts = {key: UNKNOWN_LAYOUT if value is None and activations[key].ndim >= 3 else value
-                   for key, value in layouts.items() if key in activations}
-    keys = names + [str(selector) for selector in selectors]
-    return Activations({key: activations[key] for key in keys}, layouts={key: layouts.get(key) for key in keys})
+
+class _Rows:
+    """The recorded rows of every batch: all of them, or at most ``limit`` (inputs streamed batch by batch),
+    the rows with the smallest seeded random keys (bottom-k sampling), in input order at the end."""
+
+    def __init__(self, limit: int | None, generator: torch.Generator):
+        self.limit, self.generator = limit, generator
+        self.chunks: dict[str, list[torch.Tensor]] = {}
+        self.keys_kept: torch.Tensor | None = None
+        self.stored: dict[str, torch.Tensor] = {}
+        self.seen = 0
+
+    def add(self, batch, new: dict[str, torch.Tensor]) -> None:
+        if self.limit is None:
+            for key, tensor in new.items():
+                self.chunks.setdefault(key, []).append(tensor)
+            return
+        keys = torch.rand(_batch_length(batch), generator=self.generator)
+        self.keys_kept, self.stored = _keep_smallest(self.keys_kept, self.stored, keys, self.seen, new, self.limit)
+        self.seen += keys.shape[0]
+
+    def activations(self) -> dict[str, torch.Tensor]:
+        if self.limit is None:
+            return {key: parts[0] if len(parts) == 1 else torch.cat(parts) for key, parts in self.chunks.items()}
+        if self.keys_kept is None:
+            return {}
+        order = torch.argsort(self.keys_kept[:, 1])   # input order among the kept datapoints
+        return {name: tensor[order.to(tensor.device)] for name, tensor in self.stored.items()}
 
 
 def _is_sequence_model(model: nn.Module) -> bool:

@@ -1,16 +1,19 @@
 """Layer-by-layer comparison of two models (or one model with two parameter sets) as a tidy DataFrame.
 
-One engine turns activations into similarity tables, for a one-off comparison (:func:`compare_activations`,
-:func:`compare_models`) and for the paper's per-episode analyses (:func:`compare_episodes`). Each layer is
-prepared once per reduction (reduced to 2-D by its layout, validated, centred in float64, its SVD / Gram /
-covariance cached on first use, :class:`~repana.similarity.Representation`), then compared under every
-measure: the per-pair work is only the cross term.
+One engine turns activations into similarity tables. :class:`Comparison` holds the settings (measures,
+reduction, pairs, null baselines, ...), validated once; its methods take the data: two dicts of activations
+(:meth:`Comparison.activations`), two lists of them for the paper's per-episode analyses
+(:meth:`Comparison.episodes`), or two models and their inputs (:meth:`Comparison.models`, captured with the
+settings of a :class:`repana.capture.Capture`). Each layer is prepared once per reduction (reduced to 2-D by
+its layout, validated, centred in float64, its SVD / Gram / covariance cached on first use,
+:class:`~repana.similarity.Representation`), then compared under every measure: the per-pair work is only the
+cross term.
 
 Column schema (:data:`COLUMNS`): ``layer_a, layer_b, measure, value, n_datapoints, n_features_a,
 n_features_b, reduction`` (``"none"`` when both layers are 2-D), ``degenerate`` (True when the measure is near 1
 by construction: a side's centred rank reaches its distinct datapoints - 1, :mod:`repana.similarity.datapoints`;
 one :class:`~repana.similarity.RepanaWarning` per frame names the effective rank), plus, where asked, ``episode`` and
-``scope`` (:func:`compare_episodes`), ``null_value`` (``null_permutations > 0``) and ``note``
+``scope`` (:meth:`Comparison.episodes`), ``null_value`` (``null_permutations > 0``) and ``note``
 (``errors="note"``).
 
 Layouts (:mod:`repana.similarity.conv`): ``"conv"`` ``(n, C, *spatial)``, ``"sequence"`` ``(n, T, D)``,
@@ -25,26 +28,27 @@ state_dict file), :func:`load_inputs`; devices are checked by :func:`repana.devi
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import importlib
 import math
 import sys
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from repana.capture import capture_activations
+from repana.capture import Capture, option_for_layer
 from repana.devices import check_device
 from repana.errors import InputError, RepanaError
 from repana.progress import progress
 from repana.similarity._arrays import warn
-from repana.similarity.conv import LAYOUT_REDUCTIONS, check_layout, reduce_activations, reduction_options
+from repana.similarity.conv import (LAYOUT_REDUCTIONS, check_layout, check_layout_option, reduce_activations,
+                                    reduction_options)
 from repana.similarity.registry import get_measure
 from repana.similarity.representation import Representation
 from repana.similarity.stats import null_baseline
@@ -69,62 +73,27 @@ def reduction_by_measure(measure: str, layout: str) -> str:
     return "flatten"
 
 
-def compare_activations(acts_a: Mapping, acts_b: Mapping | None = None, measures: str | Iterable[str] = ("cka",),
-                        reduction: Reduction = None, measure_options: Mapping[str, dict] | None = None,
-                        show_progress: bool | None = None, *, layout=None, pairs="all",
-                        null_permutations: int = 0, seed: int = 0, errors: str = "raise") -> pd.DataFrame:
-    """Every layer of ``acts_a`` against every layer of ``acts_b`` (default: ``acts_a`` itself) under ``measures``.
+@dataclass(frozen=True, kw_only=True)
+class Comparison:
+    """Settings of a layer-by-layer comparison; its methods compare the data they are given.
+
+    ``Comparison(measures=["cka", "svcca"], reduction="flatten")`` then :meth:`activations` (two dicts of
+    activations), :meth:`episodes` (two lists of them, one per episode) or :meth:`models` (two models on the
+    same inputs, captured by a :class:`repana.capture.Capture`). The settings are validated here, once
+    (InputError naming the setting); what depends on the activations is checked by the methods.
 
     Args:
-        acts_a, acts_b: ``{layer: activations (n, ...)}`` (numpy or torch) on the same n inputs, same order.
-            The :class:`repana.capture.Activations` of a capture carry each layer's layout.
         measures: registered measure names (:func:`repana.similarity.list_measures`).
         reduction: how activations with more than 2 dimensions become 2-D (required when there are any: the
             choice changes the values, so it is never implied): conv ``"flatten"`` | ``"positions"`` |
             ``"mean"``; sequence ``"tokens"`` | ``"mean"`` | ``"first"`` | ``"flatten"``; or per measure, a
             mapping ``{"svcca": "positions", "cka": "flatten"}`` or a callable ``(measure, layout) -> str``
-            such as :func:`reduction_by_measure`.
+            such as :func:`reduction_by_measure` (the paper's rule).
         layout: ``"conv"`` | ``"sequence"`` | ``"flat"`` for all layers, or ``{layer or glob: layout}``
             (overrides the capture's layouts); needed for 3-D activations whose layout is not known.
         measure_options: per-measure keyword options, e.g. ``{"svcca": {"keep": 20}}``.
-        pairs: ``"all"`` (every layer of A with every layer of B), ``"same"`` (same-named layers only) or a
-            list of ``(layer_a, layer_b)``.
-        null_permutations: when > 0, a ``null_value`` column: the mean of the measure over this many row
-            permutations of B (:func:`repana.similarity.null_baseline`), seeded by ``seed``.
-        errors: ``"raise"``, or ``"note"``: an input a measure refuses (constant activations, too few
-            datapoints) gives a NaN value and the reason in a ``note`` column.
-
-    Returns:
-        Tidy DataFrame, one row per (layer_a, layer_b, measure), with the columns :data:`COLUMNS` (+ ``null_value``,
-        ``note`` when asked), layers in the order given.
-    """
-    frame = compare_episodes([acts_a], None if acts_b is None else [acts_b], layers=list(acts_a),
-                             layers_b=None if acts_b is None else list(acts_b), measures=measures, pairs=pairs,
-                             reduction=reduction, layout=layout, measure_options=measure_options,
-                             null_permutations=null_permutations, seed=seed, errors=errors,
-                             show_progress=show_progress)
-    columns = COLUMNS + (["null_value"] if null_permutations else []) + (["note"] if errors == "note" else [])
-    return frame[columns]
-
-
-def compare_episodes(acts_a: Sequence[Mapping], acts_b: Sequence[Mapping] | None = None,
-                     layers: Sequence[str] | None = None, measures: str | Iterable[str] = ("cka",), *,
-                     layers_b: Sequence[str] | None = None, pairs="same", reduction: Reduction = None,
-                     layout=None, measure_options: Mapping[str, dict] | None = None,
-                     min_ratio: float | None = None, null_permutations: int = 0, seed: int = 0,
-                     errors: str = "raise", dtype: torch.dtype | None = None,
-                     show_progress: bool | None = None) -> pd.DataFrame:
-    """Similarity of two representations of the same datapoints, layer by layer, episode by episode.
-
-    ``acts_a[e][layer]`` and ``acts_b[e][layer]`` (default: ``acts_a``) hold episode ``e``'s activations
-    ``(n_e, ...)``, same ``n_e`` on both sides. Each (episode or group, layer, reduction) is prepared once and
-    shared by the measures and pairs that use it.
-
-    Args:
-        layers, layers_b: layer names of A and B (default: all layers of the first episode; B: ``layers``).
-        pairs: ``"same"`` (default: each layer with its namesake), ``"all"`` or a list of ``(layer_a, layer_b)``.
-        reduction, layout, measure_options, errors: as in :func:`compare_activations`
-            (``reduction=reduction_by_measure`` is the paper's rule).
+        pairs: ``"all"`` (every layer of A with every layer of B), ``"same"`` (each layer of A with its
+            namesake in B) or a list of ``(layer_a, layer_b)``.
         min_ratio: when given, a CCA-family measure (:data:`CCA_FAMILY`) is computed per episode only when
             datapoints >= ``min_ratio`` x features (the larger side's); otherwise consecutive episodes are
             pooled into groups of ``ceil(min_ratio * features / n_per_episode)`` (scope ``"pooled"``,
@@ -133,105 +102,190 @@ def compare_episodes(acts_a: Sequence[Mapping], acts_b: Sequence[Mapping] | None
         null_permutations: when > 0, ``null_value`` = mean of the measure over this many row permutations of
             B (:func:`repana.similarity.null_baseline`, seed ``seed + first episode of the group``); NaN when
             the value is not finite.
+        seed: seed of the null baseline's permutations.
+        errors: ``"raise"``, or ``"note"``: an input a measure refuses (constant activations, too few
+            datapoints) gives a NaN value and the reason in a ``note`` column.
         dtype: cast the reduced activations to this dtype before preparing them (None: keep). The rank
             tolerance of CCA-family measures comes from the prepared dtype (the paper analyses,
             :func:`repana.analysis.common.episode_rows`, use ``torch.float64``).
-
-    Returns:
-        DataFrame with the columns :data:`EPISODE_COLUMNS`: ``episode`` (int, or ``"a-b"`` for a pooled group),
-        ``scope`` (``"episode"`` | ``"pooled"``), ``null_value`` (NaN without permutations), ``note``
-        (``""`` unless a value is NaN). Rows: pair, then measure, then episode.
+        show_progress: a progress bar over the layer pairs (None: when stderr is a terminal).
     """
-    measure_names = [measures] if isinstance(measures, str) else list(measures)
-    if not measure_names:
-        raise InputError("no measures given; choose from repana.similarity.list_measures()")
-    specs = [get_measure(name) for name in measure_names]
-    options = dict(measure_options or {})
-    unknown = set(options) - set(measure_names)
-    if unknown:
-        raise InputError(f"measure_options for {sorted(unknown)}, which are not among measures {measure_names}")
-    if errors not in ERRORS:
-        raise InputError(f"errors={errors!r}: choose 'raise' or 'note'")
-    if min_ratio is not None and not min_ratio > 0:
-        raise InputError(f"min_ratio must be positive, got {min_ratio}")
-    if not isinstance(null_permutations, (int, np.integer)) or null_permutations < 0:
-        raise InputError(f"null_permutations must be a non-negative integer, got {null_permutations!r}")
-    _check_reduction(reduction, measure_names)
-    if isinstance(layout, str):
-        check_layout(layout)
-    episodes_a = list(acts_a)
-    episodes_b = None if acts_b is None else list(acts_b)
-    if not episodes_a or (episodes_b is not None and len(episodes_b) != len(episodes_a)):
-        raise InputError(f"need the same non-zero number of episodes on both sides, got {len(episodes_a)} and "
-                         f"{len(episodes_a) if episodes_b is None else len(episodes_b)}")
-    for side, episodes in (("A", episodes_a), ("B", episodes_b or [])):
-        if any(not acts for acts in episodes):
-            raise InputError(f"no activations for model {side}")
-    layer_pairs = _pairs(episodes_a[0], (episodes_b or episodes_a)[0], layers, layers_b, pairs)
-    sides = {"A": _Side("A", episodes_a, layout, dtype)}
-    sides["B"] = sides["A"] if episodes_b is None else _Side("B", episodes_b, layout, dtype)
-    self_comparison = episodes_b is None
-    n_episodes = len(episodes_a)
-    rows = []
-    degenerate_reasons: list[str] = []
-    done: dict[tuple, float] = {}
-    for layer_a, layer_b in progress(layer_pairs, desc="compare", unit="pair", enabled=show_progress):
-        for spec in specs:
-            measure_options_ = options.get(spec.name, {})
-            # a layout or reduction choice is an error whatever `errors` says: never a NaN row
-            red_a = sides["A"].reduction_for(layer_a, reduction, spec.name)
-            red_b = sides["B"].reduction_for(layer_b, reduction, spec.name)
-            xs = [sides["A"].reduced(layer_a, red_a, e) for e in range(n_episodes)]
-            ys = [sides["B"].reduced(layer_b, red_b, e) for e in range(n_episodes)]
-            label = _reduction_label(red_a, red_b)
-            n_per, features = xs[0].shape[0], max(xs[0].shape[1], ys[0].shape[1])
-            group = 1
-            if min_ratio is not None and spec.name in CCA_FAMILY and n_per < min_ratio * features:
-                group = min(n_episodes, math.ceil(min_ratio * features / n_per))
-            scope = "episode" if group == 1 else "pooled"
-            for start in range(0, n_episodes - group + 1, group):
-                n_rows = sum(x.shape[0] for x in xs[start:start + group])
-                value, null_value, note, degenerate = float("nan"), float("nan"), "", False
-                rep_a = rep_b = None
-                if min_ratio is not None and spec.name in CCA_FAMILY and n_rows < min_ratio * features:
-                    note = (f"skipped: {n_rows} datapoints < {min_ratio} x {features} features even with all "
-                            "episodes pooled; use more episodes or reduction='positions'")
-                else:
-                    key = (spec.name, layer_a, layer_b, start)
+
+    measures: tuple[str, ...] = ("cka",)
+    reduction: Reduction = None
+    layout: str | Mapping[str, str] | None = None
+    measure_options: Mapping[str, dict] | None = None
+    pairs: str | tuple[tuple[str, str], ...] = "all"
+    min_ratio: float | None = None
+    null_permutations: int = 0
+    seed: int = 0
+    errors: str = "raise"
+    dtype: torch.dtype | None = None
+    show_progress: bool | None = None
+
+    def __post_init__(self):
+        measures = (self.measures,) if isinstance(self.measures, str) else tuple(self.measures)
+        if not measures:
+            raise InputError("no measures given; choose from repana.similarity.list_measures()")
+        for name in measures:
+            get_measure(name)
+        options = dict(self.measure_options or {})
+        unknown = set(options) - set(measures)
+        if unknown:
+            raise InputError(f"measure_options for {sorted(unknown)}, which are not among measures {list(measures)}")
+        if self.errors not in ERRORS:
+            raise InputError(f"errors={self.errors!r}: choose 'raise' or 'note'")
+        if self.min_ratio is not None and not self.min_ratio > 0:
+            raise InputError(f"min_ratio must be positive, got {self.min_ratio}")
+        if not isinstance(self.null_permutations, (int, np.integer)) or self.null_permutations < 0:
+            raise InputError(f"null_permutations must be a non-negative integer, got {self.null_permutations!r}")
+        _check_reduction(self.reduction, measures)
+        object.__setattr__(self, "measures", measures)
+        object.__setattr__(self, "measure_options", options or None)
+        object.__setattr__(self, "layout", check_layout_option(self.layout))
+        object.__setattr__(self, "pairs", _check_pairs(self.pairs))
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns of :meth:`activations` and :meth:`models`: :data:`COLUMNS`, + ``null_value`` with
+        ``null_permutations``, + ``note`` with ``errors="note"``."""
+        return (COLUMNS + (["null_value"] if self.null_permutations else [])
+                + (["note"] if self.errors == "note" else []))
+
+    def activations(self, acts_a: Mapping, acts_b: Mapping | None = None) -> pd.DataFrame:
+        """Layers of ``acts_a`` against layers of ``acts_b`` (default: ``acts_a`` itself), as :attr:`pairs` says.
+
+        Args:
+            acts_a, acts_b: ``{layer: activations (n, ...)}`` (numpy or torch) on the same n inputs, same order.
+                The :class:`repana.capture.Activations` of a capture carry each layer's layout.
+
+        Returns:
+            Tidy DataFrame, one row per (layer_a, layer_b, measure), with the columns :attr:`columns`, layers in
+            the order given.
+        """
+        frame = self.episodes([acts_a], None if acts_b is None else [acts_b])
+        return frame[self.columns]
+
+    def episodes(self, episodes_a: Sequence[Mapping], episodes_b: Sequence[Mapping] | None = None) -> pd.DataFrame:
+        """Similarity of two representations of the same datapoints, layer by layer, episode by episode.
+
+        ``episodes_a[e][layer]`` and ``episodes_b[e][layer]`` (default: ``episodes_a``) hold episode ``e``'s
+        activations ``(n_e, ...)``, same ``n_e`` on both sides. Each (episode or group, layer, reduction) is
+        prepared once and shared by the measures and pairs that use it.
+
+        Returns:
+            DataFrame with the columns :data:`EPISODE_COLUMNS`: ``episode`` (int, or ``"a-b"`` for a pooled
+            group), ``scope`` (``"episode"`` | ``"pooled"``), ``null_value`` (NaN without permutations),
+            ``note`` (``""`` unless a value is NaN). Rows: pair, then measure, then episode.
+        """
+        episodes_a = list(episodes_a)
+        episodes_b = None if episodes_b is None else list(episodes_b)
+        if not episodes_a or (episodes_b is not None and len(episodes_b) != len(episodes_a)):
+            raise InputError(f"need the same non-zero number of episodes on both sides, got {len(episodes_a)} and "
+                             f"{len(episodes_a) if episodes_b is None else len(episodes_b)}")
+        for side, episodes in (("A", episodes_a), ("B", episodes_b or [])):
+            if any(not acts for acts in episodes):
+                raise InputError(f"no activations for model {side}")
+        layer_pairs = _pairs(episodes_a[0], (episodes_b or episodes_a)[0], self.pairs)
+        side_a = _Side("A", episodes_a, self.layout, self.dtype)
+        side_b = side_a if episodes_b is None else _Side("B", episodes_b, self.layout, self.dtype)
+        specs = [get_measure(name) for name in self.measures]
+        rows: list[dict] = []
+        degenerate: list[str] = []
+        done: dict[tuple, float] = {}   # values of a side against itself, for the mirrored pair
+        for layer_a, layer_b in progress(layer_pairs, desc="compare", unit="pair", enabled=self.show_progress):
+            for spec in specs:
+                rows += self._measure_rows(spec, side_a, layer_a, side_b, layer_b, done, degenerate)
+        if degenerate:
+            warn(f"{len(degenerate)} of {len(rows)} similarity values are degenerate (column 'degenerate'), "
+                 f"e.g. {degenerate[0]}")
+        return pd.DataFrame(rows, columns=EPISODE_COLUMNS)
+
+    def models(self, model_a: nn.Module, model_b: nn.Module | None, inputs, capture: Capture, *,
+               capture_b: Capture | None = None, params_a: Mapping | None = None,
+               params_b: Mapping | None = None) -> pd.DataFrame:
+        """Capture ``model_a`` with ``capture`` and ``model_b`` with ``capture_b`` on the same ``inputs``, then
+        compare them (:meth:`activations`).
+
+        ``model_b=None`` means ``model_a`` again (e.g. with ``params_b``, the parameters after adaptation);
+        ``capture_b=None`` means ``capture`` (``dataclasses.replace(capture, layers=[...])`` captures other
+        layers of B). ``inputs``: a tensor, a dict of tensors passed as keyword arguments (``input_ids``,
+        ``attention_mask``), or an iterable of batches (both models see the same batches).
+
+        The models run in the mode they are in (train mode: batch norm normalises with the batch's statistics)
+        and are left as they were: the buffers a forward pass updates (batch-norm running statistics and
+        counts, in the models and in ``params_a`` / ``params_b``) are restored afterwards, bit for bit, and so
+        is every module's train/eval flag. Call ``model.eval()`` first to compare with the running statistics.
+        """
+        for side, model in (("model_a", model_a), ("model_b", model_b)):
+            if model is not None and not isinstance(model, nn.Module):
+                raise InputError(f"{side} is of type {type(model).__name__}, not a torch.nn.Module; build the model "
+                                 "first (repana.compare.model_from_factory builds one from 'package.module:function')")
+        if model_a is None:
+            raise InputError("model_a is None; give a torch.nn.Module")
+        model_b = model_a if model_b is None else model_b
+        capture_b = capture if capture_b is None else capture_b
+        if not isinstance(inputs, (torch.Tensor, Mapping)):
+            inputs = list(inputs)  # both models must see the same batches (a DataLoader may reshuffle)
+        with _left_unchanged([model_a, model_b], [params_a, params_b]):
+            acts_a = capture.run(model_a, inputs, params_a)
+            same = model_b is model_a and params_b is params_a and capture_b == capture
+            acts_b = None if same else capture_b.run(model_b, inputs, params_b)
+        return self.activations(acts_a, acts_b)
+
+    def _measure_rows(self, spec, side_a: "_Side", layer_a: str, side_b: "_Side", layer_b: str,
+                      done: dict, degenerate: list) -> list[dict]:
+        """The rows of one measure for one layer pair: one per episode, or per pooled group of episodes."""
+        # a layout or reduction choice is an error whatever `errors` says: never a NaN row
+        red_a = side_a.reduction_for(layer_a, self.reduction, spec.name)
+        red_b = side_b.reduction_for(layer_b, self.reduction, spec.name)
+        n_episodes = len(side_a.episodes)
+        xs = [side_a.reduced(layer_a, red_a, e) for e in range(n_episodes)]
+        ys = [side_b.reduced(layer_b, red_b, e) for e in range(n_episodes)]
+        n_per, features = xs[0].shape[0], max(xs[0].shape[1], ys[0].shape[1])
+        options = (self.measure_options or {}).get(spec.name, {})
+        pooled = self.min_ratio is not None and spec.name in CCA_FAMILY
+        group = 1
+        if pooled and n_per < self.min_ratio * features:
+            group = min(n_episodes, math.ceil(self.min_ratio * features / n_per))
+        rows = []
+        for start in range(0, n_episodes - group + 1, group):
+            n_rows = sum(x.shape[0] for x in xs[start:start + group])
+            value, null_value, note, flagged = float("nan"), float("nan"), "", False
+            if pooled and n_rows < self.min_ratio * features:
+                note = (f"skipped: {n_rows} datapoints < {self.min_ratio} x {features} features even with all "
+                        "episodes pooled; use more episodes or reduction='positions'")
+            else:
+                try:
+                    rep_a = side_a.prepared(layer_a, red_a, start, group, spec.min_datapoints)
+                    rep_b = side_b.prepared(layer_b, red_b, start, group, spec.min_datapoints)
+                    if rep_a.n != rep_b.n:
+                        raise InputError(f"layer {layer_a!r} of A has {rep_a.n} datapoints but layer {layer_b!r} of "
+                                         f"B has {rep_b.n}; with reduction 'positions' or 'tokens' both layers need "
+                                         "the same spatial size / tokens")
                     mirrored = (spec.name, layer_b, layer_a, start)
-                    try:
-                        rep_a = sides["A"].prepared(layer_a, red_a, start, group, spec.min_datapoints)
-                        rep_b = sides["B"].prepared(layer_b, red_b, start, group, spec.min_datapoints)
-                        if rep_a.n != rep_b.n:
-                            raise InputError(f"layer {layer_a!r} of A has {rep_a.n} datapoints but layer "
-                                             f"{layer_b!r} of B has {rep_b.n}; with reduction 'positions' or "
-                                             f"'tokens' both layers need the same spatial size / tokens")
-                        if self_comparison and spec.symmetric and mirrored in done:
-                            value = done[mirrored]  # a model against itself: the matrix is symmetric
-                        else:
-                            value = spec(rep_a, rep_b, **measure_options_)
-                            done[key] = value
-                        reason = spec.degenerate_reason(rep_a, rep_b) if np.isfinite(value) else None
-                        if reason is not None:
-                            degenerate = True
-                            degenerate_reasons.append(f"{spec.name} for {layer_a!r} (A) vs {layer_b!r} (B): {reason}")
-                        if null_permutations and np.isfinite(value):
-                            null_value = null_baseline(spec.name, rep_a, rep_b, n_permutations=null_permutations,
-                                                       seed=seed + start, **measure_options_).mean
-                    except InputError as error:
-                        message = f"{spec.name} for {layer_a!r} (A) vs {layer_b!r} (B): {error}"
-                        if errors == "raise":
-                            raise InputError(message) from None
-                        value, null_value, note = float("nan"), float("nan"), str(error)
-                rows.append({"layer_a": layer_a, "layer_b": layer_b, "measure": spec.name, "value": value,
-                             "n_datapoints": int(n_rows), "n_features_a": int(xs[0].shape[1]),
-                             "n_features_b": int(ys[0].shape[1]), "reduction": label, "degenerate": degenerate,
-                             "episode": start if group == 1 else f"{start}-{start + group - 1}", "scope": scope,
-                             "null_value": null_value, "note": note})
-    if degenerate_reasons:
-        warn(f"{len(degenerate_reasons)} of {len(rows)} similarity values are degenerate (column 'degenerate'), "
-             f"e.g. {degenerate_reasons[0]}")
-    return pd.DataFrame(rows, columns=EPISODE_COLUMNS)
+                    if side_b is side_a and spec.symmetric and mirrored in done:
+                        value = done[mirrored]  # a model against itself: the matrix is symmetric
+                    else:
+                        value = spec(rep_a, rep_b, **options)
+                        done[(spec.name, layer_a, layer_b, start)] = value
+                    reason = spec.degenerate_reason(rep_a, rep_b) if np.isfinite(value) else None
+                    if reason is not None:
+                        flagged = True
+                        degenerate.append(f"{spec.name} for {layer_a!r} (A) vs {layer_b!r} (B): {reason}")
+                    if self.null_permutations and np.isfinite(value):
+                        null_value = null_baseline(spec.name, rep_a, rep_b, n_permutations=self.null_permutations,
+                                                   seed=self.seed + start, **options).mean
+                except InputError as error:
+                    if self.errors == "raise":
+                        raise InputError(f"{spec.name} for {layer_a!r} (A) vs {layer_b!r} (B): {error}") from None
+                    value, null_value, note = float("nan"), float("nan"), str(error)
+            rows.append({"layer_a": layer_a, "layer_b": layer_b, "measure": spec.name, "value": value,
+                         "n_datapoints": int(n_rows), "n_features_a": int(xs[0].shape[1]),
+                         "n_features_b": int(ys[0].shape[1]), "reduction": _reduction_label(red_a, red_b),
+                         "degenerate": flagged, "episode": start if group == 1 else f"{start}-{start + group - 1}",
+                         "scope": "episode" if group == 1 else "pooled", "null_value": null_value, "note": note})
+        return rows
 
 
 class _Side:
@@ -254,7 +308,7 @@ class _Side:
             return self._layouts[layer]
         value = self.value(layer, 0)
         shape = tuple(np.shape(value))
-        named = _option_for(self.layout, layer)
+        named = option_for_layer(self.layout, layer)
         captured = getattr(self.episodes[0], "layouts", {}).get(layer)
         if len(shape) <= 2:
             layout = "flat"
@@ -328,17 +382,6 @@ def _as_tensor(value, what: str) -> torch.Tensor:
                          f"({error})") from None
 
 
-def _option_for(option, layer: str):
-    if option is None or isinstance(option, str):
-        return option
-    if layer in option:
-        return option[layer]
-    for pattern, value in option.items():
-        if fnmatch.fnmatchcase(layer, pattern):
-            return value
-    return None
-
-
 def _reduction_label(red_a: str, red_b: str) -> str:
     if red_a == "none" or red_a == red_b:
         return red_b
@@ -357,72 +400,29 @@ def _check_reduction(reduction, measure_names: list[str]) -> None:
                              f"callable (measure, layout) -> reduction")
 
 
-def _pairs(first_a: Mapping, first_b: Mapping, layers, layers_b, pairs) -> list[tuple[str, str]]:
-    names_a = list(first_a) if layers is None else list(layers)
-    names_b = (list(first_b) if layers is None else names_a) if layers_b is None else list(layers_b)
+def _check_pairs(pairs) -> str | tuple[tuple[str, str], ...]:
+    """The ``pairs=`` setting, checked: ``"all"``, ``"same"`` or a tuple of ``(layer_a, layer_b)``."""
+    if isinstance(pairs, str):
+        if pairs not in PAIRS:
+            raise InputError(f"pairs={pairs!r}: choose 'all', 'same' or a list of (layer_a, layer_b)")
+        return pairs
+    chosen = tuple(tuple(pair) for pair in pairs)
+    if not chosen or any(len(pair) != 2 for pair in chosen):
+        raise InputError("pairs must be 'all', 'same' or a non-empty list of (layer_a, layer_b)")
+    return chosen
+
+
+def _pairs(first_a: Mapping, first_b: Mapping, pairs) -> list[tuple[str, str]]:
+    """The layer pairs that ``pairs`` (checked by :func:`_check_pairs`) names among the layers of A and B."""
+    names_a, names_b = list(first_a), list(first_b)
     if not isinstance(pairs, str):
-        chosen = [tuple(pair) for pair in pairs]
-        if not chosen or any(len(pair) != 2 for pair in chosen):
-            raise InputError("pairs must be 'all', 'same' or a non-empty list of (layer_a, layer_b)")
-        return chosen
+        return list(pairs)
     if pairs == "all":
         return [(a, b) for a in names_a for b in names_b]
-    if pairs == "same":
-        missing = [name for name in names_a if name not in names_b]
-        if missing:
-            raise InputError(f"pairs='same': layers {missing} of A have no namesake in B ({', '.join(names_b)})")
-        return [(name, name) for name in names_a]
-    raise InputError(f"pairs={pairs!r}: choose 'all', 'same' or a list of (layer_a, layer_b)")
-
-
-def compare_models(model_a: nn.Module, model_b: nn.Module | None, inputs, layers_a=None, layers_b=None,
-                   measures: str | Iterable[str] = ("cka",), reduction: Reduction = None,
-                   params_a: Mapping | None = None, params_b: Mapping | None = None,
-                   measure_options: Mapping[str, dict] | None = None, batch_size: int | None = None,
-                   device=None, max_datapoints: int | None = None, seed: int = 0,
-                   show_progress: bool | None = None, *, layout=None, output=None, outputs_a=None,
-                   outputs_b=None, forward_kwargs: Mapping | None = None, pairs="all",
-                   null_permutations: int = 0, errors: str = "raise") -> pd.DataFrame:
-    """Capture ``layers_a`` of ``model_a`` and ``layers_b`` of ``model_b`` on the same ``inputs`` and compare them.
-
-    ``model_b=None`` means ``model_a`` again (e.g. with ``params_b``, the parameters after adaptation);
-    ``layers_b=None`` means ``layers_a`` (and ``outputs_b=None``, ``outputs_a``). ``inputs``: a tensor, a dict of
-    tensors passed as keyword arguments (``input_ids``, ``attention_mask``), or an iterable of batches.
-    ``output``, ``outputs_a/_b``, ``forward_kwargs``: see :func:`repana.capture.capture_activations`; layouts
-    come from the module types unless ``layout`` names them. Activations are stored on the CPU in float32 (the
-    measures work in float64). See :func:`compare_activations` for the other arguments.
-
-    The models run in the mode they are in (train mode: batch norm normalises with the batch's statistics) and
-    are left as they were: the buffers a forward pass updates (batch-norm running statistics and counts, in
-    the models and in ``params_a`` / ``params_b``) are restored afterwards, bit for bit, and so is every
-    module's train/eval flag. Call ``model.eval()`` first to compare with the running statistics.
-    ``device`` must exist here (:func:`repana.devices.check_device`; InputError otherwise).
-    """
-    for side, model in (("model_a", model_a), ("model_b", model_b)):
-        if model is not None and not isinstance(model, nn.Module):
-            raise InputError(f"{side} is of type {type(model).__name__}, not a torch.nn.Module; build the model first "
-                             "(repana.compare.model_from_factory builds one from 'package.module:function')")
-    if model_a is None:
-        raise InputError("model_a is None; give a torch.nn.Module")
-    if device is not None:
-        device = check_device(device)
-    model_b = model_a if model_b is None else model_b
-    layers_b = layers_a if layers_b is None else layers_b
-    outputs_b = outputs_a if outputs_b is None else outputs_b
-    if not isinstance(inputs, (torch.Tensor, Mapping)):
-        inputs = list(inputs)  # both models must see the same batches (a DataLoader may reshuffle)
-    capture = dict(inputs=inputs, batch_size=batch_size, device=device, max_datapoints=max_datapoints,
-                   seed=seed, show_progress=show_progress, output=output, layout=layout,
-                   forward_kwargs=forward_kwargs)
-    with _left_unchanged([model_a, model_b], [params_a, params_b]):
-        acts_a = capture_activations(model_a, layers=layers_a, params=params_a, outputs=outputs_a, **capture)
-        same = (model_b is model_a and params_b is params_a and _as_list(layers_b) == _as_list(layers_a)
-                and _as_list(outputs_b) == _as_list(outputs_a))
-        acts_b = None if same else capture_activations(model_b, layers=layers_b, params=params_b,
-                                                       outputs=outputs_b, **capture)
-    return compare_activations(acts_a, acts_b, measures=measures, reduction=reduction, layout=layout,
-                               measure_options=measure_options, show_progress=show_progress, pairs=pairs,
-                               null_permutations=null_permutations, seed=seed, errors=errors)
+    missing = [name for name in names_a if name not in names_b]
+    if missing:
+        raise InputError(f"pairs='same': layers {missing} of A have no namesake in B ({', '.join(names_b)})")
+    return [(name, name) for name in names_a]
 
 
 @contextlib.contextmanager
@@ -449,12 +449,6 @@ def _left_unchanged(models: Sequence[nn.Module], params: Sequence[Mapping | None
                 tensor.copy_(copy)
         for module, training in modes.values():
             module.training = training
-
-
-def _as_list(layers) -> list:
-    if layers is None:
-        return []
-    return [layers] if isinstance(layers, (str, int)) else list(layers)
 
 
 # ----- loading models and inputs from files (the library side of `repana compare`) -----

@@ -4,7 +4,7 @@
   for devices that will be used elsewhere: the training jobs a Ray cluster or SLURM runs on other nodes.
 - :func:`check_device`: the name, and the device exists here (its backend is available and the index is below
   the device count), for everything this process computes on: ``repana compare / evaluate / predict / train /
-  reproduce`` and :func:`repana.compare.compare_models`.
+  reproduce`` and :class:`repana.capture.Capture` (its ``device``).
 
 Both raise :class:`~repana.errors.InputError` with one line naming the device and the fix. Light to import: torch
 is imported inside the functions.

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from repana.capture import ActivationRecorder, capture_activations, resolve_layers
+from repana.capture import ActivationRecorder, Capture, resolve_layers
 from repana.errors import InputError
 
 
@@ -38,7 +38,7 @@ def test_names_and_globs_resolve_in_model_order(model):
 
 
 def test_capture_matches_direct_computation_and_batches_concatenate(model, inputs):
-    acts = capture_activations(model, inputs, ["conv1", "head"], batch_size=10)
+    acts = Capture(layers=["conv1", "head"], batch_size=10).run(model, inputs)
     assert list(acts) == ["conv1", "head"]
     assert acts["conv1"].shape == (37, 4, 6, 6) and acts["conv1"].dtype == torch.float32
     with torch.no_grad():
@@ -46,7 +46,7 @@ def test_capture_matches_direct_computation_and_batches_concatenate(model, input
         torch.testing.assert_close(acts["conv1"], model.conv1(inputs))
     assert not acts["head"].requires_grad
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(inputs, torch.zeros(37)), batch_size=8)
-    from_loader = capture_activations(model, loader, ["head"], dtype=torch.float64)
+    from_loader = Capture(layers=["head"], dtype=torch.float64).run(model, loader)
     assert from_loader["head"].dtype == torch.float64
     torch.testing.assert_close(from_loader["head"], acts["head"].double(), rtol=1e-5, atol=1e-6)
 
@@ -61,7 +61,7 @@ def test_hooks_fire_under_functional_call_with_other_parameters(model, inputs):
         model(inputs)
     with torch.no_grad():
         assert not torch.allclose(recorder.activations["head"], out)
-    acts = capture_activations(model, inputs, ["head"], params=doubled)
+    acts = Capture(layers=["head"]).run(model, inputs, params=doubled)
     torch.testing.assert_close(acts["head"], out.detach())
     # hooks are removed on exit
     model(inputs)
@@ -77,7 +77,7 @@ def test_outputs_overwritten_by_a_later_in_place_relu_are_recorded_as_computed(i
         expected_bn = block[1](block[0](inputs))
     assert expected_bn.min() < 0  # otherwise the ReLU would change nothing and the test could not fail
     for dtype in (torch.float32, None):
-        acts = capture_activations(block, inputs, ["1", "2"], batch_size=16, dtype=dtype)
+        acts = Capture(layers=["1", "2"], batch_size=16, dtype=dtype).run(block, inputs)
         torch.testing.assert_close(acts["1"], expected_bn)
         torch.testing.assert_close(acts["2"], expected_bn.clamp_min(0))
     with ActivationRecorder(block, ["1"]) as recorder, torch.no_grad():
@@ -86,27 +86,27 @@ def test_outputs_overwritten_by_a_later_in_place_relu_are_recorded_as_computed(i
 
 
 def test_subsampling_datapoints_is_reproducible_and_keeps_rows_consistent(model, inputs):
-    full = capture_activations(model, inputs, ["conv2", "head"])
-    sub = capture_activations(model, inputs, ["conv2", "head"], max_datapoints=12, batch_size=5, seed=4)
-    again = capture_activations(model, inputs, ["conv2", "head"], max_datapoints=12, seed=4)
+    full = Capture(layers=["conv2", "head"]).run(model, inputs)
+    sub = Capture(layers=["conv2", "head"], max_datapoints=12, batch_size=5, seed=4).run(model, inputs)
+    again = Capture(layers=["conv2", "head"], max_datapoints=12, seed=4).run(model, inputs)
     assert sub["head"].shape[0] == 12
     torch.testing.assert_close(sub["head"], again["head"])
     rows = torch.cdist(sub["head"], full["head"]).argmin(dim=1)
     assert rows.tolist() == sorted(rows.tolist()) and len(set(rows.tolist())) == 12
     torch.testing.assert_close(sub["conv2"], full["conv2"][rows])  # same datapoints in every layer
     batches = [(inputs[i:i + 8],) for i in range(0, 37, 8)]
-    streamed = capture_activations(model, batches, ["conv2", "head"], max_datapoints=12, seed=4)
+    streamed = Capture(layers=["conv2", "head"], max_datapoints=12, seed=4).run(model, batches)
     streamed_rows = torch.cdist(streamed["head"], full["head"]).argmin(dim=1)
     assert streamed_rows.tolist() == sorted(streamed_rows.tolist()) and len(set(streamed_rows.tolist())) == 12
     torch.testing.assert_close(streamed["conv2"], full["conv2"][streamed_rows])
     assert streamed_rows.tolist() == torch.cdist(
-        capture_activations(model, batches, ["head"], max_datapoints=12, seed=4)["head"],
+        Capture(layers=["head"], max_datapoints=12, seed=4).run(model, batches)["head"],
         full["head"]).argmin(dim=1).tolist()
 
 
 def test_subsampling_spatial_positions(model, inputs):
-    full = capture_activations(model, inputs, ["conv1"])
-    sub = capture_activations(model, inputs, ["conv1"], max_positions=5, batch_size=9, seed=2)
+    full = Capture(layers=["conv1"]).run(model, inputs)
+    sub = Capture(layers=["conv1"], max_positions=5, batch_size=9, seed=2).run(model, inputs)
     assert sub["conv1"].shape == (37, 4, 5)
     flat = full["conv1"].reshape(37, 4, 36)
     kept = [next(p for p in range(36) if torch.allclose(flat[:, :, p], sub["conv1"][:, :, i], atol=1e-6)) for i in range(5)]
@@ -114,7 +114,33 @@ def test_subsampling_spatial_positions(model, inputs):
 
 
 def test_errors(model, inputs):
-    with pytest.raises(InputError, match="max_datapoints"):
-        capture_activations(model, inputs, ["head"], max_datapoints=0)
     with pytest.raises(InputError, match="its modules are"):
-        capture_activations(model, inputs, ["fc"])
+        Capture(layers=["fc"]).run(model, inputs)
+    with pytest.raises(InputError, match="output selector 'head' has the name of a module"):
+        Capture(outputs=["head"], layers=["head"]).run(model, inputs)
+
+
+def test_settings_are_checked_once_and_shown_by_repr():
+    """Each bad setting is one InputError naming it, raised where the settings are made, before any model."""
+    for settings, message in [
+        (dict(layers=["head"], max_datapoints=0), "max_datapoints must be >= 1, got 0"),
+        (dict(layers=["head"], max_positions=0), "max_positions must be >= 1, got 0"),
+        (dict(layers=["head"], batch_size=0), "batch_size must be >= 1, got 0"),
+        (dict(layers=[]), "no layers requested"),
+        (dict(), "no layers requested"),
+        (dict(outputs=["hidden_states[x"]), "cannot read output selector"),
+        (dict(layers="conv1", layout="image"), "unknown layout 'image'"),
+        (dict(layers="conv1", layout={"conv*": "tokens"}), "unknown layout 'tokens'"),
+        (dict(layers="conv1", device="tpu"), "device 'tpu' is not a device"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            Capture(**settings)
+    with pytest.raises(TypeError):
+        Capture(["conv1"])  # settings are keyword-only
+    capture = Capture(layers="conv?", outputs="logits", batch_size=8, device="cpu")
+    assert capture.layers == ("conv?",) and capture.outputs == ("logits",) and capture.device == torch.device("cpu")
+    assert repr(capture).startswith("Capture(layers=('conv?',), outputs=('logits',), output=None, layout=None, "
+                                    "batch_size=8, max_datapoints=None")
+    with pytest.raises(AttributeError):
+        capture.seed = 1  # frozen
+    assert capture == Capture(layers=["conv?"], outputs=["logits"], batch_size=8, device=torch.device("cpu"))

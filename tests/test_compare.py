@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from repana.compare import COLUMNS, compare_activations, compare_models
+from repana.capture import Capture
+from repana.compare import COLUMNS, Comparison
 from repana.errors import InputError
 from repana.plots.similarity import plot_similarity_by_layer, plot_similarity_heatmap
 from repana.similarity import cka, reduce_conv, svcca
@@ -31,7 +32,7 @@ def images():
 def test_tidy_frame_values_match_the_measures(rng):
     acts_a = {"a1": rng.normal(size=(120, 4)), "a2": rng.normal(size=(120, 6))}
     acts_b = {"b1": acts_a["a1"] @ rng.normal(size=(4, 5)), "b2": rng.normal(size=(120, 3))}
-    frame = compare_activations(acts_a, acts_b, measures=["cka", "svcca"], measure_options={"svcca": {"keep": 1.0}})
+    frame = Comparison(measures=["cka", "svcca"], measure_options={"svcca": {"keep": 1.0}}).activations(acts_a, acts_b)
     assert list(frame.columns) == COLUMNS
     assert len(frame) == 2 * 2 * 2
     assert frame[["layer_a", "layer_b"]].drop_duplicates().values.tolist() == [
@@ -51,21 +52,22 @@ def test_each_layer_is_decomposed_once(rng, monkeypatch):
     monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: calls.append(a[0].shape) or original(*a, **k))
     acts_a = {f"a{i}": rng.normal(size=(200, 5 + i)) for i in range(3)}
     acts_b = {f"b{i}": rng.normal(size=(200, 4 + i)) for i in range(2)}
-    frame = compare_activations(acts_a, acts_b, measures=["cca", "svcca", "procrustes"])
+    frame = Comparison(measures=["cca", "svcca", "procrustes"]).activations(acts_a, acts_b)
     assert len(frame) == 3 * 2 * 3
     assert sorted(calls) == sorted([(200, 5), (200, 6), (200, 7), (200, 4), (200, 5)])
 
 
 def test_two_random_conv_nets_are_clearly_different(images):
-    frame = compare_models(conv_net(1), conv_net(2), images, layers_a=["1", "4", "7"],
-                           measures=["cka", "cka_debiased"], reduction="flatten", batch_size=128)
+    frame = Comparison(measures=["cka", "cka_debiased"], reduction="flatten").models(
+        conv_net(1), conv_net(2), images, Capture(layers=["1", "4", "7"], batch_size=128))
     diagonal = frame[frame.layer_a == frame.layer_b].set_index(["measure", "layer_a"])["value"]
     # First conv block: both nets compute local features of the same pixels (measured 0.91 / 0.83);
     # the second block and the head are far apart (0.48 / 0.26 and 0.02 / 0.005).
     assert diagonal.loc[("cka", "1")] < 0.95 and diagonal.loc[("cka_debiased", "1")] < 0.9
     assert diagonal.loc[("cka", "4")] < 0.6 and diagonal.loc[("cka_debiased", "4")] < 0.4
     assert diagonal.loc[("cka", "7")] < 0.2
-    itself = compare_models(conv_net(1), None, images, layers_a=["0", "3"], measures=["cka"], reduction="flatten")
+    itself = Comparison(measures=["cka"], reduction="flatten").models(conv_net(1), None, images,
+                                                                      Capture(layers=["0", "3"]))
     assert itself[itself.layer_a == itself.layer_b]["value"].tolist() == pytest.approx([1.0, 1.0])
 
 
@@ -73,8 +75,8 @@ def test_one_model_two_parameter_sets(images):
     model = conv_net(3)
     params = {name: p.detach().clone() for name, p in model.named_parameters()}
     changed = dict(params, **{"7.weight": params["7.weight"] + 0.5 * torch.randn_like(params["7.weight"])})
-    frame = compare_models(model, None, images, layers_a=["3", "7"], measures=["cka"], reduction="mean",
-                           params_a=params, params_b=changed)
+    frame = Comparison(measures=["cka"], reduction="mean").models(model, None, images, Capture(layers=["3", "7"]),
+                                                                  params_a=params, params_b=changed)
     values = frame.set_index(["layer_a", "layer_b"])["value"]
     assert values[("3", "3")] == pytest.approx(1.0)  # upstream of the change: identical
     assert values[("7", "7")] < 0.99
@@ -83,19 +85,19 @@ def test_one_model_two_parameter_sets(images):
 def test_reduction_is_required_and_positions_mode(images):
     acts = {"conv": torch.randn(20, 3, 4, 4)}
     with pytest.raises(InputError, match="choose reduction="):
-        compare_activations(acts, measures=["cka"])
-    frame = compare_activations(acts, measures=["svcca"], reduction="positions")
+        Comparison(measures=["cka"]).activations(acts)
+    frame = Comparison(measures=["svcca"], reduction="positions").activations(acts)
     assert frame["n_datapoints"].iloc[0] == 20 * 16
     assert frame["value"].iloc[0] == pytest.approx(svcca(reduce_conv(acts["conv"], "positions"),
                                                          reduce_conv(acts["conv"], "positions")))
     with pytest.raises(InputError, match="unknown similarity measure"):
-        compare_activations(acts, measures=["nope"], reduction="mean")
+        Comparison(measures=["nope"], reduction="mean")
 
 
 def test_heatmap_and_layer_plot(rng):
     acts = {f"l{i}": rng.normal(size=(100, 4)) + (i * 0.5) for i in range(4)}
     acts["l1"] = acts["l0"] + 0.3 * rng.normal(size=(100, 4))
-    frame = compare_activations(acts, measures=["cka", "procrustes"])
+    frame = Comparison(measures=["cka", "procrustes"]).activations(acts)
     figure = plot_similarity_heatmap(frame)
     heat_axes = [ax for ax in figure.axes if ax.get_title()]
     assert [ax.get_title() for ax in heat_axes] == ["linear CKA", "Procrustes similarity"]
@@ -125,7 +127,7 @@ def test_one_model_against_itself_is_symmetric_and_computed_once_per_pair(rng, m
     spec = registry.Measure("counting_cka", lambda rx, ry, **kw: calls.append(1) or original(rx, ry, **kw),
                             "test", symmetric=True, defaults={"kernel": "linear", "debiased": False})
     monkeypatch.setitem(registry._REGISTRY, "counting_cka", spec)
-    frame = compare_activations(acts, measures=["counting_cka"])
+    frame = Comparison(measures=["counting_cka"]).activations(acts)
     assert len(calls) == 4 * 5 // 2  # upper triangle with the diagonal
     matrix = frame.pivot(index="layer_a", columns="layer_b", values="value").to_numpy()
     np.testing.assert_allclose(matrix, matrix.T, rtol=1e-12)
@@ -164,7 +166,7 @@ def test_measures_sharing_per_pair_products_match_standalone_calls(rng):
     acts_a = {"a1": z @ rng.normal(size=(5, 6)) + 0.1 * rng.normal(size=(150, 6)), "a2": rng.normal(size=(150, 9))}
     acts_b = {"b1": np.tanh(z @ rng.normal(size=(5, 7))), "b2": z @ rng.normal(size=(5, 4))}
     measures = ["cka", "cka_debiased", "procrustes", "cca", "svcca", "pwcca"]
-    frame = compare_activations(acts_a, acts_b, measures=measures, measure_options={"svcca": {"keep": 2}})
+    frame = Comparison(measures=measures, measure_options={"svcca": {"keep": 2}}).activations(acts_a, acts_b)
     from repana.similarity import similarity
 
     for row in frame.itertuples():
@@ -190,7 +192,7 @@ def _episodes(seed, n_episodes=6, n=25, dtype=torch.float32):
     return episodes
 
 
-# ----- the engine the paper's analyses used before they moved onto compare_episodes, kept verbatim as the
+# ----- the engine the paper's analyses used before they moved onto Comparison.episodes, kept verbatim as the
 # oracle of "same numbers as before" (repana.analysis.common, commit 0e6700e) -----
 import math  # noqa: E402
 from typing import Mapping, Sequence  # noqa: E402
@@ -288,15 +290,15 @@ def episode_similarity_rows(acts_a: Sequence[Mapping[str, torch.Tensor]],
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_compare_episodes_reproduces_episode_similarity_rows(dtype):
-    from repana.compare import EPISODE_COLUMNS, compare_episodes, reduction_by_measure
+def test_comparison_of_episodes_reproduces_episode_similarity_rows(dtype):
+    from repana.compare import EPISODE_COLUMNS, reduction_by_measure
 
     acts_a, acts_b = _episodes(0, dtype=dtype), _episodes(1, dtype=dtype)
     layers, measures = ["conv", "fc", "wide", "dead"], ["svcca", "cka_debiased", "cca", "pwcca", "cka"]
     old = pd.DataFrame(episode_similarity_rows(acts_a, acts_b, layers, measures, min_ratio=5.0, null=True,
                                                null_permutations=3, seed=7))
-    new = compare_episodes(acts_a, acts_b, layers, measures, reduction=reduction_by_measure, min_ratio=5.0,
-                           null_permutations=3, seed=7, errors="note", dtype=torch.float64)
+    new = Comparison(measures=measures, pairs="same", reduction=reduction_by_measure, min_ratio=5.0,
+                     null_permutations=3, seed=7, errors="note", dtype=torch.float64).episodes(acts_a, acts_b)
     assert list(new.columns) == EPISODE_COLUMNS
     assert all(reduction_by_measure(m, "conv") == default_reduction(m) for m in measures)
     assert len(new) == len(old)
@@ -319,8 +321,7 @@ def test_compare_episodes_reproduces_episode_similarity_rows(dtype):
     assert new[new.layer_a == "conv"]["value"].notna().all() and new["null_value"].notna().sum() > 20
 
 
-def test_compare_episodes_prepares_each_layer_once_per_reduction(monkeypatch):
-    from repana.compare import compare_episodes
+def test_comparison_of_episodes_prepares_each_layer_once_per_reduction(monkeypatch):
     from repana.similarity import representation
 
     prepared = []
@@ -332,40 +333,42 @@ def test_compare_episodes_prepares_each_layer_once_per_reduction(monkeypatch):
 
     monkeypatch.setattr(representation.Representation, "__init__", counting)
     acts_a, acts_b = _episodes(0, n_episodes=2), _episodes(1, n_episodes=2)
-    frame = compare_episodes(acts_a, acts_b, ["conv", "fc"], ["cka", "cka_debiased", "procrustes", "svcca"],
-                             reduction={"cka": "flatten", "cka_debiased": "flatten", "procrustes": "flatten",
-                                        "svcca": "positions"})
+    frame = Comparison(measures=["cka", "cka_debiased", "procrustes", "svcca"],
+                       pairs=[("conv", "conv"), ("fc", "fc")],
+                       reduction={"cka": "flatten", "cka_debiased": "flatten", "procrustes": "flatten",
+                                  "svcca": "positions"}).episodes(acts_a, acts_b)
     assert len(frame) == 2 * 4 * 2
     # per side and episode: conv flattened, conv by positions, fc -- whatever the number of measures
     assert len(prepared) == 2 * 2 * 3
-    all_pairs = compare_episodes(acts_a, None, ["conv", "fc"], ["cka"], pairs="all", reduction="mean")
+    conv_and_fc = [{layer: acts[layer] for layer in ("conv", "fc")} for acts in acts_a]
+    all_pairs = Comparison(measures=["cka"], pairs="all", reduction="mean").episodes(conv_and_fc)
     assert all_pairs[["layer_a", "layer_b"]].drop_duplicates().values.tolist() == [
         ["conv", "conv"], ["conv", "fc"], ["fc", "conv"], ["fc", "fc"]]
     assert all_pairs[all_pairs.layer_a == all_pairs.layer_b]["value"].tolist() == pytest.approx([1.0] * 4)
     with pytest.raises(InputError, match="reduction maps measures"):
-        compare_episodes(acts_a, acts_b, ["conv"], ["cka", "svcca"], reduction={"cka": "flatten"})
+        Comparison(measures=["cka", "svcca"], reduction={"cka": "flatten"})
     with pytest.raises(InputError, match=r"constant across"):
-        compare_episodes(acts_a, acts_b, ["dead"], ["cka"])
+        Comparison(measures=["cka"], pairs=[("dead", "dead")]).episodes(acts_a, acts_b)
 
 
-def test_compare_activations_options_nulls_notes_and_pairs(rng):
+def test_comparison_of_activations_options_nulls_notes_and_pairs(rng):
     from repana.similarity import null_baseline
 
     acts_a = {"a": rng.normal(size=(60, 5)), "same": rng.normal(size=(60, 3)), "flat0": np.zeros((60, 2))}
     acts_b = {"b": rng.normal(size=(60, 4)), "same": acts_a["same"] @ rng.normal(size=(3, 3))}
     with pytest.raises(InputError, match=r"cka for 'flat0' \(A\) vs 'b' \(B\).*constant"):
-        compare_activations(acts_a, acts_b, measures=["cka"])
-    frame = compare_activations(acts_a, acts_b, measures=["cka"], null_permutations=5, seed=3, errors="note")
+        Comparison(measures=["cka"]).activations(acts_a, acts_b)
+    frame = Comparison(measures=["cka"], null_permutations=5, seed=3, errors="note").activations(acts_a, acts_b)
     assert list(frame.columns) == COLUMNS + ["null_value", "note"]
     row = frame[(frame.layer_a == "a") & (frame.layer_b == "b")].iloc[0]
     assert row["null_value"] == null_baseline("cka", acts_a["a"], acts_b["b"], n_permutations=5, seed=3).mean
     assert row["note"] == "" and row["reduction"] == "none"
     assert frame[frame.layer_a == "flat0"]["value"].isna().all()
-    same = compare_activations(acts_a, acts_b, measures=["cca"], pairs=[("same", "same")])  # invertible map: 1
+    same = Comparison(measures=["cca"], pairs=[("same", "same")]).activations(acts_a, acts_b)  # invertible map: 1
     assert same["value"].tolist() == pytest.approx([1.0])
 
 
-def test_compare_models_leaves_train_mode_models_unchanged():
+def test_comparison_of_models_leaves_train_mode_models_unchanged():
     """Train-mode batch norm updates its running statistics on every forward pass: they are restored, bit
     for bit, and so is every module's train / eval flag."""
     torch.manual_seed(0)
@@ -376,7 +379,7 @@ def test_compare_models_leaves_train_mode_models_unchanged():
     before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (model_a, model_b)]
     modes = [[module.training for module in m.modules()] for m in (model_a, model_b)]
     inputs = torch.randn(64, 5, generator=torch.Generator().manual_seed(1))
-    frame = compare_models(model_a, model_b, inputs, layers_a=["1"], measures=["cka"], batch_size=16)
+    frame = Comparison(measures=["cka"]).models(model_a, model_b, inputs, Capture(layers=["1"], batch_size=16))
     assert frame["value"].between(0, 1).all()
     for model, state, mode in zip((model_a, model_b), before, modes):
         after = model.state_dict()
@@ -386,15 +389,15 @@ def test_compare_models_leaves_train_mode_models_unchanged():
     assert int(model_a[1].num_batches_tracked) == 0
 
 
-def test_compare_models_refuses_what_is_not_a_model_and_a_missing_device(images):
+def test_comparison_of_models_refuses_what_is_not_a_model_and_a_missing_device(images):
     net = conv_net(0)
     with pytest.raises(InputError, match=r"^model_a is of type str, not a torch.nn.Module"):
-        compare_models("net", None, images, layers_a=["0"])
+        Comparison().models("net", None, images, Capture(layers=["0"]))
     with pytest.raises(InputError, match=r"^model_b is of type int, not a torch.nn.Module"):
-        compare_models(net, 3, images, layers_a=["0"])
+        Comparison().models(net, 3, images, Capture(layers=["0"]))
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match=r"^device cuda: no CUDA GPU is available here"):
-            compare_models(net, None, images, layers_a=["0"], device="cuda")
+            Capture(layers=["0"], device="cuda")
 
 
 def test_two_datapoints_are_flagged_degenerate_with_a_warning():
@@ -406,9 +409,60 @@ def test_two_datapoints_are_flagged_degenerate_with_a_warning():
     acts_b = {"a": rng.normal(size=(2, 16)), "b": rng.normal(size=(2, 3))}
     with pytest.warns(RepanaWarning, match=r"8 of 8 similarity values are degenerate \(column 'degenerate'\), "
                                            r"e.g. cka for 'a' \(A\) vs 'a' \(B\): A:a has effective rank 1"):
-        frame = compare_activations(acts_a, acts_b, measures=["cka", "procrustes"])
+        frame = Comparison(measures=["cka", "procrustes"]).activations(acts_a, acts_b)
     assert frame["degenerate"].tolist() == [True] * 8
     assert np.allclose(frame["value"], 1.0)
-    healthy = compare_activations({"a": rng.normal(size=(200, 4))}, {"a": rng.normal(size=(200, 4))},
-                                  measures=["cka", "procrustes", "svcca"])
+    healthy = Comparison(measures=["cka", "procrustes", "svcca"]).activations({"a": rng.normal(size=(200, 4))},
+                                                                               {"a": rng.normal(size=(200, 4))})
     assert healthy["degenerate"].tolist() == [False] * 3
+
+
+def test_comparison_settings_are_checked_once_and_shown_by_repr():
+    """Each bad setting is one InputError naming it, raised where the settings are made, before any data."""
+    from repana.compare import reduction_by_measure
+
+    for settings, message in [
+        (dict(measures=[]), "no measures given"),
+        (dict(measures=["cka"], measure_options={"svcca": {"keep": 2}}), r"measure_options for \['svcca'\]"),
+        (dict(errors="ignore"), r"errors='ignore': choose 'raise' or 'note'"),
+        (dict(min_ratio=0), "min_ratio must be positive, got 0"),
+        (dict(null_permutations=-1), "null_permutations must be a non-negative integer, got -1"),
+        (dict(reduction="pool"), "unknown reduction 'pool'"),
+        (dict(layout="image"), "unknown layout 'image'"),
+        (dict(layout={"conv*": "grid"}), "unknown layout 'grid'"),
+        (dict(pairs="diagonal"), r"pairs='diagonal': choose 'all', 'same'"),
+        (dict(pairs=[("a", "b", "c")]), "pairs must be 'all', 'same' or a non-empty list"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            Comparison(**settings)
+    with pytest.raises(TypeError):
+        Comparison(["cka"])  # settings are keyword-only
+    comparison = Comparison(measures="svcca", pairs=[["a", "a"]], reduction=reduction_by_measure, min_ratio=5.0)
+    assert comparison.measures == ("svcca",) and comparison.pairs == (("a", "a"),)
+    assert repr(comparison).startswith("Comparison(measures=('svcca',), reduction=<function reduction_by_measure")
+    assert "pairs=(('a', 'a'),), min_ratio=5.0, null_permutations=0" in repr(comparison)
+    with pytest.raises(AttributeError):
+        comparison.seed = 1  # frozen: a comparison is its settings
+    assert comparison.columns == COLUMNS
+    assert Comparison(null_permutations=2, errors="note").columns == COLUMNS + ["null_value", "note"]
+
+
+def test_capture_b_captures_other_layers_of_model_b(images, monkeypatch):
+    """capture_b (the same settings, other layers) gives B's own layers; capture_b equal to capture captures
+    a model compared with itself once."""
+    import dataclasses
+
+    net_a, net_b = conv_net(1), conv_net(2)
+    capture = Capture(layers=["1", "4"], batch_size=100)
+    comparison = Comparison(measures=["cka"], reduction="mean")
+    frame = comparison.models(net_a, net_b, images, capture, capture_b=dataclasses.replace(capture, layers=["7"]))
+    assert frame[["layer_a", "layer_b"]].values.tolist() == [["1", "7"], ["4", "7"]]
+    expected = Comparison(measures=["cka"], reduction="mean").activations(
+        capture.run(net_a, images), Capture(layers="7", batch_size=100).run(net_b, images))
+    np.testing.assert_array_equal(frame["value"].to_numpy(), expected["value"].to_numpy())
+    runs = []
+    original = Capture.run
+    monkeypatch.setattr(Capture, "run", lambda self, *args: runs.append(self.layers) or original(self, *args))
+    itself = comparison.models(net_a, None, images, capture, capture_b=dataclasses.replace(capture))
+    assert runs == [("1", "4")]
+    assert itself[itself.layer_a == itself.layer_b]["value"].tolist() == pytest.approx([1.0, 1.0])

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from repana.capture import capture_activations, select_output
-from repana.compare import compare_activations, compare_models
+from repana.capture import Capture, select_output
+from repana.compare import Comparison
 from repana.errors import InputError
 from repana.similarity import cka, reduce_activations, reduce_conv
 
@@ -30,12 +30,12 @@ def tokens():
 
 def test_encoder_layers_are_sequences_and_compare_with_the_token_layout(tokens):
     model = encoder(0)
-    acts = capture_activations(model, tokens, ["layers.?"], batch_size=16)
+    acts = Capture(layers=["layers.?"], batch_size=16).run(model, tokens)
     assert list(acts) == ["layers.0", "layers.1", "layers.2"]
     assert acts.layouts == {name: "sequence" for name in acts}
     with torch.no_grad():
         torch.testing.assert_close(acts["layers.2"], model(tokens))
-    frame = compare_activations(acts, measures=["cka"], reduction="tokens")
+    frame = Comparison(measures=["cka"], reduction="tokens").activations(acts)
     values = frame.set_index(["layer_a", "layer_b"])["value"]
     for name in acts:
         assert values[(name, name)] == pytest.approx(1.0, abs=1e-10)
@@ -45,27 +45,27 @@ def test_encoder_layers_are_sequences_and_compare_with_the_token_layout(tokens):
         assert 0.2 < values[(a, b)] < 0.99
         assert values[(a, b)] == pytest.approx(cka(acts[a].reshape(-1, 32), acts[b].reshape(-1, 32)), rel=1e-12)
     # each sequence reduction means what it says
-    mean = compare_activations(acts, measures=["cka"], reduction="mean").set_index(["layer_a", "layer_b"])["value"]
+    mean = Comparison(measures=["cka"], reduction="mean").activations(acts).set_index(["layer_a", "layer_b"])["value"]
     assert mean[("layers.0", "layers.1")] == pytest.approx(cka(acts["layers.0"].mean(1), acts["layers.1"].mean(1)),
                                                           rel=1e-12)
-    first = compare_activations(acts, measures=["cka"], reduction="first").set_index(["layer_a", "layer_b"])["value"]
+    first = Comparison(measures=["cka"], reduction="first").activations(acts).set_index(["layer_a", "layer_b"])["value"]
     assert first[("layers.0", "layers.1")] == pytest.approx(cka(acts["layers.0"][:, 0], acts["layers.1"][:, 0]),
                                                            rel=1e-12)
 
 
 def test_the_old_silent_wrong_reduction_of_token_sequences_is_refused(tokens):
-    acts = capture_activations(encoder(0), tokens, ["layers.0", "layers.1"])
+    acts = Capture(layers=["layers.0", "layers.1"]).run(encoder(0), tokens)
     plain = {name: value for name, value in acts.items()}  # a plain dict: no layouts
     # Before: reduction="mean" averaged over the hidden size (12 "features"; CKA -0.002 measured on a model).
     with pytest.raises(InputError, match=r"shape \(40, 12, 32\).*layout='conv' or layout='sequence'"):
-        compare_activations(plain, measures=["cka"], reduction="mean")
+        Comparison(measures=["cka"], reduction="mean").activations(plain)
     with pytest.raises(InputError, match="conv maps .* or token sequences"):
         reduce_conv(plain["layers.0"], "mean")
     with pytest.raises(InputError, match=r"'positions' does not apply .*sequence layout.*'tokens' \(n\*T, D\)"):
-        compare_activations(acts, measures=["cka"], reduction="positions")
+        Comparison(measures=["cka"], reduction="positions").activations(acts)
     with pytest.raises(InputError, match=r"choose reduction='tokens' \(n\*T, D\), 'mean' \(n, D\), 'first'"):
-        compare_activations(acts, measures=["cka"])
-    named = compare_activations(plain, measures=["cka"], reduction="mean", layout="sequence")
+        Comparison(measures=["cka"]).activations(acts)
+    named = Comparison(measures=["cka"], reduction="mean", layout="sequence").activations(plain)
     assert named["n_features_a"].tolist() == [32] * 4
     assert reduce_activations(plain["layers.0"], "sequence", "mean").shape == (40, 32)
     with pytest.raises(InputError, match=r"not a token sequence \(n, T, D\)"):
@@ -76,34 +76,34 @@ def test_the_old_silent_wrong_reduction_of_token_sequences_is_refused(tokens):
 
 def test_max_positions_keeps_random_tokens_of_sequences(tokens):
     model = encoder(0)
-    full = capture_activations(model, tokens, ["layers.0"])
-    sub = capture_activations(model, tokens, ["layers.0"], max_positions=5, seed=2, batch_size=16)
+    full = Capture(layers=["layers.0"]).run(model, tokens)
+    sub = Capture(layers=["layers.0"], max_positions=5, seed=2, batch_size=16).run(model, tokens)
     assert sub["layers.0"].shape == (40, 5, 32)
     kept = [next(t for t in range(12) if torch.allclose(full["layers.0"][:, t], sub["layers.0"][:, i])) for i in range(5)]
     assert kept == sorted(kept) and len(set(kept)) == 5
     with pytest.raises(InputError, match="conv map .* or a token sequence"):
-        capture_activations(nn.Sequential(nn.Identity()), tokens, ["0"], max_positions=5)
-    named = capture_activations(nn.Sequential(nn.Identity()), tokens, ["0"], max_positions=5, layout="sequence")
+        Capture(layers=["0"], max_positions=5).run(nn.Sequential(nn.Identity()), tokens)
+    named = Capture(layers=["0"], max_positions=5, layout="sequence").run(nn.Sequential(nn.Identity()), tokens)
     assert named["0"].shape == (40, 5, 32) and named.layouts == {"0": "sequence"}
 
 
 def test_sequence_first_modules_are_recorded_batch_first(tokens):
     first, last = encoder(0, batch_first=False), encoder(0, batch_first=True)
     last.load_state_dict(first.state_dict())
-    acts = capture_activations(first, tokens.transpose(0, 1), ["layers.1"], batch_size=None)
+    acts = Capture(layers=["layers.1"], batch_size=None).run(first, tokens.transpose(0, 1))
     assert acts["layers.1"].shape == (40, 12, 32)
-    torch.testing.assert_close(acts["layers.1"], capture_activations(last, tokens, ["layers.1"])["layers.1"],
+    torch.testing.assert_close(acts["layers.1"], Capture(layers=["layers.1"]).run(last, tokens)["layers.1"],
                                rtol=1e-5, atol=1e-5)
 
 
 def test_globs_skip_modules_that_did_not_run_and_exact_names_say_which_ran(tokens):
     model = encoder(0)
     # self_attn.out_proj's weights are used by the attention function, the module itself never runs
-    acts = capture_activations(model, tokens, ["layers.0.self_attn*"])
+    acts = Capture(layers=["layers.0.self_attn*"]).run(model, tokens)
     assert list(acts) == ["layers.0.self_attn"]
     with pytest.raises(InputError, match=r"'layers.0.self_attn.out_proj' did not run .* the modules that ran are: "
                                          r"layers.0, layers.0.self_attn, layers.0.linear1"):
-        capture_activations(model, tokens, ["layers.0", "layers.0.self_attn.out_proj"])
+        Capture(layers=["layers.0", "layers.0.self_attn.out_proj"]).run(model, tokens)
 
 
 class TupleBlock(nn.Module):
@@ -128,26 +128,26 @@ def test_dict_batches_integer_ids_and_output_selectors():
     batch = {"input_ids": ids, "attention_mask": torch.ones(30, 5, dtype=torch.long)}
     model = DictModel()
     with pytest.warns(UserWarning, match=r"module 'block' returned a tuple of 2 elements; recording element 0"):
-        acts = capture_activations(model, batch, ["embed", "block"], batch_size=7,
-                                   outputs=["last", "all[1]"], forward_kwargs={"scale": 3.0})
+        acts = Capture(layers=["embed", "block"], batch_size=7, outputs=["last", "all[1]"],
+                       forward_kwargs={"scale": 3.0}).run(model, batch)
     hidden = model.embed(ids).detach() * 3.0
     torch.testing.assert_close(acts["embed"], hidden / 3.0)
     torch.testing.assert_close(acts["block"], hidden * 2)
     torch.testing.assert_close(acts["last"], hidden * 2)
     torch.testing.assert_close(acts["all[1]"], hidden * 2)
     assert acts.layouts["embed"] == "sequence" and acts.layouts["block"] is None
-    chosen = capture_activations(model, batch, ["block"], output={"block": 1}, max_datapoints=9, seed=3)
+    chosen = Capture(layers=["block"], output={"block": 1}, max_datapoints=9, seed=3).run(model, batch)
     rows = [int(torch.nonzero((ids == ids[i]).all(dim=1))[0]) for i in range(30)]
     assert chosen["block"].shape == (9, 5, 8) and len(set(rows)) == 30
     assert select_output({"a": (torch.ones(1), torch.zeros(2))}, "a[-1]").shape == (2,)
     with pytest.raises(InputError, match=r"has no field 'hidden' .* its fields are: last, all, mask"):
-        capture_activations(model, batch, None, outputs=["hidden"])
+        Capture(outputs=["hidden"]).run(model, batch)
     with pytest.raises(InputError, match="gives a NoneType, not a tensor"):
-        capture_activations(model, {"input_ids": ids}, None, outputs=["mask"])
+        Capture(outputs=["mask"]).run(model, {"input_ids": ids})
     with pytest.raises(InputError, match=r"same length along dim 0"):
-        capture_activations(model, {"input_ids": ids, "attention_mask": torch.ones(29, 5)}, ["embed"])
+        Capture(layers=["embed"]).run(model, {"input_ids": ids, "attention_mask": torch.ones(29, 5)})
     with pytest.raises(InputError, match=r"DictModel cannot run on the inputs \(shape \(30, 5\) float32\)"):
-        capture_activations(model, ids.float(), ["embed"])
+        Capture(layers=["embed"]).run(model, ids.float())
 
 
 @pytest.fixture
@@ -172,15 +172,14 @@ def bert_batch():
 
 def test_bert_layers_hidden_states_and_token_layout(transformers, bert_batch):
     model = tiny_bert(transformers, 0)
-    acts = capture_activations(model, bert_batch, ["encoder.layer.?"], batch_size=16,
-                               outputs=["hidden_states[1]", "last_hidden_state"],
-                               forward_kwargs={"output_hidden_states": True})
+    acts = Capture(layers=["encoder.layer.?"], batch_size=16, outputs=["hidden_states[1]", "last_hidden_state"],
+                   forward_kwargs={"output_hidden_states": True}).run(model, bert_batch)
     assert list(acts) == ["encoder.layer.0", "encoder.layer.1", "encoder.layer.2", "hidden_states[1]",
                           "last_hidden_state"]
     assert set(acts.layouts.values()) == {"sequence"}
     torch.testing.assert_close(acts["hidden_states[1]"], acts["encoder.layer.0"])
     torch.testing.assert_close(acts["last_hidden_state"], acts["encoder.layer.2"])
-    frame = compare_activations(acts, measures=["cka"], reduction="tokens")
+    frame = Comparison(measures=["cka"], reduction="tokens").activations(acts)
     values = frame.set_index(["layer_a", "layer_b"])["value"]
     for name in ["encoder.layer.0", "encoder.layer.1", "encoder.layer.2"]:
         assert values[(name, name)] == pytest.approx(1.0, abs=1e-10)
@@ -189,24 +188,25 @@ def test_bert_layers_hidden_states_and_token_layout(transformers, bert_batch):
         assert 0.2 < values[(a, b)] < 1.0 - 1e-6
 
 
-def test_two_berts_and_a_gpt2_through_compare_models(transformers, bert_batch):
-    frame = compare_models(tiny_bert(transformers, 0, 0.2), tiny_bert(transformers, 1, 0.2), bert_batch, layers_a=["embeddings", "encoder.layer.?"],
-                           measures=["cka"], reduction="first", batch_size=24)
+def test_two_berts_and_a_gpt2_through_a_comparison_of_models(transformers, bert_batch):
+    frame = Comparison(measures=["cka"], reduction="first").models(
+        tiny_bert(transformers, 0, 0.2), tiny_bert(transformers, 1, 0.2), bert_batch,
+        Capture(layers=["embeddings", "encoder.layer.?"], batch_size=24))
     diagonal = frame[frame.layer_a == frame.layer_b].set_index("layer_a")["value"]
     assert list(diagonal.index) == ["embeddings", "encoder.layer.0", "encoder.layer.1", "encoder.layer.2"]
     assert (diagonal < 0.95).all() and set(frame["n_datapoints"]) == {48}
     # attention probabilities (n, heads, T, T) of a transformer: 4-D but not a conv map
-    probs = capture_activations(tiny_bert(transformers, 0, attn_implementation="eager"), bert_batch, None, outputs=["attentions[0]"],
-                                forward_kwargs={"output_attentions": True})
+    probs = Capture(outputs=["attentions[0]"], forward_kwargs={"output_attentions": True}).run(
+        tiny_bert(transformers, 0, attn_implementation="eager"), bert_batch)
     assert probs["attentions[0]"].shape == (48, 4, 16, 16) and probs.layouts == {"attentions[0]": "unknown"}
     with pytest.raises(InputError, match=r"does not say what the dimensions are .* layout='conv'"):
-        compare_activations(probs, measures=["cka"], reduction="mean")
+        Comparison(measures=["cka"], reduction="mean").activations(probs)
     gpt2 = transformers.GPT2Model(transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4,
                                                           n_positions=32, bos_token_id=0, eos_token_id=0)).eval()
-    acts = capture_activations(gpt2, bert_batch, ["h.*"], batch_size=48)  # glob: submodules that did not run skipped
+    acts = Capture(layers=["h.*"], batch_size=48).run(gpt2, bert_batch)  # glob: submodules that did not run skipped
     assert acts["h.1"].shape == (48, 16, 32) and acts.layouts["h.1"] == "sequence"
-    same = compare_activations({k: acts[k] for k in ["h.0", "h.1"]}, measures=["cka"], reduction="tokens",
-                               layout="sequence")  # a plain dict does not carry the layouts
+    same = Comparison(measures=["cka"], reduction="tokens", layout="sequence").activations(
+        {k: acts[k] for k in ["h.0", "h.1"]})  # a plain dict does not carry the layouts
     assert same["value"].tolist()[0] == pytest.approx(1.0, abs=1e-10)
 
 
@@ -215,7 +215,8 @@ EXAMPLE = textwrap.dedent('''\
     import torch
     from transformers import BertConfig, BertModel
 
-    from repana.compare import compare_models
+    from repana.capture import Capture
+    from repana.compare import Comparison
     from repana.io import atomic_savefig
     from repana.plots.similarity import plot_similarity_heatmap
 
@@ -234,8 +235,8 @@ EXAMPLE = textwrap.dedent('''\
 
     # A transformer layer outputs (n, tokens, hidden): name the reduction. "tokens": every token of every
     # sequence is a datapoint (64 * 16 x 64); "mean" / "first" ([CLS]) / "flatten" are the others.
-    frame = compare_models(model_a, model_b, batch, layers_a=["embeddings", "encoder.layer.?"],
-                           measures=["cka", "cka_debiased"], reduction="tokens", batch_size=32)
+    comparison = Comparison(measures=["cka", "cka_debiased"], reduction="tokens")
+    frame = comparison.models(model_a, model_b, batch, Capture(layers=["embeddings", "encoder.layer.?"], batch_size=32))
     figure = plot_similarity_heatmap(frame, label_a="BERT, seed 0", label_b="BERT, seed 1")
     atomic_savefig(figure, "out/transformer_example.png", dpi=150)
 ''')

@@ -62,17 +62,19 @@ NULL_PERMUTATIONS = 3   # row permutations behind each null baseline of the anal
 def episode_rows(acts_a: Sequence[Mapping[str, torch.Tensor]], acts_b: Sequence[Mapping[str, torch.Tensor]],
                  layers: Sequence[str], measures: Sequence[str], *, reduction: str | None = None,
                  min_ratio: float = 5.0, null: bool = True, seed: int = 0) -> pd.DataFrame:
-    """:func:`repana.compare.compare_episodes` with the paper analyses' conventions: each layer against its
+    """:meth:`repana.compare.Comparison.episodes` with the paper analyses' conventions: each layer against its
     namesake; conv maps reduced per measure (``reduction`` None: CCA family -> spatial positions as
     datapoints, others -> flattened maps); CCA-family measures pool episodes below ``min_ratio`` x
     features; a null baseline per row (``null``); degenerate inputs (a dead layer) give NaN with a note;
     activations prepared in float64. Columns: :data:`repana.compare.EPISODE_COLUMNS`.
     """
-    from repana.compare import compare_episodes, reduction_by_measure
+    from repana.compare import Comparison, reduction_by_measure
 
-    return compare_episodes(acts_a, acts_b, list(layers), list(measures), reduction=reduction or reduction_by_measure,
-                            min_ratio=min_ratio, null_permutations=NULL_PERMUTATIONS if null else 0, seed=seed,
-                            errors="note", dtype=torch.float64)
+    comparison = Comparison(measures=measures, pairs=[(layer, layer) for layer in layers],
+                            reduction=reduction or reduction_by_measure, min_ratio=min_ratio,
+                            null_permutations=NULL_PERMUTATIONS if null else 0, seed=seed, errors="note",
+                            dtype=torch.float64)
+    return comparison.episodes(acts_a, acts_b)
 
 
 def summarize(frame: pd.DataFrame, by: Sequence[str], value: str = "value") -> pd.DataFrame:

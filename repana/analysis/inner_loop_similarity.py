@@ -24,10 +24,10 @@ from repana.progress import progress
 
 
 def _query_activations(model, query_x, layers, params) -> dict:
-    from repana.capture import capture_activations
+    from repana.capture import Capture
 
     with torch.no_grad():
-        return capture_activations(model, query_x, layers=list(layers), params=params)
+        return Capture(layers=layers).run(model, query_x, params)
 
 
 def inner_loop_similarity(model: torch.nn.Module, episodes, *, steps: int, lr: float,
@@ -42,12 +42,12 @@ def inner_loop_similarity(model: torch.nn.Module, episodes, *, steps: int, lr: f
     parameters the inner loop adapts (MAML: all; ANIL: the head). ``measures``: registered names of
     :mod:`repana.similarity` (default SVCCA and debiased linear CKA). Conv maps are reduced per
     measure (CCA family: spatial positions as datapoints; CKA: flattened), see
-    :func:`repana.compare.compare_episodes` for the pooling rule (``min_ratio``).
+    :class:`repana.compare.Comparison` for the pooling rule (``min_ratio``).
 
     Returns a tidy DataFrame, one row per (step, episode or pooled group, layer, measure): columns
     label, step (1..steps; only ``steps`` when ``every_step`` is False; ``record_steps`` and ``steps`` when
     ``record_steps`` is given: the similarity costs more than the steps, so long inner loops record a few), then the columns of
-    :func:`repana.compare.compare_episodes` (layer_a = layer_b, measure, value, n_datapoints, n_features_a,
+    :meth:`repana.compare.Comparison.episodes` (layer_a = layer_b, measure, value, n_datapoints, n_features_a,
     n_features_b, reduction, episode, scope, null_value, note).
     """
     if steps < 1:

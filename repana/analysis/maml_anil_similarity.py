@@ -28,7 +28,7 @@ def cross_model_similarity(model_a: torch.nn.Module, model_b: torch.nn.Module, e
 
     Returns the rows of :func:`repana.analysis.common.episode_rows` with columns model_a and model_b added.
     """
-    from repana.capture import capture_activations
+    from repana.capture import Capture
 
     layers = check_layers(model_a, layers)
     check_layers(model_b, layers)
@@ -36,11 +36,12 @@ def cross_model_similarity(model_a: torch.nn.Module, model_b: torch.nn.Module, e
     model_a.eval()
     model_b.eval()
     acts_a, acts_b = [], []
+    capture = Capture(layers=layers)
     with torch.no_grad():
         for index in progress(range(len(episodes)), desc=f"{label_a} vs {label_b}", unit="episode"):
             query = episodes[index].query_x
-            acts_a.append(capture_activations(model_a, query, layers=list(layers)))
-            acts_b.append(capture_activations(model_b, query, layers=list(layers)))
+            acts_a.append(capture.run(model_a, query))
+            acts_b.append(capture.run(model_b, query))
     frame = episode_rows(acts_a, acts_b, layers, measures, reduction=reduction, min_ratio=min_ratio, null=null,
                          seed=seed)
     frame.insert(0, "model_b", label_b)

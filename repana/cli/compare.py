@@ -10,6 +10,7 @@ loaded with ``torch.load(weights_only=True)``; arbitrary pickled objects are onl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -97,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_writable_folder(out)  # before any work
 
-    from repana.compare import compare_models, load_inputs, model_from_factory
+    from repana.capture import Capture
+    from repana.compare import Comparison, load_inputs, model_from_factory
     from repana.devices import check_device
     import torch
 
@@ -118,10 +120,11 @@ def run(args: argparse.Namespace) -> int:
     for model in (model_a, model_b):
         model.train(args.train_mode)
     inputs = load_inputs(Path(args.inputs), args.inputs_key, args.unsafe_pickle)
-    frame = compare_models(model_a, model_b, inputs, layers_a=args.layers_a, layers_b=args.layers_b,
-                           measures=measures, reduction=args.reduction, layout=args.layout,
-                           output=_selector(args.output), batch_size=args.batch_size, device=device,
-                           max_datapoints=args.max_datapoints, seed=args.seed, show_progress=None)
+    capture = Capture(layers=args.layers_a, output=_selector(args.output), layout=args.layout,
+                      batch_size=args.batch_size, max_datapoints=args.max_datapoints, seed=args.seed, device=device)
+    capture_b = None if args.layers_b is None else dataclasses.replace(capture, layers=args.layers_b)
+    frame = Comparison(measures=measures, reduction=args.reduction).models(model_a, model_b, inputs, capture,
+                                                                           capture_b=capture_b)
     atomic_save_csv(frame, out / "similarity.csv")
     figure = plot_similarity_heatmap(frame, label_a=_label(args.model_a, args.weights_a),
                                      label_b=_label(args.model_b or args.model_a, args.weights_b or args.weights_a))

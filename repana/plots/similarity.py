@@ -1,4 +1,4 @@
-"""Figures of layer similarity from the tidy DataFrames of :func:`repana.compare.compare_activations`.
+"""Figures of layer similarity from the tidy DataFrames of :class:`repana.compare.Comparison`.
 
 * :func:`plot_similarity_heatmap`: layer (model A) x layer (model B) matrix, one panel per measure, shared
   colour scale with a labelled colour bar, values written in the cells when the matrix is small.

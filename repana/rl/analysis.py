@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from repana.compare import compare_activations
+from repana.compare import Comparison
 from repana.meta.checkpoint import as_checkpoint
 from repana.rl.evaluate import EVAL_SEED, adapted_rollouts
 from repana.rl.tasks import draw_tasks
@@ -36,6 +36,7 @@ def policy_similarity(checkpoint, n_tasks: int = 5, measures=("svcca", "cka"), s
     generator = torch.Generator().manual_seed(seed)
     _, adapted, after = adapted_rollouts(policy, config, tasks, generator)
     rng = np.random.default_rng(seed)
+    comparison = Comparison(measures=measures, errors="note")
     rows = []
     with torch.no_grad():
         for t in range(n_tasks):
@@ -50,9 +51,8 @@ def policy_similarity(checkpoint, n_tasks: int = 5, measures=("svcca", "cka"), s
             for layer in before_acts:
                 # a measure that refuses a task's states (too few distinct ones for CCA's directions) gives NaN
                 # with its reason in the report, not a failed analysis
-                frame = compare_activations({layer: before_acts[layer].double()},
-                                            {layer: after_acts[layer].double()}, measures=list(measures),
-                                            errors="note")
+                frame = comparison.activations({layer: before_acts[layer].double()},
+                                               {layer: after_acts[layer].double()})
                 for _, row in frame.iterrows():
                     rows.append({"task": t, "layer": layer, "measure": row["measure"], "value": row["value"],
                                  "n_datapoints": int(row["n_datapoints"]),

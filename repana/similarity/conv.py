@@ -28,6 +28,8 @@ Layouts and their reductions (:data:`LAYOUT_REDUCTIONS`):
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 import torch
 
@@ -57,6 +59,21 @@ def check_layout(layout: str) -> str:
         raise InputError(f"unknown layout {layout!r}; choose 'conv' (n, C, *spatial), 'sequence' (n, T, D) "
                          f"or 'flat' (n, features)")
     return layout
+
+
+def check_layout_option(layout):
+    """A ``layout=`` setting, checked: None, one layout for every layer, or ``{layer or glob: layout}``
+    (copied into a new dict; a None value leaves that layer's layout to be inferred)."""
+    if layout is None:
+        return None
+    if isinstance(layout, str):
+        return check_layout(layout)
+    if not isinstance(layout, Mapping):
+        raise InputError(f"layout={layout!r}: give 'conv', 'sequence', 'flat' or {{layer or glob: layout}}")
+    for value in layout.values():
+        if value is not None:
+            check_layout(value)
+    return dict(layout)
 
 
 def reduce_activations(activations, layout: str, reduction: str | None):

@@ -108,7 +108,7 @@ class _LayerPairAccumulator:
         return {(a, b): self.value(a, b) for a in self.layers_a for b in self.layers_b}
 
     def to_frame(self) -> pd.DataFrame:
-        """Tidy DataFrame with the columns of :func:`repana.compare.compare_activations`."""
+        """Tidy DataFrame with the columns of :meth:`repana.compare.Comparison.activations`."""
         rows = [{"layer_a": a, "layer_b": b, "measure": self.measure_name, "value": value,
                  "n_datapoints": self.n_datapoints, "n_features_a": self.features[("a", a)],
                  "n_features_b": self.features[("b", b)], "reduction": self.reduction}
