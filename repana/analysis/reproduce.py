@@ -305,7 +305,7 @@ def reproduce(preset: str = "quick", dataset: str = "glyphs", data_root: str | P
     ``train_overrides`` changes TrainConfig values of every run (e.g. ``{"hidden": 16}``). ``data``: the
     ``{"train", "val", "test"}`` datasets of ``dataset``, loaded when None. ``threads``: torch intra-op
     threads of this process's analyses (None: ``$REPANA_THREADS``, else automatic for the network,
-    :func:`repana.runtime.conv4_threads`); training runs use ``threads = 0`` (automatic) unless overridden. ``executor``: how the training jobs run (:func:`repana.runs.run_jobs`:
+    :func:`repana.runtime.choose_threads`); training runs use ``threads = 0`` (automatic) unless overridden. ``executor``: how the training jobs run (:func:`repana.runs.run_jobs`:
     ``"inline"`` one after another in this process, ``"local"`` worker processes, ``"ray"`` a Ray
     cluster at ``address``), on ``device``. A failed job leaves the others' runs intact; rerunning
     trains only what is missing.
@@ -344,10 +344,12 @@ def reproduce(preset: str = "quick", dataset: str = "glyphs", data_root: str | P
         f"{seeds} seed(s), {len(plan)} training runs ({executor}), output {out}")
     training_threads = threads   # the user's count also trains the inline runs; None: each run chooses (automatic)
     if not threads and plan:   # training runs choose their own (train: threads = 0); the analyses evaluate
-        from repana.runtime import conv4_threads   # these networks episode by episode
+        from repana.models import forward_macs   # these networks episode by episode
+        from repana.runtime import choose_threads
 
         job_config = plan[0].config
-        threads = conv4_threads(job_config.model_config(), job_config.ways * (job_config.shots + job_config.queries_test))
+        threads = choose_threads(forward_macs(job_config.model_config(),
+                                              job_config.ways * (job_config.shots + job_config.queries_test)))
     if threads:
         torch.set_num_threads(threads)
     loaded = {dataset: data} if data is not None else {}

@@ -28,7 +28,7 @@ from repana.analysis.registry import ANALYSIS_MODULES as ANALYSES   # stdlib-onl
 from repana.cli.checks import check_output_dir, check_seed
 from repana.errors import InputError
 from repana.limits import check_command_options
-from repana.runtime import set_conv4_threads
+from repana.runtime import set_torch_threads
 
 
 def register(subparsers, help_text: str) -> None:
@@ -93,6 +93,7 @@ def run(args) -> int:
     from repana.analysis.registry import (AnalysisContext, check_checkpoint_kind, get_analysis,
                                          load_analysis_checkpoint, load_settings)
     from repana.io import atomic_save_csv
+    from repana.models import forward_macs
     from repana.plots import paper as plots
 
     check_output_dir(args.out, "--out")
@@ -132,7 +133,7 @@ def run(args) -> int:
     first = next(iter(networks.values()))   # torch threads for its network and episodes (repana.runtime)
     if getattr(analysis, "kind", "meta") != "rl" and hasattr(first, "train_config"):   # RL policies: unchanged
         config = first.train_config()
-        set_conv4_threads(first.model_config, config.ways * (config.shots + config.queries_test))
+        set_torch_threads(forward_macs(first.model_config, config.ways * (config.shots + config.queries_test)))
     tables = analysis.compute(context)
     analysis.check_table_names(tables)
     out = Path(args.out)
