@@ -53,12 +53,12 @@ GRAM_MEMORY_LIMIT = 6e9  # bytes: larger n x n work (the baseline, RBF) is skipp
 
 
 def _limit_numpy_blas_threads(threads: int) -> None:
-    """The numpy references run on numpy's OpenBLAS: give it the same number of threads as torch."""
-    from repana.similarity._blas import _openblas_threads
-    functions = _openblas_threads()
-    if functions is not None:
-        functions[1](threads)
-    elif threads == 1 and os.environ.get("OPENBLAS_NUM_THREADS") != "1":
+    """The numpy references run on numpy's BLAS: give it the same number of threads as torch (threadpoolctl,
+    for the rest of the process)."""
+    from threadpoolctl import threadpool_limits
+    limited = threadpool_limits(threads, user_api="blas")
+    if limited.get_original_num_threads().get("blas") is None and threads == 1 \
+            and os.environ.get("OPENBLAS_NUM_THREADS") != "1":
         print("note: could not set numpy's BLAS threads; run with OPENBLAS_NUM_THREADS=1 for one thread")
 
 

@@ -22,7 +22,8 @@ benchmark was extended, all cores with the passive policy); on 2 cores ``old`` i
   ``import torch``, then every workload with repana's own thread choice (``threads = 0``);
 - ``N:passive`` / ``N:spin``: N torch threads (``OMP_NUM_THREADS`` and ``torch.set_num_threads``) with
   ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep at once) or unset (they spin first);
-  ``N:spinK``: unset with ``GOMP_SPINCOUNT=K``. ``N`` may be ``cores`` (the usable cores).
+  ``N:spinK``: unset with ``GOMP_SPINCOUNT=K``. ``N`` may be ``cores`` (the usable cores,
+  :func:`repana.runtime.usable_cores`).
 
 each ``idle`` (nothing started by the benchmark; on a shared machine other jobs still run) and ``busy``
 (the benchmark starts ``--competitors`` Python busy loops for the duration of each measurement). Rounds
@@ -48,6 +49,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from repana.runtime import usable_cores  # noqa: E402   (imports neither torch nor numpy)
+
 WORKLOADS = ("quick-train", "quick-eval", "mini-train", "cka", "cca")
 DEFAULT_SETTINGS = ("old", "new", "1:spin", "cores:passive")
 _THREAD_VARIABLES = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "KMP_BLOCKTIME", "GOMP_SPINCOUNT", "MKL_NUM_THREADS",
@@ -86,12 +91,15 @@ class thread_count:
     # the setting's thread count, or (setting "new") repana's automatic choice for this network / work
 
     def __init__(self, model, images):
-        from repana.runtime import conv4_threads, similarity_threads
+        from repana.models import forward_macs
+        from repana.runtime import choose_threads, similarity_threads
         self.before = torch.get_num_threads()
         if threads:
             self.chosen = threads
+        elif spec["setting"] == "new" and model is None:
+            self.chosen = similarity_threads()
         elif spec["setting"] == "new":
-            self.chosen = similarity_threads() if model is None else conv4_threads(model.config, images)
+            self.chosen = choose_threads(forward_macs(model.config, images))
         else:
             self.chosen = self.before   # "old": torch's default
 
@@ -178,13 +186,6 @@ print(json.dumps(result))
 """
 
 _BUSY = "while True:\n    pass\n"
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def setting_environment(setting: str) -> tuple[dict, int | None]:

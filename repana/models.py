@@ -271,6 +271,18 @@ class Conv4(nn.Module):
         """Penultimate features: ``(n, C, H, W) -> (n, n_features)`` (or per task with 5-D input)."""
         return self(x, stop=4)
 
+    @staticmethod
+    def macs_per_image(in_channels: int = 1, hidden: int = 64, image_size: int = 28, pooling: str = "max",
+                       **_) -> int:
+        """Multiply-adds of the four 3x3 convolutions on one image (the head's few are left out), from
+        the constructor's arguments (``**model.config``)."""
+        side, channels, total = int(image_size), [int(in_channels)] + [int(hidden)] * 4, 0
+        for block in range(4):
+            out_side = (side - 1) // 2 + 1 if pooling == "stride" else side
+            total += out_side * out_side * channels[block] * channels[block + 1] * 9
+            side = out_side if pooling == "stride" else out_side // 2
+        return total
+
 
 class ResidualBlock(nn.Module):
     """Pre-activation-free residual block: ``relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))``, then 2x2
@@ -352,8 +364,22 @@ class ResNetSmall(nn.Module):
         """Penultimate features: ``(n, C, H, W) -> (n, hidden)``."""
         return self(x, stop=len(self.layer_names) - 1)
 
+    @staticmethod
+    def macs_per_image(**_) -> None:
+        """Not counted: None, which the thread policy takes as large work (the idle cores)."""
+        return None
+
 
 ARCHITECTURES = {"conv4": Conv4, "resnet": ResNetSmall}
+
+
+def _architecture(config: dict) -> tuple[type[nn.Module], dict]:
+    """The class ``config["arch"]`` names (default "conv4") and the other keys; ConfigError for an unknown one."""
+    config = dict(config)
+    arch = config.pop("arch", "conv4")
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"arch = {arch!r} is not one of {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[arch], config
 
 
 def build_model(config: dict) -> nn.Module:
@@ -362,13 +388,18 @@ def build_model(config: dict) -> nn.Module:
     ``config["arch"]`` chooses the backbone: "conv4" (the default: configs without the key, as every
     checkpoint written before there was a second backbone) or "resnet" (:class:`ResNetSmall`).
     """
-    config = dict(config)
-    arch = config.pop("arch", "conv4")
-    if arch not in ARCHITECTURES:
-        raise ConfigError(f"arch = {arch!r} is not one of {sorted(ARCHITECTURES)}")
-    cls = ARCHITECTURES[arch]
+    cls, config = _architecture(config)
     allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = set(config) - allowed
     if unknown:
         raise ConfigError(f"unknown model config keys {sorted(unknown)}; allowed: {sorted(allowed)}")
     return cls(**config)
+
+
+def forward_macs(config: dict, images: int = 1) -> int | None:
+    """Multiply-adds of one forward pass of the model ``build_model(config)`` over ``images`` images (its
+    convolutions; ``config``: ``model.config``), or None where the architecture has no count (the residual
+    network): the work size the thread policy takes (:func:`repana.runtime.choose_threads`)."""
+    cls, config = _architecture(config)
+    per_image = cls.macs_per_image(**config)
+    return None if per_image is None else per_image * int(images)

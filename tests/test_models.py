@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from repana.errors import ConfigError, InputError
-from repana.models import Conv3x3, Conv4, build_model, is_head_parameter
+from repana.models import Conv3x3, Conv4, build_model, forward_macs, is_head_parameter
 
 
 @pytest.mark.parametrize("kwargs,n_features", [
@@ -267,3 +267,21 @@ def test_resnet_backbone_declares_the_layer_protocol():
     torch.testing.assert_close(clone(x), net(x))
     with pytest.raises(ConfigError, match="arch"):
         build_model({**net.config, "arch": "vgg"})
+
+
+def test_forward_multiply_adds_are_the_hand_counted_ones():
+    quick = {"in_channels": 1, "n_classes": 5, "hidden": 32, "image_size": 28, "pooling": "max", "bn_stats": "batch"}
+    # max-pool: 3x3 convs at 28, 14, 7, 3 pixels; 1 -> 32 -> 32 -> 32 -> 32 channels
+    assert forward_macs(quick) == 9 * (28 * 28 * 1 * 32 + (14 * 14 + 7 * 7 + 3 * 3) * 32 * 32)
+    assert forward_macs(quick, images=30) == 30 * forward_macs(quick) == 76_999_680   # the quick preset's task
+    assert forward_macs(Conv4(**quick).config) == forward_macs(quick)
+    # stride 2 (MAML's Omniglot network): outputs 14, 7, 4, 2 pixels; 64 filters
+    stride = {**quick, "hidden": 64, "pooling": "stride"}
+    assert forward_macs(stride) == 9 * (14 * 14 * 64 + (7 * 7 + 4 * 4 + 2 * 2) * 64 * 64)
+    # MiniImageNet Conv4-32: 84, 42, 21, 10 pixels, 3 input channels: 27.4 M per image
+    mini = {**quick, "in_channels": 3, "image_size": 84}
+    assert forward_macs(mini) == 9 * (84 * 84 * 3 * 32 + (42 * 42 + 21 * 21 + 10 * 10) * 32 * 32)
+    # the residual network has no count (the thread policy takes it as large work); an unknown one is refused
+    assert forward_macs(build_model({"arch": "resnet", "n_blocks": 2}).config, images=80) is None
+    with pytest.raises(ConfigError, match="arch = 'vit' is not one of"):
+        forward_macs({"arch": "vit"})

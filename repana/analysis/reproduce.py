@@ -294,7 +294,7 @@ class Reproduction:
     (:func:`repana.runs.run_jobs`: ``"inline"`` one after another in this process, ``"local"`` worker
     processes, ``"ray"`` a Ray cluster at ``address``), on ``device``, at most ``max_workers`` at once (which
     also caps the analysis worker processes). ``threads``: torch intra-op threads of the analyses and of
-    every training run (None: ``$REPANA_THREADS``, else automatic: :func:`repana.runtime.conv4_threads` for
+    every training run (None: ``$REPANA_THREADS``, else automatic: :func:`repana.runtime.choose_threads` for
     the analyses, each run its own). ``show_progress``: progress bars (None: when the output is a terminal).
     """
 
@@ -425,14 +425,16 @@ class Reproduction:
 
     def _set_analysis_threads(self, plan: list[Job]) -> None:
         """Torch threads of this process's analyses: ``threads``, else for supervised networks the automatic
-        count for one episode of the plan's network (:func:`repana.runtime.conv4_threads`); RL analyses keep
+        count for one episode of the plan's network (:func:`repana.runtime.choose_threads`); RL analyses keep
         torch's."""
         threads = self.threads
         if not threads and plan and self.kind == "supervised":
-            from repana.runtime import conv4_threads   # the analyses evaluate these networks episode by episode
+            from repana.models import forward_macs   # the analyses evaluate these networks episode by episode
+            from repana.runtime import choose_threads
 
             config = plan[0].config
-            threads = conv4_threads(config.model_config(), config.ways * (config.shots + config.queries_test))
+            threads = choose_threads(forward_macs(config.model_config(),
+                                                  config.ways * (config.shots + config.queries_test)))
         if threads:
             torch.set_num_threads(threads)
 

@@ -28,7 +28,7 @@ from repana.analysis.registry import ANALYSIS_MODULES as ANALYSES   # stdlib-onl
 from repana.cli.checks import check_output_dir, check_seed
 from repana.errors import InputError
 from repana.limits import check_command_options
-from repana.runtime import set_conv4_threads
+from repana.runtime import set_torch_threads
 
 
 def register(subparsers, help_text: str) -> None:
@@ -88,6 +88,7 @@ def run(args) -> int:
     from repana.analysis.registry import (AnalysisContext, check_checkpoint_kind, get_analysis,
                                          load_analysis_checkpoint, load_settings)
     from repana.analysis.reproduce import compute_tables, write_tables_and_figures
+    from repana.models import forward_macs
 
     check_output_dir(args.out, "--out")
     check_seed(args.seed)
@@ -124,9 +125,9 @@ def run(args) -> int:
                               lr=args.lr, dataset=args.dataset, data_root=args.data_root, queries=args.queries,
                               seed=args.seed, episode_offset=analysis.episode_offset)
     first = next(iter(networks.values()))   # torch threads for its network and episodes (repana.runtime)
-    if getattr(analysis, "kind", "meta") != "rl" and hasattr(first, "train_config"):   # RL policies: unchanged
+    if analysis.kind == "supervised":   # RL policies: torch's count, unchanged
         config = first.train_config()
-        set_conv4_threads(first.model_config, config.ways * (config.shots + config.queries_test))
+        set_torch_threads(forward_macs(first.model_config, config.ways * (config.shots + config.queries_test)))
     tables = compute_tables(analysis, context)
     out = Path(args.out)
     write_tables_and_figures(analysis, tables, context, out, out)

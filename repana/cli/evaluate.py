@@ -14,7 +14,7 @@ from repana.cli.checks import check_checkpoint_file, check_output_file, check_se
 from repana.devices import check_device
 from repana.errors import InputError
 from repana.limits import check_command_options
-from repana.runtime import set_conv4_threads
+from repana.runtime import set_torch_threads
 
 
 def register_evaluate(subparsers, help_text: str) -> None:
@@ -187,6 +187,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from repana.meta.checkpoint import load_checkpoint
     from repana.meta.evaluate import evaluate
     from repana.meta.train import load_data
+    from repana.models import forward_macs
 
     ckpt = load_checkpoint(args.checkpoint)
     config = ckpt.train_config()
@@ -207,7 +208,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     config.check_classes({args.split: split.n_classes})
     episodes = fixed_episodes(split, n_episodes=n_episodes, ways=config.ways, shots=config.shots,
                               queries=config.queries_test, seed=0 if args.seed is None else args.seed)
-    set_conv4_threads(ckpt.model_config, config.ways * (config.shots + config.queries_test))
+    set_torch_threads(forward_macs(ckpt.model_config, config.ways * (config.shots + config.queries_test)))
     result = evaluate(model, episodes, method=method, steps=steps, lr=lr, trainable=names,
                       bn_support_query=config.bn_support_query)
     adapted = sorted({n.split(".", 1)[0] for n in names}, key=model.layer_names.index)
@@ -248,6 +249,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from repana.meta.checkpoint import load_checkpoint
     from repana.meta.evaluate import predict
     from repana.meta.train import eval_trainable
+    from repana.models import forward_macs
 
     ckpt = load_checkpoint(args.checkpoint)
     config = ckpt.train_config()
@@ -277,7 +279,7 @@ def run_predict(args: argparse.Namespace) -> int:
     steps = config.inner_steps_test if args.steps is None else args.steps
     lr = config.mean_loss_inner_lr() if args.lr is None else args.lr
     model = ckpt.model(device=device)
-    set_conv4_threads(ckpt.model_config, len(support.labels) + len(query.files))
+    set_torch_threads(forward_macs(ckpt.model_config, len(support.labels) + len(query.files)))
     predicted = predict(model, support.images, support.labels, query.images, method=method, steps=steps, lr=lr,
                         trainable=eval_trainable(config), bn_support_query=config.bn_support_query)
     rows = [{"file": str(f), "label": labels[i]} for f, i in zip(query.files, predicted.tolist())]

@@ -272,19 +272,15 @@ def training_threads(config: TrainConfig, resume_from: Checkpoint | None = None,
     """The torch CPU thread count of a run and where it comes from: ``config.threads`` ("config"),
     ``$REPANA_THREADS`` ("REPANA_THREADS"), an ``OMP_NUM_THREADS`` set outside repana ("OMP_NUM_THREADS":
     a job script, ``torchrun``), the count the resumed checkpoint records ("checkpoint": a
-    resumed run continues bit-identically), else :func:`repana.runtime.conv4_threads` ("automatic": one
-    thread for Omniglot-size networks, the idle cores for MiniImageNet-size ones; docs/training.md)."""
-    from repana.runtime import conv4_threads, explicit_threads
+    resumed run continues bit-identically), else the automatic count for one forward pass of the network
+    (:func:`repana.runtime.run_threads`: one thread for Omniglot-size networks, the idle cores for
+    MiniImageNet-size ones; docs/training.md)."""
+    from repana.models import forward_macs
+    from repana.runtime import run_threads
 
-    if config.threads:
-        return int(config.threads), "config"
-    given = explicit_threads(environ)
-    if given:
-        return given
     saved = resume_from.runtime.get("threads") if resume_from is not None else None
-    if saved:
-        return int(saved), "checkpoint"
-    return conv4_threads(config.model_config(), images_per_forward(config), environ), "automatic"
+    work = forward_macs(config.model_config(), images_per_forward(config))
+    return run_threads(config.threads, saved, work, environ)
 
 
 def _last_train_row(path: Path) -> dict:

@@ -123,25 +123,17 @@ def rl_training_threads(config: RLConfig, saved: int | None = None, environ=None
     ``$REPANA_THREADS`` or an ``OMP_NUM_THREADS`` set outside repana, the count the resumed checkpoint
     records (``saved``: "checkpoint", so a resumed run continues bit-identically), else ("automatic") one
     thread below :data:`RL_PARALLEL_MIN_MACS` per batched forward (:func:`rl_forward_macs`) and the idle
-    cores above (:func:`repana.runtime.choose_threads`).
+    cores above (:func:`repana.runtime.run_threads`).
 
     Why: the policy runs on the whole meta-batch at once (2-D navigation: 40,000 states per forward,
     HalfCheetah 160,000), large products that parallelise. Measured on 2 cores
     (``repana train --preset rl-2dnav --set iterations=3``, MAML): 19.7 s on 1 thread, 12.8-13.6 s on 2
     when idle; next to a busy process 19.8 s vs 21.3 s, so the idle-core count (1 then) loses nothing.
     """
-    from repana.runtime import choose_threads, explicit_threads
+    from repana.runtime import run_threads
 
-    if config.threads:
-        return int(config.threads), "config"
-    given = explicit_threads(environ)
-    if given:
-        return given
-    if saved:
-        return int(saved), "checkpoint"
-    if rl_forward_macs(config) < RL_PARALLEL_MIN_MACS:
-        return 1, "automatic"
-    return choose_threads(None, environ), "automatic"
+    return run_threads(config.threads, saved, rl_forward_macs(config), environ,
+                       parallel_min_macs=RL_PARALLEL_MIN_MACS)
 
 
 def final_checkpoint_path(run_dir, iterations: int) -> Path:

@@ -13,37 +13,10 @@ count can be set (other builds), torch computes every product.
 
 from __future__ import annotations
 
-import ctypes
-import glob
-import os
-from functools import lru_cache
-
 import numpy as np
 import torch
 
-_THREAD_FUNCTIONS = [("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-                     ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
-                     ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
-                     ("openblas_get_num_threads", "openblas_set_num_threads")]
-
-
-@lru_cache(maxsize=1)
-def _openblas_threads():
-    """(get, set) thread-count functions of the OpenBLAS that numpy loaded, or None."""
-    folder = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
-    for path in sorted(glob.glob(os.path.join(folder, "*openblas*"))):
-        try:
-            library = ctypes.CDLL(path)  # already loaded by numpy: the same handle, nothing re-initialised
-        except OSError:
-            continue
-        for get_name, set_name in _THREAD_FUNCTIONS:
-            getter, setter = getattr(library, get_name, None), getattr(library, set_name, None)
-            if getter is not None and setter is not None:
-                getter.restype = ctypes.c_int
-                setter.argtypes = [ctypes.c_int]
-                return getter, setter
-    return None
-
+from repana.runtime import numpy_blas_is_openblas, numpy_blas_threads
 
 #: Products with fewer multiply-adds than this stay in torch (the numpy round trip costs ~10 us).
 NUMPY_MIN_MULTIPLY_ADDS = 2 ** 20
@@ -52,20 +25,12 @@ NUMPY_MIN_MULTIPLY_ADDS = 2 ** 20
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` of float64 matrices (numpy's OpenBLAS on CPU with one torch thread when available and the
     product is large, else torch)."""
-    threads = _openblas_threads()
-    if (threads is None or torch.get_num_threads() != 1 or a.device.type != "cpu" or b.device.type != "cpu"
-            or a.dtype != torch.float64 or b.dtype != torch.float64 or a.ndim != 2 or b.ndim != 2
-            or a.shape[0] * a.shape[1] * b.shape[1] < NUMPY_MIN_MULTIPLY_ADDS):
+    if (not numpy_blas_is_openblas() or torch.get_num_threads() != 1 or a.device.type != "cpu"
+            or b.device.type != "cpu" or a.dtype != torch.float64 or b.dtype != torch.float64 or a.ndim != 2
+            or b.ndim != 2 or a.shape[0] * a.shape[1] * b.shape[1] < NUMPY_MIN_MULTIPLY_ADDS):
         return a @ b
-    get_threads, set_threads = threads
-    before, wanted = get_threads(), 1
-    if before != wanted:
-        set_threads(wanted)
-    try:
+    with numpy_blas_threads(1):
         return torch.from_numpy(a.numpy() @ b.numpy())
-    finally:
-        if before != wanted:
-            set_threads(before)
 
 
 def column_sums(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,14 +43,7 @@ def column_sums(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if a.device.type == "cpu" and a.dtype == torch.float64 and a.ndim == 2:
         values = a.numpy()
-        threads = _openblas_threads()  # one OpenBLAS thread: its pool spins (see the module docstring)
-        before, wanted = (threads[0](), 1) if threads is not None else (None, None)
-        if before != wanted:
-            threads[1](wanted)
-        try:
+        with numpy_blas_threads(1):   # one OpenBLAS thread: its pool spins (see the module docstring)
             sums = np.ones(values.shape[0]) @ values
-        finally:
-            if before != wanted:
-                threads[1](before)
         return torch.from_numpy(sums), torch.from_numpy(np.einsum("ij,ij->j", values, values))
     return a.sum(dim=0), torch.einsum("ij,ij->j", a, a)
