@@ -1,10 +1,11 @@
 """Data files shipped with repana, found through :mod:`importlib.resources` (so they are found in a
 wheel, an editable install or a zip alike, never through ``__file__`` arithmetic).
 
-    from repana.resources import analyses_files, preset_files
+    from repana.resources import analyses_files, paper_files, preset_files
     for entry in analyses_files():            # the paper's analyses, one TOML each
         tomllib.loads(entry.read_text(encoding="utf-8"))
     preset_files()["quick"].read_text()       # training presets by name
+    paper_files()["tables.toml"].read_text()  # the paper's numbers (repana.analysis.paper_data)
 
 Each file is an ``importlib.resources.abc.Traversable``: ``.name``, ``.read_text()``, ``.read_bytes()``,
 ``.open()``; use ``importlib.resources.as_file(f)`` where a real path is needed.
@@ -22,10 +23,11 @@ from importlib.resources.abc import Traversable
 
 from repana.errors import ConfigError
 
-__all__ = ["analyses_files", "analyses_folder", "preset_files"]
+__all__ = ["analyses_files", "analyses_folder", "paper_files", "preset_files"]
 
 ANALYSES_PACKAGE = "repana._analyses"
 PRESETS_PACKAGE, PRESETS_FOLDER = "repana.meta", "presets"
+PAPER_PACKAGE, PAPER_FOLDER = "repana.analysis", "paper"
 
 
 def _tomls(folder: Traversable) -> list[Traversable]:
@@ -66,3 +68,9 @@ def preset_files() -> dict[str, Traversable]:
     """The bundled training presets: name (file name without ``.toml``) -> file."""
     folder = resources.files(PRESETS_PACKAGE).joinpath(PRESETS_FOLDER)
     return {f.name[: -len(".toml")]: f for f in _tomls(folder)}
+
+
+def paper_files() -> dict[str, Traversable]:
+    """The data files of the paper's numbers and quotes (``repana/analysis/paper/*.toml``): file name -> file."""
+    folder = resources.files(PAPER_PACKAGE).joinpath(PAPER_FOLDER)
+    return {f.name: f for f in _tomls(folder)}

@@ -3,6 +3,7 @@ setuptools builds it without a warning; extras are used; package data is read wi
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -58,13 +59,15 @@ def test_every_extra_is_used():
             assert re.search(rf"^\s*import {module}\b|^\s*from {module}\b", source, re.M), (extra, requirement)
 
 
-def test_resources_find_the_analyses_and_presets_in_the_source_tree():
+def test_resources_find_the_analyses_presets_and_paper_data_in_the_source_tree():
     from repana.meta.config import list_presets
-    from repana.resources import analyses_files, preset_files
+    from repana.resources import analyses_files, paper_files, preset_files
 
     assert sorted(f.name for f in analyses_files()) == sorted(p.name for p in (ROOT / "analyses").glob("*.toml"))
     assert sorted(preset_files()) == list_presets()
     assert "iterations" in preset_files()["quick"].read_text(encoding="utf-8")
+    assert sorted(paper_files()) == ["claims.toml", "figures.toml", "source.toml", "tables.toml", "text.toml"]
+    assert "44.5 ± 0.8" in paper_files()["tables.toml"].read_text(encoding="utf-8")
 
 
 def test_wheel_contents_and_no_setuptools_warning(tmp_path):
@@ -96,8 +99,25 @@ def test_wheel_contents_and_no_setuptools_warning(tmp_path):
     assert {Path(n).stem for n in presets} == {p.stem for p in (ROOT / "repana/meta/presets").glob("*.toml")}
     analyses = {Path(n).name for n in names if n.startswith("repana/_analyses/") and n.endswith(".toml")}
     assert analyses == {p.name for p in (ROOT / "analyses").glob("*.toml")}
+    paper = {Path(n).name for n in names if n.startswith("repana/analysis/paper/") and n.endswith(".toml")}
+    assert paper == {p.name for p in (ROOT / "repana/analysis/paper").glob("*.toml")} and "tables.toml" in paper
     for package in PYPROJECT["tool"]["setuptools"]["packages"]:
         folder = package.replace(".", "/") + "/"
         assert any(n.startswith(folder) for n in names), package
     assert "License-Expression: MIT" in metadata and "License-File: LICENSE" in metadata
     assert "Provides-Extra: tensorboard" in metadata and "Provides-Extra: sklearn" not in metadata
+    # Installed from the wheel (unpacked, as pip lays it out), repana finds its paper data through importlib.resources.
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+    code = ("import repana; from repana.resources import paper_files; from repana.analysis import paper_values as pv; "
+            "print(repana.__file__); print(sorted(paper_files())); "
+            "print(pv.value('Table 1', 'none', pv.MINI_5).printed)")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    module, files, cell = done.stdout.splitlines()
+    assert Path(module).is_relative_to(site)
+    assert files == str(["claims.toml", "figures.toml", "source.toml", "tables.toml", "text.toml"])
+    assert cell == "61.7 ± 0.6"

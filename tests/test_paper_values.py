@@ -1,7 +1,9 @@
-"""The paper's numbers as transcribed, and the verdict rules on made-up tables that must agree and must not.
+"""The paper's numbers as transcribed, the checks of their data files, and the verdict rules on made-up tables
+that must agree and must not.
 
 The transcription tests repeat the printed cells on purpose: an accidental edit of a published number
-must fail here. The source is the ICLR 2020 submission text named in ``paper_values.SOURCE``.
+(repana/analysis/paper/*.toml) must fail here. The source is the ICLR 2020 submission text named in
+``paper_values.SOURCE``.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import sys
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from repana.analysis import paper_values as pv
-from repana.errors import InputError
+from repana.analysis import paper_data, paper_rules, paper_values as pv
+from repana.errors import ConfigError, InputError
 
 AGREES, DISAGREES = pv.AGREES, pv.DISAGREES
 
@@ -87,23 +89,28 @@ def test_every_cell_says_where_it_is_and_what_its_spread_is():
             if cell.unit == "% accuracy":
                 assert cell.dataset in ("Omniglot", "MiniImageNet") and cell.ways in (5, 20) and cell.shots in (1, 5)
     assert set(pv.CAPTIONS) >= {"Table 1", "Table 2", "Table 3", "Table 4", "Table 5", "Figure 2", "Figure 3", "Figure 5"}
-    assert "openreview.net/forum?id=rkgMkCEtPB" in pv.SOURCE.version
+    assert "https://openreview.net/forum?id=rkgMkCEtPB" in pv.SOURCE.address
+    assert pv.ARXIV == "https://arxiv.org/abs/1909.09157"
+    assert pv.OPENREVIEW == "https://openreview.net/forum?id=rkgMkCEtPB"
 
 
 def test_text_numbers_and_claims_are_quoted_with_locations():
-    sentences = {number: (location, quote) for number, _, location, quote in pv.TEXT_NUMBERS}
+    sentences = {n.printed: (n.location, n.sentence) for n in pv.TEXT_NUMBERS}
     assert "average speedup of 1.7x per training iteration" in sentences["1.7x"][1]
     assert "4.1x per inference iteration" in sentences["4.1x"][1]
     assert "CCA similarity scores of >0.9" in sentences[">0.9"][1]
     assert "less than 0.5" in sentences["less than 0.5"][1]
     assert "10000, 20000, and 30000 iterations" in sentences["10000, 20000, and 30000"][1]
-    for number, _, location, quote in pv.TEXT_NUMBERS:
-        assert number.rstrip("x%").lstrip(">") in quote or number == "three" and "three" in quote, number
-        assert location.startswith("Section")
+    for n in pv.TEXT_NUMBERS:
+        assert n.printed.rstrip("x%").lstrip(">") in n.sentence or n.printed == "three" and "three" in n.sentence
+        assert n.location.startswith("Section")
     for key, claim in pv.CLAIMS.items():
         assert claim.quotes and claim.location and claim.rule
         rule_name = claim.rule.split()[0]
-        assert callable(getattr(pv, rule_name)), (key, rule_name)
+        assert callable(getattr(paper_rules, rule_name)) and getattr(pv, rule_name) is getattr(paper_rules, rule_name)
+    assert pv.CLAIMS["freezing"].quotes[0] == pv.CAPTIONS["Table 1"]    # a caption quoted by name in claims.toml
+    # the rules' thresholds are the numbers the text prints
+    assert {n.printed for n in pv.TEXT_NUMBERS} >= {f">{pv.BODY_CCA_ABOVE}", f"less than {pv.HEAD_CCA_BELOW}"}
 
 
 def test_accessors_name_what_exists():
@@ -123,6 +130,78 @@ def test_module_imports_only_the_standard_library():
             "print(sorted(m for m in ('numpy', 'pandas', 'torch', 'scipy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ---- the data files ------------------------------------------------------------------------------
+
+def test_data_files_are_found_through_importlib_resources_and_loaded_read_only():
+    from dataclasses import FrozenInstanceError
+    from importlib import resources
+
+    from repana.resources import paper_files
+
+    files = paper_files()
+    assert sorted(files) == ["claims.toml", "figures.toml", "source.toml", "tables.toml", "text.toml"]
+    folder = resources.files("repana.analysis").joinpath("paper")
+    assert all(files[name].read_bytes() == folder.joinpath(name).read_bytes() for name in files)
+    paper = paper_data.load_paper()
+    assert paper is pv.PAPER is paper_data.load_paper()     # read once
+    with pytest.raises(FrozenInstanceError):
+        pv.TABLE_1[0].printed = "99.9"
+    with pytest.raises(TypeError):
+        pv.TABLES["Table 9"] = ()
+    assert [(c.value, c.spread) for c in pv.TABLE_3[:2]] == [(0.51, None), (0.83, None)]
+
+
+def _load_edited(tmp_path, monkeypatch, name: str, old: str, new: str) -> None:
+    """Load the data files with one text edit in ``name`` (the edit must apply exactly once)."""
+    from repana.resources import paper_files
+
+    files = {}
+    for file_name, original in paper_files().items():
+        text = original.read_text(encoding="utf-8")
+        if file_name == name:
+            assert text.count(old) == 1, (name, old)
+            text = text.replace(old, new)
+        files[file_name] = tmp_path / file_name
+        files[file_name].write_text(text, encoding="utf-8")
+    monkeypatch.setattr(paper_data, "paper_files", lambda: files)
+    paper_data.load_paper.__wrapped__()
+
+
+@pytest.mark.parametrize("name, old, new, message", [
+    ("tables.toml", '{ name = "HalfCheetah-Direction", unit = "average return" }',
+     '{ name = "HalfCheetah-Direction", unit = "returns" }',
+     "tables.toml, table 'Table 2', column 5: unknown unit 'returns'"),
+    ("tables.toml", '"44.5 ± 0.8"', '"nan ± 0.8"',
+     "tables.toml, table 'Table 1', row 'None', column 'MiniImageNet-5way-1shot': cannot parse the printed cell"),
+    ("tables.toml", '"0.51", "0.83"', '"0.51 ± 0.02", "0.83"',
+     "table 'Table 3', row 'MAML-MAML', column 'CCA Similarity': '0.51 ± 0.02' prints ± but the row's ± meaning "
+     "is 'none'"),
+    ("tables.toml", 'key = "none", spread = "seeds_not_stated"', 'key = "none", spread = "std_over_seeds"',
+     "table 'Table 1', row 'None': the meaning of its ± 'std_over_seeds' is not in [spreads]"),
+    ("tables.toml", '["44.5 ± 0.8", "61.7 ± 0.6"]', '["44.5 ± 0.8"]', "row 'None': 1 cells for 2 columns"),
+    ("tables.toml", 'name = "Table 1"\n', 'name = "Table 1"\npage = 3\n',
+     "tables.toml, table 1: unknown key(s) page"),
+    ("tables.toml", 'location = "Table 5 (Section 5.2)"', 'location = "Section 5.2"',
+     "table 'Table 5': its location must start with its name"),
+    ("tables.toml", 'location = "Table 5 (Section 5.2)"', 'location = "Table 5 (Section 5.2); page 7"',
+     "location part 'page 7'"),
+    ("source.toml", 'venue = "ICLR 2020"', "venue = 2020", "source.toml, [paper]: venue must be str, got int"),
+    ("source.toml", 'arxiv = "https://arxiv.org/abs/1909.09157"', 'arxiv = "1909.09157"',
+     "arxiv must be an address starting with https://arxiv.org/abs/"),
+    ("claims.toml", 'rule = "verdict_freezing"\n', "", "claims.toml, claim 2: missing key(s) rule"),
+    ("claims.toml", 'caption = "Table 1"', 'caption = "Table 9"',
+     "claims.toml, claim 'freezing', quote 1: no caption of 'Table 9'"),
+    ("text.toml", 'location = "Section 3.2.3 (Figure 3)"', 'location = "Section 3.2.3; the third figure"',
+     "text.toml, number '10000, 20000, and 30000': location part 'the third figure'"),
+    ("figures.toml", "[[figure]]\nname = \"Figure 5\"", "[[figure]\nname = \"Figure 5\"",
+     "figures.toml is not valid TOML"),
+])
+def test_a_broken_data_file_names_the_file_the_entry_and_the_problem(tmp_path, monkeypatch, name, old, new, message):
+    with pytest.raises(ConfigError) as raised:
+        _load_edited(tmp_path, monkeypatch, name, old, new)
+    assert message in str(raised.value)
 
 
 # ---- the paper agrees with its own claims under these rules ---------------------------------------
