@@ -360,84 +360,156 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, device
                                          show_progress, dist, loggers, allow_thread_change)
 
 
-def _train_holding_the_folder(config: TrainConfig, run_dir: Path, resume: bool, device, data, algorithm, callback,
-                              show_progress, dist, loggers, allow_thread_change) -> RunSummary:
-    """:func:`train` once the run folder's lock is held (rank 0) or not needed (other ranks)."""
-    from repana.models import build_model
-    from repana.meta.evaluate import evaluate
-
-    device = torch.device(device)
-    writer = dist is None or dist.rank == 0
+def _resume_point(config: TrainConfig, run_dir: Path, resume: bool, writer: bool) -> Checkpoint | None:
+    """The checkpoint a run continues from (None: it starts); ConfigError when ``resume`` is off and the folder
+    already holds checkpoints, or when the saved run's config differs in a key that may not change."""
     ckpt_dir = run_dir / "checkpoints"
-    metrics_log = _Sinks([MetricsLog(run_dir / "metrics.csv", enabled=writer), *(loggers if writer else ())])
+    if not resume:
+        if ckpt_dir.exists() and list_step_checkpoints(ckpt_dir) or (ckpt_dir / "latest.pt").exists():
+            raise ConfigError(f"run folder {run_dir} already holds checkpoints: pass resume=True "
+                              "(--resume) to continue it, or choose another output folder")
+        return None
+    if writer:  # temporary files of writes a kill interrupted (only repana's, only older than us)
+        for folder in (run_dir, ckpt_dir):
+            remove_stale_temp_files(folder)
+    resume_from = find_resume_checkpoint(run_dir)
+    if resume_from is not None:
+        _check_resume_config(resume_from.train_config(), config, run_dir)
+    return resume_from
 
-    resume_from: Checkpoint | None = None
-    if resume:
-        if writer:  # temporary files of writes a kill interrupted (only repana's, only older than us)
-            for folder in (run_dir, ckpt_dir):
-                remove_stale_temp_files(folder)
-        resume_from = find_resume_checkpoint(run_dir)
-        if resume_from is not None:
-            _check_resume_config(resume_from.train_config(), config, run_dir)
-    elif ckpt_dir.exists() and list_step_checkpoints(ckpt_dir) or (ckpt_dir / "latest.pt").exists():
-        raise ConfigError(f"run folder {run_dir} already holds checkpoints: pass resume=True "
-                          "(--resume) to continue it, or choose another output folder")
+
+def _run_threads(config: TrainConfig, resume_from: Checkpoint | None, allow_thread_change: bool | None) -> int:
+    """:func:`training_threads`, checked against the resumed checkpoint's count when it was chosen otherwise."""
     threads, threads_source = training_threads(config, resume_from)
     if resume_from is not None and threads_source != "checkpoint":   # an explicit count: exact only if equal
         if allow_thread_change is None:
             allow_thread_change = os.environ.get(ALLOW_THREAD_CHANGE_ENV, "") not in ("", "0")
         _check_resume_threads(resume_from, threads, allow_thread_change)
+    return threads
 
-    data = data if data is not None else load_data(config)
-    algorithm = algorithm if algorithm is not None else make_algorithm(config)
-    batch_kind = algorithm.batch_kind
+
+def _training_data(config: TrainConfig, data: Mapping | None, batch_kind: str) -> tuple[dict, int]:
+    """``(datasets, classes of the network's head)``: the run's datasets (loaded when None) with its classes
+    checked and, with ``train_classes``, its training split cut to the fixed subset."""
+    data = dict(data) if data is not None else load_data(config)
     config.check_classes({s: data[s].n_classes for s in ("train", "val")
                           if s in data and (s == "val" or batch_kind == "episodes" or config.train_classes)})
     if config.train_classes:
-        data = {**data, "train": training_classes(data["train"], config.train_classes)}
-    n_classes = data["train"].n_classes if batch_kind == "classification" else config.ways
+        data["train"] = training_classes(data["train"], config.train_classes)
+    return data, data["train"].n_classes if batch_kind == "classification" else config.ways
+
+
+def _restore(resume_from: Checkpoint, model: torch.nn.Module, optimizer, model_config: dict) -> tuple[int, float]:
+    """Load a checkpoint's weights, optimizer and RNG states; returns ``(its step, training seconds so far)``."""
+    if resume_from.model_config != model_config:
+        raise CheckpointError(f"{resume_from.path} holds another architecture "
+                              f"({resume_from.model_config}) than the config ({model_config})")
+    load_weights(model, resume_from.state_dict, where=str(resume_from.path))
+    optimizer.load_state_dict(resume_from.optimizer_state)
+    restore_rng_state(resume_from.rng)
+    return resume_from.step, float(resume_from.metrics.get("elapsed_s", 0.0))
+
+
+def _complete_run(config: TrainConfig, run_dir: Path, resume_from: Checkpoint, threads: int) -> RunSummary:
+    """The summary of a run that has already trained all its iterations (nothing more to do)."""
+    start, metrics = resume_from.step, resume_from.metrics
+    last_row = _last_train_row(run_dir / "metrics.csv")
+    print(f"repana: run {run_dir} is already complete (step {start} of {config.iterations}); nothing to "
+          "train (raise iterations to extend it)", file=sys.stderr, flush=True)
+    return RunSummary(run_dir=run_dir, steps=start, resumed_from=start,
+                      train_loss=last_row.get("loss", float(metrics.get("train_loss", "nan"))),
+                      train_accuracy=last_row.get("accuracy", float(metrics.get("train_accuracy", "nan"))),
+                      val_accuracy=metrics.get("val_accuracy"), val_ci95=metrics.get("val_ci95"),
+                      elapsed_s=float(metrics.get("elapsed_s", 0.0)), already_complete=True, threads=threads)
+
+
+def _validation_episodes(config: TrainConfig, data: Mapping):
+    """The fixed validation episodes of a run (None when it does not validate)."""
+    if not (config.val_every and "val" in data):
+        return None
+    from repana.data import fixed_episodes
+
+    return fixed_episodes(data["val"], n_episodes=config.val_episodes, ways=config.ways, shots=config.shots,
+                          queries=config.queries_test, seed=step_seed(config.seed, 0))  # step 0 never trains
+
+
+def _apply_gradients(model: torch.nn.Module, optimizer, grads: Mapping[str, torch.Tensor]) -> None:
+    """One optimizer step with the meta-gradients (parameters without one keep no gradient)."""
+    optimizer.zero_grad(set_to_none=True)
+    for name, param in model.named_parameters():
+        grad = grads.get(name)
+        param.grad = None if grad is None else grad.detach().to(param.dtype)
+    optimizer.step()
+
+
+def _validate(model: torch.nn.Module, episodes, config: TrainConfig):
+    """Accuracy of ``model`` on the validation episodes with the run's test-time protocol (left in train mode)."""
+    from repana.meta.evaluate import evaluate
+
+    result = evaluate(model, episodes, method=config.eval_method, steps=config.inner_steps_test,
+                      lr=config.mean_loss_inner_lr(), trainable=eval_trainable(config),
+                      bn_support_query=config.bn_support_query, show_progress=False)
+    model.train()
+    return result
+
+
+@dataclass
+class _Checkpoints:
+    """Writes a run's ``step_<N>.pt`` (and ``latest.pt``), keeping ``keep_checkpoints`` rolling ones besides
+    the ``save_steps``; only the writing rank writes."""
+
+    folder: Path
+    config: TrainConfig
+    model: torch.nn.Module
+    model_config: dict
+    optimizer: torch.optim.Optimizer
+    enabled: bool
+    saved: list = field(default_factory=list)
+
+    def __call__(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        config = self.config
+        sampler_state = {"kind": "step_seeded", "seed": config.seed, "step": step}
+        path = save_checkpoint(self.folder / f"step_{step:06d}.pt", model=self.model, model_config=self.model_config,
+                               algorithm=config.algorithm, config=config.to_dict(), step=step,
+                               optimizer=self.optimizer, rng=capture_rng_state(sampler_state), metrics=metrics)
+        atomic_write_bytes(self.folder / "latest.pt", path.read_bytes())
+        self.saved.append(path)
+        rolling = [(s, p) for s, p in list_step_checkpoints(self.folder) if s not in config.save_steps]
+        for _, old in rolling[:-config.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+
+
+def _train_holding_the_folder(config: TrainConfig, run_dir: Path, resume: bool, device, data, algorithm, callback,
+                              show_progress, dist, loggers, allow_thread_change) -> RunSummary:
+    """:func:`train` once the run folder's lock is held (rank 0) or not needed (other ranks)."""
+    from repana.models import build_model
+
+    device = torch.device(device)
+    writer = dist is None or dist.rank == 0
+    metrics_log = _Sinks([MetricsLog(run_dir / "metrics.csv", enabled=writer), *(loggers if writer else ())])
+    resume_from = _resume_point(config, run_dir, resume, writer)
+    threads = _run_threads(config, resume_from, allow_thread_change)
+    algorithm = algorithm if algorithm is not None else make_algorithm(config)
+    data, n_classes = _training_data(config, data, algorithm.batch_kind)
 
     set_global_seeds(config.seed)
     model_config = config.model_config(n_classes)
     model = build_model(model_config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.outer_lr)
-    batches = BatchSource(config, data["train"], batch_kind)
-
+    batches = BatchSource(config, data["train"], algorithm.batch_kind)
     start, elapsed_before = 0, 0.0
     if resume_from is not None:
-        if resume_from.model_config != model_config:
-            raise CheckpointError(f"{resume_from.path} holds another architecture "
-                                  f"({resume_from.model_config}) than the config ({model_config})")
-        load_weights(model, resume_from.state_dict, where=str(resume_from.path))
-        optimizer.load_state_dict(resume_from.optimizer_state)
-        restore_rng_state(resume_from.rng)
-        start = resume_from.step
-        elapsed_before = float(resume_from.metrics.get("elapsed_s", 0.0))
+        start, elapsed_before = _restore(resume_from, model, optimizer, model_config)
         if start >= config.iterations:
-            last_row = _last_train_row(run_dir / "metrics.csv")
-            print(f"repana: run {run_dir} is already complete (step {start} of {config.iterations}); nothing to "
-                  "train (raise iterations to extend it)", file=sys.stderr, flush=True)
-            return RunSummary(run_dir=run_dir, steps=start, resumed_from=start,
-                              train_loss=last_row.get("loss", float(resume_from.metrics.get("train_loss", "nan"))),
-                              train_accuracy=last_row.get("accuracy",
-                                                          float(resume_from.metrics.get("train_accuracy", "nan"))),
-                              val_accuracy=resume_from.metrics.get("val_accuracy"),
-                              val_ci95=resume_from.metrics.get("val_ci95"), elapsed_s=elapsed_before,
-                              already_complete=True, threads=threads)
+            return _complete_run(config, run_dir, resume_from, threads)
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.toml", to_toml(config))
         metrics_log.reset(keep_through_step=start)
-
-    val_episodes = None
-    if config.val_every and "val" in data:
-        from repana.data import fixed_episodes
-
-        val_episodes = fixed_episodes(data["val"], n_episodes=config.val_episodes, ways=config.ways,
-                                      shots=config.shots, queries=config.queries_test,
-                                      seed=step_seed(config.seed, 0))  # step 0 is never a training step
-
-    saved: list[Path] = []
+    val_episodes = _validation_episodes(config, data)
+    checkpoint = _Checkpoints(run_dir / "checkpoints", config, model, model_config, optimizer, enabled=writer)
     window_loss: list[float] = []
     window_acc: list[float] = []
     last = {"loss": float("nan"), "accuracy": float("nan")}
@@ -447,20 +519,6 @@ def _train_holding_the_folder(config: TrainConfig, run_dir: Path, resume: bool, 
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - t0
 
-    def checkpoint(step: int, metrics: dict) -> None:
-        if not writer:
-            return
-        sampler_state = {"kind": "step_seeded", "seed": config.seed, "step": step}
-        path = save_checkpoint(ckpt_dir / f"step_{step:06d}.pt", model=model, model_config=model_config,
-                               algorithm=config.algorithm, config=config.to_dict(), step=step,
-                               optimizer=optimizer, rng=capture_rng_state(sampler_state),
-                               metrics={**metrics, "elapsed_s": elapsed()})
-        atomic_write_bytes(ckpt_dir / "latest.pt", path.read_bytes())
-        saved.append(path)
-        rolling = [(s, p) for s, p in list_step_checkpoints(ckpt_dir) if s not in config.save_steps]
-        for _, old in rolling[:-config.keep_checkpoints]:
-            old.unlink(missing_ok=True)
-
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)   # recorded in every checkpoint (runtime_record): resume keeps it
     bar = progress(total=config.iterations, initial=start, desc=f"{config.algorithm} {config.name}",
@@ -468,7 +526,7 @@ def _train_holding_the_folder(config: TrainConfig, run_dir: Path, resume: bool, 
     model.train()
     steps_done = start
     if start == 0 and 0 in config.save_steps:
-        checkpoint(0, {})
+        checkpoint(0, {"elapsed_s": elapsed()})
     try:
         for step in range(start + 1, config.iterations + 1):
             batch = batches(step)
@@ -476,12 +534,7 @@ def _train_holding_the_folder(config: TrainConfig, run_dir: Path, resume: bool, 
                 grads, metrics = dist.meta_gradients(algorithm, model, batch, device)
             else:
                 grads, metrics = algorithm.meta_gradients(model, batch_to(batch, device))
-            optimizer.zero_grad(set_to_none=True)
-            for name, param in model.named_parameters():
-                grad = grads.get(name)
-                param.grad = None if grad is None else grad.detach().to(param.dtype)
-            optimizer.step()
-
+            _apply_gradients(model, optimizer, grads)
             loss = float(metrics.get("loss", float("nan")))
             accuracy = float(metrics.get("accuracy", float("nan")))
             window_loss.append(loss)
@@ -493,10 +546,7 @@ def _train_holding_the_folder(config: TrainConfig, run_dir: Path, resume: bool, 
                 window_loss, window_acc = [], []
                 bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['accuracy']:.3f}")
             if val_episodes is not None and writer and (step % config.val_every == 0 or step == config.iterations):
-                result = evaluate(model, val_episodes, method=config.eval_method, steps=config.inner_steps_test,
-                                  lr=config.mean_loss_inner_lr(), trainable=eval_trainable(config),
-                                  bn_support_query=config.bn_support_query, show_progress=False)
-                model.train()
+                result = _validate(model, val_episodes, config)
                 val_accuracy, val_ci = float(result.accuracy), float(result.ci95)
                 val_loss = getattr(result, "loss", None)
                 metrics_log.append(step, "val", None if val_loss is None else float(val_loss), val_accuracy,
@@ -504,7 +554,7 @@ def _train_holding_the_folder(config: TrainConfig, run_dir: Path, resume: bool, 
                 step_metrics.update(val_accuracy=val_accuracy, val_ci95=val_ci)
             if ((config.checkpoint_every and step % config.checkpoint_every == 0)
                     or step in config.save_steps or step == config.iterations):
-                checkpoint(step, step_metrics)
+                checkpoint(step, {**step_metrics, "elapsed_s": elapsed()})
             steps_done = step
             bar.update(1)
             if callback is not None:
@@ -516,4 +566,4 @@ def _train_holding_the_folder(config: TrainConfig, run_dir: Path, resume: bool, 
         torch.set_num_threads(threads_before)
     return RunSummary(run_dir=run_dir, steps=steps_done, resumed_from=start, train_loss=last["loss"],
                       train_accuracy=last["accuracy"], val_accuracy=val_accuracy, val_ci95=val_ci,
-                      elapsed_s=elapsed(), checkpoints=saved, threads=threads)
+                      elapsed_s=elapsed(), checkpoints=checkpoint.saved, threads=threads)

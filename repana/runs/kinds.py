@@ -13,7 +13,6 @@ its config is written back as TOML. Nothing else branches on the kind.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -51,18 +50,10 @@ class RunKind:
 SUPERVISED_RESUMABLE = frozenset({"iterations", "checkpoint_every", "keep_checkpoints", "save_steps",
                                   "log_every", "val_every", "data_root", "threads"})
 RL_RESUMABLE = frozenset({"iterations", "checkpoint_every", "threads"})
-_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
-
-
-def step_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """``(step, path)`` of every ``checkpoints/step_<N>.pt`` of a run folder, oldest first."""
-    folder = Path(run_dir) / "checkpoints"
-    found = [(int(m.group(1)), p) for p in folder.glob("step_*.pt") if (m := _STEP_FILE.match(p.name))]
-    return sorted(found)
-
-
 def _newest_step_file(run_dir: Path) -> int | None:
-    steps = step_checkpoints(run_dir)
+    from repana.meta.train import list_step_checkpoints
+
+    steps = list_step_checkpoints(Path(run_dir) / "checkpoints")
     return steps[-1][0] if steps else None
 
 
