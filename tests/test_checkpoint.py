@@ -135,7 +135,7 @@ def test_failed_write_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypa
     assert load_checkpoint(path).step == 2
 
 
-# ----- integrity (issue 17, items 3 and 7) -----
+# ----- integrity -----
 
 def _flip_inside(path, tensor: torch.Tensor, out) -> None:
     """Copy ``path`` to ``out`` with one low mantissa bit flipped inside ``tensor``'s stored bytes."""

@@ -1,4 +1,4 @@
-"""Progress off a terminal: a plain line at a steady interval (issue 17, item 8), with a fake clock."""
+"""Progress off a terminal: a plain line at a steady interval, with a fake clock."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`repana evaluate` on the checkpoints `repana reproduce` writes, for each dataset (issue 17, item 2).
+"""`repana evaluate` on the checkpoints `repana reproduce` writes, for each dataset.
 
 The reproduce runs are built from the Omniglot paper preset with the dataset switched; their
 config.toml must name the split the runs were trained on, so that evaluate loads the same data.

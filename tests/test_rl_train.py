@@ -254,7 +254,7 @@ def test_cli_reports_rl_errors_in_one_line(tmp_path, capsys):
     assert "unknown RL preset 'rl-ant'; choose one of rl-2dnav" in capsys.readouterr().err
 
 
-# ----- integrity and threads (issue 17, items 3 and 5, on RL runs) -----
+# ----- integrity and threads of RL runs -----
 
 def test_rl_checkpoint_carries_a_checksum_verified_on_load(tmp_path, keep_torch_threads):
     train_rl(RLConfig(**TINY_NAV, iterations=1), tmp_path / "run", show_progress=False)

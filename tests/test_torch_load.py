@@ -1,5 +1,5 @@
 """repana.data.safe_pickle.torch_load: a refused pickle, a broken file and a missing one each get their
-own message (issue 17, item 7): only the refused pickle suggests --unsafe-pickle."""
+own message: only the refused pickle suggests --unsafe-pickle."""
 
 from __future__ import annotations
 
