@@ -160,7 +160,7 @@ def test_pretraining_uses_a_head_over_all_training_classes(tmp_path):
     assert summary.val_accuracy is not None
 
 
-# ----- issue 17: debris, messages and thread counts on resume -----
+# ----- debris, messages and thread counts on resume -----
 
 def _killed_run(tmp_path, config, kill_at: int = 5):
     def kill(step, metrics):
