@@ -222,7 +222,7 @@ def test_sum_over_shots_equals_mean_loss_with_n_times_the_lr(setup):
     model, batch = setup
     params = {n: p.detach() for n, p in model.named_parameters()}
     summed = adapt(model, params, batch.support_x[0], batch.support_y[0], steps=2, lr=0.1, first_order=True,
-                   loss_reduction="sum_over_shots")
+                   inner_loss="sum_over_shots")
     mean = adapt(model, params, batch.support_x[0], batch.support_y[0], steps=2, lr=0.1 * WAYS, first_order=True)
     for n in params:
         torch.testing.assert_close(summed[n], mean[n], rtol=1e-9, atol=1e-12)
@@ -247,8 +247,8 @@ def test_bad_inputs_raise_clear_errors(setup):
         adapt(model, params, batch.support_x, batch.support_y, steps=1, lr=0.1)
     with pytest.raises(InputError, match="int64"):
         adapt(model, params, batch.support_x[0], batch.support_y[0].float(), steps=1, lr=0.1)
-    with pytest.raises(InputError, match="loss_reduction"):
-        adapt(model, params, batch.support_x[0], batch.support_y[0], steps=1, lr=0.1, loss_reduction="sum")
+    with pytest.raises(InputError, match="inner_loss"):
+        adapt(model, params, batch.support_x[0], batch.support_y[0], steps=1, lr=0.1, inner_loss="sum")
     with pytest.raises(InputError, match="negative"):
         adapt(model, params, batch.support_x[0], batch.support_y[0], steps=-1, lr=0.1)
 
@@ -271,9 +271,9 @@ def test_folded_layout_with_stride_pooling_and_sum_over_shots(setup):
     torch.manual_seed(1)
     model = Conv4(in_channels=1, n_classes=WAYS, hidden=4, image_size=16, pooling="stride").double()
     _, batch = setup
-    folded, _ = get_algorithm("maml", inner_steps=1, inner_lr=0.1, loss_reduction="sum_over_shots",
+    folded, _ = get_algorithm("maml", inner_steps=1, inner_lr=0.1, inner_loss="sum_over_shots",
                               fold=True).meta_gradients(model, batch)
-    loop, _ = get_algorithm("maml", inner_steps=1, inner_lr=0.1, loss_reduction="sum_over_shots",
+    loop, _ = get_algorithm("maml", inner_steps=1, inner_lr=0.1, inner_loss="sum_over_shots",
                             fold=False).meta_gradients(model, batch)
     assert_grads_equal(folded, loop)
     with pytest.raises(InputError, match="fold=True"):
@@ -336,9 +336,9 @@ def test_cpu_folds_tasks_only_where_it_pays(monkeypatch):
     assert calls
 
 
-@pytest.mark.parametrize("loss_reduction", ["mean", "sum_over_shots"])
+@pytest.mark.parametrize("inner_loss", ["mean", "sum_over_shots"])
 @pytest.mark.parametrize("train_weight,train_bias", [(True, True), (True, False), (False, True)])
-def test_first_order_head_steps_in_closed_form_equal_the_autograd_steps(loss_reduction, train_weight, train_bias):
+def test_first_order_head_steps_in_closed_form_equal_the_autograd_steps(inner_loss, train_weight, train_bias):
     """First-order head adaptation writes the cross-entropy gradient out; the second-order path takes
     autograd steps: the adapted heads must be the same numbers (float64)."""
     from repana.meta.batched import adapt_heads
@@ -349,7 +349,7 @@ def test_first_order_head_steps_in_closed_form_equal_the_autograd_steps(loss_red
     labels = torch.stack([torch.randperm(ways, generator=gen) for _ in range(tasks)]).repeat_interleave(shots, 1)
     weight = torch.randn(ways, n_features, generator=gen, dtype=torch.float64)
     bias = torch.randn(ways, generator=gen, dtype=torch.float64)
-    options = dict(steps=3, lr=0.7, loss_reduction=loss_reduction, train_weight=train_weight, train_bias=train_bias)
+    options = dict(steps=3, lr=0.7, inner_loss=inner_loss, train_weight=train_weight, train_bias=train_bias)
     closed = adapt_heads(features, labels, weight, bias, first_order=True, **options)
     autograd = adapt_heads(features, labels, weight, bias, first_order=False, **options)
     for ours, ref, trained, initial in zip(closed, autograd, (train_weight, train_bias), (weight, bias)):

@@ -36,8 +36,8 @@ def test_registry_names_kinds_and_errors():
     assert get_algorithm("boil").trainable == "body" and not get_algorithm("boil").first_order
     assert get_algorithm("boil").test_time == "inner" and get_algorithm("boil").objective == "query"
     assert get_algorithm("fomaml").first_order
-    assert get_algorithm("maml", loss_reduction="sum_over_shots").loss_reduction == "sum_over_shots"
-    assert get_algorithm("maml", loss_reduction="sum_div_k").loss_reduction == "sum_over_shots"   # former spelling
+    assert get_algorithm("maml", inner_loss="sum_over_shots").inner_loss == "sum_over_shots"
+    assert get_algorithm("maml", inner_loss="sum_div_k").inner_loss == "sum_over_shots"   # former spelling
     assert get_algorithm("multiclass", inner_lr=0.1, ignore_unused=True).name == "multiclass"
     with pytest.raises(ConfigError, match="unknown algorithm"):
         get_algorithm("protonet")

@@ -117,7 +117,7 @@ def test_the_summed_loss_convention_is_the_mean_loss_with_ways_times_the_lr():
     assert mean_loss_lr(0.1, "sum_over_shots", batch.support_y[0]) == pytest.approx(0.1 * WAYS)
     assert mean_loss_lr(0.1, "mean", batch.support_y) == 0.1
     summed = adapted_query_logits(model, params, batch.support_x, batch.support_y, batch.query_x,
-                                  InnerLoop(2, 0.1, loss_reduction="sum_over_shots"))
+                                  InnerLoop(2, 0.1, inner_loss="sum_over_shots"))
     mean = adapted_query_logits(model, params, batch.support_x, batch.support_y, batch.query_x,
                                 InnerLoop(2, 0.1 * WAYS))
     torch.testing.assert_close(summed, mean, rtol=1e-12, atol=1e-12)

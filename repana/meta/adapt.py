@@ -29,32 +29,32 @@ from repana.errors import InputError
 Params = dict[str, torch.Tensor]
 Trainable = None | str | Callable[[str], bool] | Iterable[str]
 
-LOSS_REDUCTIONS = ("mean", "sum_over_shots")   # the values of TrainConfig.inner_loss, the one vocabulary
+INNER_LOSSES = ("mean", "sum_over_shots")   # the values of TrainConfig.inner_loss, the one vocabulary
 # Former spelling, accepted for code that uses it.
-_REDUCTION_ALIASES = {"sum_div_k": "sum_over_shots"}
+_INNER_LOSS_ALIASES = {"sum_div_k": "sum_over_shots"}
 
 
-def normalise_loss_reduction(loss_reduction: str) -> str:
+def normalise_inner_loss(inner_loss: str) -> str:
     """``"mean"`` or ``"sum_over_shots"`` (``"sum_div_k"`` is accepted as an alias of the latter)."""
-    value = _REDUCTION_ALIASES.get(loss_reduction, loss_reduction)
-    if value not in LOSS_REDUCTIONS:
-        raise InputError(f"loss_reduction = {loss_reduction!r} is not one of {LOSS_REDUCTIONS}: 'mean' averages "
+    value = _INNER_LOSS_ALIASES.get(inner_loss, inner_loss)
+    if value not in INNER_LOSSES:
+        raise InputError(f"inner_loss = {inner_loss!r} is not one of {INNER_LOSSES}: 'mean' averages "
                          "the support loss over examples; 'sum_over_shots' sums it and divides by the shots K "
                          "(original MAML code; its inner lr is N times a 'mean' lr)")
     return value
 
 
-def mean_loss_lr(lr: float, loss_reduction: str, support_y: torch.Tensor) -> float:
+def mean_loss_lr(lr: float, inner_loss: str, support_y: torch.Tensor) -> float:
     """The step size that, on the mean support loss, takes the same steps as ``lr`` on the
-    ``loss_reduction`` loss: the one place the loss convention is handled (every inner loop of repana
+    ``inner_loss`` loss: the one place the loss convention is handled (every inner loop of repana
     runs on the mean loss).
 
     "sum_over_shots" (the loss summed over the n support examples and divided by the shots K) is n / K
     (= ways, for balanced episodes) times the mean, so its steps are those of ``lr * n / K`` on the
     mean. ``support_y``: int64 ``(n,)`` or ``(tasks, n)`` (balanced episodes: the first task's K).
     """
-    loss_reduction = normalise_loss_reduction(loss_reduction)
-    if loss_reduction == "mean":
+    inner_loss = normalise_inner_loss(inner_loss)
+    if inner_loss == "mean":
         return float(lr)
     labels = support_y[0] if support_y.dim() == 2 else support_y
     return float(lr) * labels.numel() / shots_of(labels)
@@ -201,7 +201,7 @@ def _check_episode(support_x: torch.Tensor, support_y: torch.Tensor) -> None:
 
 def adapt(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
           support_y: torch.Tensor, steps: int, lr: float, trainable: Trainable = None,
-          first_order: bool = False, loss_reduction: str = "mean") -> Params:
+          first_order: bool = False, inner_loss: str = "mean") -> Params:
     """Adapt ``params`` to one episode with ``steps`` gradient steps of size ``lr`` on the support loss.
 
     Args:
@@ -210,10 +210,10 @@ def adapt(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x:
         params: name -> tensor, e.g. ``dict(model.named_parameters())`` (not modified).
         support_x: float ``(n_support, C, H, W)``; support_y: int64 ``(n_support,)`` in ``[0, ways)``.
         steps: inner steps (0 returns a copy of ``params``). lr: step size (in the convention of
-            ``loss_reduction``).
+            ``inner_loss``).
         trainable: which parameters adapt (see :func:`resolve_trainable`); the rest stay the same tensors.
         first_order: drop second-order terms (FOMAML, evaluation).
-        loss_reduction: "mean" or "sum_over_shots" (converted into the lr by :func:`mean_loss_lr`).
+        inner_loss: "mean" or "sum_over_shots" (converted into the lr by :func:`mean_loss_lr`).
 
     Returns:
         A new dict with the same keys; adapted tensors for trainable names, the given ones otherwise.
@@ -221,7 +221,7 @@ def adapt(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x:
     if steps < 0:
         raise InputError(f"steps = {steps} must not be negative")
     _check_episode(support_x, support_y)
-    lr = mean_loss_lr(lr, loss_reduction, support_y)
+    lr = mean_loss_lr(lr, inner_loss, support_y)
     current: Params = dict(params)
     names = resolve_trainable(current, trainable)
     if steps == 0 or not names:

@@ -36,7 +36,7 @@ github.com/HJ-Yoo/BOIL, ``maml/utils.py`` ``update_parameters``: every meta-para
 --classifier-step-size=0.0``, the same 0.5 as its MAML runs). repana uses the run's own ``inner_lr``.
 
 Hyperparameters: ``inner_steps`` (int), ``inner_lr`` (float, in the convention of
-``loss_reduction``), ``first_order`` (bool), ``loss_reduction`` ("mean" | "sum_over_shots"), ``bn_inner_loop``
+``inner_loss``), ``first_order`` (bool), ``inner_loss`` ("mean" | "sum_over_shots"), ``bn_inner_loop``
 (bool, default True: the batch-norm affine parameters adapt with the other ``trainable`` ones; False:
 they are left out of the inner loop and of test-time adaptation and learned by the outer loop only, as
 in Finn et al.'s code, :func:`repana.meta.adapt.without_batch_norm`),
@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from repana.errors import ConfigError, InputError
-from repana.meta.adapt import (Trainable, adapt, all_parameters, head_parameters, normalise_loss_reduction,
+from repana.meta.adapt import (Trainable, adapt, all_parameters, head_parameters, normalise_inner_loss,
                                trainable_predicate, without_batch_norm)
 from repana.meta.batched import task_features
 from repana.meta.inner import InnerLoop, query_logits_by_part
@@ -85,7 +85,7 @@ class Algorithm:
     first_order: bool = False
     trainable: Trainable = None          # None: every parameter (without batch norm when not bn_inner_loop)
     bn_inner_loop: bool = True           # False: batch-norm affine parameters never adapt (outer loop only)
-    loss_reduction: str = "mean"
+    inner_loss: str = "mean"
     bn_support_query: str = "apart"
     temperature: float = 1.0
     fold: bool | None = None             # tasks folded into channels: None = CUDA, CPU where it pays (batched.py)
@@ -153,7 +153,7 @@ def query_logits(model: torch.nn.Module, params: dict[str, torch.Tensor], suppor
 
 def inner_loop(algo: Algorithm) -> InnerLoop:
     """The training inner loop of ``algo`` (an :class:`repana.meta.inner.InnerLoop`)."""
-    return InnerLoop(algo.inner_steps, algo.inner_lr, algo.trainable, algo.first_order, algo.loss_reduction,
+    return InnerLoop(algo.inner_steps, algo.inner_lr, algo.trainable, algo.first_order, algo.inner_loss,
                      algo.bn_support_query, algo.fold)
 
 
@@ -185,7 +185,7 @@ def _reptile_direction(algo: Algorithm, model, batch) -> tuple[Grads, Metrics]:
     loss_sum, acc_sum = 0.0, 0.0
     for t in range(tasks):
         adapted = adapt(model, params, batch.support_x[t], batch.support_y[t], algo.inner_steps, algo.inner_lr,
-                        algo.trainable, first_order=True, loss_reduction=algo.loss_reduction)
+                        algo.trainable, first_order=True, inner_loss=algo.inner_loss)
         for n in params:
             total[n] += (params[n] - adapted[n].detach()) / tasks
         with torch.no_grad():
@@ -232,7 +232,7 @@ def _classification_gradients(model, batch) -> tuple[Grads, Metrics]:
 
 # ----- registry ----------------------------------------------------------------------------------
 
-_INNER = {"inner_steps", "inner_lr", "first_order", "loss_reduction", "bn_support_query", "trainable", "fold",
+_INNER = {"inner_steps", "inner_lr", "first_order", "inner_loss", "bn_support_query", "trainable", "fold",
           "bn_inner_loop"}
 # "test_time": what adapts at test time (evaluation, predict, the analyses): "inner" = the parameters
 # the algorithm's own inner loop adapts (its ``trainable``, every parameter by default); "head" = the
@@ -294,7 +294,7 @@ def get_algorithm(name: str, *, ignore_unused: bool = False, **hyperparameters) 
     if temperature <= 0:
         raise ConfigError(f"temperature = {temperature} must be positive")
     try:
-        reduction = normalise_loss_reduction(values.get("loss_reduction", "mean"))
+        reduction = normalise_inner_loss(values.get("inner_loss", "mean"))
     except InputError as err:
         raise ConfigError(str(err)) from None
     bn_inner_loop = values.get("bn_inner_loop", True)
@@ -305,7 +305,7 @@ def get_algorithm(name: str, *, ignore_unused: bool = False, **hyperparameters) 
         trainable = without_batch_norm(trainable)
     return Algorithm(name=canonical, batch_kind=spec["batch_kind"], objective=spec["objective"],
                      inner_steps=steps, inner_lr=lr, first_order=bool(values.get("first_order", False)),
-                     trainable=trainable, bn_inner_loop=bn_inner_loop, loss_reduction=reduction,
+                     trainable=trainable, bn_inner_loop=bn_inner_loop, inner_loss=reduction,
                      bn_support_query=bn,
                      temperature=temperature, fold=values.get("fold"), test_time=spec["test_time"],
                      hyperparameters=dict(hyperparameters))

@@ -108,19 +108,19 @@ def batched_head_logits(features: torch.Tensor, weight: torch.Tensor, bias: torc
 
 def adapt_heads(support_features: torch.Tensor, support_y: torch.Tensor, weight: torch.Tensor,
                 bias: torch.Tensor, steps: int, lr: float, first_order: bool = False,
-                loss_reduction: str = "mean", train_weight: bool = True,
+                inner_loss: str = "mean", train_weight: bool = True,
                 train_bias: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Adapt one linear head per task on fixed support features, all tasks at once.
 
     Args:
         support_features: ``(tasks, n_support, F)``; support_y: int64 ``(tasks, n_support)``.
         weight: shared initial head ``(C, F)`` or per task ``(tasks, C, F)``; bias: ``(C,)`` or ``(tasks, C)``.
-        steps, lr, first_order, loss_reduction: as :func:`repana.meta.adapt.adapt`.
+        steps, lr, first_order, inner_loss: as :func:`repana.meta.adapt.adapt`.
 
     Returns:
         Per-task heads ``(tasks, C, F)``, ``(tasks, C)``; differentiable in the inputs when second order.
     """
-    lr = mean_loss_lr(lr, loss_reduction, support_y)
+    lr = mean_loss_lr(lr, inner_loss, support_y)
     tasks = support_features.shape[0]
     w = weight.expand(tasks, *weight.shape[-2:]) if weight.dim() == 2 else weight
     b = bias.expand(tasks, bias.shape[-1]) if bias.dim() == 1 else bias
@@ -172,7 +172,7 @@ def _adapt_heads_first_order(features: torch.Tensor, labels: torch.Tensor, weigh
 
 def head_only_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
                            support_y: torch.Tensor, query_x: torch.Tensor, steps: int, lr: float,
-                           trainable=None, first_order: bool = False, loss_reduction: str = "mean",
+                           trainable=None, first_order: bool = False, inner_loss: str = "mean",
                            bn_together: bool = False) -> torch.Tensor:
     """Query logits ``(tasks, n_query, C)`` after adapting the head (only) of every task of a batch.
 
@@ -182,7 +182,7 @@ def head_only_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Te
     with torch.set_grad_enabled(graph_needed(params)):  # evaluation: an inference forward (faster layout)
         fs, fq = task_features(model, params, support_x, query_x, bn_together)
     weight, bias = params["head.weight"], params["head.bias"]
-    w, b = adapt_heads(fs, support_y, weight, bias, steps, lr, first_order, loss_reduction,
+    w, b = adapt_heads(fs, support_y, weight, bias, steps, lr, first_order, inner_loss,
                        train_weight="head.weight" in names, train_bias="head.bias" in names)
     if w.dim() == 2:
         w, b = w.expand(fq.shape[0], *w.shape), b.expand(fq.shape[0], *b.shape)
@@ -280,12 +280,12 @@ def folded_forward(model: torch.nn.Module, task_params: Mapping[str, torch.Tenso
 
 def adapt_folded(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
                  support_y: torch.Tensor, steps: int, lr: float, trainable=None, first_order: bool = False,
-                 loss_reduction: str = "mean") -> dict[str, torch.Tensor]:
+                 inner_loss: str = "mean") -> dict[str, torch.Tensor]:
     """:func:`repana.meta.adapt.adapt` for a batch of tasks at once: per-task parameters ``(tasks, *shape)``.
 
     ``support_x (tasks, n, C, H, W)``, ``support_y (tasks, n)`` int64; other arguments as ``adapt``.
     """
-    lr = mean_loss_lr(lr, loss_reduction, support_y)
+    lr = mean_loss_lr(lr, inner_loss, support_y)
     tasks = support_x.shape[0]
     names = resolve_trainable(params, trainable)
     current = {n: p.expand(tasks, *p.shape) for n, p in params.items()}
@@ -312,10 +312,10 @@ def adapt_folded(model: torch.nn.Module, params: Mapping[str, torch.Tensor], sup
 
 def folded_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
                         support_y: torch.Tensor, query_x: torch.Tensor, steps: int, lr: float, trainable=None,
-                        first_order: bool = False, loss_reduction: str = "mean",
+                        first_order: bool = False, inner_loss: str = "mean",
                         bn_together: bool = False) -> torch.Tensor:
     """Query logits ``(tasks, n_query, C)`` after adapting every task of a batch in the folded layout."""
-    adapted = adapt_folded(model, params, support_x, support_y, steps, lr, trainable, first_order, loss_reduction)
+    adapted = adapt_folded(model, params, support_x, support_y, steps, lr, trainable, first_order, inner_loss)
     inputs = torch.cat([support_x, query_x], 1) if bn_together else query_x
     with torch.set_grad_enabled(graph_needed(adapted)):  # evaluation: an inference forward (faster layout)
         if inputs.is_cuda:

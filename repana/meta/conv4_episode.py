@@ -208,7 +208,7 @@ def _adapted(model, params, support_x, support_y, steps, lr, names) -> tuple[Par
 
 def conv4_episode_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
                                support_y: torch.Tensor, query_x: torch.Tensor, steps: int, lr: float, trainable=None,
-                               loss_reduction: str = "mean", bn_together: bool = False) -> torch.Tensor:
+                               inner_loss: str = "mean", bn_together: bool = False) -> torch.Tensor:
     """Query logits ``(n_query, C)`` (no graph) of one episode after ``steps`` first-order steps of size
     ``lr`` on the ``trainable`` parameters of a Conv4 with batch statistics: the evaluation fast path.
 
@@ -216,7 +216,7 @@ def conv4_episode_query_logits(model: torch.nn.Module, params: Mapping[str, torc
     :func:`repana.meta.adapt.adapt` (first order) + a forward of the query set, to rounding.
     """
     names = resolve_trainable(params, trainable)
-    lr = mean_loss_lr(lr, loss_reduction, support_y)
+    lr = mean_loss_lr(lr, inner_loss, support_y)
     prepared, two_channel = _adapted(model, params, support_x, support_y, steps, lr, names)
     inputs = torch.cat([support_x, query_x]) if bn_together else query_x
     with torch.no_grad():
@@ -226,10 +226,10 @@ def conv4_episode_query_logits(model: torch.nn.Module, params: Mapping[str, torc
 
 def adapt_conv4_episode(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
                         support_y: torch.Tensor, steps: int, lr: float, trainable=None,
-                        loss_reduction: str = "mean") -> Params:
+                        inner_loss: str = "mean") -> Params:
     """The adapted parameters (detached, the model's shapes) of :func:`conv4_episode_query_logits`."""
     names = resolve_trainable(params, trainable)
-    lr = mean_loss_lr(lr, loss_reduction, support_y)
+    lr = mean_loss_lr(lr, inner_loss, support_y)
     prepared, two_channel = _adapted(model, params, support_x, support_y, steps, lr, names)
     if two_channel:
         prepared["conv1.conv.weight"] = prepared["conv1.conv.weight"][:, :1]

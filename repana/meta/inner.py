@@ -37,7 +37,7 @@ Public API (what training, :mod:`repana.meta.evaluate` and :mod:`repana.analysis
     adapt_tasks(model, params, support_x, support_y, spec) -> list[dict]       # per task, detached
     adapt_trajectory(model, params, support_x, support_y, spec) -> list[dict]  # steps + 1 dicts, detached
 
-with ``spec = InnerLoop(steps, lr, trainable=None, first_order=False, loss_reduction="mean",
+with ``spec = InnerLoop(steps, lr, trainable=None, first_order=False, inner_loss="mean",
 bn_support_query="apart", fold=None)``.
 """
 
@@ -51,7 +51,7 @@ from torch.func import functional_call
 
 from repana.errors import InputError
 from repana.limits import MAX_INNER_STEPS, check_count, check_inner_lr
-from repana.meta.adapt import (Trainable, adapt, first_trainable_layer, mean_loss_lr, normalise_loss_reduction,
+from repana.meta.adapt import (Trainable, adapt, first_trainable_layer, mean_loss_lr, normalise_inner_loss,
                                resolve_trainable)
 from repana.meta.batched import (TRAIN_FOLD_BYTES, can_batch_head_only, can_fold, cpu_fold_pays, fold_group_size,
                                  folded_query_logits, forward_tasks, graph_needed, head_only_query_logits)
@@ -63,7 +63,7 @@ PATHS = ("unadapted", "head_only", "per_episode", "conv4_episode", "folded")
 
 @dataclass(frozen=True)
 class InnerLoop:
-    """How tasks adapt: ``steps`` gradient steps of size ``lr`` (in the convention of ``loss_reduction``:
+    """How tasks adapt: ``steps`` gradient steps of size ``lr`` (in the convention of ``inner_loss``:
     "mean" | "sum_over_shots") on the support loss of the ``trainable`` parameters (see
     :func:`repana.meta.adapt.resolve_trainable`; :func:`repana.meta.adapt.freeze_layers` narrows it);
     ``first_order`` drops second-order terms (training only: without a graph steps are first order);
@@ -74,7 +74,7 @@ class InnerLoop:
     lr: float
     trainable: Trainable = None
     first_order: bool = False
-    loss_reduction: str = "mean"
+    inner_loss: str = "mean"
     bn_support_query: str = "apart"
     fold: bool | None = None
 
@@ -83,7 +83,7 @@ class InnerLoop:
         check_inner_lr(self.lr, self.steps)
         if self.bn_support_query not in ("apart", "together"):
             raise InputError(f"bn_support_query = {self.bn_support_query!r} is not 'apart' or 'together'")
-        normalise_loss_reduction(self.loss_reduction)
+        normalise_inner_loss(self.inner_loss)
 
 
 def choose_path(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
@@ -150,7 +150,7 @@ def query_logits_by_part(model: torch.nn.Module, params: Mapping[str, torch.Tens
             logits = _unadapted_logits(model, params, support_x, query_x, together)
         yield slice(0, tasks), check_finite_logits(logits, spec)  # outside the `with`: grad mode is the caller's while it holds the part
         return
-    lr = mean_loss_lr(spec.lr, spec.loss_reduction, support_y)
+    lr = mean_loss_lr(spec.lr, spec.inner_loss, support_y)
     if path == "head_only":
         logits = head_only_query_logits(model, params, support_x, support_y, query_x, spec.steps, lr,
                                         spec.trainable, first_order, "mean", together)
@@ -227,10 +227,10 @@ def adapt_tasks(model: torch.nn.Module, params: Mapping[str, torch.Tensor], supp
     for t in range(support_x.shape[0]):
         if support_x.device.type == "cpu" and can_run_conv4_episode(model) and spec.steps > 0:
             adapted = adapt_conv4_episode(model, params, support_x[t], support_y[t], spec.steps, spec.lr,
-                                          spec.trainable, spec.loss_reduction)
+                                          spec.trainable, spec.inner_loss)
         else:
             adapted = adapt(model, params, support_x[t], support_y[t], spec.steps, spec.lr, spec.trainable,
-                            first_order=True, loss_reduction=spec.loss_reduction)
+                            first_order=True, inner_loss=spec.inner_loss)
         adapted = {n: p.detach() for n, p in adapted.items()}
         check_finite_params(adapted, spec)
         out.append(adapted)
@@ -248,8 +248,8 @@ def adapt_trajectory(model: torch.nn.Module, params: Mapping[str, torch.Tensor],
     current = {n: p.detach() for n, p in params.items()}
     trajectory = [current]
     one_step = replace(spec, steps=1)
-    lr = mean_loss_lr(spec.lr, spec.loss_reduction, support_y)
-    one_step = replace(one_step, lr=lr, loss_reduction="mean")
+    lr = mean_loss_lr(spec.lr, spec.inner_loss, support_y)
+    one_step = replace(one_step, lr=lr, inner_loss="mean")
     for _ in range(spec.steps):
         current = adapt_tasks(model, current, support_x, support_y, one_step)
         trajectory.append(current)
