@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from repana.errors import ConfigError, InputError
-from repana.meta.adapt import adapt
-from repana.meta.algorithms import get_algorithm, list_algorithms, query_logits
+from repana.meta.algorithms import get_algorithm, list_algorithms
+from repana.meta.inner import adapt
+from repana.meta.inner.generic import episode_query_logits
 from repana.meta.evaluate import evaluate
 from repana.meta.nil import nil_logits
 from repana.models import Conv4
@@ -134,7 +135,7 @@ def test_bn_together_changes_the_query_normalisation():
     loss = 0.0
     for t in range(3):
         adapted = adapt(model, params, batch.support_x[t], batch.support_y[t], 1, 0.4, "head")
-        logits = query_logits(model, adapted, batch.support_x[t], batch.query_x[t], "together")
+        logits = episode_query_logits(model, adapted, batch.support_x[t], batch.query_x[t], together=True)
         loss = loss + F.cross_entropy(logits, batch.query_y[t]) / 3
     expected = torch.autograd.grad(loss, list(params.values()))
     for name, g in zip(params, expected):

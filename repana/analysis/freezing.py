@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from repana.meta.adapt import all_parameters, freeze_layers
+from repana.meta.inner import all_parameters, freeze_layers
 from repana.analysis.registry import Analysis, Finding, Section, register
 from repana.errors import InputError
 from repana.progress import progress

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from repana.meta.adapt import all_parameters, head_parameters
+from repana.meta.inner import all_parameters, head_parameters
 from repana.analysis.registry import Analysis, Finding, Section, register
 from repana.errors import InputError
 

@@ -30,9 +30,7 @@ import torch
 
 from repana.errors import InputError
 from repana.limits import MAX_INNER_STEPS, check_count, check_inner_lr
-from repana.meta.adapt import Trainable, normalise_inner_loss
-from repana.meta.batched import task_features
-from repana.meta.inner import InnerLoop, query_logits_by_part
+from repana.meta.inner import InnerLoop, Trainable, normalise_inner_loss, query_logits_by_part, task_features
 from repana.meta.nil import nil_logits, nil_predict
 from repana.progress import progress
 
@@ -184,14 +182,14 @@ def evaluate(model: torch.nn.Module, episodes: Any, method: str = "adapt", steps
             ``.chunks(n)``), or an iterable of Episodes-like chunks.
         method: "adapt" (gradient steps, then the adapted network's predictions) or "nil".
         steps, lr: test-time inner steps and step size (lr in the convention of ``inner_loss``).
-        trainable: parameters adapted at test time (see :func:`repana.meta.adapt.resolve_trainable`).
+        trainable: parameters adapted at test time (see :func:`repana.meta.inner.resolve_trainable`).
         first_order: test-time steps need no second-order terms (the result is the same either way).
         chunk_size: tasks processed together (bounds memory); None = each given chunk whole.
         head: "auto" | "keep" | "zero" (see module doc).
         fold: adapt the tasks of a chunk together, folded into channels (None: whenever the model allows
             it, a Conv4 with batch statistics, on CUDA, and on CPU when it pays there (small support maps,
-            :func:`repana.meta.batched.cpu_fold_pays`), in groups bounded by
-            :func:`repana.meta.batched.fold_group_size`; False: one task at a time).
+            :func:`repana.meta.inner.folded.cpu_fold_pays`), in groups bounded by
+            :func:`repana.meta.inner.folded.fold_group_size`; False: one task at a time).
 
     Returns:
         :class:`EvaluationResult`; ``per_episode`` in the order of the episodes.

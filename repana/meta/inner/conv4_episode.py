@@ -10,7 +10,7 @@ and a backward written out with the ATen kernels autograd calls for the same ops
 the same layouts. These kernels are private ATen API: tests/test_aten_kernels.py checks each one's schema and
 its gradient against autograd on the installed torch, and fails loudly when an upgrade changes them. So the logits and adapted parameters are bit-identical to the autograd version of this
 path that repana ran before (checked on the benchmark's networks and on a trained checkpoint), and equal
-to :func:`repana.meta.adapt.adapt` + a query forward to rounding (float64 tests, 1e-10). What it saves
+to :func:`repana.meta.inner.adapt` + a query forward to rounding (float64 tests, 1e-10). What it saves
 over autograd or a clone-and-adapt loop: the graph and the engine's bookkeeping at every step (about 25
 nodes), module and ``functional_call`` dispatch, the gradient of conv1's input, per-step lookups, and
 layout conversions (below).
@@ -30,8 +30,9 @@ fixed per-call costs weigh more (oneDNN spends ~50 us per conv forward and ~150 
 even on tiny maps). Convolutions as im2col matrix products for the smallest maps were 3-10% faster on
 the stride nets but rounded differently (logits moved by 1e-3 on a trained checkpoint, through 10 steps
 at lr 2.0), so they are not used. Measured speed-ups: ``python benchmarks/meta_train.py --single-episode
---threads 1`` and docs/meta.md. The path is chosen in :func:`repana.meta.inner.choose_path` (evaluation on
-CPU, one task at a time).
+--threads 1`` and docs/meta.md. As an inner-loop path (:class:`repana.meta.inner.spec.InnerPath`) it runs
+one task at a time, without a graph, on CPU; :func:`repana.meta.inner.dispatch.choose_path` prefers it for
+evaluation where the folded path does not pay.
 """
 
 from __future__ import annotations
@@ -42,16 +43,12 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from repana.meta.adapt import first_trainable_layer, mean_loss_lr, resolve_trainable
+from repana.meta.inner.spec import Params, Plan
+from repana.meta.inner.trainable import first_trainable_layer
 from repana.models import is_conv4
 
 aten = torch.ops.aten
-Params = dict[str, torch.Tensor]
-
-
-def can_run_conv4_episode(model: torch.nn.Module) -> bool:
-    """Whether this module's path applies: a Conv4 with batch statistics."""
-    return is_conv4(model) and model.bn_stats == "batch"
+NAME = "conv4_episode"
 
 
 def _prepare(model: torch.nn.Module, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> tuple[Params, bool]:
@@ -206,31 +203,48 @@ def _adapted(model, params, support_x, support_y, steps, lr, names) -> tuple[Par
     return prepared, two_channel
 
 
-def conv4_episode_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
-                               support_y: torch.Tensor, query_x: torch.Tensor, steps: int, lr: float, trainable=None,
-                               inner_loss: str = "mean", bn_together: bool = False) -> torch.Tensor:
+def episode_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
+                         support_y: torch.Tensor, query_x: torch.Tensor, steps: int, lr: float,
+                         names: Collection[str], together: bool = False) -> torch.Tensor:
     """Query logits ``(n_query, C)`` (no graph) of one episode after ``steps`` first-order steps of size
-    ``lr`` on the ``trainable`` parameters of a Conv4 with batch statistics: the evaluation fast path.
+    ``lr`` (on the mean support loss) on the parameters ``names`` of a Conv4 with batch statistics.
 
     ``support_x (n_s, C, H, W)``, ``support_y (n_s,)`` int64, ``query_x (n_q, C, H, W)``. Equal to
-    :func:`repana.meta.adapt.adapt` (first order) + a forward of the query set, to rounding.
+    :func:`repana.meta.inner.adapt` (first order) + a forward of the query set, to rounding.
     """
-    names = resolve_trainable(params, trainable)
-    lr = mean_loss_lr(lr, inner_loss, support_y)
     prepared, two_channel = _adapted(model, params, support_x, support_y, steps, lr, names)
-    inputs = torch.cat([support_x, query_x]) if bn_together else query_x
+    inputs = torch.cat([support_x, query_x]) if together else query_x
     with torch.no_grad():
         logits = forward_logits(model, prepared, _network_input(inputs, two_channel))
-    return logits[support_x.shape[0]:] if bn_together else logits
+    return logits[support_x.shape[0]:] if together else logits
 
 
-def adapt_conv4_episode(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
-                        support_y: torch.Tensor, steps: int, lr: float, trainable=None,
-                        inner_loss: str = "mean") -> Params:
-    """The adapted parameters (detached, the model's shapes) of :func:`conv4_episode_query_logits`."""
-    names = resolve_trainable(params, trainable)
-    lr = mean_loss_lr(lr, inner_loss, support_y)
+def adapted_parameters(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
+                       support_y: torch.Tensor, steps: int, lr: float, names: Collection[str]) -> Params:
+    """The adapted parameters (detached, the model's shapes) of :func:`episode_query_logits`."""
     prepared, two_channel = _adapted(model, params, support_x, support_y, steps, lr, names)
     if two_channel:
         prepared["conv1.conv.weight"] = prepared["conv1.conv.weight"][:, :1]
     return {n: prepared[n].contiguous() if n in names else params[n].detach() for n in params}
+
+
+# ----- the path ------------------------------------------------------------------------------------
+
+def tasks_per_part(model: torch.nn.Module, support_x: torch.Tensor, query_x: torch.Tensor, plan: Plan) -> int | None:
+    """One task at a time for a Conv4 with batch statistics on CPU when no graph is needed, else None."""
+    runs = not plan.graph and support_x.device.type == "cpu" and is_conv4(model) and model.bn_stats == "batch"
+    return 1 if runs else None
+
+
+def adapt_episode(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
+                  support_y: torch.Tensor, plan: Plan) -> Params:
+    """One episode's parameters after ``plan``'s steps (:func:`adapted_parameters`)."""
+    return adapted_parameters(model, params, support_x, support_y, plan.steps, plan.lr, plan.names)
+
+
+def query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
+                 support_y: torch.Tensor, query_x: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """Query logits ``(tasks, n_q, C)``, task by task (:func:`episode_query_logits`)."""
+    return torch.stack([episode_query_logits(model, params, support_x[t], support_y[t], query_x[t], plan.steps,
+                                             plan.lr, plan.names, plan.together)
+                        for t in range(support_x.shape[0])])
