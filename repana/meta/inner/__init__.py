@@ -13,6 +13,7 @@ module              what
 ``conv4_episode``   path: one Conv4 episode without autograd (evaluation on CPU)
 ``generic``         path: one episode at a time with autograd on any module (:func:`adapt`, the reference)
 ``tasks``           a batch of tasks through one network (:func:`task_features`)
+``aten_kernels``    the private ATen kernels of ``conv4_episode``'s hand-written backward, in one place
 =================== ==========================================================================================
 
 The API training, :mod:`repana.meta.evaluate` and :mod:`repana.analysis` call::

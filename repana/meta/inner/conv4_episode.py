@@ -4,16 +4,13 @@ Evaluation needs no meta-gradient, so its inner steps are first order and the ad
 private copies updated in place. This module runs them on a :class:`repana.models.Conv4` with batch
 statistics (``bn_stats="batch"``) without autograd: each step is one forward that keeps what its
 backward needs (each block's input, conv output, batch-norm statistics, pooling indices and ReLU output)
-and a backward written out with the ATen kernels autograd calls for the same ops
-(``convolution_backward``, ``native_batch_norm_backward``, ``max_pool2d_with_indices_backward``,
-``threshold_backward``; the cross-entropy through ``_log_softmax_backward_data``), on the same tensors in
-the same layouts. These kernels are private ATen API: tests/test_aten_kernels.py checks each one's schema and
-its gradient against autograd on the installed torch, and fails loudly when an upgrade changes them. So the logits and adapted parameters are bit-identical to the autograd version of this
-path that repana ran before (checked on the benchmark's networks and on a trained checkpoint), and equal
-to :func:`repana.meta.inner.adapt` + a query forward to rounding (float64 tests, 1e-10). What it saves
-over autograd or a clone-and-adapt loop: the graph and the engine's bookkeeping at every step (about 25
-nodes), module and ``functional_call`` dispatch, the gradient of conv1's input, per-step lookups, and
-layout conversions (below).
+and a backward written out with the kernels autograd runs for the same ops, on the same tensors in the same
+layouts, so the logits and adapted parameters are autograd's to the bit. Those kernels are private ATen
+API; they are called only through :mod:`repana.meta.inner.aten_kernels`, which tests/test_aten_kernels.py
+checks against the installed torch. The path equals :func:`repana.meta.inner.adapt` + a query forward to
+rounding (float64 tests, 1e-10). What it saves over autograd or a clone-and-adapt loop: the graph and the
+engine's bookkeeping at every step (about 25 nodes), module and ``functional_call`` dispatch, the gradient
+of conv1's input, per-step lookups, and layout conversions (below).
 
 Layout (CPU float32): conv weights in channels-last memory, which is what oneDNN computes with (an NCHW
 weight is reordered at every forward and backward); images converted to channels-last once per episode,
@@ -43,11 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from repana.meta.inner import aten_kernels as kernels
 from repana.meta.inner.spec import Params, Plan
 from repana.meta.inner.trainable import first_trainable_layer
 from repana.models import is_conv4
 
-aten = torch.ops.aten
 NAME = "conv4_episode"
 
 
@@ -145,12 +142,11 @@ def support_gradients(model: torch.nn.Module, params: Mapping[str, torch.Tensor]
     saved = []
     for block in blocks:
         z = F.conv2d(h, params[block.weight], params[block.bias], block.stride, 1)
-        y, mean, invstd = torch.native_batch_norm(z, params[block.gamma], params[block.beta], None, None, True, 0.0,
-                                                  block.eps)
+        y, mean, invstd = kernels.batch_norm_with_statistics(z, params[block.gamma], params[block.beta], block.eps)
         indices = pool_input = None
         if block.max_pool:  # relu after the pool, as rectify_and_pool (the pooled map is this step's own)
             pool_input = y
-            y, indices = aten.max_pool2d_with_indices(y, [2, 2], [2, 2])
+            y, indices = kernels.max_pool_2x2(y)
         activation = torch.relu_(y)  # in place: batch norm's backward reads its input z, not its output
         saved.append((block, h, z, mean, invstd, indices, pool_input, activation))
         h = activation
@@ -158,8 +154,8 @@ def support_gradients(model: torch.nn.Module, params: Mapping[str, torch.Tensor]
     log_probs = torch.log_softmax(logits, 1)
     if target is None:
         target = loss_gradient_target(labels, logits.shape[1], logits.dtype)
-    # through log_softmax, then the head: the kernels autograd runs for F.cross_entropy and F.linear
-    grad_logits = torch._log_softmax_backward_data(target, log_probs, 1, log_probs.dtype)
+    # through log_softmax, then the head: what autograd runs for F.cross_entropy and F.linear
+    grad_logits = kernels.cross_entropy_logits_gradient(target, log_probs)
     grads = {"head.weight": grad_logits.t().mm(features), "head.bias": grad_logits.sum(0)}
     if not saved:
         return {n: grads[n] for n in names}
@@ -170,15 +166,13 @@ def support_gradients(model: torch.nn.Module, params: Mapping[str, torch.Tensor]
         grad = grad_features.view(h.shape)
     grad = grad.contiguous(memory_format=_memory_format(h))
     for block, h_in, z, mean, invstd, indices, pool_input, activation in reversed(saved):
-        grad = aten.threshold_backward(grad, activation, 0)
+        grad = kernels.relu_backward(grad, activation)
         if indices is not None:
-            grad = aten.max_pool2d_with_indices_backward(grad, pool_input, [2, 2], [2, 2], [0, 0], [1, 1], False,
-                                                         indices)
-        grad, grads[block.gamma], grads[block.beta] = aten.native_batch_norm_backward(
-            grad, z, params[block.gamma], None, None, mean, invstd, True, block.eps, block.bn_mask)
-        weight = params[block.weight]
-        grad, grads[block.weight], grads[block.bias] = aten.convolution_backward(
-            grad, h_in, weight, [weight.shape[0]], block.stride, [1, 1], [1, 1], False, [0, 0], 1, block.conv_mask)
+            grad = kernels.max_pool_2x2_backward(grad, pool_input, indices)
+        grad, grads[block.gamma], grads[block.beta] = kernels.batch_norm_backward(
+            grad, z, params[block.gamma], mean, invstd, block.eps, block.bn_mask)
+        grad, grads[block.weight], grads[block.bias] = kernels.conv3x3_backward(
+            grad, h_in, params[block.weight], block.stride, block.conv_mask)
     return {n: grads[n] for n in names}
 
 
@@ -199,7 +193,7 @@ def _adapted(model, params, support_x, support_y, steps, lr, names) -> tuple[Par
         target = loss_gradient_target(support_y, prepared["head.weight"].shape[0], prepared["head.weight"].dtype)
         for _ in range(steps):
             grads = support_gradients(model, prepared, h, support_y, order, start, blocks, target)
-            torch._foreach_add_(leaves, [grads[n] for n in order], alpha=-lr)
+            kernels.subtract_scaled_(leaves, [grads[n] for n in order], lr)
     return prepared, two_channel
 
 
