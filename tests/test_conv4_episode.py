@@ -82,8 +82,8 @@ def test_only_the_chosen_parameters_adapt_as_in_the_reference(trainable):
     chosen = {n for n in params if any(n == t or n.startswith(t + ".") for t in trainable)} \
         if trainable != "head" else {"head.weight", "head.bias"}
     assert {n for n in params if not torch.equal(adapted[n], params[n])} == chosen
-    logits = conv4_episode.episode_query_logits(model, params, support_x, support_y, query_x, 3, LR,
-                                                resolve_trainable(params, trainable))
+    logits = conv4_episode.adapted_episode_logits(model, params, support_x, support_y, query_x, 3, LR,
+                                                  resolve_trainable(params, trainable))
     torch.testing.assert_close(logits, reference_logits(model, params, support_x, support_y, query_x, 3, trainable),
                                rtol=1e-10, atol=1e-10)
 
@@ -94,7 +94,7 @@ def test_float32_logits_agree_with_the_reference_on_each_network():
         model = network(name, torch.float32)
         support_x, support_y, query_x = episode(model, seed=2, dtype=torch.float32)
         params = {n: p.detach() for n, p in model.named_parameters()}
-        ours = conv4_episode.episode_query_logits(model, params, support_x, support_y, query_x, 3, LR, list(params))
+        ours = conv4_episode.adapted_episode_logits(model, params, support_x, support_y, query_x, 3, LR, list(params))
         ref = reference_logits(model, params, support_x, support_y, query_x, 3)
         # float32 through 3 adaptation steps of a Conv4: errors of ~1e-4 relative to the logits' scale, and the
         # exact size depends on the CPU's convolution kernels (AVX2 vs AVX-512): judged against that scale

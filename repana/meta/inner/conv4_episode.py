@@ -197,9 +197,9 @@ def _adapted(model, params, support_x, support_y, steps, lr, names) -> tuple[Par
     return prepared, two_channel
 
 
-def episode_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
-                         support_y: torch.Tensor, query_x: torch.Tensor, steps: int, lr: float,
-                         names: Collection[str], together: bool = False) -> torch.Tensor:
+def adapted_episode_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
+                           support_y: torch.Tensor, query_x: torch.Tensor, steps: int, lr: float,
+                           names: Collection[str], together: bool = False) -> torch.Tensor:
     """Query logits ``(n_query, C)`` (no graph) of one episode after ``steps`` first-order steps of size
     ``lr`` (on the mean support loss) on the parameters ``names`` of a Conv4 with batch statistics.
 
@@ -215,7 +215,7 @@ def episode_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tens
 
 def adapted_parameters(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
                        support_y: torch.Tensor, steps: int, lr: float, names: Collection[str]) -> Params:
-    """The adapted parameters (detached, the model's shapes) of :func:`episode_query_logits`."""
+    """The adapted parameters (detached, the model's shapes) of :func:`adapted_episode_logits`."""
     prepared, two_channel = _adapted(model, params, support_x, support_y, steps, lr, names)
     if two_channel:
         prepared["conv1.conv.weight"] = prepared["conv1.conv.weight"][:, :1]
@@ -238,7 +238,7 @@ def adapt_episode(model: torch.nn.Module, params: Mapping[str, torch.Tensor], su
 
 def query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
                  support_y: torch.Tensor, query_x: torch.Tensor, plan: Plan) -> torch.Tensor:
-    """Query logits ``(tasks, n_q, C)``, task by task (:func:`episode_query_logits`)."""
-    return torch.stack([episode_query_logits(model, params, support_x[t], support_y[t], query_x[t], plan.steps,
-                                             plan.lr, plan.names, plan.together)
+    """Query logits ``(tasks, n_q, C)``, task by task (:func:`adapted_episode_logits`)."""
+    return torch.stack([adapted_episode_logits(model, params, support_x[t], support_y[t], query_x[t], plan.steps,
+                                               plan.lr, plan.names, plan.together)
                         for t in range(support_x.shape[0])])
