@@ -32,7 +32,7 @@ quick preset's Conv4-32 stride-2 spatial-mean, Conv4-64 max-pool, MiniImageNet's
 each pair interleaved, the median of ``--episode-repeats`` calls. Two runs (1 thread, 2 shared cores at
 load ~6), MAML / ANIL: stride nets 1.31-1.45x / 2.0-3.8x, max-pool Conv4-64 1.19-1.22x / 1.8-1.9x,
 MiniImageNet 1.05x / 1.6x (its time is in the conv, batch-norm and pooling kernels the loop runs too,
-see repana.meta.conv4_episode).
+see repana.meta.inner.conv4_episode).
 
 ``--setting miniimagenet`` times MiniImageNet's network and sizes instead (5-way 1-shot, 15 queries,
 meta-batch 4 as in the paper, random pixels).

@@ -71,7 +71,8 @@ def layer_of(name: str) -> str:
 
 
 def is_conv4(model: nn.Module) -> bool:
-    """True for a :class:`Conv4` (the backbone the batched fast paths of :mod:`repana.meta.batched` know)."""
+    """True for a :class:`Conv4`: the backbone the Conv4 paths of the inner loop know
+    (:mod:`repana.meta.inner.folded`, :mod:`repana.meta.inner.conv4_episode`)."""
     return isinstance(model, Conv4)
 
 

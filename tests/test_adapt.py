@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from repana.errors import InputError
-from repana.meta.adapt import adapt, resolve_trainable
+from repana.meta.inner import adapt, resolve_trainable
 from repana.meta.algorithms import get_algorithm
 from repana.models import Conv4
 import meta_helpers
@@ -222,7 +222,7 @@ def test_sum_over_shots_equals_mean_loss_with_n_times_the_lr(setup):
     model, batch = setup
     params = {n: p.detach() for n, p in model.named_parameters()}
     summed = adapt(model, params, batch.support_x[0], batch.support_y[0], steps=2, lr=0.1, first_order=True,
-                   loss_reduction="sum_over_shots")
+                   inner_loss="sum_over_shots")
     mean = adapt(model, params, batch.support_x[0], batch.support_y[0], steps=2, lr=0.1 * WAYS, first_order=True)
     for n in params:
         torch.testing.assert_close(summed[n], mean[n], rtol=1e-9, atol=1e-12)
@@ -247,8 +247,8 @@ def test_bad_inputs_raise_clear_errors(setup):
         adapt(model, params, batch.support_x, batch.support_y, steps=1, lr=0.1)
     with pytest.raises(InputError, match="int64"):
         adapt(model, params, batch.support_x[0], batch.support_y[0].float(), steps=1, lr=0.1)
-    with pytest.raises(InputError, match="loss_reduction"):
-        adapt(model, params, batch.support_x[0], batch.support_y[0], steps=1, lr=0.1, loss_reduction="sum")
+    with pytest.raises(InputError, match="inner_loss"):
+        adapt(model, params, batch.support_x[0], batch.support_y[0], steps=1, lr=0.1, inner_loss="sum")
     with pytest.raises(InputError, match="negative"):
         adapt(model, params, batch.support_x[0], batch.support_y[0], steps=-1, lr=0.1)
 
@@ -271,9 +271,9 @@ def test_folded_layout_with_stride_pooling_and_sum_over_shots(setup):
     torch.manual_seed(1)
     model = Conv4(in_channels=1, n_classes=WAYS, hidden=4, image_size=16, pooling="stride").double()
     _, batch = setup
-    folded, _ = get_algorithm("maml", inner_steps=1, inner_lr=0.1, loss_reduction="sum_over_shots",
+    folded, _ = get_algorithm("maml", inner_steps=1, inner_lr=0.1, inner_loss="sum_over_shots",
                               fold=True).meta_gradients(model, batch)
-    loop, _ = get_algorithm("maml", inner_steps=1, inner_lr=0.1, loss_reduction="sum_over_shots",
+    loop, _ = get_algorithm("maml", inner_steps=1, inner_lr=0.1, inner_loss="sum_over_shots",
                             fold=False).meta_gradients(model, batch)
     assert_grads_equal(folded, loop)
     with pytest.raises(InputError, match="fold=True"):
@@ -284,16 +284,15 @@ def test_folded_layout_with_stride_pooling_and_sum_over_shots(setup):
 def test_cpu_training_in_folded_groups_equals_reference_and_loop(setup, algorithm, first_order, monkeypatch):
     """CPU default: tasks folded in groups bounded by TRAIN_FOLD_BYTES (here 2 + 1 tasks), one backward
     per group; equal to the reference and to the per-episode loop (fold=False), metrics included."""
-    from repana.meta import inner
-    from repana.meta.batched import fold_group_size
+    from repana.meta.inner import dispatch, folded
 
     model, batch = setup
     per_task_bytes = WAYS * QUERIES * model.conv1.conv.out_channels * 16 * 16 * 8  # float64 conv1 query map (max-pool net)
-    monkeypatch.setattr(inner, "TRAIN_FOLD_BYTES", 2 * per_task_bytes + 1)
-    assert fold_group_size(model, batch.query_x, inner.TRAIN_FOLD_BYTES, maps_per_task=1) == 2
+    monkeypatch.setattr(folded, "TRAIN_FOLD_BYTES", 2 * per_task_bytes + 1)
+    assert folded.fold_group_size(model, batch.query_x, folded.TRAIN_FOLD_BYTES, maps_per_task=1) == 2
     groups = []
-    choose = inner.choose_path
-    monkeypatch.setattr(inner, "choose_path", lambda *args, **kwargs: (
+    choose = dispatch.choose_path
+    monkeypatch.setattr(dispatch, "choose_path", lambda *args, **kwargs: (
         lambda chosen: (chosen[0] == "folded" and groups.append(chosen[1])) or chosen)(choose(*args, **kwargs)))
     grads, metrics = get_algorithm(algorithm, inner_steps=2, inner_lr=0.3).meta_gradients(model, batch)
     loop_grads, loop_metrics = get_algorithm(algorithm, inner_steps=2, inner_lr=0.3,
@@ -310,19 +309,19 @@ def test_cpu_folds_tasks_only_where_it_pays(monkeypatch):
     in training and in evaluation; fold=True still forces it."""
     import importlib
 
-    from repana.meta import batched, inner
+    from repana.meta.inner import folded
 
     evaluation = importlib.import_module("repana.meta.evaluate")  # the package re-exports evaluate()
     stride = Conv4(n_classes=WAYS, hidden=4, image_size=28, pooling="stride")
     max_pool = Conv4(n_classes=WAYS, hidden=4, image_size=28, pooling="max")
     one_shot, five_shot = torch.zeros(2, 5, 1, 28, 28), torch.zeros(2, 25, 1, 28, 28)
-    assert batched.cpu_fold_pays(stride, one_shot)            # 5 x 14 x 14 = 980 conv1 pixels per task
-    assert not batched.cpu_fold_pays(max_pool, one_shot)      # 5 x 28 x 28 = 3920
-    assert not batched.cpu_fold_pays(stride, five_shot)       # 25 x 14 x 14 = 4900
+    assert folded.cpu_fold_pays(stride, one_shot)            # 5 x 14 x 14 = 980 conv1 pixels per task
+    assert not folded.cpu_fold_pays(max_pool, one_shot)      # 5 x 28 x 28 = 3920
+    assert not folded.cpu_fold_pays(stride, five_shot)       # 25 x 14 x 14 = 4900
 
     calls = []
-    original = inner.folded_query_logits
-    monkeypatch.setattr(inner, "folded_query_logits",
+    original = folded.query_logits
+    monkeypatch.setattr(folded, "query_logits",
                         lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
     batch = make_batch(torch.Generator().manual_seed(2), dtype=torch.float32, size=28)
     for model, folds in ((stride, True), (max_pool, False)):
@@ -336,12 +335,12 @@ def test_cpu_folds_tasks_only_where_it_pays(monkeypatch):
     assert calls
 
 
-@pytest.mark.parametrize("loss_reduction", ["mean", "sum_over_shots"])
+@pytest.mark.parametrize("lr", [0.7, 2.1])
 @pytest.mark.parametrize("train_weight,train_bias", [(True, True), (True, False), (False, True)])
-def test_first_order_head_steps_in_closed_form_equal_the_autograd_steps(loss_reduction, train_weight, train_bias):
+def test_first_order_head_steps_in_closed_form_equal_the_autograd_steps(lr, train_weight, train_bias):
     """First-order head adaptation writes the cross-entropy gradient out; the second-order path takes
     autograd steps: the adapted heads must be the same numbers (float64)."""
-    from repana.meta.batched import adapt_heads
+    from repana.meta.inner.head_only import adapt_heads
 
     gen = torch.Generator().manual_seed(5)
     tasks, ways, shots, n_features = 4, 3, 2, 7
@@ -349,7 +348,7 @@ def test_first_order_head_steps_in_closed_form_equal_the_autograd_steps(loss_red
     labels = torch.stack([torch.randperm(ways, generator=gen) for _ in range(tasks)]).repeat_interleave(shots, 1)
     weight = torch.randn(ways, n_features, generator=gen, dtype=torch.float64)
     bias = torch.randn(ways, generator=gen, dtype=torch.float64)
-    options = dict(steps=3, lr=0.7, loss_reduction=loss_reduction, train_weight=train_weight, train_bias=train_bias)
+    options = dict(steps=3, lr=lr, train_weight=train_weight, train_bias=train_bias)
     closed = adapt_heads(features, labels, weight, bias, first_order=True, **options)
     autograd = adapt_heads(features, labels, weight, bias, first_order=False, **options)
     for ours, ref, trained, initial in zip(closed, autograd, (train_weight, train_bias), (weight, bias)):

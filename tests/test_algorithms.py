@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from repana.errors import ConfigError, InputError
-from repana.meta.adapt import adapt
-from repana.meta.algorithms import get_algorithm, list_algorithms, query_logits
+from repana.meta.algorithms import get_algorithm, list_algorithms
+from repana.meta.inner import adapt
+from repana.meta.inner.generic import episode_query_logits
 from repana.meta.evaluate import evaluate
 from repana.meta.nil import nil_logits
 from repana.models import Conv4
@@ -36,8 +37,8 @@ def test_registry_names_kinds_and_errors():
     assert get_algorithm("boil").trainable == "body" and not get_algorithm("boil").first_order
     assert get_algorithm("boil").test_time == "inner" and get_algorithm("boil").objective == "query"
     assert get_algorithm("fomaml").first_order
-    assert get_algorithm("maml", loss_reduction="sum_over_shots").loss_reduction == "sum_over_shots"
-    assert get_algorithm("maml", loss_reduction="sum_div_k").loss_reduction == "sum_over_shots"   # former spelling
+    assert get_algorithm("maml", inner_loss="sum_over_shots").inner_loss == "sum_over_shots"
+    assert get_algorithm("maml", inner_loss="sum_div_k").inner_loss == "sum_over_shots"   # former spelling
     assert get_algorithm("multiclass", inner_lr=0.1, ignore_unused=True).name == "multiclass"
     with pytest.raises(ConfigError, match="unknown algorithm"):
         get_algorithm("protonet")
@@ -134,7 +135,7 @@ def test_bn_together_changes_the_query_normalisation():
     loss = 0.0
     for t in range(3):
         adapted = adapt(model, params, batch.support_x[t], batch.support_y[t], 1, 0.4, "head")
-        logits = query_logits(model, adapted, batch.support_x[t], batch.query_x[t], "together")
+        logits = episode_query_logits(model, adapted, batch.support_x[t], batch.query_x[t], together=True)
         loss = loss + F.cross_entropy(logits, batch.query_y[t]) / 3
     expected = torch.autograd.grad(loss, list(params.values()))
     for name, g in zip(params, expected):

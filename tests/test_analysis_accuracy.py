@@ -6,8 +6,8 @@ import pytest
 
 from analysis_helpers import tiny_episodes, tiny_model  # noqa: F401
 from repana.analysis.common import check_same_architecture
-from repana.meta.adapt import all_parameters, freeze_layers
-from repana.meta.adapt import head_parameters as head_only
+from repana.meta.inner import all_parameters, freeze_layers
+from repana.meta.inner import head_parameters as head_only
 from repana.meta.algorithms import adapted_parameters
 from repana.analysis.maml_anil_nil import EvalSpec, evaluate_specs, speed_comparison
 from repana.analysis.freezing import FROZEN_SETS, freezing_accuracy, frozen_name

@@ -9,8 +9,8 @@ import torch
 from analysis_helpers import tiny_episodes, tiny_model  # noqa: F401
 from repana.analysis.common import episode_rows, mean_ci95, summarize
 from repana.analysis.inner_loop_similarity import inner_loop_similarity, summarize_inner_loop
-from repana.meta.adapt import all_parameters
-from repana.meta.adapt import head_parameters as head_only
+from repana.meta.inner import all_parameters
+from repana.meta.inner import head_parameters as head_only
 from repana.meta.inner import InnerLoop, adapt_trajectory
 from repana.errors import InputError
 
@@ -62,7 +62,7 @@ def test_cca_refused_when_even_pooling_all_episodes_is_too_few():
 
 
 def test_per_step_trajectory_matches_one_adapt_call():
-    from repana.meta.adapt import adapt
+    from repana.meta.inner import adapt
 
     model, episodes = tiny_model(), tiny_episodes(tasks=1)
     task = episodes[0]

@@ -1,4 +1,4 @@
-"""The evaluation path of one Conv4 episode without autograd (repana.meta.conv4_episode): equal to the generic
+"""The evaluation path of one Conv4 episode without autograd (repana.meta.inner.conv4_episode): equal to the generic
 per-episode reference (adapt() + a query forward) in float64 on the three benchmark networks, and only the
 chosen parameters adapt."""
 
@@ -8,10 +8,9 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from repana.meta import conv4_episode
-from repana.meta.adapt import adapt
 from repana.meta.evaluate import predict
-from repana.meta.inner import InnerLoop, adapt_tasks, adapted_query_logits, choose_path
+from repana.meta.inner import (InnerLoop, adapt, adapt_tasks, adapted_query_logits, choose_path, conv4_episode,
+                               resolve_plan, resolve_trainable)
 from repana.models import Conv4
 
 WAYS, SHOTS, QUERIES, STEPS, LR = 5, 1, 3, 10, 0.4
@@ -59,7 +58,8 @@ def test_the_single_episode_path_equals_the_reference_on_each_network(name):
     params = {n: p.detach() for n, p in model.named_parameters()}
     spec = InnerLoop(STEPS, LR)
     with torch.no_grad():  # what evaluate() and predict() do
-        assert choose_path(model, params, support_x[None], query_x[None], spec) == ("conv4_episode", 1)
+        plan = resolve_plan(spec, params, support_y[None])
+        assert choose_path(model, support_x[None], query_x[None], plan) == ("conv4_episode", 1)
         ours = adapted_query_logits(model, params, support_x, support_y, query_x, spec)
     ref = reference_logits(model, params, support_x, support_y, query_x, STEPS)
     torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
@@ -82,7 +82,8 @@ def test_only_the_chosen_parameters_adapt_as_in_the_reference(trainable):
     chosen = {n for n in params if any(n == t or n.startswith(t + ".") for t in trainable)} \
         if trainable != "head" else {"head.weight", "head.bias"}
     assert {n for n in params if not torch.equal(adapted[n], params[n])} == chosen
-    logits = conv4_episode.conv4_episode_query_logits(model, params, support_x, support_y, query_x, 3, LR, trainable)
+    logits = conv4_episode.adapted_episode_logits(model, params, support_x, support_y, query_x, 3, LR,
+                                                  resolve_trainable(params, trainable))
     torch.testing.assert_close(logits, reference_logits(model, params, support_x, support_y, query_x, 3, trainable),
                                rtol=1e-10, atol=1e-10)
 
@@ -93,7 +94,7 @@ def test_float32_logits_agree_with_the_reference_on_each_network():
         model = network(name, torch.float32)
         support_x, support_y, query_x = episode(model, seed=2, dtype=torch.float32)
         params = {n: p.detach() for n, p in model.named_parameters()}
-        ours = conv4_episode.conv4_episode_query_logits(model, params, support_x, support_y, query_x, 3, LR)
+        ours = conv4_episode.adapted_episode_logits(model, params, support_x, support_y, query_x, 3, LR, list(params))
         ref = reference_logits(model, params, support_x, support_y, query_x, 3)
         # float32 through 3 adaptation steps of a Conv4: errors of ~1e-4 relative to the logits' scale, and the
         # exact size depends on the CPU's convolution kernels (AVX2 vs AVX-512): judged against that scale

@@ -48,21 +48,20 @@ def float64_model(pooling: str) -> Conv4:
 @pytest.fixture
 def spy_paths(monkeypatch):
     """Counts calls of the folded layout and of 5-D (tasks, n, ...) body forwards."""
-    import repana.meta.batched as batched
-    import repana.meta.inner as inner
+    from repana.meta.inner import folded, tasks
 
     calls = {"folded": 0, "five_d": 0}
-    folded = inner.folded_query_logits
-    monkeypatch.setattr(inner, "folded_query_logits",
-                        lambda *a, **k: calls.__setitem__("folded", calls["folded"] + 1) or folded(*a, **k))
-    functional_call = batched.functional_call
+    folded_logits = folded.query_logits
+    monkeypatch.setattr(folded, "query_logits",
+                        lambda *a, **k: calls.__setitem__("folded", calls["folded"] + 1) or folded_logits(*a, **k))
+    functional_call = tasks.functional_call
 
     def counting_call(model, params, args, kwargs=None):
         if args[0].dim() == 5:
             calls["five_d"] += 1
         return functional_call(model, params, args, kwargs)
 
-    monkeypatch.setattr(batched, "functional_call", counting_call)
+    monkeypatch.setattr(tasks, "functional_call", counting_call)
     return calls
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from repana.errors import InputError
-from repana.meta.adapt import adapt
+from repana.meta.inner import adapt
 from repana.meta.evaluate import EvaluationResult, confidence_interval95, evaluate, predict
 from repana.meta.nil import nil_predict
 from repana.models import Conv4
@@ -128,26 +128,27 @@ def test_folded_evaluation_equals_the_loop(model):
 @pytest.mark.parametrize("bn_support_query", ["apart", "together"])
 def test_folded_evaluation_logits_equal_the_per_episode_loop_in_float64(pooling, bn_support_query, monkeypatch):
     """Evaluation folds the tasks' inner loops into channels on CPU too (groups bounded in memory)."""
-    import repana.meta.batched as batched
-    from repana.meta.algorithms import query_logits
+    from repana.meta.inner import InnerLoop, folded, resolve_plan
+    from repana.meta.inner.generic import episode_query_logits
 
     torch.manual_seed(3)
     model = Conv4(n_classes=3, hidden=6, image_size=16, pooling=pooling).double()
     batch = episodes(7, tasks=5)
     batch.support_x, batch.query_x = batch.support_x.double(), batch.query_x.double()
     params = {n: p.detach() for n, p in model.named_parameters()}
-    folded = batched.folded_query_logits(model, params, batch.support_x, batch.support_y, batch.query_x, 4, 0.5,
-                                         None, True, "mean", bn_support_query == "together")
+    plan = resolve_plan(InnerLoop(4, 0.5, None, True, bn_support_query=bn_support_query), params, batch.support_y)
+    logits = folded.query_logits(model, params, batch.support_x, batch.support_y, batch.query_x, plan)
     for t in range(5):
         adapted = adapt(model, params, batch.support_x[t], batch.support_y[t], 4, 0.5, None, True)
-        expected = query_logits(model, adapted, batch.support_x[t], batch.query_x[t], bn_support_query)
-        torch.testing.assert_close(folded[t], expected, rtol=1e-10, atol=1e-12)
+        expected = episode_query_logits(model, adapted, batch.support_x[t], batch.query_x[t],
+                                        bn_support_query == "together")
+        torch.testing.assert_close(logits[t], expected, rtol=1e-10, atol=1e-12)
     # evaluate() splits a chunk into folded groups: a 2-task budget gives groups of 2, 2, 1
     side = 8 if pooling == "stride" else 16
     values_per_task = 6 * 6 * side * side * 8            # n_support x hidden x conv1 map x 8 saved tensors
-    assert batched.fold_group_size(model, batch.support_x.float(), budget_bytes=2 * values_per_task * 4) == 2
-    assert batched.fold_group_size(model, batch.support_x, budget_bytes=2 * values_per_task * 4) == 1  # float64
-    monkeypatch.setattr(batched, "FOLD_BYTES", 2 * values_per_task * 8)
+    assert folded.fold_group_size(model, batch.support_x.float(), budget_bytes=2 * values_per_task * 4) == 2
+    assert folded.fold_group_size(model, batch.support_x, budget_bytes=2 * values_per_task * 4) == 1  # float64
+    monkeypatch.setattr(folded, "FOLD_BYTES", 2 * values_per_task * 8)
     grouped = evaluate(model, batch, steps=4, lr=0.5, bn_support_query=bn_support_query)
     looped = evaluate(model, batch, steps=4, lr=0.5, bn_support_query=bn_support_query, fold=False)
     np.testing.assert_array_equal(grouped.per_episode, looped.per_episode)

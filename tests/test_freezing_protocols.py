@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from repana.analysis.freezing import (converged_steps, freezing_accuracy, freezing_by_protocol, freezing_reading)
 from repana.errors import InputError
-from repana.meta.adapt import all_parameters, freeze_layers, head_parameters
+from repana.meta.inner import all_parameters, freeze_layers, head_parameters
 from repana.meta.evaluate import confidence_interval95, support_loss
 
 from tests.analysis_helpers import tiny_episodes, tiny_model

@@ -1,6 +1,7 @@
-"""The inner-loop dispatcher (repana.meta.inner): every path equals the per-episode reference (float64
-values and meta-gradients), the path chosen in one place, the library API the analyses call, and a
-second backbone (ResNetSmall) meta-training through the public API."""
+"""The inner-loop package (repana.meta.inner): every path equals the per-episode reference (float64
+values and meta-gradients), every path implements one protocol, the path is chosen in one place on a plan
+resolved once, the library API the analyses call, and a second backbone (ResNetSmall) meta-training through
+the public API."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from repana.meta import inner
-from repana.meta.adapt import adapt, freeze_layers, mean_loss_lr
-from repana.meta.algorithms import adapted_parameters, get_algorithm, query_logits
+from repana.meta.algorithms import adapted_parameters, get_algorithm
+from repana.meta.inner import adapt, dispatch, freeze_layers, mean_loss_lr, resolve_plan
+from repana.meta.inner.generic import episode_query_logits
 from repana.meta.evaluate import evaluate
 from repana.meta.inner import InnerLoop, adapt_tasks, adapt_trajectory, adapted_query_logits, choose_path
 from repana.models import Conv4, ResNetSmall, build_model
@@ -44,12 +45,12 @@ def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def reference_logits(model, params, batch, steps, lr, trainable, together=False):
-    """Per-episode reference: repana.meta.adapt.adapt (first order) + one query forward, task by task."""
+    """Per-episode reference: repana.meta.inner.adapt (first order) + one query forward, task by task."""
     out = []
     for t in range(batch.support_x.shape[0]):
         adapted = adapt(model, params, batch.support_x[t], batch.support_y[t], steps, lr, trainable, True)
-        out.append(query_logits(model, {n: p.detach() for n, p in adapted.items()}, batch.support_x[t],
-                                batch.query_x[t], "together" if together else "apart").detach())
+        out.append(episode_query_logits(model, {n: p.detach() for n, p in adapted.items()}, batch.support_x[t],
+                                        batch.query_x[t], together).detach())
     return torch.stack(out)
 
 
@@ -57,6 +58,12 @@ def assert_dicts_close(ours, ref, rtol=1e-9, atol=1e-11):
     assert set(ours) == set(ref)
     for name in ref:
         torch.testing.assert_close(ours[name], ref[name], rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+def path_of(model, params, support_x, query_x, spec):
+    """The dispatcher's choice for a batch, on the plan it resolves (labels do not matter for the choice)."""
+    support_y = torch.zeros(support_x.shape[:2], dtype=torch.int64)
+    return choose_path(model, support_x, query_x, resolve_plan(spec, params, support_y))
 
 
 def conv4(pooling="max", head_input="flatten", bn_stats="batch"):
@@ -73,15 +80,15 @@ def resnet():
 # ----- every path equals the per-episode reference -------------------------------------------------
 
 CASES = [  # (model factory, trainable, path forced)
-    (conv4, None, "per_episode"), (conv4, None, "folded"), (conv4, None, "conv4_episode"),
-    (conv4, "head", "head_only"), (conv4, ["conv3", "conv4", "head"], "per_episode"),
+    (conv4, None, "generic"), (conv4, None, "folded"), (conv4, None, "conv4_episode"),
+    (conv4, "head", "head_only"), (conv4, ["conv3", "conv4", "head"], "generic"),
     (conv4, ["conv3", "conv4", "head"], "conv4_episode"), (conv4, ["conv3", "conv4", "head"], "folded"),
     (lambda: conv4("stride", "spatial_mean"), None, "folded"),
     (lambda: conv4("stride", "spatial_mean"), None, "conv4_episode"),
     (lambda: conv4("stride", "spatial_mean"), "head", "head_only"),
-    (resnet, None, "per_episode"), (resnet, "head", "head_only"), (resnet, "head", "per_episode"),
-    (conv4, "body", "per_episode"), (conv4, "body", "folded"), (conv4, "body", "conv4_episode"),  # BOIL
-    (resnet, "body", "per_episode"),
+    (resnet, None, "generic"), (resnet, "head", "head_only"), (resnet, "head", "generic"),
+    (conv4, "body", "generic"), (conv4, "body", "folded"), (conv4, "body", "conv4_episode"),  # BOIL
+    (resnet, "body", "generic"),
 ]
 
 
@@ -92,7 +99,7 @@ def test_every_path_gives_the_reference_query_logits(make_model, trainable, path
     batch = make_batch(1)
     params = {n: p.detach() for n, p in model.named_parameters()}
     spec = InnerLoop(3, 0.4, trainable, first_order=True, bn_support_query="together" if together else "apart")
-    monkeypatch.setattr(inner, "choose_path", lambda *args, **kwargs: (path, 2 if path == "folded" else 1))
+    monkeypatch.setattr(dispatch, "choose_path", lambda *args, **kwargs: (path, 2 if path == "folded" else 1))
     ours = adapted_query_logits(model, params, batch.support_x, batch.support_y, batch.query_x, spec)
     ref = reference_logits(model, params, batch, 3, 0.4, trainable, together)
     torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
@@ -104,7 +111,7 @@ def test_every_graph_path_gives_the_reference_meta_gradients(make_model, trainab
     """Training's paths (conv4_episode is evaluation only: no graph): second-order MAML meta-gradients."""
     model = make_model()
     batch = make_batch(2)
-    monkeypatch.setattr(inner, "choose_path", lambda *args, **kwargs: (path, 2 if path == "folded" else 1))
+    monkeypatch.setattr(dispatch, "choose_path", lambda *args, **kwargs: (path, 2 if path == "folded" else 1))
     grads, _ = get_algorithm("maml", inner_steps=2, inner_lr=0.3, trainable=trainable).meta_gradients(model, batch)
     names = [n for n, _ in model.named_parameters() if adapted_parameters("maml", trainable=trainable)(n)]
     assert_dicts_close(grads, reference_meta_gradients(model, batch, 2, 0.3, names, first_order=False))
@@ -117,7 +124,7 @@ def test_the_summed_loss_convention_is_the_mean_loss_with_ways_times_the_lr():
     assert mean_loss_lr(0.1, "sum_over_shots", batch.support_y[0]) == pytest.approx(0.1 * WAYS)
     assert mean_loss_lr(0.1, "mean", batch.support_y) == 0.1
     summed = adapted_query_logits(model, params, batch.support_x, batch.support_y, batch.query_x,
-                                  InnerLoop(2, 0.1, loss_reduction="sum_over_shots"))
+                                  InnerLoop(2, 0.1, inner_loss="sum_over_shots"))
     mean = adapted_query_logits(model, params, batch.support_x, batch.support_y, batch.query_x,
                                 InnerLoop(2, 0.1 * WAYS))
     torch.testing.assert_close(summed, mean, rtol=1e-12, atol=1e-12)
@@ -132,7 +139,7 @@ def test_float32_conv4_episode_path_matches_the_module_path():
         params = {n: p.detach() for n, p in model.named_parameters()}
         ours = adapted_query_logits(model, params, batch.support_x, batch.support_y, batch.query_x,
                                     InnerLoop(5, 0.4, fold=False))
-        assert choose_path(model, params, batch.support_x, batch.query_x, InnerLoop(5, 0.4, fold=False)) == \
+        assert path_of(model, params, batch.support_x, batch.query_x, InnerLoop(5, 0.4, fold=False)) == \
             ("conv4_episode", 1)
         ref = reference_logits(model, params, batch, 5, 0.4, None)
         torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
@@ -143,26 +150,55 @@ def test_the_path_is_chosen_in_one_place():
     detached = {n: p.detach() for n, p in model.named_parameters()}
     live = dict(model.named_parameters())
     sx, qx = batch.support_x, batch.query_x
-    assert choose_path(model, live, sx, qx, InnerLoop(0, 0.4)) == ("unadapted", TASKS)
-    assert choose_path(model, live, sx, qx, InnerLoop(2, 0.4, trainable=[])) == ("unadapted", TASKS)
-    assert choose_path(model, live, sx, qx, InnerLoop(2, 0.4, trainable="head")) == ("head_only", TASKS)
-    assert choose_path(model, live, sx, qx, InnerLoop(2, 0.4, fold=True)) == ("folded", TASKS)
-    assert choose_path(model, live, sx, qx, InnerLoop(2, 0.4, fold=False)) == ("per_episode", 1)
+    assert path_of(model, live, sx, qx, InnerLoop(0, 0.4)) == ("unadapted", TASKS)
+    assert path_of(model, live, sx, qx, InnerLoop(2, 0.4, trainable=[])) == ("unadapted", TASKS)
+    assert path_of(model, live, sx, qx, InnerLoop(2, 0.4, trainable="head")) == ("head_only", TASKS)
+    assert path_of(model, live, sx, qx, InnerLoop(2, 0.4, fold=True)) == ("folded", TASKS)
+    assert path_of(model, live, sx, qx, InnerLoop(2, 0.4, fold=False)) == ("generic", 1)
     frozen = freeze_layers(None, ["conv1"])
-    assert choose_path(model, live, sx, qx, InnerLoop(2, 0.4, trainable=frozen)) == ("per_episode", 1)
-    assert choose_path(model, detached, sx, qx, InnerLoop(2, 0.4, trainable=frozen)) == ("conv4_episode", 1)
-    assert choose_path(model, detached, sx[:1], qx[:1], InnerLoop(2, 0.4)) == ("conv4_episode", 1)
+    assert path_of(model, live, sx, qx, InnerLoop(2, 0.4, trainable=frozen)) == ("generic", 1)
+    assert path_of(model, detached, sx, qx, InnerLoop(2, 0.4, trainable=frozen)) == ("conv4_episode", 1)
+    assert path_of(model, detached, sx[:1], qx[:1], InnerLoop(2, 0.4)) == ("conv4_episode", 1)
     with torch.no_grad():  # no graph without grad mode either
-        assert choose_path(model, live, sx[:1], qx[:1], InnerLoop(2, 0.4)) == ("conv4_episode", 1)
+        assert path_of(model, live, sx[:1], qx[:1], InnerLoop(2, 0.4)) == ("conv4_episode", 1)
     # other backbones: only the generic paths
     net = resnet()
-    assert choose_path(net, dict(net.named_parameters()), sx, qx, InnerLoop(2, 0.4)) == ("per_episode", 1)
-    assert choose_path(net, dict(net.named_parameters()), sx, qx, InnerLoop(2, 0.4, trainable="head"))[0] == "head_only"
-    assert choose_path(net, {n: p.detach() for n, p in net.named_parameters()}, sx, qx, InnerLoop(2, 0.4)) == \
-        ("per_episode", 1)
+    assert path_of(net, dict(net.named_parameters()), sx, qx, InnerLoop(2, 0.4)) == ("generic", 1)
+    assert path_of(net, dict(net.named_parameters()), sx, qx, InnerLoop(2, 0.4, trainable="head"))[0] == "head_only"
+    assert path_of(net, {n: p.detach() for n, p in net.named_parameters()}, sx, qx, InnerLoop(2, 0.4)) == \
+        ("generic", 1)
     with pytest.raises(Exception, match="fold=True"):
-        list(inner.query_logits_by_part(net, dict(net.named_parameters()), sx, batch.support_y, qx,
+        list(dispatch.query_logits_by_part(net, dict(net.named_parameters()), sx, batch.support_y, qx,
                                         InnerLoop(1, 0.4, fold=True)))
+
+
+def test_every_path_implements_the_protocol():
+    from repana.meta.inner import conv4_episode, folded, generic, head_only, unadapted
+    from repana.meta.inner.spec import EpisodePath, InnerPath
+
+    assert set(dispatch.PATHS) == {"unadapted", "head_only", "folded", "conv4_episode", "generic"}
+    for name, path in dispatch.PATHS.items():
+        assert isinstance(path, InnerPath) and path.NAME == name
+    assert dispatch.EPISODE_PATHS == (unadapted, conv4_episode, generic)
+    assert all(isinstance(path, EpisodePath) for path in dispatch.EPISODE_PATHS)
+    assert not isinstance(folded, EpisodePath) and not isinstance(head_only, EpisodePath)
+
+
+def test_the_plan_resolves_the_loss_convention_and_the_names_once():
+    model, batch = conv4(), make_batch(7)
+    live = dict(model.named_parameters())
+    plan = resolve_plan(InnerLoop(2, 0.1, "head", inner_loss="sum_over_shots"), live, batch.support_y)
+    assert plan.lr == pytest.approx(0.1 * WAYS) and plan.names == ("head.weight", "head.bias")
+    assert plan.graph and not plan.first_order and not plan.together
+    with torch.no_grad():   # no graph: the steps are first order
+        plan = resolve_plan(InnerLoop(2, 0.1, inner_loss="sum_div_k", bn_support_query="together"), live,
+                            batch.support_y)
+    assert plan.lr == pytest.approx(0.1 * WAYS) and not plan.graph and plan.first_order and plan.together
+    assert len(plan.names) == len(live)
+    plan = resolve_plan(InnerLoop(0, 0.1, ["no_such_layer"]), live, batch.support_y)   # no step: nothing resolved
+    assert plan.names == () and plan.lr == 0.1
+    with pytest.raises(Exception, match="match no parameter"):
+        resolve_plan(InnerLoop(1, 0.1, ["no_such_layer"]), live, batch.support_y)
 
 
 # ----- the API the analyses call ------------------------------------------------------------------
@@ -262,7 +298,6 @@ def test_freeze_layers_by_name_or_position():
 
 @pytest.fixture(scope="module")
 def glyph_episodes(tmp_path_factory):
-    from repana.data import EpisodeSampler
     from repana.data.glyphs import load_glyph_splits
 
     splits = load_glyph_splits(n_train=8, n_val=3, n_test=3, n_drawers=6,

@@ -101,14 +101,14 @@ def test_bad_configs():
 @pytest.mark.parametrize("images_per_call", [1, 12, 1000])
 def test_forward_tasks_groups_small_tasks_exactly(images_per_call, monkeypatch):
     """CPU: tasks with few images run in 5-D groups (here 2 + 2 + 1 tasks of 6 images at 12 per call)."""
-    import repana.meta.batched as batched
+    from repana.meta.inner import tasks
 
     torch.manual_seed(0)
     model = Conv4(n_classes=3, hidden=5, image_size=16).double()
     params = dict(model.named_parameters())
     x = torch.rand(5, 6, 1, 16, 16, dtype=torch.float64)
-    monkeypatch.setattr(batched, "CPU_IMAGES_PER_CALL", images_per_call)
-    grouped = batched.forward_tasks(model, params, x, stop=4)
+    monkeypatch.setattr(tasks, "CPU_IMAGES_PER_CALL", images_per_call)
+    grouped = tasks.forward_tasks(model, params, x, stop=4)
     for t in range(5):
         torch.testing.assert_close(grouped[t], functional_call(model, params, (x[t],), {"stop": 4}),
                                    rtol=1e-12, atol=1e-12)

@@ -165,7 +165,7 @@ def cost_vs_inner_steps(model: torch.nn.Module, batch, *, inner_steps: Sequence[
     rows = []
     model.train()
     for n in inner_steps:
-        seconds = {alg: _meta_step_seconds(model, batch, alg, n, lr, repeats, "mean") for alg in ("maml", "anil")}
+        seconds = {alg: _meta_step_seconds(model, batch, alg, n, lr, repeats) for alg in ("maml", "anil")}
         for alg in ("maml", "anil"):
             rows.append({"inner_steps": n, "algorithm": alg, "seconds": seconds[alg],
                          "ratio": seconds["maml"] / seconds[alg] if alg == "anil" else 1.0})

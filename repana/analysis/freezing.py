@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from repana.meta.adapt import all_parameters, freeze_layers
+from repana.meta.inner import all_parameters, freeze_layers
 from repana.analysis.registry import Analysis, Finding, Section, register
 from repana.errors import InputError
 from repana.progress import progress
@@ -61,7 +61,7 @@ def _check_frozen_sets(frozen_sets: Sequence[Sequence[int]]) -> None:
 
 def freezing_accuracy(model: torch.nn.Module, episodes, *, steps: int, lr: float,
                       trainable: Callable[[str], bool] = all_parameters,
-                      frozen_sets: Sequence[Sequence[int]] = FROZEN_SETS, loss_reduction: str = "mean",
+                      frozen_sets: Sequence[Sequence[int]] = FROZEN_SETS, inner_loss: str = "mean",
                       label: str = "") -> pd.DataFrame:
     """Query accuracy after adapting all ``trainable`` parameters except those of frozen conv blocks.
 
@@ -77,7 +77,7 @@ def freezing_accuracy(model: torch.nn.Module, episodes, *, steps: int, lr: float
     for frozen in progress(frozen_sets, desc=f"freezing {label}".strip(), unit="set"):
         result = evaluate(model, episodes, method="adapt", steps=steps, lr=lr,
                           trainable=freeze_layers(trainable, frozen, model.layer_names),
-                          loss_reduction=loss_reduction)
+                          inner_loss=inner_loss)
         rows.append({"label": label, "frozen": frozen_name(frozen), "n_frozen": len(frozen),
                      "accuracy": float(result.accuracy), "ci95": float(result.ci95),
                      "n_episodes": len(episodes), "steps": steps, "lr": lr})

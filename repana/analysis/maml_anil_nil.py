@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from repana.meta.adapt import all_parameters, head_parameters
+from repana.meta.inner import all_parameters, head_parameters
 from repana.analysis.registry import Analysis, Finding, Section, register
 from repana.errors import InputError
 
@@ -37,7 +37,7 @@ class EvalSpec:
     lr: float = 0.0
     trainable: Callable[[str], bool] | None = None
     trained_with: str = ""
-    loss_reduction: str = "mean"
+    inner_loss: str = "mean"
 
 
 def evaluate_specs(specs: list[EvalSpec], episodes) -> pd.DataFrame:
@@ -57,7 +57,7 @@ def evaluate_specs(specs: list[EvalSpec], episodes) -> pd.DataFrame:
             result = evaluate(spec.model, episodes, method="nil")
         else:
             result = evaluate(spec.model, episodes, method="adapt", steps=spec.steps, lr=spec.lr,
-                              trainable=spec.trainable, loss_reduction=spec.loss_reduction)
+                              trainable=spec.trainable, inner_loss=spec.inner_loss)
         seconds = time.perf_counter() - start
         rows.append({"label": spec.label, "trained_with": spec.trained_with, "method": spec.method,
                      "accuracy": float(result.accuracy), "ci95": float(result.ci95),
@@ -65,8 +65,7 @@ def evaluate_specs(specs: list[EvalSpec], episodes) -> pd.DataFrame:
     return pd.DataFrame.from_records(rows)
 
 
-def _meta_step_seconds(model, batch, algorithm: str, steps: int, lr: float, repeats: int,
-                       loss_reduction: str) -> float:
+def _meta_step_seconds(model, batch, algorithm: str, steps: int, lr: float, repeats: int) -> float:
     """Median seconds of one meta-gradient computation of ``algorithm`` on ``batch``."""
     from repana.meta.algorithms import get_algorithm
 
@@ -107,7 +106,7 @@ def speed_comparison(model: torch.nn.Module, train_batch, test_episodes, *, trai
     if repeats < 1:
         raise InputError("repeats must be at least 1")
     model.train()
-    train = {alg: _meta_step_seconds(model, train_batch, alg, train_steps, lr, repeats, "mean")
+    train = {alg: _meta_step_seconds(model, train_batch, alg, train_steps, lr, repeats)
              for alg in ("maml", "anil")}
     model.eval()
     infer = {"maml": _inference_seconds(model, test_episodes, all_parameters, test_steps, lr, repeats),

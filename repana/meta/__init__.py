@@ -3,7 +3,7 @@
     from repana.meta import adapt, get_algorithm, evaluate, predict
 """
 
-from repana.meta.adapt import adapt, resolve_trainable
+from repana.meta.inner import adapt, resolve_trainable
 from repana.meta.algorithms import Algorithm, get_algorithm, list_algorithms
 from repana.meta.evaluate import EvaluationResult, evaluate, predict
 from repana.meta.nil import nil_logits, nil_predict

@@ -36,18 +36,18 @@ github.com/HJ-Yoo/BOIL, ``maml/utils.py`` ``update_parameters``: every meta-para
 --classifier-step-size=0.0``, the same 0.5 as its MAML runs). repana uses the run's own ``inner_lr``.
 
 Hyperparameters: ``inner_steps`` (int), ``inner_lr`` (float, in the convention of
-``loss_reduction``), ``first_order`` (bool), ``loss_reduction`` ("mean" | "sum_over_shots"), ``bn_inner_loop``
+``inner_loss``), ``first_order`` (bool), ``inner_loss`` ("mean" | "sum_over_shots"), ``bn_inner_loop``
 (bool, default True: the batch-norm affine parameters adapt with the other ``trainable`` ones; False:
 they are left out of the inner loop and of test-time adaptation and learned by the outer loop only, as
-in Finn et al.'s code, :func:`repana.meta.adapt.without_batch_norm`),
+in Finn et al.'s code, :func:`repana.meta.inner.without_batch_norm`),
 ``bn_support_query`` ("apart": the query batch normalised alone, as in MAML's code; "together": the
 query normalised jointly with the support, one forward of their concatenation with the adapted
 parameters; the inner loop always sees the support batch alone), ``trainable`` (inner-loop parameter subset, see
-:func:`repana.meta.adapt.resolve_trainable`), ``temperature`` (nil_training only), ``fold``
+:func:`repana.meta.inner.resolve_trainable`), ``temperature`` (nil_training only), ``fold``
 (bool or None: process the tasks of a meta-batch together with tasks folded into channels; None = on
-CUDA the whole meta-batch, on CPU groups of tasks sized by :func:`repana.meta.batched.fold_group_size`
+CUDA the whole meta-batch, on CPU groups of tasks sized by :func:`repana.meta.inner.folded.fold_group_size`
 when the conv1 maps are small enough for that to pay, else a loop over tasks; False = always the loop;
-Conv4 only, see :mod:`repana.meta.batched`). The inner loop itself is :mod:`repana.meta.inner`, shared
+Conv4 only, see :mod:`repana.meta.inner.folded`). The inner loop itself is :mod:`repana.meta.inner`, shared
 with evaluation and the analyses; what adapts at test time is :func:`adapted_parameters`.
 """
 
@@ -58,13 +58,11 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 
 from repana.errors import ConfigError, InputError
-from repana.meta.adapt import (Trainable, adapt, all_parameters, head_parameters, normalise_loss_reduction,
-                               trainable_predicate, without_batch_norm)
-from repana.meta.batched import task_features
-from repana.meta.inner import InnerLoop, query_logits_by_part
+from repana.meta.inner import (InnerLoop, Trainable, adapt, head_parameters, normalise_inner_loss,
+                               query_logits_by_part, task_features, trainable_predicate, without_batch_norm)
+from repana.meta.inner.generic import episode_query_logits
 from repana.meta.nil import nil_logits
 
 Grads = dict[str, torch.Tensor]
@@ -85,10 +83,10 @@ class Algorithm:
     first_order: bool = False
     trainable: Trainable = None          # None: every parameter (without batch norm when not bn_inner_loop)
     bn_inner_loop: bool = True           # False: batch-norm affine parameters never adapt (outer loop only)
-    loss_reduction: str = "mean"
+    inner_loss: str = "mean"
     bn_support_query: str = "apart"
     temperature: float = 1.0
-    fold: bool | None = None             # tasks folded into channels: None = CUDA, CPU where it pays (batched.py)
+    fold: bool | None = None             # tasks folded into channels: None = CUDA, CPU where it pays (inner/folded.py)
     test_time: str = "inner"             # what adapts at test time: "inner" (= trainable) or "head"
     hyperparameters: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -136,24 +134,11 @@ def _zero_missing(params: dict[str, torch.Tensor], grads: list[torch.Tensor | No
     return {n: (torch.zeros_like(p) if g is None else g.detach()) for (n, p), g in zip(params.items(), grads)}
 
 
-def query_logits(model: torch.nn.Module, params: dict[str, torch.Tensor], support_x: torch.Tensor,
-                 query_x: torch.Tensor, bn_support_query: str = "apart") -> torch.Tensor:
-    """Logits ``(n_query, C)`` of one episode's queries under ``params``.
-
-    "apart": the query batch alone (its own batch-norm statistics); "together": support and query
-    in one forward pass (joint statistics), query rows returned.
-    """
-    if bn_support_query == "together":
-        both = functional_call(model, params, (torch.cat([support_x, query_x]),))
-        return both[support_x.shape[0]:]
-    return functional_call(model, params, (query_x,))
-
-
 # ----- objectives --------------------------------------------------------------------------------
 
 def inner_loop(algo: Algorithm) -> InnerLoop:
     """The training inner loop of ``algo`` (an :class:`repana.meta.inner.InnerLoop`)."""
-    return InnerLoop(algo.inner_steps, algo.inner_lr, algo.trainable, algo.first_order, algo.loss_reduction,
+    return InnerLoop(algo.inner_steps, algo.inner_lr, algo.trainable, algo.first_order, algo.inner_loss,
                      algo.bn_support_query, algo.fold)
 
 
@@ -185,11 +170,12 @@ def _reptile_direction(algo: Algorithm, model, batch) -> tuple[Grads, Metrics]:
     loss_sum, acc_sum = 0.0, 0.0
     for t in range(tasks):
         adapted = adapt(model, params, batch.support_x[t], batch.support_y[t], algo.inner_steps, algo.inner_lr,
-                        algo.trainable, first_order=True, loss_reduction=algo.loss_reduction)
+                        algo.trainable, first_order=True, inner_loss=algo.inner_loss)
         for n in params:
             total[n] += (params[n] - adapted[n].detach()) / tasks
         with torch.no_grad():
-            logits = query_logits(model, adapted, batch.support_x[t], batch.query_x[t], algo.bn_support_query)
+            logits = episode_query_logits(model, adapted, batch.support_x[t], batch.query_x[t],
+                                          algo.bn_support_query == "together")
             loss_sum += F.cross_entropy(logits, batch.query_y[t]).item()
             acc_sum += (logits.argmax(-1) == batch.query_y[t]).double().mean().item()
     return total, {"loss": loss_sum / tasks, "accuracy": acc_sum / tasks, "n_tasks": float(tasks)}
@@ -232,7 +218,7 @@ def _classification_gradients(model, batch) -> tuple[Grads, Metrics]:
 
 # ----- registry ----------------------------------------------------------------------------------
 
-_INNER = {"inner_steps", "inner_lr", "first_order", "loss_reduction", "bn_support_query", "trainable", "fold",
+_INNER = {"inner_steps", "inner_lr", "first_order", "inner_loss", "bn_support_query", "trainable", "fold",
           "bn_inner_loop"}
 # "test_time": what adapts at test time (evaluation, predict, the analyses): "inner" = the parameters
 # the algorithm's own inner loop adapts (its ``trainable``, every parameter by default); "head" = the
@@ -294,7 +280,7 @@ def get_algorithm(name: str, *, ignore_unused: bool = False, **hyperparameters) 
     if temperature <= 0:
         raise ConfigError(f"temperature = {temperature} must be positive")
     try:
-        reduction = normalise_loss_reduction(values.get("loss_reduction", "mean"))
+        reduction = normalise_inner_loss(values.get("inner_loss", "mean"))
     except InputError as err:
         raise ConfigError(str(err)) from None
     bn_inner_loop = values.get("bn_inner_loop", True)
@@ -305,7 +291,7 @@ def get_algorithm(name: str, *, ignore_unused: bool = False, **hyperparameters) 
         trainable = without_batch_norm(trainable)
     return Algorithm(name=canonical, batch_kind=spec["batch_kind"], objective=spec["objective"],
                      inner_steps=steps, inner_lr=lr, first_order=bool(values.get("first_order", False)),
-                     trainable=trainable, bn_inner_loop=bn_inner_loop, loss_reduction=reduction,
+                     trainable=trainable, bn_inner_loop=bn_inner_loop, inner_loss=reduction,
                      bn_support_query=bn,
                      temperature=temperature, fold=values.get("fold"), test_time=spec["test_time"],
                      hyperparameters=dict(hyperparameters))
@@ -317,15 +303,15 @@ def adapted_parameters(algorithm: str, **hyperparameters) -> Callable[[str], boo
     validation, evaluation, ``predict`` and the analyses share.
 
     ========================= =================================================
-    maml, fomaml, reptile     every parameter (:func:`repana.meta.adapt.all_parameters`)
+    maml, fomaml, reptile     every parameter (:func:`repana.meta.inner.all_parameters`)
     anil                      the head (its inner loop's ``trainable="head"``)
     boil                      the body (its inner loop's ``trainable="body"``)
-    multitask, nil_training,  the head (:func:`repana.meta.adapt.head_parameters`): no inner loop
+    multitask, nil_training,  the head (:func:`repana.meta.inner.head_parameters`): no inner loop
     multiclass                in training, the body is a fixed feature extractor
     ========================= =================================================
 
     ``hyperparameters`` (e.g. a custom ``trainable``, ``bn_inner_loop=False`` to leave batch norm out) are
     those of :func:`get_algorithm`; unused ones are ignored. Combine with
-    :func:`repana.meta.adapt.freeze_layers` to freeze layers further.
+    :func:`repana.meta.inner.freeze_layers` to freeze layers further.
     """
     return get_algorithm(algorithm, ignore_unused=True, **hyperparameters).test_time_trainable

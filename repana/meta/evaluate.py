@@ -30,9 +30,7 @@ import torch
 
 from repana.errors import InputError
 from repana.limits import MAX_INNER_STEPS, check_count, check_inner_lr
-from repana.meta.adapt import Trainable, normalise_loss_reduction
-from repana.meta.batched import task_features
-from repana.meta.inner import InnerLoop, query_logits_by_part
+from repana.meta.inner import InnerLoop, Trainable, normalise_inner_loss, query_logits_by_part, task_features
 from repana.meta.nil import nil_logits, nil_predict
 from repana.progress import progress
 
@@ -126,7 +124,7 @@ def _initial_params(model: torch.nn.Module, ways: int, head: str) -> dict[str, t
 
 
 def _chunk_predictions(model, chunk: _Chunk, method: str, steps: int, lr: float, trainable: Trainable,
-                       first_order: bool, loss_reduction: str, bn_support_query: str, head: str,
+                       first_order: bool, inner_loss: str, bn_support_query: str, head: str,
                        fold: bool | None = None) -> torch.Tensor:
     """Predicted query labels ``(tasks, n_query)`` int64 for one chunk."""
     ways = int(chunk.support_y.max()) + 1
@@ -137,7 +135,7 @@ def _chunk_predictions(model, chunk: _Chunk, method: str, steps: int, lr: float,
             # the model is in eval() here, so the per-task batched body forward is exact for any bn_stats
             fs, fq = task_features(model, params, chunk.support_x, chunk.query_x, together)
             return nil_predict(fs, chunk.support_y, fq, ways)
-    spec = InnerLoop(steps, lr, trainable, first_order, loss_reduction, bn_support_query, fold)
+    spec = InnerLoop(steps, lr, trainable, first_order, inner_loss, bn_support_query, fold)
     with torch.no_grad():  # no meta-gradient at test time: the dispatcher takes its no-graph paths
         return torch.cat([logits.argmax(-1) for _, logits in query_logits_by_part(
             model, params, chunk.support_x, chunk.support_y, chunk.query_x, spec)])
@@ -156,7 +154,7 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
-def _check_options(method: str, steps: int, lr: float, loss_reduction: str, bn_support_query: str) -> str:
+def _check_options(method: str, steps: int, lr: float, inner_loss: str, bn_support_query: str) -> str:
     if method not in METHODS:
         raise InputError(f"method = {method!r} is not one of {METHODS}")
     if steps < 0:
@@ -168,12 +166,12 @@ def _check_options(method: str, steps: int, lr: float, loss_reduction: str, bn_s
             raise InputError(f"lr = {lr} must be positive")
     if bn_support_query not in ("apart", "together"):
         raise InputError(f"bn_support_query = {bn_support_query!r} is not 'apart' or 'together'")
-    return normalise_loss_reduction(loss_reduction)
+    return normalise_inner_loss(inner_loss)
 
 
 def evaluate(model: torch.nn.Module, episodes: Any, method: str = "adapt", steps: int = 10, lr: float = 0.4,
              trainable: Trainable = None, first_order: bool = True, chunk_size: int | None = 100,
-             loss_reduction: str = "mean", bn_support_query: str = "apart", head: str = "auto",
+             inner_loss: str = "mean", bn_support_query: str = "apart", head: str = "auto",
              show_progress: bool | None = None, fold: bool | None = None) -> EvaluationResult:
     """Query accuracy of ``model`` over ``episodes`` after adapting on each episode's support set.
 
@@ -183,20 +181,20 @@ def evaluate(model: torch.nn.Module, episodes: Any, method: str = "adapt", steps
             (tasks, n_s)`` int64, ``.query_x``, ``.query_y``), a ``FixedEpisodes`` (anything with
             ``.chunks(n)``), or an iterable of Episodes-like chunks.
         method: "adapt" (gradient steps, then the adapted network's predictions) or "nil".
-        steps, lr: test-time inner steps and step size (lr in the convention of ``loss_reduction``).
-        trainable: parameters adapted at test time (see :func:`repana.meta.adapt.resolve_trainable`).
+        steps, lr: test-time inner steps and step size (lr in the convention of ``inner_loss``).
+        trainable: parameters adapted at test time (see :func:`repana.meta.inner.resolve_trainable`).
         first_order: test-time steps need no second-order terms (the result is the same either way).
         chunk_size: tasks processed together (bounds memory); None = each given chunk whole.
         head: "auto" | "keep" | "zero" (see module doc).
         fold: adapt the tasks of a chunk together, folded into channels (None: whenever the model allows
             it, a Conv4 with batch statistics, on CUDA, and on CPU when it pays there (small support maps,
-            :func:`repana.meta.batched.cpu_fold_pays`), in groups bounded by
-            :func:`repana.meta.batched.fold_group_size`; False: one task at a time).
+            :func:`repana.meta.inner.folded.cpu_fold_pays`), in groups bounded by
+            :func:`repana.meta.inner.folded.fold_group_size`; False: one task at a time).
 
     Returns:
         :class:`EvaluationResult`; ``per_episode`` in the order of the episodes.
     """
-    loss_reduction = _check_options(method, steps, lr, loss_reduction, bn_support_query)
+    inner_loss = _check_options(method, steps, lr, inner_loss, bn_support_query)
     device = next(model.parameters()).device
     accuracies: list[np.ndarray] = []
     with _EvalMode(model):
@@ -204,7 +202,7 @@ def evaluate(model: torch.nn.Module, episodes: Any, method: str = "adapt", steps
                               enabled=show_progress):
             chunk = _Chunk(*(t.to(device) for t in chunk))
             predicted = _chunk_predictions(model, chunk, method, steps, lr, trainable, first_order,
-                                           loss_reduction, bn_support_query, head, fold)
+                                           inner_loss, bn_support_query, head, fold)
             accuracies.append((predicted == chunk.query_y).double().mean(1).cpu().numpy())
     if not accuracies:
         raise InputError("no episodes to evaluate")
@@ -214,7 +212,7 @@ def evaluate(model: torch.nn.Module, episodes: Any, method: str = "adapt", steps
 
 
 def support_loss(model: torch.nn.Module, episodes: Any, steps: int, lr: float, trainable: Trainable = None,
-                 chunk_size: int | None = 100, loss_reduction: str = "mean", head: str = "auto",
+                 chunk_size: int | None = 100, inner_loss: str = "mean", head: str = "auto",
                  fold: bool | None = None) -> np.ndarray:
     """Cross-entropy (nats) of each episode's support set after adapting on it: float64 ``(n_episodes,)``.
 
@@ -223,14 +221,14 @@ def support_loss(model: torch.nn.Module, episodes: Any, steps: int, lr: float, t
     the support batch, as the inner loop sees it). What a test-time protocol reads to tell whether its steps
     fitted the support set (:func:`repana.analysis.freezing.converged_steps`).
     """
-    loss_reduction = _check_options("adapt", steps, lr, loss_reduction, "apart")
+    inner_loss = _check_options("adapt", steps, lr, inner_loss, "apart")
     device = next(model.parameters()).device
     losses: list[np.ndarray] = []
     with _EvalMode(model):
         for chunk in iter_chunks(episodes, chunk_size):
             chunk = _Chunk(*(t.to(device) for t in chunk))
             ways = int(chunk.support_y.max()) + 1
-            spec = InnerLoop(steps, lr, trainable, True, loss_reduction, "apart", fold)
+            spec = InnerLoop(steps, lr, trainable, True, inner_loss, "apart", fold)
             with torch.no_grad():
                 logits = torch.cat([part for _, part in query_logits_by_part(
                     model, _initial_params(model, ways, head), chunk.support_x, chunk.support_y, chunk.support_x,
@@ -245,11 +243,11 @@ def support_loss(model: torch.nn.Module, episodes: Any, steps: int, lr: float, t
 
 def predict(model: torch.nn.Module, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
             method: str = "adapt", steps: int = 10, lr: float = 0.4, trainable: Trainable = None,
-            first_order: bool = True, loss_reduction: str = "mean", bn_support_query: str = "apart",
+            first_order: bool = True, inner_loss: str = "mean", bn_support_query: str = "apart",
             head: str = "auto") -> torch.Tensor:
     """Predicted labels int64 ``(n_query,)`` for one episode: ``support_x (n_s, C, H, W)`` float,
     ``support_y (n_s,)`` int64 in ``[0, ways)``, ``query_x (n_q, C, H, W)``. Options as :func:`evaluate`."""
-    loss_reduction = _check_options(method, steps, lr, loss_reduction, bn_support_query)
+    inner_loss = _check_options(method, steps, lr, inner_loss, bn_support_query)
     if support_x.dim() != 4 or query_x.dim() != 4:
         raise InputError(f"support_x and query_x must be (n, C, H, W); got {tuple(support_x.shape)}, "
                          f"{tuple(query_x.shape)}")
@@ -260,5 +258,5 @@ def predict(model: torch.nn.Module, support_x: torch.Tensor, support_y: torch.Te
     chunk = _Chunk(support_x.unsqueeze(0).to(device), support_y.unsqueeze(0).to(device),
                    query_x.unsqueeze(0).to(device), dummy_query_y.unsqueeze(0))
     with _EvalMode(model):
-        return _chunk_predictions(model, chunk, method, steps, lr, trainable, first_order, loss_reduction,
+        return _chunk_predictions(model, chunk, method, steps, lr, trainable, first_order, inner_loss,
                                   bn_support_query, head)[0].cpu()

@@ -102,7 +102,7 @@ def algorithm_hyperparameters(config: TrainConfig) -> dict:
     """Keyword arguments of ``get_algorithm``; the inner lr is passed in mean-loss convention (the
     same number evaluation uses), which is exact: a "sum_over_shots" loss is ``ways`` x the mean."""
     return {"inner_lr": config.mean_loss_inner_lr(), "inner_steps": config.inner_steps_train,
-            "loss_reduction": "mean", "bn_support_query": config.bn_support_query,
+            "inner_loss": "mean", "bn_support_query": config.bn_support_query,
             "bn_inner_loop": config.bn_inner_loop}
 
 

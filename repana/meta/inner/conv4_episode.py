@@ -4,16 +4,13 @@ Evaluation needs no meta-gradient, so its inner steps are first order and the ad
 private copies updated in place. This module runs them on a :class:`repana.models.Conv4` with batch
 statistics (``bn_stats="batch"``) without autograd: each step is one forward that keeps what its
 backward needs (each block's input, conv output, batch-norm statistics, pooling indices and ReLU output)
-and a backward written out with the ATen kernels autograd calls for the same ops
-(``convolution_backward``, ``native_batch_norm_backward``, ``max_pool2d_with_indices_backward``,
-``threshold_backward``; the cross-entropy through ``_log_softmax_backward_data``), on the same tensors in
-the same layouts. These kernels are private ATen API: tests/test_aten_kernels.py checks each one's schema and
-its gradient against autograd on the installed torch, and fails loudly when an upgrade changes them. So the logits and adapted parameters are bit-identical to the autograd version of this
-path that repana ran before (checked on the benchmark's networks and on a trained checkpoint), and equal
-to :func:`repana.meta.adapt.adapt` + a query forward to rounding (float64 tests, 1e-10). What it saves
-over autograd or a clone-and-adapt loop: the graph and the engine's bookkeeping at every step (about 25
-nodes), module and ``functional_call`` dispatch, the gradient of conv1's input, per-step lookups, and
-layout conversions (below).
+and a backward written out with the kernels autograd runs for the same ops, on the same tensors in the same
+layouts, so the logits and adapted parameters are autograd's to the bit. Those kernels are private ATen
+API; they are called only through :mod:`repana.meta.inner.aten_kernels`, which tests/test_aten_kernels.py
+checks against the installed torch. The path equals :func:`repana.meta.inner.adapt` + a query forward to
+rounding (float64 tests, 1e-10). What it saves over autograd or a clone-and-adapt loop: the graph and the
+engine's bookkeeping at every step (about 25 nodes), module and ``functional_call`` dispatch, the gradient
+of conv1's input, per-step lookups, and layout conversions (below).
 
 Layout (CPU float32): conv weights in channels-last memory, which is what oneDNN computes with (an NCHW
 weight is reordered at every forward and backward); images converted to channels-last once per episode,
@@ -30,8 +27,9 @@ fixed per-call costs weigh more (oneDNN spends ~50 us per conv forward and ~150 
 even on tiny maps). Convolutions as im2col matrix products for the smallest maps were 3-10% faster on
 the stride nets but rounded differently (logits moved by 1e-3 on a trained checkpoint, through 10 steps
 at lr 2.0), so they are not used. Measured speed-ups: ``python benchmarks/meta_train.py --single-episode
---threads 1`` and docs/meta.md. The path is chosen in :func:`repana.meta.inner.choose_path` (evaluation on
-CPU, one task at a time).
+--threads 1`` and docs/meta.md. As an inner-loop path (:class:`repana.meta.inner.spec.InnerPath`) it runs
+one task at a time, without a graph, on CPU; :func:`repana.meta.inner.dispatch.choose_path` prefers it for
+evaluation where the folded path does not pay.
 """
 
 from __future__ import annotations
@@ -42,16 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from repana.meta.adapt import first_trainable_layer, mean_loss_lr, resolve_trainable
+from repana.meta.inner import aten_kernels as kernels
+from repana.meta.inner.spec import Params, Plan
+from repana.meta.inner.trainable import first_trainable_layer
 from repana.models import is_conv4
 
-aten = torch.ops.aten
-Params = dict[str, torch.Tensor]
-
-
-def can_run_conv4_episode(model: torch.nn.Module) -> bool:
-    """Whether this module's path applies: a Conv4 with batch statistics."""
-    return is_conv4(model) and model.bn_stats == "batch"
+NAME = "conv4_episode"
 
 
 def _prepare(model: torch.nn.Module, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> tuple[Params, bool]:
@@ -148,12 +142,11 @@ def support_gradients(model: torch.nn.Module, params: Mapping[str, torch.Tensor]
     saved = []
     for block in blocks:
         z = F.conv2d(h, params[block.weight], params[block.bias], block.stride, 1)
-        y, mean, invstd = torch.native_batch_norm(z, params[block.gamma], params[block.beta], None, None, True, 0.0,
-                                                  block.eps)
+        y, mean, invstd = kernels.batch_norm_with_statistics(z, params[block.gamma], params[block.beta], block.eps)
         indices = pool_input = None
         if block.max_pool:  # relu after the pool, as rectify_and_pool (the pooled map is this step's own)
             pool_input = y
-            y, indices = aten.max_pool2d_with_indices(y, [2, 2], [2, 2])
+            y, indices = kernels.max_pool_2x2(y)
         activation = torch.relu_(y)  # in place: batch norm's backward reads its input z, not its output
         saved.append((block, h, z, mean, invstd, indices, pool_input, activation))
         h = activation
@@ -161,8 +154,8 @@ def support_gradients(model: torch.nn.Module, params: Mapping[str, torch.Tensor]
     log_probs = torch.log_softmax(logits, 1)
     if target is None:
         target = loss_gradient_target(labels, logits.shape[1], logits.dtype)
-    # through log_softmax, then the head: the kernels autograd runs for F.cross_entropy and F.linear
-    grad_logits = torch._log_softmax_backward_data(target, log_probs, 1, log_probs.dtype)
+    # through log_softmax, then the head: what autograd runs for F.cross_entropy and F.linear
+    grad_logits = kernels.cross_entropy_logits_gradient(target, log_probs)
     grads = {"head.weight": grad_logits.t().mm(features), "head.bias": grad_logits.sum(0)}
     if not saved:
         return {n: grads[n] for n in names}
@@ -173,15 +166,13 @@ def support_gradients(model: torch.nn.Module, params: Mapping[str, torch.Tensor]
         grad = grad_features.view(h.shape)
     grad = grad.contiguous(memory_format=_memory_format(h))
     for block, h_in, z, mean, invstd, indices, pool_input, activation in reversed(saved):
-        grad = aten.threshold_backward(grad, activation, 0)
+        grad = kernels.relu_backward(grad, activation)
         if indices is not None:
-            grad = aten.max_pool2d_with_indices_backward(grad, pool_input, [2, 2], [2, 2], [0, 0], [1, 1], False,
-                                                         indices)
-        grad, grads[block.gamma], grads[block.beta] = aten.native_batch_norm_backward(
-            grad, z, params[block.gamma], None, None, mean, invstd, True, block.eps, block.bn_mask)
-        weight = params[block.weight]
-        grad, grads[block.weight], grads[block.bias] = aten.convolution_backward(
-            grad, h_in, weight, [weight.shape[0]], block.stride, [1, 1], [1, 1], False, [0, 0], 1, block.conv_mask)
+            grad = kernels.max_pool_2x2_backward(grad, pool_input, indices)
+        grad, grads[block.gamma], grads[block.beta] = kernels.batch_norm_backward(
+            grad, z, params[block.gamma], mean, invstd, block.eps, block.bn_mask)
+        grad, grads[block.weight], grads[block.bias] = kernels.conv3x3_backward(
+            grad, h_in, params[block.weight], block.stride, block.conv_mask)
     return {n: grads[n] for n in names}
 
 
@@ -202,35 +193,52 @@ def _adapted(model, params, support_x, support_y, steps, lr, names) -> tuple[Par
         target = loss_gradient_target(support_y, prepared["head.weight"].shape[0], prepared["head.weight"].dtype)
         for _ in range(steps):
             grads = support_gradients(model, prepared, h, support_y, order, start, blocks, target)
-            torch._foreach_add_(leaves, [grads[n] for n in order], alpha=-lr)
+            kernels.subtract_scaled_(leaves, [grads[n] for n in order], lr)
     return prepared, two_channel
 
 
-def conv4_episode_query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
-                               support_y: torch.Tensor, query_x: torch.Tensor, steps: int, lr: float, trainable=None,
-                               loss_reduction: str = "mean", bn_together: bool = False) -> torch.Tensor:
+def adapted_episode_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
+                           support_y: torch.Tensor, query_x: torch.Tensor, steps: int, lr: float,
+                           names: Collection[str], together: bool = False) -> torch.Tensor:
     """Query logits ``(n_query, C)`` (no graph) of one episode after ``steps`` first-order steps of size
-    ``lr`` on the ``trainable`` parameters of a Conv4 with batch statistics: the evaluation fast path.
+    ``lr`` (on the mean support loss) on the parameters ``names`` of a Conv4 with batch statistics.
 
     ``support_x (n_s, C, H, W)``, ``support_y (n_s,)`` int64, ``query_x (n_q, C, H, W)``. Equal to
-    :func:`repana.meta.adapt.adapt` (first order) + a forward of the query set, to rounding.
+    :func:`repana.meta.inner.adapt` (first order) + a forward of the query set, to rounding.
     """
-    names = resolve_trainable(params, trainable)
-    lr = mean_loss_lr(lr, loss_reduction, support_y)
     prepared, two_channel = _adapted(model, params, support_x, support_y, steps, lr, names)
-    inputs = torch.cat([support_x, query_x]) if bn_together else query_x
+    inputs = torch.cat([support_x, query_x]) if together else query_x
     with torch.no_grad():
         logits = forward_logits(model, prepared, _network_input(inputs, two_channel))
-    return logits[support_x.shape[0]:] if bn_together else logits
+    return logits[support_x.shape[0]:] if together else logits
 
 
-def adapt_conv4_episode(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
-                        support_y: torch.Tensor, steps: int, lr: float, trainable=None,
-                        loss_reduction: str = "mean") -> Params:
-    """The adapted parameters (detached, the model's shapes) of :func:`conv4_episode_query_logits`."""
-    names = resolve_trainable(params, trainable)
-    lr = mean_loss_lr(lr, loss_reduction, support_y)
+def adapted_parameters(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
+                       support_y: torch.Tensor, steps: int, lr: float, names: Collection[str]) -> Params:
+    """The adapted parameters (detached, the model's shapes) of :func:`adapted_episode_logits`."""
     prepared, two_channel = _adapted(model, params, support_x, support_y, steps, lr, names)
     if two_channel:
         prepared["conv1.conv.weight"] = prepared["conv1.conv.weight"][:, :1]
     return {n: prepared[n].contiguous() if n in names else params[n].detach() for n in params}
+
+
+# ----- the path ------------------------------------------------------------------------------------
+
+def tasks_per_part(model: torch.nn.Module, support_x: torch.Tensor, query_x: torch.Tensor, plan: Plan) -> int | None:
+    """One task at a time for a Conv4 with batch statistics on CPU when no graph is needed, else None."""
+    runs = not plan.graph and support_x.device.type == "cpu" and is_conv4(model) and model.bn_stats == "batch"
+    return 1 if runs else None
+
+
+def adapt_episode(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
+                  support_y: torch.Tensor, plan: Plan) -> Params:
+    """One episode's parameters after ``plan``'s steps (:func:`adapted_parameters`)."""
+    return adapted_parameters(model, params, support_x, support_y, plan.steps, plan.lr, plan.names)
+
+
+def query_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], support_x: torch.Tensor,
+                 support_y: torch.Tensor, query_x: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """Query logits ``(tasks, n_q, C)``, task by task (:func:`adapted_episode_logits`)."""
+    return torch.stack([adapted_episode_logits(model, params, support_x[t], support_y[t], query_x[t], plan.steps,
+                                               plan.lr, plan.names, plan.together)
+                        for t in range(support_x.shape[0])])
