@@ -65,9 +65,12 @@ def no_work(monkeypatch):
 
     for module, name in (("repana.meta.evaluate", "evaluate"), ("repana.meta.evaluate", "predict"),
                          ("repana.meta.checkpoint", "load_checkpoint"), ("repana.meta.train", "train"),
-                         ("repana.analysis.reproduce", "reproduce"), ("repana.data", "load_splits"),
-                         ("repana.data.download", "download_omniglot")):
+                         ("repana.data", "load_splits"), ("repana.data.download", "download_omniglot")):
         monkeypatch.setattr(importlib.import_module(module), name, refuse)
+    from repana.analysis.reproduce import Reproduction
+
+    for method in ("run", "write_plan"):
+        monkeypatch.setattr(Reproduction, method, refuse)
 
 
 

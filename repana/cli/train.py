@@ -18,7 +18,6 @@ from repana.devices import check_device
 from repana.errors import ConfigError, ConfigWarning, InputError
 from repana.assignments import parse_assignment
 from repana.rl.presets import PRESETS as RL_PRESETS
-from repana.runs.kinds import RL, SUPERVISED, RunKind, kind_of_values
 
 
 def register(subparsers, help_text: str) -> None:
@@ -96,9 +95,11 @@ def _read_toml(path: Path) -> dict | None:
         return None
 
 
-def requested_kind(args: argparse.Namespace) -> RunKind:
-    """The kind of run the arguments ask for (:mod:`repana.runs.kinds`): RL for an rl-* preset, a TOML file
+def requested_kind(args: argparse.Namespace):
+    """The :class:`repana.runs.kinds.RunKind` the arguments ask for: RL for an rl-* preset, a TOML file
     holding an RL config, or ``--resume`` of an RL run folder without a source; else supervised."""
+    from repana.runs.kinds import RL, SUPERVISED, kind_of_values
+
     if args.preset is not None:
         if args.preset.startswith("rl-") and args.preset not in RL_PRESETS:
             raise ConfigError(f"unknown RL preset {args.preset!r}; choose one of {', '.join(RL_PRESETS)}")
@@ -165,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list_presets:
         print("\n".join(list_presets() + list(RL_PRESETS)))
         return 0
-    if requested_kind(args) is RL:
+    if requested_kind(args).name == "rl":
         return run_rl(args)
     check_device(args.device, "--device")
     loggers = []
