@@ -192,12 +192,10 @@ def _episodes(seed, n_episodes=6, n=25, dtype=torch.float32):
     return episodes
 
 
-# ----- the engine the paper's analyses used before they moved onto Comparison.episodes, kept verbatim as the
-# oracle of "same numbers as before" (repana.analysis.common, commit 0e6700e) -----
+# ----- an independent per-episode engine (one loop per layer, measure and episode), the oracle that
+# Comparison.episodes must match -----
 import math  # noqa: E402
 from typing import Mapping, Sequence  # noqa: E402
-
-from repana.errors import InputError  # noqa: E402
 
 CCA_FAMILY = ("cca", "cca_r2", "svcca", "pwcca")
 

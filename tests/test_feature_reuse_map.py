@@ -1,6 +1,5 @@
 """The feature-reuse map: the regime rule, the cells' summary, and the analysis through reproduce and analyze."""
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

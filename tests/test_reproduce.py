@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from repana.analysis.reproduce import Reproduction, default_analyses_dir, load_entries, training_plan
+from repana.analysis.reproduce import Reproduction, load_entries, training_plan
 from repana.errors import ConfigError
 
 SMALL = {"hidden": 8, "meta_batch_size": 2}  # a tiny Conv4 so the whole pipeline runs in seconds
@@ -152,7 +152,7 @@ def test_report_end_to_end_and_resume(tmp_path, glyphs, monkeypatch):
                    "seed_pair_similarity", "learning_curves"):
         assert (setting / f"{figure}.png").stat().st_size > 1000
         assert (setting / f"{figure}.pdf").exists()
-    assert f"figures/glyphs-5way-1shot/freezing.png" in text
+    assert "figures/glyphs-5way-1shot/freezing.png" in text
     tables = out / "tables" / "glyphs-5way-1shot"
     freezing = pd.read_csv(tables / "freezing.csv")
     frozen_sets = ["none", "1", "1,2", "1,2,3", "1,2,3,4"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 from repana.analysis.reproduce import training_plan
 from repana.cli import main

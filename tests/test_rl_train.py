@@ -105,6 +105,7 @@ def test_seeded_runs_are_identical(tmp_path, algorithm):
     a = train_rl(TINY_NAV, tmp_path / "a", algorithm=algorithm, iterations=2)
     b = train_rl(TINY_NAV, tmp_path / "b", algorithm=algorithm, iterations=2)
     sa, sb = _state(tmp_path / "a"), _state(tmp_path / "b")
+    assert _without_time([a]) == _without_time([b])
     assert _without_time(sa.history) == _without_time(sb.history)
     for name in sa.state_dict:
         assert torch.equal(sa.state_dict[name], sb.state_dict[name])

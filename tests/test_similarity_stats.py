@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from repana.errors import InputError
 from repana.similarity import bootstrap_ci, cka, null_baseline, permutation_test, svcca

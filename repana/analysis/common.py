@@ -7,7 +7,7 @@ Conventions: accuracies are fractions in [0, 1]; ``ci95`` is the half-width of a
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd

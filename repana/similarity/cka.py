@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from repana.errors import InputError
 from repana.similarity._arrays import warn
 from repana.similarity.datapoints import warn_if_degenerate
