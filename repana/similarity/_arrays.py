@@ -147,8 +147,3 @@ def check_same_datapoints(x_rows: int, y_rows: int, x_name: str = "X", y_name: s
         raise InputError(f"{x_name} has {x_rows} datapoints but {y_name} has {y_rows}; rows must be the same "
                          f"datapoints in the same order (with reduce_conv 'positions', both layers need the "
                          f"same spatial size)")
-
-
-def to_python_float(value) -> float:
-    """A 0-d tensor / numpy scalar -> Python float."""
-    return float(value.item() if hasattr(value, "item") else value)
