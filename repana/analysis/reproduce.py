@@ -124,8 +124,9 @@ def variant_seed_offset(network: str) -> int:
 
 
 def setting_name(job: Job) -> str:
-    """``<dataset>-<N>way-<K>shot`` of a job: the folder of its tables and figures and its report title."""
-    return f"{job.config.dataset}-{job.setting}"
+    """The folder of a job's tables and figures and its report title: ``<dataset>-<N>way-<K>shot``, or an RL
+    job's ``rl-<env>``."""
+    return job.setting if job.kind == "rl" else f"{job.config.dataset}-{job.setting}"
 
 
 def training_plan(preset: str, dataset: str, data_root: str | Path | None = None,
@@ -388,20 +389,17 @@ class Reproduction:
             self._check_data()   # before any job is started on data it would not find
         plan = self.plan(analyses, self.out / "runs")
         t_start = time.perf_counter()
-        what = (f"RL: {', '.join(dict.fromkeys(job.setting for job in plan))}" if self.kind == "rl"
-                else ", ".join(dict.fromkeys(setting_name(job) for job in plan)))
+        what = ("RL: " if self.kind == "rl" else "") + ", ".join(dict.fromkeys(setting_name(job) for job in plan))
         log(f"[reproduce] preset {self.preset}, {what}, {self.seeds} seed(s), {len(plan)} training runs "
             f"({self.executor}), output {self.out}")
-        loaded = {self.dataset: data} if data is not None else {}
 
-        def data_for() -> dict | None:
-            if self.kind == "rl":
-                return None
-            if self.dataset not in loaded:
+        def data_for() -> dict | None:   # loaded once, when first needed (RL runs read none)
+            nonlocal data
+            if data is None and self.kind == "supervised":
                 from repana.data import load_splits
 
-                loaded[self.dataset] = load_splits(self.dataset, root=self.data_root)
-            return loaded[self.dataset]
+                data = load_splits(self.dataset, root=self.data_root)
+            return data
 
         inline = {"data": data_for(), "cpus_per_job": self.threads} if self.executor == "inline" else {}
         run_jobs(plan, executor=self.executor, max_workers=self.max_workers, address=self.address,
@@ -409,8 +407,8 @@ class Reproduction:
                  log=lambda message: log(f"[train] {message}"), show_progress=self.show_progress, **inline)
         self._set_analysis_threads(plan)
         sections, facts, results = [], [], {}
-        for setting in dict.fromkeys(_setting_of(job) for job in plan):
-            jobs = [job for job in plan if _setting_of(job) == setting]
+        for setting in dict.fromkeys(setting_name(job) for job in plan):
+            jobs = [job for job in plan if setting_name(job) == setting]
             found, setting_facts, computed = _analyse_setting(self, setting, jobs, analyses, entries, data_for(), log)
             sections += found
             facts.append(setting_facts)
@@ -438,26 +436,17 @@ class Reproduction:
         if threads:
             torch.set_num_threads(threads)
 
-    def analysis_workers(self) -> int:
-        """Worker processes for the analyses: one (this process) with the inline executor, else the usable cores
-        divided by this process's torch threads, at most ``max_workers``. One-threaded workers share the cores
-        without spinning thread pools, so a busy core slows them and nothing more."""
-        return analysis_workers(self.executor, self.max_workers)
-
 
 def analysis_workers(executor: str, max_workers: int | None = None) -> int:
-    """See :meth:`Reproduction.analysis_workers`."""
+    """Worker processes for a reproduction's analyses: one (this process) with the inline executor, else the
+    usable cores divided by this process's torch threads, at most ``max_workers``. One-threaded workers share
+    the cores without spinning thread pools, so a busy core slows them and nothing more."""
     from repana.runtime import usable_cores
 
     if executor == "inline":
         return 1
     workers = max(1, usable_cores() // max(1, torch.get_num_threads()))
     return min(workers, max_workers) if max_workers else workers
-
-
-def _setting_of(job: Job) -> str:
-    """The tables' and figures' folder of a job: ``<dataset>-<N>way-<K>shot``, or ``rl-<env>``."""
-    return job.setting if job.kind == "rl" else setting_name(job)
 
 
 def _analysis_contexts(reproduction: Reproduction, jobs: list[Job], data: dict | None) -> tuple[dict, AnalysisContext]:
@@ -483,7 +472,7 @@ def _analyse_setting(reproduction: Reproduction, setting: str, jobs: list[Job], 
                      data: dict | None, log: Callable[[str], None]) -> tuple[list, dict, dict]:
     """Every selected analysis on one setting's runs: per seed (tables gain a ``seed`` column) or, for
     analyses that compare seeds, on all of them at once. The analyses whose tables are not on disk yet run
-    in forked worker processes (:meth:`Reproduction.analysis_workers`, :func:`repana.runs.forked.run_forked`),
+    in forked worker processes (:func:`analysis_workers`, :func:`repana.runs.forked.run_forked`),
     each with this process's torch thread count; tables are written as each finishes, then figures and
     report sections in order. Returns the report sections, the setting's facts and {analysis: (tables, context)}."""
     from repana.runs.forked import run_forked
@@ -519,7 +508,7 @@ def _analyse_setting(reproduction: Reproduction, setting: str, jobs: list[Job], 
         cache.write(analysis.name, key, result[0], subfolder(seed), result[1])
 
     run_forked([_timed(lambda a=analysis, c=context: compute_tables(a, c)) for analysis, _, context, _ in missing],
-               workers=reproduction.analysis_workers(), threads=max(1, torch.get_num_threads()), on_done=finished)
+               workers=analysis_workers(reproduction.executor, reproduction.max_workers), threads=max(1, torch.get_num_threads()), on_done=finished)
     sections, computed = [], {}
     for analysis in selected:
         if len(seeds) < analysis.min_seeds:

@@ -227,6 +227,14 @@ def load_weights(model: torch.nn.Module, state_dict: dict, where: str = "checkpo
     model.load_state_dict(state_dict)
 
 
+def _write_with_checksum(payload: dict, path: str | Path) -> Path:
+    """Add the payload's checksum (:func:`payload_checksum`) and write it atomically; returns the path."""
+    payload["checksum"] = {"algorithm": CHECKSUM_ALGORITHM, "hex": payload_checksum(payload)}
+    path = Path(path)
+    atomic_torch_save(payload, path)
+    return path
+
+
 def save_checkpoint(path: str | Path, *, model: torch.nn.Module, model_config: dict, algorithm: str,
                     config: dict, step: int, optimizer: torch.optim.Optimizer | None = None,
                     rng: dict | None = None, metrics: dict | None = None, runtime: dict | None = None) -> Path:
@@ -251,10 +259,7 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, model_config: d
         "metrics": {k: float(v) for k, v in (metrics or {}).items()},
         "runtime": dict(runtime) if runtime is not None else runtime_record(),
     }
-    payload["checksum"] = {"algorithm": CHECKSUM_ALGORITHM, "hex": payload_checksum(payload)}
-    path = Path(path)
-    atomic_torch_save(payload, path)
-    return path
+    return _write_with_checksum(payload, path)
 
 
 def save_rl_checkpoint(path, *, config: dict, policy_config: dict, state_dict: dict, iteration: int,
@@ -266,10 +271,7 @@ def save_rl_checkpoint(path, *, config: dict, policy_config: dict, state_dict: d
                "config": config, "policy_config": policy_config,
                "state_dict": {k: v.detach().clone() for k, v in state_dict.items()},
                "iteration": int(iteration), "rng": rng, "metrics": list(metrics), "runtime": dict(runtime or {})}
-    payload["checksum"] = {"algorithm": CHECKSUM_ALGORITHM, "hex": payload_checksum(payload)}
-    path = Path(path)
-    atomic_torch_save(payload, path)
-    return path
+    return _write_with_checksum(payload, path)
 
 
 def runtime_record(threads: int | None = None) -> dict:

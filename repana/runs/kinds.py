@@ -50,6 +50,8 @@ class RunKind:
 SUPERVISED_RESUMABLE = frozenset({"iterations", "checkpoint_every", "keep_checkpoints", "save_steps",
                                   "log_every", "val_every", "data_root", "threads"})
 RL_RESUMABLE = frozenset({"iterations", "checkpoint_every", "threads"})
+
+
 def _newest_step_file(run_dir: Path) -> int | None:
     from repana.meta.train import list_step_checkpoints
 
